@@ -1,0 +1,46 @@
+// Package hsm is the contract between the key-management domain and the
+// hardware security module: the sentinel errors every HSM implementation
+// returns, and the configuration that selects a token.
+//
+// The implementation lives in hsm/p11, the only package of the project that
+// imports PKCS#11 (github.com/miekg/pkcs11). This package is pure Go so that
+// the domain (kms/) and the HTTP edge (httpapi/) can reason about HSM
+// failures without linking a PKCS#11 module.
+//
+// # Errors
+//
+// Every error returned by an HSM implementation wraps exactly one of the
+// sentinels below, so callers classify with errors.Is and never look at
+// PKCS#11 return codes:
+//
+//   - ErrKeyNotFound: no token object has the requested identifier.
+//   - ErrNotAuthentic: a ciphertext, its IV, its tag or its additional
+//     authenticated data has been altered (or belongs to another key).
+//   - ErrBusy: no session became free before the caller's deadline.
+//   - ErrUnavailable: the module or the token cannot serve requests now
+//     (token removed, device error, closed). Retrying later may succeed.
+//   - ErrInvalidInput: the caller passed arguments the HSM layer refuses
+//     before any PKCS#11 call (wrong IV length, short ciphertext...).
+//   - ErrLogin: the PIN was refused or the token could not be logged in.
+//   - ErrTokenNotFound: no token carries the configured label.
+package hsm
+
+import "errors"
+
+// Sentinel errors. See the package documentation for their meaning.
+var (
+	ErrKeyNotFound   = errors.New("hsm: key not found")
+	ErrNotAuthentic  = errors.New("hsm: message authentication failed")
+	ErrBusy          = errors.New("hsm: busy: no session available in time")
+	ErrUnavailable   = errors.New("hsm: temporarily unavailable")
+	ErrInvalidInput  = errors.New("hsm: invalid input")
+	ErrLogin         = errors.New("hsm: login failed")
+	ErrTokenNotFound = errors.New("hsm: token not found")
+)
+
+// Sizes of the AES-256-GCM construction used for every CMK.
+const (
+	KeyBytes = 32 // AES-256
+	IVBytes  = 12 // 96-bit IV, the only size NIST SP 800-38D recommends
+	TagBytes = 16 // 128-bit tag
+)

@@ -1,0 +1,41 @@
+package kms
+
+import (
+	"context"
+
+	"hsmkms/store"
+)
+
+// HSM is what the domain needs from the hardware token. hsm/p11's *Token
+// implements it; errors wrap the sentinels of package hsm.
+//
+// Implementations must be safe for concurrent use.
+type HSM interface {
+	// GenerateKey creates a non-extractable AES-256 token object whose
+	// CKA_ID is objectID and whose CKA_LABEL is label.
+	GenerateKey(ctx context.Context, objectID []byte, label string) error
+	// Seal encrypts plaintext with AES-256-GCM under the object, binding
+	// aad. It returns the 12-byte IV it used and ciphertext||tag.
+	Seal(ctx context.Context, objectID, plaintext, aad []byte) (iv, sealed []byte, err error)
+	// Open reverses Seal. A modified iv, sealed or aad gives hsm.ErrNotAuthentic.
+	Open(ctx context.Context, objectID, iv, sealed, aad []byte) ([]byte, error)
+	// DestroyKey destroys the token object; hsm.ErrKeyNotFound if absent.
+	DestroyKey(ctx context.Context, objectID []byte) error
+	// KeyIDs lists the CKA_ID of every key object this service made on the token.
+	KeyIDs(ctx context.Context) ([][]byte, error)
+	// Random returns n bytes from the token's random number generator.
+	Random(ctx context.Context, n int) ([]byte, error)
+}
+
+// Store is what the domain needs from metadata persistence. store's *SQLite
+// implements it.
+type Store interface {
+	AddPendingObject(ctx context.Context, p store.PendingObject) error
+	PendingObjects(ctx context.Context) ([]store.PendingObject, error)
+	DeletePendingObject(ctx context.Context, objectID []byte) error
+	CreateKey(ctx context.Context, k store.Key) error
+	GetKey(ctx context.Context, id string) (store.Key, error)
+	ListKeys(ctx context.Context) ([]store.Key, error)
+	CountKeys(ctx context.Context) (int, error)
+	ObjectIDs(ctx context.Context) ([][]byte, error)
+}

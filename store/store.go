@@ -1,0 +1,62 @@
+// Package store persists key metadata: keys, their versions and the token
+// object that holds each version, plus the intent log that makes key creation
+// crash-safe. Key material never passes through this package.
+//
+// The default implementation is an embedded SQLite database (modernc.org/sqlite,
+// pure Go) opened with Open. Its schema is versioned and migrated forward on
+// open.
+//
+// # Errors
+//
+// Methods return ErrNotFound when the addressed key does not exist and
+// ErrAliasExists when a unique alias is taken. Other errors are I/O or
+// database failures and are not classified.
+//
+// # Concurrency
+//
+// A *SQLite is safe for concurrent use by multiple goroutines.
+package store
+
+import (
+	"errors"
+	"time"
+)
+
+// Sentinel errors.
+var (
+	ErrNotFound    = errors.New("store: not found")
+	ErrAliasExists = errors.New("store: alias already exists")
+)
+
+// Key is the metadata of one customer master key (CMK).
+type Key struct {
+	ID          string // UUID, lower case, canonical 8-4-4-4-12 form
+	Alias       string
+	Description string
+	Usage       string // e.g. "ENCRYPT_DECRYPT"
+	State       string // "Enabled", "Disabled", "PendingDelete", "Archived", "Deleted"
+	Origin      string // "TENCENT_KMS"
+	CreatedAt   time.Time
+	// DeletionDate is the scheduled deletion time (PendingDelete) or the
+	// time the key was purged (Deleted); zero otherwise.
+	DeletionDate time.Time
+	// Versions in ascending order of Number; never empty for a stored key.
+	Versions []Version
+}
+
+// Version is one generation of a key's material: a distinct token object.
+type Version struct {
+	Number    uint32 // 1, 2, 3...
+	ObjectID  []byte // CKA_ID of the token object holding the material
+	CreatedAt time.Time
+}
+
+// PendingObject records a token object that is about to be created (or was
+// created) but whose key metadata is not yet committed. A crash between the
+// two leaves this row behind; the service resolves it at the next start.
+type PendingObject struct {
+	ObjectID  []byte
+	KeyID     string
+	Version   uint32
+	CreatedAt time.Time
+}
