@@ -1,0 +1,311 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+
+	"github.com/labstack/echo/v4"
+
+	"hsmkms/kms"
+)
+
+// LegacyPath is the path of the legacy API.
+const LegacyPath = "/v2/index.php"
+
+// Legacy common error codes (Tencent Cloud API 2.0) and the KMS module codes
+// of the Encrypt documentation. The README's error table lists when each is
+// returned.
+const (
+	codeOK               = 0
+	codeInvalidParameter = 4000
+	codeNotFound         = 5000
+	codeOperationFailed  = 5100
+	codeInternal         = 6000
+	codeNoSuchAction     = 6100
+	codeUnavailable      = 6200
+
+	codeIllegalContext  = 4540 // module 10640
+	codeEncryptFailed   = 4560 // module 10660
+	codePlaintextBase64 = 4590 // module 10690
+)
+
+// legacyCommonParams are accepted on every action (authentication itself is
+// checked elsewhere).
+var legacyCommonParams = []string{"Action", "Region", "Timestamp", "Nonce", "SecretId", "Signature", "SignatureMethod", "Token", "RequestClient"}
+
+// legacyActionParams lists the business parameters each action accepts.
+var legacyActionParams = map[string][]string{
+	"CreateKey": {"description", "alias", "keyUsage", "type"},
+	"Encrypt":   {"keyId", "plaintext", "encryptionContext"},
+	"Decrypt":   {"ciphertextBlob", "encryptionContext"},
+}
+
+// legacyError is an error answer of the legacy API.
+type legacyError struct {
+	code    int
+	message string
+}
+
+func (e *legacyError) Error() string { return fmt.Sprintf("legacy %d: %s", e.code, e.message) }
+
+func legacyErrorf(code int, format string, args ...any) *legacyError {
+	return &legacyError{code: code, message: fmt.Sprintf(format, args...)}
+}
+
+// legacyReply is the envelope every legacy answer carries.
+type legacyReply struct {
+	Code      int    `json:"code"`
+	Message   string `json:"message"`
+	RequestID string `json:"requestId"`
+}
+
+type legacyKeyMetadata struct {
+	KeyID       string `json:"keyId"`
+	Alias       string `json:"alias"`
+	CreateTime  int64  `json:"createTime"`
+	Description string `json:"description"`
+	KeyState    string `json:"keyState"`
+	KeyUsage    string `json:"keyUsage"`
+	DeleteTime  int64  `json:"deleteTime"`
+}
+
+type legacyCreateKeyReply struct {
+	legacyReply
+	KeyMetadata legacyKeyMetadata `json:"keyMetadata"`
+}
+
+type legacyEncryptReply struct {
+	legacyReply
+	KeyID          string `json:"keyId"`
+	CiphertextBlob string `json:"ciphertextBlob"`
+}
+
+type legacyDecryptReply struct {
+	legacyReply
+	KeyID     string `json:"keyId"`
+	Plaintext string `json:"plaintext"`
+}
+
+// legacy serves GET and POST /v2/index.php. Every answer is HTTP 200 with a
+// JSON body whose integer code is 0 on success.
+func (s *Server) legacy(c echo.Context) error {
+	rid := newRequestID()
+	c.Response().Header().Set(RequestIDHeader, rid)
+	ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.RequestTimeout)
+	defer cancel()
+
+	reply, err := s.legacyDispatch(ctx, c.Request(), rid)
+	if err != nil {
+		var le *legacyError
+		if !errors.As(err, &le) {
+			le = s.legacyFromDomain(err, rid)
+		}
+		return c.JSON(http.StatusOK, legacyReply{Code: le.code, Message: le.message, RequestID: rid})
+	}
+	return c.JSON(http.StatusOK, reply)
+}
+
+func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string) (any, error) {
+	p, err := s.legacyParams(r)
+	if err != nil {
+		return nil, err
+	}
+	action := p.get("Action")
+	allowed, ok := legacyActionParams[action]
+	if !ok {
+		if action == "" {
+			return nil, legacyErrorf(codeInvalidParameter, "missing parameter: Action")
+		}
+		return nil, legacyErrorf(codeNoSuchAction, "action %q is not supported", truncate(action, 64))
+	}
+	if err := p.only(legacyCommonParams, allowed); err != nil {
+		return nil, err
+	}
+	ok200 := legacyReply{Code: codeOK, Message: "", RequestID: rid}
+	switch action {
+	case "CreateKey":
+		in := kms.CreateKeyInput{Alias: p.get("alias"), Description: p.get("description"), KeyUsage: p.get("keyUsage")}
+		if in.Alias == "" {
+			return nil, legacyErrorf(codeInvalidParameter, "missing parameter: alias")
+		}
+		if t := p.get("type"); t != "" && t != "1" {
+			return nil, legacyErrorf(codeInvalidParameter, "unsupported type %q: only 1 (normal CMK) is supported", truncate(t, 16))
+		}
+		md, err := s.kms.CreateKey(ctx, in)
+		if err != nil {
+			return nil, err
+		}
+		return legacyCreateKeyReply{legacyReply: ok200, KeyMetadata: toLegacyMetadata(md)}, nil
+
+	case "Encrypt":
+		keyID, err := p.required("keyId")
+		if err != nil {
+			return nil, err
+		}
+		b64, err := p.required("plaintext")
+		if err != nil {
+			return nil, err
+		}
+		pt, err := decodeBase64(b64)
+		if err != nil {
+			return nil, &legacyError{code: codePlaintextBase64, message: "(10690)plaintext is not encoded with base64"}
+		}
+		res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: p.get("encryptionContext")})
+		if err != nil {
+			return nil, err
+		}
+		return legacyEncryptReply{legacyReply: ok200, KeyID: res.KeyID, CiphertextBlob: res.CiphertextBlob}, nil
+
+	case "Decrypt":
+		blob, err := p.required("ciphertextBlob")
+		if err != nil {
+			return nil, err
+		}
+		res, err := s.kms.Decrypt(ctx, kms.DecryptInput{CiphertextBlob: blob, EncryptionContext: p.get("encryptionContext")})
+		if err != nil {
+			return nil, err
+		}
+		return legacyDecryptReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
+	}
+	return nil, legacyErrorf(codeNoSuchAction, "action %q is not supported", truncate(action, 64))
+}
+
+// legacyFromDomain maps a domain error to its legacy code. Errors that are
+// not the caller's fault are logged with the request id and answered
+// without detail.
+func (s *Server) legacyFromDomain(err error, rid string) *legacyError {
+	switch {
+	case errors.Is(err, kms.ErrInvalidContext):
+		return &legacyError{code: codeIllegalContext, message: "(10640)illegal encryptionContext"}
+	case errors.Is(err, kms.ErrPlaintextTooLong), errors.Is(err, kms.ErrPlaintextEmpty):
+		return &legacyError{code: codeEncryptFailed, message: "(10660)encryption failed, please check input parameters"}
+	case errors.Is(err, kms.ErrInvalidKeyID):
+		return legacyErrorf(codeInvalidParameter, "invalid keyId")
+	case errors.Is(err, kms.ErrInvalidAlias):
+		return legacyErrorf(codeInvalidParameter, "invalid alias: 1-60 characters of A-Z a-z 0-9 _ -, starting with a letter or digit, not starting with kms-")
+	case errors.Is(err, kms.ErrInvalidDesc):
+		return legacyErrorf(codeInvalidParameter, "invalid description: at most 1024 bytes of UTF-8")
+	case errors.Is(err, kms.ErrInvalidKeyUsage):
+		return legacyErrorf(codeInvalidParameter, "invalid keyUsage: only ENCRYPT/DECRYPT is supported")
+	case errors.Is(err, kms.ErrInvalidCiphertext):
+		return legacyErrorf(codeInvalidParameter, "invalid ciphertextBlob")
+	case errors.Is(err, kms.ErrKeyNotFound):
+		return legacyErrorf(codeNotFound, "key does not exist")
+	case errors.Is(err, kms.ErrKeyDisabled):
+		return legacyErrorf(codeOperationFailed, "key is disabled")
+	case errors.Is(err, kms.ErrAliasExists):
+		return legacyErrorf(codeOperationFailed, "alias already exists")
+	case errors.Is(err, kms.ErrLimitExceeded):
+		return legacyErrorf(codeOperationFailed, "key limit exceeded")
+	case errors.Is(err, kms.ErrDecrypt):
+		return legacyErrorf(codeOperationFailed, "decryption failed: the ciphertextBlob is not authentic or the encryptionContext differs")
+	case errors.Is(err, kms.ErrBusy), errors.Is(err, kms.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		s.log.Warn("request not served", "requestId", rid, "err", err)
+		return legacyErrorf(codeUnavailable, "service temporarily unavailable, please retry")
+	}
+	s.log.Error("internal error", "requestId", rid, "err", err)
+	return legacyErrorf(codeInternal, "internal error (requestId %s)", rid)
+}
+
+func toLegacyMetadata(md kms.KeyMetadata) legacyKeyMetadata {
+	usage := md.KeyUsage
+	if usage == kms.DefaultKeyUsage {
+		usage = "ENCRYPT/DECRYPT" // the legacy API's spelling
+	}
+	var del int64
+	if !md.DeletionDate.IsZero() {
+		del = md.DeletionDate.Unix()
+	}
+	return legacyKeyMetadata{
+		KeyID: md.KeyID, Alias: md.Alias, CreateTime: md.CreateTime.Unix(), Description: md.Description,
+		KeyState: md.KeyState, KeyUsage: usage, DeleteTime: del,
+	}
+}
+
+// params is a strictly parsed parameter set: every name appears once.
+type params map[string]string
+
+func (p params) get(name string) string { return p[name] }
+
+func (p params) required(name string) (string, error) {
+	v := p[name]
+	if v == "" {
+		return "", legacyErrorf(codeInvalidParameter, "missing parameter: %s", name)
+	}
+	return v, nil
+}
+
+// only refuses any parameter that is neither common nor the action's own.
+func (p params) only(lists ...[]string) error {
+next:
+	for name := range p {
+		for _, l := range lists {
+			for _, a := range l {
+				if a == name {
+					continue next
+				}
+			}
+		}
+		return legacyErrorf(codeInvalidParameter, "unknown parameter: %q", truncate(name, 64))
+	}
+	return nil
+}
+
+// legacyParams reads the parameters: the query string of a GET, the form
+// body of a POST whatever its Content-Type (the legacy Python SDK sends
+// none). Query parameters of a POST are ignored, as the legacy API does.
+func (s *Server) legacyParams(r *http.Request) (params, error) {
+	var raw string
+	switch r.Method {
+	case http.MethodGet:
+		raw = r.URL.RawQuery
+		if int64(len(raw)) > s.cfg.MaxBodyBytes {
+			return nil, legacyErrorf(codeInvalidParameter, "query string too long")
+		}
+	case http.MethodPost:
+		body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
+		if err != nil {
+			return nil, legacyErrorf(codeInvalidParameter, "cannot read request body")
+		}
+		if int64(len(body)) > s.cfg.MaxBodyBytes {
+			return nil, legacyErrorf(codeInvalidParameter, "request body larger than %d bytes", s.cfg.MaxBodyBytes)
+		}
+		raw = string(body)
+	}
+	return parseParams(raw)
+}
+
+// parseParams parses an application/x-www-form-urlencoded string strictly:
+// bad escapes and repeated names are errors.
+func parseParams(raw string) (params, error) {
+	vals, err := url.ParseQuery(raw)
+	if err != nil {
+		return nil, legacyErrorf(codeInvalidParameter, "malformed parameters")
+	}
+	p := make(params, len(vals))
+	for k, v := range vals {
+		if len(v) != 1 {
+			return nil, legacyErrorf(codeInvalidParameter, "parameter %q given %d times", truncate(k, 64), len(v))
+		}
+		p[k] = v[0]
+	}
+	return p, nil
+}
+
+// decodeBase64 decodes standard, padded base64 strictly.
+func decodeBase64(s string) ([]byte, error) {
+	return base64.StdEncoding.Strict().DecodeString(s)
+}
+
+// truncate shortens a caller-supplied value before it is echoed in a message.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

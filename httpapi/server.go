@@ -1,0 +1,100 @@
+// Package httpapi is the HTTP edge of hsmkms: the Tencent Cloud KMS
+// compatible wire protocols served with Echo. It validates and decodes
+// input, calls the domain (package kms) and maps domain errors to wire
+// codes. It never touches PKCS#11 and holds no key material.
+//
+// Protocols:
+//   - the legacy API ("API 2.0"): GET or POST /v2/index.php with an Action
+//     parameter, lowerCamel business parameters, and a JSON reply
+//     {"code":0,"message":"","requestId":"..."} always with HTTP 200.
+package httpapi
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"hsmkms/kms"
+)
+
+// KMS is the part of the domain service the HTTP edge calls. *kms.Service
+// implements it. Implementations must be safe for concurrent use.
+type KMS interface {
+	CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyMetadata, error)
+	Encrypt(ctx context.Context, in kms.EncryptInput) (kms.EncryptResult, error)
+	Decrypt(ctx context.Context, in kms.DecryptInput) (kms.DecryptResult, error)
+}
+
+// Config tunes the HTTP edge. The zero value is usable.
+type Config struct {
+	// Logger receives errors that are not the caller's fault (never
+	// request parameters); nil means slog.Default().
+	Logger *slog.Logger
+	// RequestTimeout bounds the work done for one request, HSM wait
+	// included; 0 means 10 s.
+	RequestTimeout time.Duration
+	// MaxBodyBytes caps a request body; 0 means 64 KiB.
+	MaxBodyBytes int64
+}
+
+// RequestIDHeader carries the request id of every response.
+const RequestIDHeader = "X-Request-Id"
+
+// Server serves the KMS API. Create it with New.
+type Server struct {
+	kms  KMS
+	cfg  Config
+	log  *slog.Logger
+	echo *echo.Echo
+}
+
+// New returns a Server calling k. It is safe for concurrent use.
+func New(k KMS, cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 10 * time.Second
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 64 << 10
+	}
+	s := &Server{kms: k, cfg: cfg, log: cfg.Logger}
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.HTTPErrorHandler = s.handleHTTPError
+	e.GET(LegacyPath, s.legacy)
+	e.POST(LegacyPath, s.legacy)
+	s.echo = e
+	return s
+}
+
+// Handler returns the http.Handler serving every route.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// newRequestID returns a fresh random request id.
+func newRequestID() string { return uuid.NewString() }
+
+// handleHTTPError answers routing errors (unknown path, wrong method) and
+// anything a handler failed to answer itself, without internals.
+func (s *Server) handleHTTPError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	status := http.StatusInternalServerError
+	msg := "internal error"
+	if he, ok := err.(*echo.HTTPError); ok {
+		status = he.Code
+		msg = http.StatusText(status)
+	} else {
+		s.log.Error("unhandled request error", "path", c.Path(), "err", err)
+	}
+	rid := newRequestID()
+	c.Response().Header().Set(RequestIDHeader, rid)
+	_ = c.JSON(status, map[string]any{"code": status, "message": msg, "requestId": rid})
+}

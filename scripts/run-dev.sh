@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs kmsd in the foreground on the local development token.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+module=""
+for m in ${SOFTHSM2_MODULE:-} /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
+         /usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so /usr/lib64/pkcs11/libsofthsm2.so /usr/local/lib/softhsm/libsofthsm2.so; do
+  if [ -n "$m" ] && [ -f "$m" ]; then module=$m; break; fi
+done
+export SOFTHSM2_CONF="$(pwd)/softhsm/softhsm2.conf"
+export KMSD_PKCS11_MODULE="${KMSD_PKCS11_MODULE:-$module}"
+export KMSD_PIN_FILE="${KMSD_PIN_FILE:-$(pwd)/softhsm/dev.pin}"
+export KMSD_DATA_DIR="${KMSD_DATA_DIR:-$(pwd)/var}"
+export KMSD_ADDR="${KMSD_ADDR:-127.0.0.1:8080}"
+exec bin/kmsd "$@"
