@@ -70,6 +70,8 @@ func New(k KMS, cfg Config) *Server {
 	e.HTTPErrorHandler = s.handleHTTPError
 	e.GET(LegacyPath, s.legacy)
 	e.POST(LegacyPath, s.legacy)
+	e.GET("/", s.api3)
+	e.POST("/", s.api3)
 	s.echo = e
 	return s
 }

@@ -1,0 +1,353 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"hsmkms/kms"
+	"hsmkms/tcsign"
+)
+
+// API3Version is the only API 3.0 version served.
+const API3Version = "2019-01-18"
+
+// api3CommonParams are the common parameters of the signature-v1 shape of
+// API 3.0 (query string or form body); business parameters are the rest.
+var api3CommonParams = map[string]bool{
+	"Action": true, "Version": true, "Region": true, "Timestamp": true, "Nonce": true,
+	"SecretId": true, "Signature": true, "SignatureMethod": true, "Token": true,
+	"Language": true, "RequestClient": true,
+}
+
+// apiError is an API 3.0 error answer.
+type apiError struct {
+	Code    string `json:"Code"`
+	Message string `json:"Message"`
+}
+
+func (e *apiError) Error() string { return e.Code + ": " + e.Message }
+
+func apiErrorf(code, msg string) *apiError { return &apiError{Code: code, Message: msg} }
+
+type api3ErrorBody struct {
+	Error     *apiError `json:"Error"`
+	RequestID string    `json:"RequestId"`
+}
+
+type api3Envelope struct {
+	Response any `json:"Response"`
+}
+
+// api3Action is one API 3.0 action: how to make its request struct, and how
+// to serve it.
+type api3Action struct {
+	newRequest func() any
+	serve      func(s *Server, ctx context.Context, req any, rid string) (any, error)
+}
+
+// action3 adapts a typed handler to the action table. The handler's
+// response struct must have a RequestId field set through setRID.
+func action3[Req any, Resp any](fn func(s *Server, ctx context.Context, req *Req) (*Resp, error)) api3Action {
+	return api3Action{
+		newRequest: func() any { return new(Req) },
+		serve: func(s *Server, ctx context.Context, req any, rid string) (any, error) {
+			resp, err := fn(s, ctx, req.(*Req))
+			if err != nil {
+				return nil, err
+			}
+			return resp, nil
+		},
+	}
+}
+
+var api3Actions = map[string]api3Action{
+	"CreateKey": action3((*Server).createKey3),
+	"Encrypt":   action3((*Server).encrypt3),
+	"Decrypt":   action3((*Server).decrypt3),
+}
+
+// api3 serves POST / and GET /: API 3.0 in its TC3 shape (X-TC-* headers,
+// JSON body or, for GET, business parameters in the query) and its
+// signature-v1 shape (everything in the query or the form body).
+func (s *Server) api3(c echo.Context) error {
+	rid := newRequestID()
+	r := c.Request()
+	c.Response().Header().Set(RequestIDHeader, rid)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+
+	resp, err := s.api3Dispatch(ctx, r, rid)
+	if err != nil {
+		return c.JSON(http.StatusOK, api3Envelope{Response: api3ErrorBody{Error: s.api3FromError(err, rid), RequestID: rid}})
+	}
+	setRequestID(resp, rid)
+	return c.JSON(http.StatusOK, api3Envelope{Response: resp})
+}
+
+// api3Request is an API 3.0 request once its shape is decoded.
+type api3Request struct {
+	action, version string
+	jsonBody        []byte            // TC3 POST
+	form            map[string]string // business parameters of the other shapes
+}
+
+func (s *Server) readAPI3(r *http.Request) (*api3Request, error) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
+	if err != nil {
+		return nil, apiErrorf("InvalidParameter", "cannot read the request body")
+	}
+	if int64(len(body)) > s.cfg.MaxBodyBytes {
+		return nil, apiErrorf("InvalidParameter", "the request body is too large")
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodPost {
+		return nil, apiErrorf("UnsupportedProtocol", "only GET and POST are supported")
+	}
+	if action := r.Header.Get("X-TC-Action"); action != "" || strings.HasPrefix(r.Header.Get("Authorization"), tcsign.Algorithm) {
+		req := &api3Request{action: action, version: r.Header.Get("X-TC-Version")}
+		if r.Method == http.MethodPost {
+			ct := strings.ToLower(r.Header.Get("Content-Type"))
+			if !strings.HasPrefix(ct, "application/json") {
+				return nil, apiErrorf("InvalidParameter", "TC3 POST requests must be application/json")
+			}
+			req.jsonBody = body
+			return req, nil
+		}
+		p, err := parseParams(r.URL.RawQuery)
+		if err != nil {
+			return nil, apiErrorf("InvalidParameter", "malformed query string")
+		}
+		req.form = p
+		return req, nil
+	}
+	raw := r.URL.RawQuery
+	if r.Method == http.MethodPost {
+		raw = string(body)
+	}
+	p, err := parseParams(raw)
+	if err != nil {
+		return nil, apiErrorf("InvalidParameter", "malformed parameters")
+	}
+	req := &api3Request{action: p["Action"], version: p["Version"], form: map[string]string{}}
+	for k, v := range p {
+		if !api3CommonParams[k] {
+			req.form[k] = v
+		}
+	}
+	return req, nil
+}
+
+func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) (any, error) {
+	req, err := s.readAPI3(r)
+	if err != nil {
+		return nil, err
+	}
+	if req.action == "" {
+		return nil, apiErrorf("MissingParameter", "the Action parameter is missing")
+	}
+	if req.version == "" {
+		return nil, apiErrorf("MissingParameter", "the Version parameter is missing")
+	}
+	if req.version != API3Version {
+		return nil, apiErrorf("NoSuchVersion", "the version "+truncate(req.version, 32)+" is not supported; use "+API3Version)
+	}
+	act, ok := api3Actions[req.action]
+	if !ok {
+		return nil, apiErrorf("InvalidAction", "the action "+truncate(req.action, 64)+" is not supported")
+	}
+	in := act.newRequest()
+	if req.jsonBody != nil {
+		err = decodeJSONParams(req.jsonBody, in)
+	} else {
+		err = decodeFormParams(req.form, in)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return act.serve(s, ctx, in, rid)
+}
+
+// api3FromError maps an error to its API 3.0 code. Errors that are not the
+// caller's fault are logged with the request id and answered without
+// detail.
+func (s *Server) api3FromError(err error, rid string) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	if pe, ok := isParamError(err); ok {
+		return &apiError{Code: pe.code, Message: pe.message}
+	}
+	switch {
+	case errors.Is(err, kms.ErrInvalidKeyID):
+		return apiErrorf("InvalidParameterValue.InvalidKeyId", "the KeyId is invalid")
+	case errors.Is(err, kms.ErrPlaintextTooLong), errors.Is(err, kms.ErrPlaintextEmpty):
+		return apiErrorf("InvalidParameterValue.InvalidPlaintext", "the Plaintext must be 1 to 4096 bytes once base64-decoded")
+	case errors.Is(err, kms.ErrInvalidContext):
+		return apiErrorf("InvalidParameterValue", "the EncryptionContext must be a JSON object of strings, at most 1024 characters, without duplicate keys")
+	case errors.Is(err, kms.ErrInvalidCiphertext):
+		return apiErrorf("InvalidParameterValue.InvalidCiphertext", "the CiphertextBlob is invalid")
+	case errors.Is(err, kms.ErrInvalidAlias):
+		return apiErrorf("InvalidParameterValue.InvalidAlias", "the Alias must be 1-60 characters of A-Z a-z 0-9 _ -, start with a letter or digit, and not start with kms-")
+	case errors.Is(err, kms.ErrInvalidKeyUsage):
+		return apiErrorf("InvalidParameterValue.InvalidKeyUsage", "only the KeyUsage ENCRYPT_DECRYPT is supported")
+	case errors.Is(err, kms.ErrInvalidDesc):
+		return apiErrorf("InvalidParameterValue", "the Description must be at most 1024 bytes of UTF-8")
+	case errors.Is(err, kms.ErrAliasExists):
+		return apiErrorf("InvalidParameterValue.AliasAlreadyExists", "the Alias already exists")
+	case errors.Is(err, kms.ErrKeyNotFound):
+		return apiErrorf("ResourceUnavailable.CmkNotFound", "the CMK does not exist")
+	case errors.Is(err, kms.ErrKeyDisabled):
+		return apiErrorf("ResourceUnavailable.CmkDisabled", "the CMK is disabled")
+	case errors.Is(err, kms.ErrLimitExceeded):
+		return apiErrorf("LimitExceeded.CmkLimitExceeded", "the CMK limit is reached")
+	case errors.Is(err, kms.ErrDecrypt):
+		return apiErrorf("FailedOperation.DecryptError", "decryption failed: the CiphertextBlob is not authentic or the EncryptionContext differs")
+	case errors.Is(err, kms.ErrBusy), errors.Is(err, context.DeadlineExceeded):
+		s.log.Warn("request not served", "requestId", rid, "err", err)
+		return apiErrorf("RequestLimitExceeded", "the HSM is busy, please retry")
+	case errors.Is(err, kms.ErrUnavailable):
+		s.log.Warn("request not served", "requestId", rid, "err", err)
+		return apiErrorf("UnsupportedOperation.ServiceTemporaryUnavailable", "the service is temporarily unavailable, please retry")
+	}
+	s.log.Error("internal error", "requestId", rid, "err", err)
+	return apiErrorf("InternalError", "internal error (RequestId "+rid+")")
+}
+
+// responseBase ends every successful API 3.0 response.
+type responseBase struct {
+	RequestID string `json:"RequestId"`
+}
+
+func (b *responseBase) setRequestID(rid string) { b.RequestID = rid }
+
+func setRequestID(resp any, rid string) {
+	if r, ok := resp.(interface{ setRequestID(string) }); ok {
+		r.setRequestID(rid)
+	}
+}
+
+// CreateKey
+
+type createKeyRequest struct {
+	Alias        *string    `json:"Alias"`
+	Description  *string    `json:"Description"`
+	KeyUsage     *string    `json:"KeyUsage"`
+	Type         *uint64    `json:"Type"`
+	Tags         []json3Tag `json:"Tags"`
+	HsmClusterId *string    `json:"HsmClusterId"`
+}
+
+type json3Tag struct {
+	TagKey   *string `json:"TagKey"`
+	TagValue *string `json:"TagValue"`
+}
+
+type createKeyResponse struct {
+	KeyID        string `json:"KeyId"`
+	Alias        string `json:"Alias"`
+	CreateTime   uint64 `json:"CreateTime"`
+	Description  string `json:"Description"`
+	KeyState     string `json:"KeyState"`
+	KeyUsage     string `json:"KeyUsage"`
+	TagCode      uint64 `json:"TagCode"`
+	TagMsg       string `json:"TagMsg"`
+	HsmClusterId string `json:"HsmClusterId"`
+	responseBase
+}
+
+func (s *Server) createKey3(ctx context.Context, req *createKeyRequest) (*createKeyResponse, error) {
+	if req.Alias == nil || *req.Alias == "" {
+		return nil, apiErrorf("MissingParameter", "the Alias parameter is missing")
+	}
+	if req.Type != nil && *req.Type != 1 {
+		return nil, apiErrorf("InvalidParameterValue.InvalidType", "only Type 1 (a CMK created by KMS) is supported")
+	}
+	if req.HsmClusterId != nil && *req.HsmClusterId != "" {
+		return nil, apiErrorf("InvalidParameterValue.InvalidHsmClusterId", "HSM clusters are not supported")
+	}
+	if len(req.Tags) > 0 {
+		return nil, apiErrorf("UnsupportedOperation", "tags are not supported")
+	}
+	md, err := s.kms.CreateKey(ctx, kms.CreateKeyInput{Alias: *req.Alias, Description: deref(req.Description), KeyUsage: deref(req.KeyUsage)})
+	if err != nil {
+		return nil, err
+	}
+	return &createKeyResponse{
+		KeyID: md.KeyID, Alias: md.Alias, CreateTime: uint64(md.CreateTime.Unix()), Description: md.Description,
+		KeyState: md.KeyState, KeyUsage: md.KeyUsage,
+	}, nil
+}
+
+// Encrypt
+
+type encryptRequest struct {
+	KeyId             *string `json:"KeyId"`
+	Plaintext         *string `json:"Plaintext"`
+	EncryptionContext *string `json:"EncryptionContext"`
+}
+
+type encryptResponse struct {
+	CiphertextBlob string `json:"CiphertextBlob"`
+	KeyID          string `json:"KeyId"`
+	responseBase
+}
+
+func (s *Server) encrypt3(ctx context.Context, req *encryptRequest) (*encryptResponse, error) {
+	if req.KeyId == nil || *req.KeyId == "" {
+		return nil, apiErrorf("MissingParameter", "the KeyId parameter is missing")
+	}
+	if req.Plaintext == nil || *req.Plaintext == "" {
+		return nil, apiErrorf("MissingParameter", "the Plaintext parameter is missing")
+	}
+	pt, err := decodeBase64(*req.Plaintext)
+	if err != nil {
+		return nil, apiErrorf("InvalidParameterValue.InvalidPlaintext", "the Plaintext is not standard base64")
+	}
+	res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: *req.KeyId, Plaintext: pt, EncryptionContext: deref(req.EncryptionContext)})
+	if err != nil {
+		return nil, err
+	}
+	return &encryptResponse{CiphertextBlob: res.CiphertextBlob, KeyID: res.KeyID}, nil
+}
+
+// Decrypt
+
+type decryptRequest struct {
+	CiphertextBlob      *string `json:"CiphertextBlob"`
+	EncryptionContext   *string `json:"EncryptionContext"`
+	EncryptionPublicKey *string `json:"EncryptionPublicKey"`
+	EncryptionAlgorithm *string `json:"EncryptionAlgorithm"`
+}
+
+type decryptResponse struct {
+	KeyID     string `json:"KeyId"`
+	Plaintext string `json:"Plaintext"`
+	responseBase
+}
+
+func (s *Server) decrypt3(ctx context.Context, req *decryptRequest) (*decryptResponse, error) {
+	if req.CiphertextBlob == nil || *req.CiphertextBlob == "" {
+		return nil, apiErrorf("MissingParameter", "the CiphertextBlob parameter is missing")
+	}
+	if deref(req.EncryptionPublicKey) != "" || deref(req.EncryptionAlgorithm) != "" {
+		return nil, apiErrorf("UnsupportedOperation", "EncryptionPublicKey is not supported")
+	}
+	res, err := s.kms.Decrypt(ctx, kms.DecryptInput{CiphertextBlob: *req.CiphertextBlob, EncryptionContext: deref(req.EncryptionContext)})
+	if err != nil {
+		return nil, err
+	}
+	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
+}
+
+func deref(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
