@@ -93,8 +93,11 @@ func (s *Server) api3(c echo.Context) error {
 // api3Request is an API 3.0 request once its shape is decoded.
 type api3Request struct {
 	action, version string
-	jsonBody        []byte            // TC3 POST
+	tc3             bool
+	body            []byte            // the raw body (TC3 signs its hash)
+	jsonBody        []byte            // TC3 POST: the business parameters
 	form            map[string]string // business parameters of the other shapes
+	all             map[string]string // signature v1: every parameter, for the signature
 }
 
 func (s *Server) readAPI3(r *http.Request) (*api3Request, error) {
@@ -109,7 +112,7 @@ func (s *Server) readAPI3(r *http.Request) (*api3Request, error) {
 		return nil, apiErrorf("UnsupportedProtocol", "only GET and POST are supported")
 	}
 	if action := r.Header.Get("X-TC-Action"); action != "" || strings.HasPrefix(r.Header.Get("Authorization"), tcsign.Algorithm) {
-		req := &api3Request{action: action, version: r.Header.Get("X-TC-Version")}
+		req := &api3Request{action: action, version: r.Header.Get("X-TC-Version"), tc3: true, body: body}
 		if r.Method == http.MethodPost {
 			ct := strings.ToLower(r.Header.Get("Content-Type"))
 			if !strings.HasPrefix(ct, "application/json") {
@@ -133,7 +136,7 @@ func (s *Server) readAPI3(r *http.Request) (*api3Request, error) {
 	if err != nil {
 		return nil, apiErrorf("InvalidParameter", "malformed parameters")
 	}
-	req := &api3Request{action: p["Action"], version: p["Version"], form: map[string]string{}}
+	req := &api3Request{action: p["Action"], version: p["Version"], form: map[string]string{}, all: p}
 	for k, v := range p {
 		if !api3CommonParams[k] {
 			req.form[k] = v
@@ -147,6 +150,16 @@ func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) 
 	if err != nil {
 		return nil, err
 	}
+	var principal *kms.Principal
+	if req.tc3 {
+		principal, err = s.authTC3(ctx, r, req.body)
+	} else {
+		principal, err = s.authV1(ctx, r, "/", req.all, false)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ctx = kms.WithPrincipal(ctx, principal)
 	if req.action == "" {
 		return nil, apiErrorf("MissingParameter", "the Action parameter is missing")
 	}
@@ -180,6 +193,10 @@ func (s *Server) api3FromError(err error, rid string) *apiError {
 	if errors.As(err, &ae) {
 		return ae
 	}
+	var au *authError
+	if errors.As(err, &au) {
+		return &apiError{Code: au.api3, Message: au.message}
+	}
 	if pe, ok := isParamError(err); ok {
 		return &apiError{Code: pe.code, Message: pe.message}
 	}
@@ -200,6 +217,8 @@ func (s *Server) api3FromError(err error, rid string) *apiError {
 		return apiErrorf("InvalidParameterValue", "the Description must be at most 1024 bytes of UTF-8")
 	case errors.Is(err, kms.ErrAliasExists):
 		return apiErrorf("InvalidParameterValue.AliasAlreadyExists", "the Alias already exists")
+	case errors.Is(err, kms.ErrUnauthorized):
+		return apiErrorf("UnauthorizedOperation", "the credential is not authorized for this operation on this resource")
 	case errors.Is(err, kms.ErrKeyNotFound):
 		return apiErrorf("ResourceUnavailable.CmkNotFound", "the CMK does not exist")
 	case errors.Is(err, kms.ErrKeyDisabled):

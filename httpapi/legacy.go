@@ -23,6 +23,7 @@ const LegacyPath = "/v2/index.php"
 const (
 	codeOK               = 0
 	codeInvalidParameter = 4000
+	codeUnauthorized     = 4102
 	codeNotFound         = 5000
 	codeOperationFailed  = 5100
 	codeInternal         = 6000
@@ -102,7 +103,12 @@ func (s *Server) legacy(c echo.Context) error {
 	reply, err := s.legacyDispatch(ctx, c.Request(), rid)
 	if err != nil {
 		var le *legacyError
-		if !errors.As(err, &le) {
+		var ae *authError
+		switch {
+		case errors.As(err, &le):
+		case errors.As(err, &ae):
+			le = &legacyError{code: ae.legacy, message: ae.message}
+		default:
 			le = s.legacyFromDomain(err, rid)
 		}
 		return c.JSON(http.StatusOK, legacyReply{Code: le.code, Message: le.message, RequestID: rid})
@@ -115,6 +121,11 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 	if err != nil {
 		return nil, err
 	}
+	principal, err := s.authV1(ctx, r, LegacyPath, p, true)
+	if err != nil {
+		return nil, err
+	}
+	ctx = kms.WithPrincipal(ctx, principal)
 	action := p.get("Action")
 	allowed, ok := legacyActionParams[action]
 	if !ok {
@@ -194,6 +205,8 @@ func (s *Server) legacyFromDomain(err error, rid string) *legacyError {
 		return legacyErrorf(codeInvalidParameter, "invalid keyUsage: only ENCRYPT/DECRYPT is supported")
 	case errors.Is(err, kms.ErrInvalidCiphertext):
 		return legacyErrorf(codeInvalidParameter, "invalid ciphertextBlob")
+	case errors.Is(err, kms.ErrUnauthorized):
+		return legacyErrorf(codeUnauthorized, "not authorized for this operation on this resource")
 	case errors.Is(err, kms.ErrKeyNotFound):
 		return legacyErrorf(codeNotFound, "key does not exist")
 	case errors.Is(err, kms.ErrKeyDisabled):

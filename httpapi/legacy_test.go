@@ -9,11 +9,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"hsmkms/kms"
+	"hsmkms/tcsign"
 )
 
 // fakeKMS is a narrow stand-in for the domain: each test sets the error
@@ -22,6 +25,39 @@ import (
 type fakeKMS struct {
 	err     error
 	lastEnc kms.EncryptInput
+}
+
+const (
+	testSecretID  = "AKIDtest0000000000000000000000000000"
+	testSecretKey = "testsecretkey0000000000000000000"
+)
+
+func (f *fakeKMS) LookupCredential(_ context.Context, id string) (*kms.Credential, error) {
+	if id != testSecretID {
+		return nil, kms.ErrCredentialNotFound
+	}
+	return &kms.Credential{SecretID: id, SecretKey: testSecretKey, Principal: &kms.Principal{SecretID: id, Policy: kms.AdminPolicy()}}, nil
+}
+
+var nonceSeq atomic.Uint64
+
+// signLegacy adds the common parameters and a HmacSHA256 signature for
+// host and method.
+func signLegacy(method, host string, v url.Values) url.Values {
+	out := url.Values{}
+	for k, vs := range v {
+		out[k] = vs
+	}
+	out.Set("SecretId", testSecretID)
+	out.Set("Timestamp", strconv.FormatInt(time.Now().Unix(), 10))
+	out.Set("Nonce", strconv.FormatUint(nonceSeq.Add(1), 10))
+	out.Set("SignatureMethod", "HmacSHA256")
+	var ps []tcsign.Param
+	for k, vs := range out {
+		ps = append(ps, tcsign.Param{Name: k, Value: vs[0]})
+	}
+	out.Set("Signature", tcsign.V1Sign(testSecretKey, "HmacSHA256", tcsign.V1StringToSign(method, host, LegacyPath, ps)))
+	return out
 }
 
 func (f *fakeKMS) CreateKey(_ context.Context, in kms.CreateKeyInput) (kms.KeyMetadata, error) {
@@ -100,7 +136,8 @@ func TestLegacyErrorMapping(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := New(&fakeKMS{err: tt.err}, Config{Logger: discardLogger()})
-			r, rec := do(t, s, http.MethodGet, LegacyPath+"?Action=Encrypt&keyId=k&plaintext=aGVsbG8%3D", "", "")
+			q := signLegacy("GET", "example.com", url.Values{"Action": {"Encrypt"}, "keyId": {"k"}, "plaintext": {"aGVsbG8="}})
+			r, rec := do(t, s, http.MethodGet, LegacyPath+"?"+q.Encode(), "", "")
 			if rec.Code != http.StatusOK {
 				t.Fatalf("HTTP %d, want 200", rec.Code)
 			}
@@ -121,35 +158,47 @@ func TestLegacyRequestParsing(t *testing.T) {
 	tests := []struct {
 		name, method, query, body, ctype string
 		code                             int
+		unsigned                         bool
 	}{
-		{"get ok", "GET", "Action=Encrypt&keyId=k&plaintext=aGVsbG8%3D&Nonce=1&Timestamp=2&SecretId=a&Signature=b&Region=gz&RequestClient=SDK_Python_1.0", "", "", 0},
-		{"post form ok", "POST", "", "Action=Encrypt&keyId=k&plaintext=aGVsbG8%3D", "application/x-www-form-urlencoded", 0},
-		{"post without content type", "POST", "", "Action=Decrypt&ciphertextBlob=abc", "", 0},
-		{"post with odd content type", "POST", "", "Action=Decrypt&ciphertextBlob=abc", "text/plain", 0},
-		{"post ignores query", "POST", "Action=Encrypt", "", "", 4000},
-		{"missing action", "GET", "keyId=k", "", "", 4000},
-		{"unknown action", "GET", "Action=Frobnicate", "", "", 6100},
-		{"unknown parameter", "GET", "Action=Encrypt&keyId=k&plaintext=aGVsbG8%3D&extra=1", "", "", 4000},
-		{"duplicate parameter", "GET", "Action=Encrypt&keyId=k&keyId=j&plaintext=aGVsbG8%3D", "", "", 4000},
-		{"bad escape", "GET", "Action=Encrypt&keyId=%zz", "", "", 4000},
-		{"missing keyId", "GET", "Action=Encrypt&plaintext=aGVsbG8%3D", "", "", 4000},
-		{"missing plaintext", "GET", "Action=Encrypt&keyId=k", "", "", 4000},
-		{"plaintext not base64", "GET", "Action=Encrypt&keyId=k&plaintext=%21%21", "", "", 4590},
-		{"plaintext unpadded", "GET", "Action=Encrypt&keyId=k&plaintext=aGVsbG8", "", "", 4590},
-		{"missing blob", "GET", "Action=Decrypt", "", "", 4000},
-		{"create ok", "GET", "Action=CreateKey&alias=a1&keyUsage=ENCRYPT%2FDECRYPT&type=1", "", "", 0},
-		{"create missing alias", "GET", "Action=CreateKey", "", "", 4000},
-		{"create quantum type", "GET", "Action=CreateKey&alias=a1&type=2", "", "", 4000},
-		{"body too large", "POST", "", "Action=Decrypt&ciphertextBlob=" + strings.Repeat("A", 70<<10), "", 4000},
+		{"get ok", "GET", "Action=Encrypt&keyId=k&plaintext=aGVsbG8%3D&Region=gz&RequestClient=SDK_Python_1.0", "", "", 0, false},
+		{"post form ok", "POST", "", "Action=Encrypt&keyId=k&plaintext=aGVsbG8%3D", "application/x-www-form-urlencoded", 0, false},
+		{"post without content type", "POST", "", "Action=Decrypt&ciphertextBlob=abc", "", 0, false},
+		{"post with odd content type", "POST", "", "Action=Decrypt&ciphertextBlob=abc", "text/plain", 0, false},
+		{"post ignores query", "POST", "Action=Encrypt", "", "", 4100, true},
+		{"unsigned", "GET", "Action=Encrypt&keyId=k&plaintext=aGVsbG8%3D", "", "", 4100, true},
+		{"missing action", "GET", "keyId=k", "", "", 4000, false},
+		{"unknown action", "GET", "Action=Frobnicate", "", "", 6100, false},
+		{"unknown parameter", "GET", "Action=Encrypt&keyId=k&plaintext=aGVsbG8%3D&extra=1", "", "", 4000, false},
+		{"duplicate parameter", "GET", "Action=Encrypt&keyId=k&keyId=j&plaintext=aGVsbG8%3D", "", "", 4000, true},
+		{"bad escape", "GET", "Action=Encrypt&keyId=%zz", "", "", 4000, true},
+		{"missing keyId", "GET", "Action=Encrypt&plaintext=aGVsbG8%3D", "", "", 4000, false},
+		{"missing plaintext", "GET", "Action=Encrypt&keyId=k", "", "", 4000, false},
+		{"plaintext not base64", "GET", "Action=Encrypt&keyId=k&plaintext=%21%21", "", "", 4590, false},
+		{"plaintext unpadded", "GET", "Action=Encrypt&keyId=k&plaintext=aGVsbG8", "", "", 4590, false},
+		{"missing blob", "GET", "Action=Decrypt", "", "", 4000, false},
+		{"create ok", "GET", "Action=CreateKey&alias=a1&keyUsage=ENCRYPT%2FDECRYPT&type=1", "", "", 0, false},
+		{"create missing alias", "GET", "Action=CreateKey", "", "", 4000, false},
+		{"create quantum type", "GET", "Action=CreateKey&alias=a1&type=2", "", "", 4000, false},
+		{"body too large", "POST", "", "Action=Decrypt&ciphertextBlob=" + strings.Repeat("A", 70<<10), "", 4000, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := New(&fakeKMS{}, Config{Logger: discardLogger()})
-			target := LegacyPath
-			if tt.query != "" {
-				target += "?" + tt.query
+			query, body := tt.query, tt.body
+			if !tt.unsigned {
+				if tt.method == "GET" {
+					v, _ := url.ParseQuery(query)
+					query = signLegacy("GET", "example.com", v).Encode()
+				} else {
+					v, _ := url.ParseQuery(body)
+					body = signLegacy("POST", "example.com", v).Encode()
+				}
 			}
-			r, rec := do(t, s, tt.method, target, tt.body, tt.ctype)
+			target := LegacyPath
+			if query != "" {
+				target += "?" + query
+			}
+			r, rec := do(t, s, tt.method, target, body, tt.ctype)
 			if rec.Code != http.StatusOK || r.Code == nil || *r.Code != tt.code {
 				t.Fatalf("HTTP %d code %v (%q), want 200 code %d", rec.Code, r.Code, r.Message, tt.code)
 			}
@@ -163,7 +212,7 @@ func TestLegacyRequestParsing(t *testing.T) {
 func TestLegacyPlaintextReachesDomainDecoded(t *testing.T) {
 	f := &fakeKMS{}
 	s := New(f, Config{Logger: discardLogger()})
-	v := url.Values{"Action": {"Encrypt"}, "keyId": {"k"}, "plaintext": {"aGk+Pz8/"}, "encryptionContext": {`{"a":"b c"}`}}
+	v := signLegacy("POST", "example.com", url.Values{"Action": {"Encrypt"}, "keyId": {"k"}, "plaintext": {"aGk+Pz8/"}, "encryptionContext": {`{"a":"b c"}`}})
 	r, _ := do(t, s, http.MethodPost, LegacyPath, v.Encode(), "")
 	if *r.Code != 0 || r.CiphertextBlob != "blob" {
 		t.Fatalf("reply %+v", r)
@@ -175,7 +224,8 @@ func TestLegacyPlaintextReachesDomainDecoded(t *testing.T) {
 
 func TestLegacyCreateKeyShape(t *testing.T) {
 	s := New(&fakeKMS{}, Config{Logger: discardLogger()})
-	r, _ := do(t, s, http.MethodGet, LegacyPath+"?Action=CreateKey&alias=a1", "", "")
+	q := signLegacy("GET", "example.com", url.Values{"Action": {"CreateKey"}, "alias": {"a1"}})
+	r, _ := do(t, s, http.MethodGet, LegacyPath+"?"+q.Encode(), "", "")
 	if r.KeyMetadata == nil || r.KeyMetadata.KeyUsage != "ENCRYPT/DECRYPT" || r.KeyMetadata.DeleteTime == nil {
 		t.Fatalf("keyMetadata %+v: want legacy usage spelling and deleteTime present", r.KeyMetadata)
 	}

@@ -5,8 +5,16 @@
 //
 // Protocols:
 //   - the legacy API ("API 2.0"): GET or POST /v2/index.php with an Action
-//     parameter, lowerCamel business parameters, and a JSON reply
-//     {"code":0,"message":"","requestId":"..."} always with HTTP 200.
+//     parameter, lowerCamel business parameters, HmacSHA1/HmacSHA256
+//     signatures with Nonce replay protection, and a JSON reply
+//     {"code":0,"message":"","requestId":"..."} always with HTTP 200;
+//   - API 3.0 (version 2019-01-18) at /: TC3-HMAC-SHA256 with X-TC-*
+//     headers and a JSON body (or a query for GET), or signature v1 with
+//     everything in the query or a form body; replies
+//     {"Response":{...,"RequestId":"..."}} with HTTP 200.
+//
+// Every request is authenticated (see auth.go); the caller is handed to the
+// domain with kms.WithPrincipal, and the domain authorises each action.
 package httpapi
 
 import (
@@ -24,6 +32,7 @@ import (
 // KMS is the part of the domain service the HTTP edge calls. *kms.Service
 // implements it. Implementations must be safe for concurrent use.
 type KMS interface {
+	Credentials
 	CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyMetadata, error)
 	Encrypt(ctx context.Context, in kms.EncryptInput) (kms.EncryptResult, error)
 	Decrypt(ctx context.Context, in kms.DecryptInput) (kms.DecryptResult, error)
@@ -39,6 +48,10 @@ type Config struct {
 	RequestTimeout time.Duration
 	// MaxBodyBytes caps a request body; 0 means 64 KiB.
 	MaxBodyBytes int64
+	// Clock returns the current time (signature windows); nil means time.Now.
+	Clock func() time.Time
+	// MaxNonces bounds the legacy API's replay cache; 0 means 4,000,000.
+	MaxNonces int
 }
 
 // RequestIDHeader carries the request id of every response.
@@ -46,10 +59,12 @@ const RequestIDHeader = "X-Request-Id"
 
 // Server serves the KMS API. Create it with New.
 type Server struct {
-	kms  KMS
-	cfg  Config
-	log  *slog.Logger
-	echo *echo.Echo
+	kms    KMS
+	creds  Credentials
+	nonces *nonceCache
+	cfg    Config
+	log    *slog.Logger
+	echo   *echo.Echo
 }
 
 // New returns a Server calling k. It is safe for concurrent use.
@@ -63,7 +78,13 @@ func New(k KMS, cfg Config) *Server {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
 	}
-	s := &Server{kms: k, cfg: cfg, log: cfg.Logger}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.MaxNonces <= 0 {
+		cfg.MaxNonces = 4_000_000
+	}
+	s := &Server{kms: k, creds: k, nonces: newNonceCache(cfg.MaxNonces), cfg: cfg, log: cfg.Logger}
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true

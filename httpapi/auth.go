@@ -1,0 +1,312 @@
+package httpapi
+
+import (
+	"context"
+	"crypto/hmac"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"hsmkms/kms"
+	"hsmkms/tcsign"
+)
+
+// This file authenticates requests: TC3-HMAC-SHA256 and the HmacSHA1 /
+// HmacSHA256 "signature v1" of the legacy API and of API 3.0's form shape.
+// Every request must be signed by an enabled credential; there is no
+// anonymous access.
+
+// Credentials resolves a SecretId. *kms.Service implements it.
+type Credentials interface {
+	// LookupCredential returns the credential of an enabled SecretId, or an
+	// error wrapping kms.ErrCredentialNotFound.
+	LookupCredential(ctx context.Context, secretID string) (*kms.Credential, error)
+}
+
+// authError is an authentication failure with its code in both protocols.
+type authError struct {
+	api3    string // API 3.0 code
+	legacy  int    // legacy code
+	message string
+}
+
+func (e *authError) Error() string { return e.api3 + ": " + e.message }
+
+var (
+	errAuthMissing    = &authError{"AuthFailure", 4100, "the request is not signed"}
+	errAuthMalformed  = &authError{"AuthFailure.InvalidAuthorization", 4100, "the Authorization header is malformed"}
+	errAuthExpired    = &authError{"AuthFailure.SignatureExpire", 4500, "the request timestamp is outside the allowed window of 300 seconds"}
+	errAuthSecretID   = &authError{"AuthFailure.SecretIdNotFound", 4104, "the SecretId does not exist or is disabled"}
+	errAuthSignature  = &authError{"AuthFailure.SignatureFailure", 4100, "the signature does not match"}
+	errAuthToken      = &authError{"AuthFailure.TokenFailure", 4105, "temporary credentials (Token) are not supported"}
+	errAuthReplay     = &authError{"AuthFailure.SignatureFailure", 4500, "replayed request: this Nonce was already used"}
+	errAuthNoncesFull = &authError{"RequestLimitExceeded", 4400, "too many signed requests in the replay window, please retry"}
+)
+
+// SignatureWindow is how far a request's timestamp may be from the server's
+// clock, either way.
+const SignatureWindow = 300 * time.Second
+
+func (s *Server) now() time.Time { return s.cfg.Clock() }
+
+func (s *Server) checkTimestamp(ts int64) error {
+	now := s.now().Unix()
+	if ts < now-int64(SignatureWindow/time.Second) || ts > now+int64(SignatureWindow/time.Second) {
+		return errAuthExpired
+	}
+	return nil
+}
+
+func (s *Server) lookup(ctx context.Context, secretID string) (*kms.Credential, error) {
+	if secretID == "" || len(secretID) > 128 {
+		return nil, errAuthSecretID
+	}
+	cred, err := s.creds.LookupCredential(ctx, secretID)
+	if errors.Is(err, kms.ErrCredentialNotFound) {
+		return nil, errAuthSecretID
+	}
+	if err != nil {
+		return nil, err
+	}
+	return cred, nil
+}
+
+// authTC3 verifies a TC3-HMAC-SHA256 request and returns its caller.
+//
+// Real SDKs sign differently against a custom endpoint: the Go SDK signs
+// the host with its port and the service "kms"; the Node.js SDK signs the
+// host without the port and the service endpoint.split(".")[0] (so "127"
+// for 127.0.0.1:PORT), with the URL path as canonical URI. So the signing
+// key is derived from the service named in the Credential scope, and the
+// host is tried as sent, then without its port; the canonical URI is "/",
+// then the real path if it differs.
+func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*kms.Principal, error) {
+	authz := r.Header.Get("Authorization")
+	if authz == "" {
+		return nil, errAuthMissing
+	}
+	a, ok := parseTC3Authorization(authz)
+	if !ok {
+		return nil, errAuthMalformed
+	}
+	if r.Header.Get("X-TC-Token") != "" {
+		return nil, errAuthToken
+	}
+	tsRaw := r.Header.Get("X-TC-Timestamp")
+	ts, err := strconv.ParseInt(tsRaw, 10, 64)
+	if err != nil || tsRaw != strconv.FormatInt(ts, 10) {
+		return nil, &authError{"MissingParameter", 4000, "X-TC-Timestamp is missing or not a UNIX time in seconds"}
+	}
+	if err := s.checkTimestamp(ts); err != nil {
+		return nil, err
+	}
+	if a.date != time.Unix(ts, 0).UTC().Format("2006-01-02") {
+		return nil, errAuthSignature
+	}
+	if r.Header.Get("X-TC-Content-SHA256") != "" {
+		return nil, &authError{"AuthFailure.SignatureFailure", 4100, "unsigned payloads (X-TC-Content-SHA256) are not accepted: the body must be signed"}
+	}
+	cred, err := s.lookup(ctx, a.secretID)
+	if err != nil {
+		return nil, err
+	}
+
+	// Canonical headers, in SignedHeaders order; content-type and host
+	// must be signed.
+	names := strings.Split(a.signedHeaders, ";")
+	var hasHost, hasCT bool
+	hostIdx := -1
+	headers := make([]string, len(names))
+	for i, n := range names {
+		switch n {
+		case "host":
+			hasHost, hostIdx = true, i
+			continue
+		case "content-type":
+			hasCT = true
+		}
+		if n == "" || n != strings.ToLower(n) || (i > 0 && names[i-1] >= n) {
+			return nil, errAuthMalformed
+		}
+		headers[i] = n + ":" + strings.TrimSpace(r.Header.Get(n))
+	}
+	if !hasHost || !hasCT {
+		return nil, &authError{"AuthFailure.InvalidAuthorization", 4100, "SignedHeaders must include content-type and host"}
+	}
+	canon := tcsign.Canonical{
+		Method:        r.Method,
+		Query:         "",
+		Headers:       headers,
+		SignedHeaders: a.signedHeaders,
+		PayloadHash:   tcsign.SHA256Hex(body),
+	}
+	if r.Method == http.MethodGet {
+		canon.Query = r.URL.RawQuery
+	}
+	key := tcsign.SigningKey(cred.SecretKey, a.date, a.service)
+	want := []byte(a.signature)
+	for _, host := range hostCandidates(r.Host) {
+		headers[hostIdx] = "host:" + host
+		for _, uri := range uriCandidates(r.URL.Path) {
+			canon.URI = uri
+			got := tcsign.Sign(key, tcsign.StringToSign(tsRaw, a.scope, canon.String()))
+			if hmac.Equal([]byte(got), want) {
+				return cred.Principal, nil
+			}
+		}
+	}
+	return nil, errAuthSignature
+}
+
+// hostCandidates returns the Host as sent, then without its port.
+func hostCandidates(host string) []string {
+	h := strings.ToLower(host)
+	if hn, _, err := net.SplitHostPort(h); err == nil {
+		return []string{h, hn}
+	}
+	return []string{h}
+}
+
+func uriCandidates(path string) []string {
+	if path == "" || path == "/" {
+		return []string{"/"}
+	}
+	return []string{"/", path}
+}
+
+type tc3Authorization struct {
+	secretID, date, service, scope, signedHeaders, signature string
+}
+
+// parseTC3Authorization parses
+// "TC3-HMAC-SHA256 Credential=ID/DATE/SERVICE/tc3_request, SignedHeaders=a;b, Signature=HEX".
+func parseTC3Authorization(h string) (tc3Authorization, bool) {
+	var a tc3Authorization
+	rest, ok := strings.CutPrefix(h, tcsign.Algorithm+" ")
+	if !ok || len(h) > 1024 {
+		return a, false
+	}
+	var cred string
+	for _, part := range strings.Split(rest, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok {
+			return a, false
+		}
+		switch k {
+		case "Credential":
+			cred = v
+		case "SignedHeaders":
+			a.signedHeaders = v
+		case "Signature":
+			a.signature = v
+		default:
+			return a, false
+		}
+	}
+	f := strings.Split(cred, "/")
+	if len(f) != 4 || f[0] == "" || f[2] == "" || f[3] != "tc3_request" || a.signedHeaders == "" || len(a.signature) != 64 {
+		return a, false
+	}
+	if _, err := time.Parse("2006-01-02", f[1]); err != nil {
+		return a, false
+	}
+	a.secretID, a.date, a.service = f[0], f[1], f[2]
+	a.scope = f[1] + "/" + f[2] + "/tc3_request"
+	return a, true
+}
+
+// authV1 verifies a HmacSHA1/HmacSHA256 request whose parameters (common
+// and business, raw values) are ps, against path ("/" or the legacy path),
+// and returns its caller. legacy enables Nonce replay protection.
+func (s *Server) authV1(ctx context.Context, r *http.Request, path string, ps map[string]string, legacy bool) (*kms.Principal, error) {
+	sig, hasSig := ps["Signature"]
+	if !hasSig || sig == "" {
+		return nil, errAuthMissing
+	}
+	if ps["Token"] != "" {
+		return nil, errAuthToken
+	}
+	tsRaw := ps["Timestamp"]
+	ts, err := strconv.ParseInt(tsRaw, 10, 64)
+	if err != nil {
+		return nil, &authError{"MissingParameter", 4000, "Timestamp is missing or not a UNIX time in seconds"}
+	}
+	if err := s.checkTimestamp(ts); err != nil {
+		return nil, err
+	}
+	nonce := ps["Nonce"]
+	if n, err := strconv.ParseUint(nonce, 10, 64); err != nil || n == 0 {
+		return nil, &authError{"MissingParameter", 4000, "Nonce is missing or not a positive integer"}
+	}
+	cred, err := s.lookup(ctx, ps["SecretId"])
+	if err != nil {
+		return nil, err
+	}
+	list := make([]tcsign.Param, 0, len(ps))
+	for k, v := range ps {
+		list = append(list, tcsign.Param{Name: k, Value: v})
+	}
+	got := tcsign.V1Sign(cred.SecretKey, ps["SignatureMethod"], tcsign.V1StringToSign(r.Method, r.Host, path, list))
+	if !hmac.Equal([]byte(got), []byte(sig)) {
+		return nil, errAuthSignature
+	}
+	// Only a correctly signed request consumes its nonce, so nobody can
+	// burn another caller's nonces.
+	if legacy {
+		switch s.nonces.use(cred.SecretID+"\x00"+nonce, time.Unix(ts, 0).Add(SignatureWindow), s.now()) {
+		case nonceReplayed:
+			return nil, errAuthReplay
+		case nonceFull:
+			return nil, errAuthNoncesFull
+		}
+	}
+	return cred.Principal, nil
+}
+
+// nonceCache remembers (SecretId, Nonce) pairs until their timestamp leaves
+// the signature window, so a replay inside the window is refused. It is
+// bounded: when full it refuses new requests rather than forget nonces.
+type nonceCache struct {
+	mu        sync.Mutex
+	seen      map[string]int64 // key -> expiry (unix seconds)
+	max       int
+	nextSweep int64
+}
+
+type nonceResult int
+
+const (
+	nonceFresh nonceResult = iota
+	nonceReplayed
+	nonceFull
+)
+
+func newNonceCache(max int) *nonceCache {
+	return &nonceCache{seen: make(map[string]int64), max: max}
+}
+
+func (c *nonceCache) use(key string, expiry, now time.Time) nonceResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := now.Unix()
+	if n >= c.nextSweep || len(c.seen) >= c.max {
+		for k, exp := range c.seen {
+			if exp < n {
+				delete(c.seen, k)
+			}
+		}
+		c.nextSweep = n + 10
+	}
+	if exp, ok := c.seen[key]; ok && exp >= n {
+		return nonceReplayed
+	}
+	if len(c.seen) >= c.max {
+		return nonceFull
+	}
+	c.seen[key] = expiry.Unix()
+	return nonceFresh
+}
