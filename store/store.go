@@ -8,9 +8,12 @@
 //
 // # Errors
 //
-// Methods return ErrNotFound when the addressed key does not exist and
-// ErrAliasExists when a unique alias is taken. Other errors are I/O or
-// database failures and are not classified.
+// Methods return ErrNotFound when the addressed key does not exist,
+// ErrAliasExists when a unique alias is taken and ErrKeyExists when a key ID
+// is already stored. Open returns ErrSchemaTooNew for a database written by a
+// newer release. Errors wrap these sentinels, so test them with errors.Is.
+// Other errors are invalid arguments, I/O or database failures and are not
+// classified.
 //
 // # Concurrency
 //
@@ -24,8 +27,15 @@ import (
 
 // Sentinel errors.
 var (
-	ErrNotFound    = errors.New("store: not found")
+	// ErrNotFound: the addressed key does not exist.
+	ErrNotFound = errors.New("store: not found")
+	// ErrAliasExists: the alias is held by another key that is not Deleted.
 	ErrAliasExists = errors.New("store: alias already exists")
+	// ErrKeyExists: a key with the same ID is already stored (in any state).
+	ErrKeyExists = errors.New("store: key already exists")
+	// ErrSchemaTooNew: the database schema version is newer than this code
+	// knows; the database was written by a newer release and is left as is.
+	ErrSchemaTooNew = errors.New("store: database schema is newer than this release supports")
 )
 
 // Key is the metadata of one customer master key (CMK).

@@ -1,0 +1,587 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// stateDeleted is the Key.State value that frees a key's alias. It also
+// appears, as a literal, in the partial unique index of schema v1.
+const stateDeleted = "Deleted"
+
+// busyTimeout is how long a connection waits for a lock held by another
+// connection (another process, or a WAL checkpoint) before SQLITE_BUSY.
+const busyTimeout = 10 * time.Second
+
+// SQLite is the embedded metadata store: one SQLite database file in WAL
+// mode with synchronous=FULL, so every method that writes has made its change
+// durable (fsync'ed) when it returns nil.
+//
+// It holds two connection pools on the file: a single writer connection
+// (SQLite admits one writer at a time; serialising writers in Go keeps them
+// from ever seeing SQLITE_BUSY from each other and honours ctx while
+// queueing) and a bounded pool of query_only reader connections, which WAL
+// lets run concurrently with the writer.
+//
+// A *SQLite is safe for concurrent use by multiple goroutines. Other
+// processes may open the same file (e.g. a backup tool); they are waited for
+// up to a busy timeout of 10s.
+//
+// Times are stored as INTEGER nanoseconds since the Unix epoch and are
+// returned in UTC with nanosecond precision; the location and monotonic
+// clock reading of a stored time are not kept. Storable times are those
+// between the years 1678 and 2262.
+type SQLite struct {
+	w *sql.DB // writer: exactly one connection
+	r *sql.DB // readers: query_only connections
+}
+
+// Open opens the metadata database at path, creating the file (mode 0600)
+// and its parent directories (mode 0700) if they are missing, and migrates
+// its schema to the version this code writes. An existing file keeps its
+// permissions.
+//
+// Open returns an error wrapping ErrSchemaTooNew, and leaves the file
+// unmodified, if the database was written by a newer release. It refuses a
+// file that is not an hsmkms database. ctx bounds the migrations.
+//
+// The caller must Close the returned store.
+func Open(ctx context.Context, path string) (*SQLite, error) {
+	return openWithMigrations(ctx, path, migrations)
+}
+
+func openWithMigrations(ctx context.Context, path string, steps []string) (_ *SQLite, err error) {
+	if path == "" {
+		return nil, errors.New("store: open: empty path")
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	if err := createFile(abs); err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", abs, err)
+	}
+
+	// The writer is opened and migrated first: journal_mode=WAL is a
+	// persistent property of the file, set by the writer's DSN.
+	w, err := sql.Open("sqlite", dsn(abs,
+		"journal_mode(WAL)",
+		"synchronous(FULL)",
+		"foreign_keys(1)",
+	))
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", abs, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	defer func() {
+		if err != nil {
+			_ = w.Close()
+		}
+	}()
+	if err := migrate(ctx, w, steps); err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", abs, err)
+	}
+
+	r, err := sql.Open("sqlite", dsn(abs,
+		"foreign_keys(1)",
+		"query_only(1)",
+	))
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", abs, err)
+	}
+	n := max(4, runtime.GOMAXPROCS(0))
+	r.SetMaxOpenConns(n)
+	r.SetMaxIdleConns(n)
+	r.SetConnMaxIdleTime(5 * time.Minute)
+	s := &SQLite{w: w, r: r}
+	if err := s.Ping(ctx); err != nil {
+		_ = r.Close()
+		return nil, fmt.Errorf("store: open %s: %w", abs, err)
+	}
+	return s, nil
+}
+
+// dsn returns the modernc.org/sqlite data source name for the file at the
+// absolute path abs. Pragmas go through _pragma so that every connection the
+// pool opens gets them; busy_timeout is applied first by the driver. Write
+// transactions start with BEGIN IMMEDIATE (_txlock), so a transaction that
+// reads before it writes cannot fail with SQLITE_BUSY on lock upgrade.
+// mode=rw: the file has been created by createFile with the right mode;
+// SQLite must not recreate it with default permissions.
+func dsn(abs string, pragmas ...string) string {
+	q := url.Values{}
+	q.Set("mode", "rw")
+	q.Set("_txlock", "immediate")
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	for _, p := range pragmas {
+		q.Add("_pragma", p)
+	}
+	u := url.URL{Scheme: "file", Path: abs, RawQuery: q.Encode()}
+	return u.String()
+}
+
+// createFile creates the parent directories (0700) and an empty database
+// file (0600) if it does not exist, and makes the new directory entry
+// durable.
+func createFile(abs string) error {
+	dir := filepath.Dir(abs)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Close closes the database. It waits for nothing: the caller must ensure no
+// method is running or called afterwards (such calls return errors).
+func (s *SQLite) Close() error {
+	// Readers first, so that the writer is the last connection and
+	// checkpoints the WAL into the main file.
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+// Ping reports whether the database is reachable for both reading and
+// writing. It is safe for concurrent use; ctx bounds the wait.
+func (s *SQLite) Ping(ctx context.Context) error {
+	if err := s.w.PingContext(ctx); err != nil {
+		return fmt.Errorf("store: ping writer: %w", err)
+	}
+	var v int
+	if err := s.r.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
+		return fmt.Errorf("store: ping reader: %w", err)
+	}
+	return nil
+}
+
+// AddPendingObject durably records p before it returns nil. It returns an
+// error if p is invalid (empty ObjectID or KeyID, Version 0, zero or
+// unstorable CreatedAt) or if a pending object with the same ObjectID
+// already exists.
+func (s *SQLite) AddPendingObject(ctx context.Context, p PendingObject) error {
+	if err := validatePending(p); err != nil {
+		return fmt.Errorf("store: add pending object %x: %w", p.ObjectID, err)
+	}
+	created, _ := toNanos(p.CreatedAt)
+	_, err := s.w.ExecContext(ctx,
+		`INSERT INTO pending_objects (object_id, key_id, version, created_at) VALUES (?, ?, ?, ?)`,
+		p.ObjectID, p.KeyID, int64(p.Version), created)
+	if err != nil {
+		if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY) {
+			return fmt.Errorf("store: add pending object %x: object id already pending", p.ObjectID)
+		}
+		return fmt.Errorf("store: add pending object %x: %w", p.ObjectID, err)
+	}
+	return nil
+}
+
+// PendingObjects returns every pending object, oldest first (ties by object
+// ID). It returns an empty slice, not an error, if there are none.
+func (s *SQLite) PendingObjects(ctx context.Context) ([]PendingObject, error) {
+	rows, err := s.r.QueryContext(ctx,
+		`SELECT object_id, key_id, version, created_at FROM pending_objects ORDER BY created_at, object_id`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list pending objects: %w", err)
+	}
+	defer rows.Close()
+	out := []PendingObject{}
+	for rows.Next() {
+		var (
+			p       PendingObject
+			version int64
+			created int64
+		)
+		if err := rows.Scan(&p.ObjectID, &p.KeyID, &version, &created); err != nil {
+			return nil, fmt.Errorf("store: list pending objects: %w", err)
+		}
+		p.Version = uint32(version) // CHECK constraint keeps it in range
+		p.CreatedAt = fromNanos(created)
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: list pending objects: %w", err)
+	}
+	return out, nil
+}
+
+// DeletePendingObject durably removes the pending object with objectID. It
+// is idempotent: deleting an absent object returns nil.
+func (s *SQLite) DeletePendingObject(ctx context.Context, objectID []byte) error {
+	if _, err := s.w.ExecContext(ctx, `DELETE FROM pending_objects WHERE object_id = ?`, objectID); err != nil {
+		return fmt.Errorf("store: delete pending object %x: %w", objectID, err)
+	}
+	return nil
+}
+
+// CreateKey durably stores k and all its versions and deletes the pending
+// objects whose ObjectID is one of those versions', in one transaction: on
+// any error nothing is changed.
+//
+// k must have a non-empty ID, a storable non-zero CreatedAt, and at least
+// one version; versions need distinct Numbers >= 1 (in any order), non-empty
+// ObjectIDs and non-zero CreatedAt. A zero DeletionDate is stored as "none".
+//
+// It returns an error wrapping ErrKeyExists if a key with k.ID exists (in
+// any state), ErrAliasExists if k.Alias is non-empty, k is not Deleted and
+// another key that is not Deleted holds the alias (aliases compare
+// case-sensitively; the empty alias is never unique), and an unclassified
+// error if a version's ObjectID already belongs to a stored version.
+func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
+	if err := validateKey(k); err != nil {
+		return fmt.Errorf("store: create key %s: %w", k.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("store: create key %s: %w", k.ID, err)
+		}
+	}()
+
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }() // no-op after Commit
+
+	var one int
+	switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM keys WHERE id = ?`, k.ID).Scan(&one); {
+	case err == nil:
+		return ErrKeyExists
+	case !errors.Is(err, sql.ErrNoRows):
+		return err
+	}
+	if k.Alias != "" && k.State != stateDeleted {
+		var holder string
+		err := tx.QueryRowContext(ctx,
+			`SELECT id FROM keys WHERE alias = ? AND state <> 'Deleted' AND alias <> '' LIMIT 1`,
+			k.Alias).Scan(&holder)
+		switch {
+		case err == nil:
+			return fmt.Errorf("alias %q: %w", k.Alias, ErrAliasExists)
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+	}
+
+	created, _ := toNanos(k.CreatedAt)
+	var deletion sql.NullInt64
+	if !k.DeletionDate.IsZero() {
+		deletion.Int64, _ = toNanos(k.DeletionDate)
+		deletion.Valid = true
+	}
+	_, err = tx.ExecContext(ctx,
+		`INSERT INTO keys (id, alias, description, usage, state, origin, created_at, deletion_date)
+		 VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		k.ID, k.Alias, k.Description, k.Usage, k.State, k.Origin, created, deletion)
+	switch {
+	case isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY):
+		return ErrKeyExists
+	case isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE):
+		return fmt.Errorf("alias %q: %w", k.Alias, ErrAliasExists)
+	case err != nil:
+		return err
+	}
+
+	insVersion, err := tx.PrepareContext(ctx,
+		`INSERT INTO key_versions (key_id, version, object_id, created_at) VALUES (?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer insVersion.Close()
+	delPending, err := tx.PrepareContext(ctx, `DELETE FROM pending_objects WHERE object_id = ?`)
+	if err != nil {
+		return err
+	}
+	defer delPending.Close()
+	for _, v := range k.Versions {
+		vc, _ := toNanos(v.CreatedAt)
+		if _, err := insVersion.ExecContext(ctx, k.ID, int64(v.Number), v.ObjectID, vc); err != nil {
+			if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
+				return fmt.Errorf("version %d: object id %x already used by a stored key version", v.Number, v.ObjectID)
+			}
+			return fmt.Errorf("version %d: %w", v.Number, err)
+		}
+		if _, err := delPending.ExecContext(ctx, v.ObjectID); err != nil {
+			return fmt.Errorf("version %d: delete pending object: %w", v.Number, err)
+		}
+	}
+	return tx.Commit()
+}
+
+// GetKey returns the key with id and its versions in ascending order of
+// Number. It returns an error wrapping ErrNotFound if there is no such key.
+// It is safe for concurrent use and reads a consistent snapshot.
+func (s *SQLite) GetKey(ctx context.Context, id string) (_ Key, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("store: get key %s: %w", id, err)
+		}
+	}()
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return Key{}, err
+	}
+	defer func() { _ = tx.Rollback() }()
+
+	k, err := scanKey(tx.QueryRowContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Key{}, ErrNotFound
+	}
+	if err != nil {
+		return Key{}, err
+	}
+	rows, err := tx.QueryContext(ctx,
+		`SELECT version, object_id, created_at FROM key_versions WHERE key_id = ? ORDER BY version`, id)
+	if err != nil {
+		return Key{}, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		v, err := scanVersion(rows, nil)
+		if err != nil {
+			return Key{}, err
+		}
+		k.Versions = append(k.Versions, v)
+	}
+	if err := rows.Err(); err != nil {
+		return Key{}, err
+	}
+	return k, nil
+}
+
+// ListKeys returns every key, in any state, with its versions (ascending),
+// ordered by CreatedAt then ID. It reads a consistent snapshot with two
+// queries regardless of the number of keys. It returns an empty slice, not
+// an error, if there are none.
+func (s *SQLite) ListKeys(ctx context.Context) (_ []Key, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("store: list keys: %w", err)
+		}
+	}()
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = tx.Rollback() }()
+
+	keys := []Key{}
+	index := map[string]int{}
+	rows, err := tx.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys ORDER BY created_at, id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			return nil, err
+		}
+		index[k.ID] = len(keys)
+		keys = append(keys, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+
+	vrows, err := tx.QueryContext(ctx,
+		`SELECT key_id, version, object_id, created_at FROM key_versions ORDER BY key_id, version`)
+	if err != nil {
+		return nil, err
+	}
+	defer vrows.Close()
+	for vrows.Next() {
+		var keyID string
+		v, err := scanVersion(vrows, &keyID)
+		if err != nil {
+			return nil, err
+		}
+		i, ok := index[keyID]
+		if !ok { // impossible with foreign keys on; be defensive
+			return nil, fmt.Errorf("version %d of unknown key %s", v.Number, keyID)
+		}
+		keys[i].Versions = append(keys[i].Versions, v)
+	}
+	if err := vrows.Err(); err != nil {
+		return nil, err
+	}
+	return keys, nil
+}
+
+// CountKeys returns the number of keys whose State is not "Deleted". It is
+// safe for concurrent use.
+func (s *SQLite) CountKeys(ctx context.Context) (int, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM keys WHERE state <> 'Deleted'`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("store: count keys: %w", err)
+	}
+	return n, nil
+}
+
+// ObjectIDs returns the ObjectID of every version of every key, in any
+// state (including Deleted), ordered by key ID then version. Pending objects
+// are not included. It returns an empty slice, not an error, if there are
+// none. It is safe for concurrent use.
+func (s *SQLite) ObjectIDs(ctx context.Context) ([][]byte, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT object_id FROM key_versions ORDER BY key_id, version`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list object ids: %w", err)
+	}
+	defer rows.Close()
+	out := [][]byte{}
+	for rows.Next() {
+		var id []byte
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("store: list object ids: %w", err)
+		}
+		out = append(out, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: list object ids: %w", err)
+	}
+	return out, nil
+}
+
+const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date`
+
+// scanKey scans the keyColumns of one row.
+func scanKey(row interface{ Scan(...any) error }) (Key, error) {
+	var (
+		k        Key
+		created  int64
+		deletion sql.NullInt64
+	)
+	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion); err != nil {
+		return Key{}, err
+	}
+	k.CreatedAt = fromNanos(created)
+	if deletion.Valid {
+		k.DeletionDate = fromNanos(deletion.Int64)
+	}
+	return k, nil
+}
+
+// scanVersion scans (key_id,) version, object_id, created_at; key_id only if
+// keyID is not nil.
+func scanVersion(rows *sql.Rows, keyID *string) (Version, error) {
+	var (
+		v       Version
+		number  int64
+		created int64
+	)
+	dest := []any{&number, &v.ObjectID, &created}
+	if keyID != nil {
+		dest = append([]any{keyID}, dest...)
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return Version{}, err
+	}
+	v.Number = uint32(number) // CHECK constraint keeps it in range
+	v.CreatedAt = fromNanos(created)
+	return v, nil
+}
+
+// isConstraint reports whether err is an SQLite constraint violation with
+// the given extended result code.
+func isConstraint(err error, code int) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code() == code
+}
+
+var (
+	minTime = time.Unix(0, math.MinInt64)
+	maxTime = time.Unix(0, math.MaxInt64)
+)
+
+// toNanos converts t to its stored form, nanoseconds since the Unix epoch.
+// It fails for the zero time and for times outside the int64 range
+// (before 1677-09-21 or after 2262-04-11).
+func toNanos(t time.Time) (int64, error) {
+	if t.IsZero() {
+		return 0, errors.New("zero time")
+	}
+	if t.Before(minTime) || t.After(maxTime) {
+		return 0, fmt.Errorf("time %s out of storable range", t.UTC().Format(time.RFC3339))
+	}
+	return t.UnixNano(), nil
+}
+
+// fromNanos is the inverse of toNanos; the result is in UTC.
+func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+func validateKey(k Key) error {
+	if k.ID == "" {
+		return errors.New("invalid key: empty id")
+	}
+	if _, err := toNanos(k.CreatedAt); err != nil {
+		return fmt.Errorf("invalid key: created at: %w", err)
+	}
+	if !k.DeletionDate.IsZero() {
+		if _, err := toNanos(k.DeletionDate); err != nil {
+			return fmt.Errorf("invalid key: deletion date: %w", err)
+		}
+	}
+	if len(k.Versions) == 0 {
+		return errors.New("invalid key: no versions")
+	}
+	seen := make(map[uint32]bool, len(k.Versions))
+	for _, v := range k.Versions {
+		if v.Number == 0 {
+			return errors.New("invalid key: version number 0")
+		}
+		if seen[v.Number] {
+			return fmt.Errorf("invalid key: duplicate version number %d", v.Number)
+		}
+		seen[v.Number] = true
+		if len(v.ObjectID) == 0 {
+			return fmt.Errorf("invalid key: version %d: empty object id", v.Number)
+		}
+		if _, err := toNanos(v.CreatedAt); err != nil {
+			return fmt.Errorf("invalid key: version %d: created at: %w", v.Number, err)
+		}
+	}
+	return nil
+}
+
+func validatePending(p PendingObject) error {
+	switch {
+	case len(p.ObjectID) == 0:
+		return errors.New("invalid pending object: empty object id")
+	case p.KeyID == "":
+		return errors.New("invalid pending object: empty key id")
+	case p.Version == 0:
+		return errors.New("invalid pending object: version 0")
+	}
+	if _, err := toNanos(p.CreatedAt); err != nil {
+		return fmt.Errorf("invalid pending object: created at: %w", err)
+	}
+	return nil
+}
