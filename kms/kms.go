@@ -28,6 +28,11 @@ var (
 	ErrAliasExists   = errors.New("kms: alias already exists")
 	ErrKeyDisabled   = errors.New("kms: key is disabled")
 	ErrLimitExceeded = errors.New("kms: key limit exceeded")
+	// ErrKeyStateNotSupported means the key's state forbids the operation
+	// and is neither Disabled (ErrKeyDisabled) nor Deleted (ErrKeyNotFound):
+	// Encrypt on a PendingDelete or Archived key, Decrypt on a PendingDelete
+	// key. Tencent: ResourceUnavailable.CmkStateNotSupport.
+	ErrKeyStateNotSupported = errors.New("kms: key state does not support the operation")
 
 	// ErrDecrypt means the ciphertext is well formed but does not
 	// authenticate: it was altered, or the encryption context differs.
@@ -36,20 +41,30 @@ var (
 	// Availability errors, shared with package hsm.
 	ErrBusy        = hsm.ErrBusy
 	ErrUnavailable = hsm.ErrUnavailable
+
+	// ErrInternal means the service found itself inconsistent or failed in
+	// a way the caller cannot fix and a retry is unlikely to fix: the
+	// metadata names a token object the HSM does not have, the store failed,
+	// the HSM refused arguments the service built. It is logged at Error
+	// level where it arises. Unlike ErrUnavailable it is not a transient
+	// condition. The HTTP edge reports it as InternalError.
+	ErrInternal = errors.New("kms: internal error")
 )
 
 // Limits of the API, as Tencent Cloud KMS documents them.
 const (
-	MaxPlaintext       = 4096 // bytes, after base64 decoding
-	MaxContextChars    = 1024 // characters of the encryptionContext JSON
-	MaxAliasChars      = 60
-	MaxDescription     = 1024 // bytes
-	DefaultKeyUsage    = "ENCRYPT_DECRYPT"
-	DefaultKeyLimit    = 10000
-	OriginTencentKMS   = "TENCENT_KMS"
-	StateEnabled       = "Enabled"
-	StateDisabled      = "Disabled"
-	StatePendingDelete = "PendingDelete"
-	StateArchived      = "Archived"
-	StateDeleted       = "Deleted"
+	MaxPlaintext        = 4096 // bytes, after base64 decoding
+	MaxContextChars     = 1024 // characters of the encryptionContext JSON
+	MaxAliasChars       = 60
+	MaxDescription      = 1024 // bytes
+	DefaultKeyUsage     = "ENCRYPT_DECRYPT"
+	LegacyKeyUsage      = "ENCRYPT/DECRYPT" // accepted by CreateKey, normalised to DefaultKeyUsage
+	ReservedAliasPrefix = "kms-"            // aliases may not start with it (any case)
+	DefaultKeyLimit     = 10000
+	OriginTencentKMS    = "TENCENT_KMS"
+	StateEnabled        = "Enabled"
+	StateDisabled       = "Disabled"
+	StatePendingDelete  = "PendingDelete"
+	StateArchived       = "Archived"
+	StateDeleted        = "Deleted"
 )

@@ -1,10 +1,22 @@
 package kms
 
 import (
+	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
+	"sync"
 	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"hsmkms/hsm"
+	"hsmkms/store"
 )
 
 // Config tunes a Service. The zero value is usable.
@@ -65,28 +77,743 @@ type DecryptResult struct {
 	Plaintext  []byte
 }
 
-// Service implements the key-management operations. It is safe for
-// concurrent use.
-type Service struct{}
-
-var errUnimplemented = errors.New("kms: unimplemented")
-
-// New returns a Service over the token and the store.
-func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
-	return nil, errUnimplemented
+// RecoveryReport is what Recover found and did.
+type RecoveryReport struct {
+	// Committed counts intents whose key had been committed (the crash
+	// came after store.CreateKey): the intent was deleted.
+	Committed int
+	// RolledBack lists the object ids of intents whose key was never
+	// committed: the token object was destroyed (or was already absent)
+	// and the intent deleted.
+	RolledBack [][]byte
+	// Unresolved lists the object ids of intents Recover could not resolve
+	// now (HSM or store failure); they are kept for the next run.
+	Unresolved [][]byte
+	// Orphans lists token objects made by this service that no key version
+	// and no intent names. They are NOT destroyed: the store may be being
+	// restored from a backup that names them. An operator decides.
+	Orphans [][]byte
+	// Missing lists key versions (of keys not Deleted) whose token object
+	// is absent: ciphertexts under them cannot be decrypted.
+	Missing []MissingObject
 }
 
-// CreateKey creates a CMK: a new token object and its metadata.
+// MissingObject names a key version whose token object is absent.
+type MissingObject struct {
+	KeyID    string
+	Version  uint32
+	ObjectID []byte
+}
+
+// Service implements the key-management operations. It is safe for
+// concurrent use.
+//
+// All key metadata is cached in memory when the Service is made; Encrypt,
+// Decrypt and DescribeKey are served from the cache and the HSM and never
+// touch the store. The Service assumes it is the only writer of the store
+// while it runs.
+type Service struct {
+	hsm      HSM
+	store    Store
+	log      *slog.Logger
+	now      func() time.Time
+	keyLimit int
+
+	// recoverMu keeps Recover away from CreateKeys in flight: CreateKey
+	// holds it shared from its intent to its commit, Recover exclusively,
+	// so Recover never rolls back an intent that is still being acted on.
+	recoverMu sync.RWMutex
+
+	mu       sync.RWMutex
+	keys     map[uuid.UUID]*keyEntry // all keys, Deleted included; entries immutable
+	aliases  map[string]uuid.UUID    // aliases of keys that are not Deleted
+	reserved map[string]struct{}     // aliases of CreateKeys in flight
+	live     int                     // keys not Deleted
+}
+
+// keyEntry is the cached metadata of one key. It is immutable once
+// published in Service.keys.
+type keyEntry struct {
+	id       uuid.UUID
+	meta     KeyMetadata
+	versions []versionEntry // ascending by number, never empty
+}
+
+type versionEntry struct {
+	number   uint32
+	objectID []byte
+	header   [HeaderLen]byte
+}
+
+func (k *keyEntry) version(n uint32) *versionEntry {
+	// Versions are normally 1..N; fall back to a search if they are not.
+	if n >= 1 && int(n) <= len(k.versions) && k.versions[n-1].number == n {
+		return &k.versions[n-1]
+	}
+	for i := range k.versions {
+		if k.versions[i].number == n {
+			return &k.versions[i]
+		}
+	}
+	return nil
+}
+
+func (k *keyEntry) current() *versionEntry { return &k.versions[len(k.versions)-1] }
+
+func newKeyEntry(r store.Key) (*keyEntry, error) {
+	id, ok := parseKeyID(r.ID)
+	if !ok {
+		return nil, fmt.Errorf("key id %q is not a canonical UUID", r.ID)
+	}
+	if len(r.Versions) == 0 {
+		return nil, fmt.Errorf("key %s has no versions", r.ID)
+	}
+	k := &keyEntry{id: id, versions: make([]versionEntry, len(r.Versions))}
+	for i, v := range r.Versions {
+		if v.Number == 0 || (i > 0 && v.Number <= r.Versions[i-1].Number) {
+			return nil, fmt.Errorf("key %s: versions not ascending from 1", r.ID)
+		}
+		if len(v.ObjectID) == 0 {
+			return nil, fmt.Errorf("key %s version %d has no object id", r.ID, v.Number)
+		}
+		k.versions[i] = versionEntry{
+			number:   v.Number,
+			objectID: slices.Clone(v.ObjectID),
+			header:   makeHeader(id, v.Number),
+		}
+	}
+	k.meta = KeyMetadata{
+		KeyID:          r.ID,
+		Alias:          r.Alias,
+		Description:    r.Description,
+		KeyUsage:       r.Usage,
+		KeyState:       r.State,
+		Origin:         r.Origin,
+		CreateTime:     r.CreatedAt,
+		DeletionDate:   r.DeletionDate,
+		CurrentVersion: r.Versions[len(r.Versions)-1].Number,
+	}
+	return k, nil
+}
+
+// cleanupTimeout bounds the best-effort rollback of a failed CreateKey.
+const cleanupTimeout = 30 * time.Second
+
+// New returns a Service over the token and the store. It loads every key
+// from the store into memory, then runs Recover and logs its findings.
+//
+// New fails if the store cannot be read or holds a key it cannot serve (a
+// non-canonical id, no versions, two keys that are not Deleted sharing an
+// alias): the service refuses to start on inconsistent metadata. A failure of Recover is logged at Error
+// level but does not fail New: unresolved intents stay in the store and the
+// next Recover retries them.
+func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
+	if h == nil || s == nil {
+		return nil, errors.New("kms: New: nil HSM or Store")
+	}
+	svc := &Service{
+		hsm:      h,
+		store:    s,
+		log:      cfg.Logger,
+		now:      cfg.Clock,
+		keyLimit: cfg.KeyLimit,
+		keys:     make(map[uuid.UUID]*keyEntry),
+		aliases:  make(map[string]uuid.UUID),
+		reserved: make(map[string]struct{}),
+	}
+	if svc.log == nil {
+		svc.log = slog.Default()
+	}
+	if svc.now == nil {
+		svc.now = time.Now
+	}
+	if svc.keyLimit <= 0 {
+		svc.keyLimit = DefaultKeyLimit
+	}
+	recs, err := s.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("kms: New: load keys: %w", err)
+	}
+	for _, r := range recs {
+		k, err := newKeyEntry(r)
+		if err != nil {
+			return nil, fmt.Errorf("kms: New: %w", err)
+		}
+		if _, dup := svc.keys[k.id]; dup {
+			return nil, fmt.Errorf("kms: New: duplicate key %s", r.ID)
+		}
+		svc.keys[k.id] = k
+		if r.State == StateDeleted {
+			continue
+		}
+		svc.live++
+		if r.Alias == "" {
+			continue
+		}
+		if other, dup := svc.aliases[r.Alias]; dup {
+			return nil, fmt.Errorf("kms: New: keys %s and %s share alias %q", other, r.ID, r.Alias)
+		}
+		svc.aliases[r.Alias] = k.id
+	}
+	svc.log.Info("kms: keys loaded", "keys", len(svc.keys), "live", svc.live)
+
+	rep, err := svc.Recover(ctx)
+	if err != nil {
+		svc.log.Error("kms: recovery incomplete; unresolved intents are retried at the next start", "err", err)
+	}
+	svc.log.Info("kms: recovery done",
+		"committed", rep.Committed, "rolled_back", len(rep.RolledBack),
+		"unresolved", len(rep.Unresolved), "orphans", len(rep.Orphans), "missing", len(rep.Missing))
+	return svc, nil
+}
+
+// lookup returns the cached key, or nil.
+func (s *Service) lookup(id uuid.UUID) *keyEntry {
+	s.mu.RLock()
+	k := s.keys[id]
+	s.mu.RUnlock()
+	return k
+}
+
+// ---------------------------------------------------------------------------
+// CreateKey
+
+func validateAlias(a string) error {
+	if len(a) == 0 {
+		return fmt.Errorf("%w: empty", ErrInvalidAlias)
+	}
+	if len(a) > MaxAliasChars {
+		return fmt.Errorf("%w: longer than %d characters", ErrInvalidAlias, MaxAliasChars)
+	}
+	for i := 0; i < len(a); i++ {
+		c := a[i]
+		alnum := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+		if i == 0 && !alnum {
+			return fmt.Errorf("%w: must start with a letter or a digit", ErrInvalidAlias)
+		}
+		if !alnum && c != '_' && c != '-' {
+			return fmt.Errorf("%w: only letters, digits, '_' and '-' are allowed", ErrInvalidAlias)
+		}
+	}
+	if len(a) >= len(ReservedAliasPrefix) && strings.EqualFold(a[:len(ReservedAliasPrefix)], ReservedAliasPrefix) {
+		return fmt.Errorf("%w: the prefix %q is reserved", ErrInvalidAlias, ReservedAliasPrefix)
+	}
+	return nil
+}
+
+func validateDescription(d string) error {
+	if len(d) > MaxDescription {
+		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidDesc, MaxDescription)
+	}
+	if !utf8.ValidString(d) {
+		return fmt.Errorf("%w: not valid UTF-8", ErrInvalidDesc)
+	}
+	return nil
+}
+
+func normaliseKeyUsage(u string) (string, error) {
+	switch u {
+	case "", DefaultKeyUsage, LegacyKeyUsage:
+		return DefaultKeyUsage, nil
+	}
+	return "", fmt.Errorf("%w: only %s is supported", ErrInvalidKeyUsage, DefaultKeyUsage)
+}
+
+// reserve claims alias and one unit of the key limit for a CreateKey in
+// flight.
+func (s *Service) reserve(alias string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, taken := s.aliases[alias]; taken {
+		return fmt.Errorf("%w: %q", ErrAliasExists, alias)
+	}
+	if _, taken := s.reserved[alias]; taken {
+		return fmt.Errorf("%w: %q", ErrAliasExists, alias)
+	}
+	if s.live+len(s.reserved) >= s.keyLimit {
+		return fmt.Errorf("%w: %d keys", ErrLimitExceeded, s.keyLimit)
+	}
+	s.reserved[alias] = struct{}{}
+	return nil
+}
+
+func (s *Service) unreserve(alias string) {
+	s.mu.Lock()
+	delete(s.reserved, alias)
+	s.mu.Unlock()
+}
+
+// publish adds a committed key to the cache and releases its reservation.
+func (s *Service) publish(k *keyEntry) {
+	s.mu.Lock()
+	delete(s.reserved, k.meta.Alias)
+	s.keys[k.id] = k
+	if k.meta.KeyState != StateDeleted {
+		s.live++
+		s.aliases[k.meta.Alias] = k.id
+	}
+	s.mu.Unlock()
+}
+
+func storeErr(op string, err error) error {
+	return fmt.Errorf("%w: %s: store: %w", ErrInternal, op, err)
+}
+
+// CreateKey creates a CMK: a new token object and its metadata, and returns
+// the metadata of the new key (state Enabled, version 1).
+//
+// Errors: ErrInvalidAlias, ErrInvalidDesc, ErrInvalidKeyUsage for bad input;
+// ErrAliasExists if the alias is held by a key that is not Deleted or by a
+// CreateKey in flight (aliases compare case-sensitively; a Deleted key's
+// alias can be reused, as the store allows); ErrLimitExceeded if the key limit is reached;
+// ErrBusy or ErrUnavailable from the HSM; ErrInternal for store failures and
+// unexpected HSM failures (these also wrap the cause).
+//
+// Creation is crash-safe. The steps are: record the token object as pending
+// in the store (a durable intent), generate the object on the token, commit
+// the key (one transaction that also deletes the intent), publish it in the
+// cache. A key is reported created only once both the object and the
+// metadata are durable. On failure the object is destroyed and the intent
+// deleted (best effort, logged); whatever a failure or a crash leaves behind
+// is resolved by Recover. CreateKey calls may run concurrently.
 func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata, error) {
-	return KeyMetadata{}, errUnimplemented
+	if err := validateAlias(in.Alias); err != nil {
+		return KeyMetadata{}, err
+	}
+	if err := validateDescription(in.Description); err != nil {
+		return KeyMetadata{}, err
+	}
+	usage, err := normaliseKeyUsage(in.KeyUsage)
+	if err != nil {
+		return KeyMetadata{}, err
+	}
+
+	s.recoverMu.RLock()
+	defer s.recoverMu.RUnlock()
+
+	if err := s.reserve(in.Alias); err != nil {
+		return KeyMetadata{}, err
+	}
+	published := false
+	defer func() {
+		if !published {
+			s.unreserve(in.Alias)
+		}
+	}()
+
+	id, err := uuid.NewRandom()
+	if err != nil {
+		return KeyMetadata{}, fmt.Errorf("%w: create key: key id: %w", ErrInternal, err)
+	}
+	keyID := id.String()
+	objectID := make([]byte, 16)
+	if _, err := rand.Read(objectID); err != nil {
+		return KeyMetadata{}, fmt.Errorf("%w: create key: object id: %w", ErrInternal, err)
+	}
+	now := s.now().UTC()
+	log := s.log.With("key_id", keyID, "object_id", fmt.Sprintf("%x", objectID))
+
+	// 1. Durable intent.
+	if err := s.store.AddPendingObject(ctx, store.PendingObject{
+		ObjectID: objectID, KeyID: keyID, Version: 1, CreatedAt: now,
+	}); err != nil {
+		log.Error("kms: create key: recording intent failed", "err", err)
+		return KeyMetadata{}, storeErr("create key", err)
+	}
+
+	// 2. Token object. A failure may still have created it (a timeout
+	// after the token acted), so roll back in every case.
+	if err := s.hsm.GenerateKey(ctx, objectID, keyID+"/v1"); err != nil {
+		s.rollback(ctx, log, objectID)
+		return KeyMetadata{}, s.hsmErr(log, "create key", err)
+	}
+
+	// 3. Commit.
+	rec := store.Key{
+		ID:          keyID,
+		Alias:       in.Alias,
+		Description: in.Description,
+		Usage:       usage,
+		State:       StateEnabled,
+		Origin:      OriginTencentKMS,
+		CreatedAt:   now,
+		Versions:    []store.Version{{Number: 1, ObjectID: objectID, CreatedAt: now}},
+	}
+	if err := s.store.CreateKey(ctx, rec); err != nil {
+		if errors.Is(err, store.ErrAliasExists) {
+			s.rollback(ctx, log, objectID)
+			return KeyMetadata{}, fmt.Errorf("%w: %q", ErrAliasExists, in.Alias)
+		}
+		// The commit may have happened despite the error (e.g. the
+		// connection failed after COMMIT): ask before destroying material
+		// a committed key would depend on.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		got, gerr := s.store.GetKey(cctx, keyID)
+		cancel()
+		switch {
+		case gerr == nil && hasObject(got, objectID):
+			log.Warn("kms: create key: store reported an error but the key is committed", "err", err)
+			rec = got
+		case errors.Is(gerr, store.ErrNotFound) || gerr == nil:
+			// Definitely not committed with this object.
+			log.Error("kms: create key: commit failed", "err", err)
+			s.rollback(ctx, log, objectID)
+			return KeyMetadata{}, storeErr("create key", err)
+		default:
+			log.Error("kms: create key: commit failed and its outcome is unknown; the intent is left for Recover",
+				"err", err, "get_err", gerr)
+			return KeyMetadata{}, storeErr("create key", err)
+		}
+	}
+
+	// 4. Publish.
+	k, err := newKeyEntry(rec)
+	if err != nil {
+		// Cannot happen for a record built above.
+		log.Error("kms: create key: committed key is not servable", "err", err)
+		return KeyMetadata{}, fmt.Errorf("%w: create key: %w", ErrInternal, err)
+	}
+	s.publish(k)
+	published = true
+	log.Info("kms: key created", "alias", in.Alias)
+	return k.meta, nil
+}
+
+func hasObject(k store.Key, objectID []byte) bool {
+	for _, v := range k.Versions {
+		if string(v.ObjectID) == string(objectID) {
+			return true
+		}
+	}
+	return false
+}
+
+// rollback destroys an uncommitted token object and deletes its intent. If
+// the object cannot be destroyed the intent is kept so that Recover retries.
+// It runs even if ctx is cancelled, within cleanupTimeout.
+func (s *Service) rollback(ctx context.Context, log *slog.Logger, objectID []byte) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if err := s.hsm.DestroyKey(cctx, objectID); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+		log.Error("kms: rollback: cannot destroy the uncommitted token object; the intent is kept for Recover", "err", err)
+		return
+	}
+	if err := s.store.DeletePendingObject(cctx, objectID); err != nil {
+		log.Error("kms: rollback: cannot delete the intent; Recover will", "err", err)
+		return
+	}
+	log.Info("kms: rollback: uncommitted token object destroyed")
+}
+
+// ---------------------------------------------------------------------------
+// Recover
+
+// Recover reconciles the token with the store. It is idempotent, and it
+// waits for CreateKey calls in flight (and blocks new ones) while it runs.
+//
+// For each pending object (intent): if its key was committed with that
+// object, the intent is deleted; otherwise the token object is destroyed (an
+// absent object is fine) and the intent deleted. Then the objects on the
+// token are compared with those the store names: token objects without
+// metadata are orphans, reported and logged at Warn level but never destroyed
+// automatically (an operator may be restoring a store backup that names
+// them); key versions of keys that are not Deleted whose object is missing
+// are logged at Error level.
+//
+// The error, if any, joins every failure; the report is valid as far as
+// Recover got.
+func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
+	s.recoverMu.Lock()
+	defer s.recoverMu.Unlock()
+
+	var rep RecoveryReport
+	var errs []error
+
+	pending, err := s.store.PendingObjects(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("kms: recover: pending objects: %w", err)
+	}
+	unresolved := make(map[string]bool)
+	for _, p := range pending {
+		log := s.log.With("key_id", p.KeyID, "version", p.Version, "object_id", fmt.Sprintf("%x", p.ObjectID))
+		committed, err := s.resolveIntent(ctx, p)
+		if err != nil {
+			log.Error("kms: recover: intent unresolved", "err", err)
+			rep.Unresolved = append(rep.Unresolved, p.ObjectID)
+			unresolved[string(p.ObjectID)] = true
+			errs = append(errs, err)
+			continue
+		}
+		if committed {
+			log.Info("kms: recover: intent of a committed key deleted")
+			rep.Committed++
+		} else {
+			log.Warn("kms: recover: uncommitted token object destroyed and intent deleted")
+			rep.RolledBack = append(rep.RolledBack, p.ObjectID)
+		}
+	}
+
+	onToken, err := s.hsm.KeyIDs(ctx)
+	if err != nil {
+		return rep, errors.Join(append(errs, fmt.Errorf("kms: recover: list token objects: %w", err))...)
+	}
+	known, err := s.store.ObjectIDs(ctx)
+	if err != nil {
+		return rep, errors.Join(append(errs, fmt.Errorf("kms: recover: list store objects: %w", err))...)
+	}
+	keys, err := s.store.ListKeys(ctx)
+	if err != nil {
+		return rep, errors.Join(append(errs, fmt.Errorf("kms: recover: list keys: %w", err))...)
+	}
+
+	tokenSet := make(map[string]bool, len(onToken))
+	for _, id := range onToken {
+		tokenSet[string(id)] = true
+	}
+	knownSet := make(map[string]bool, len(known))
+	for _, id := range known {
+		knownSet[string(id)] = true
+	}
+	for _, k := range keys {
+		for _, v := range k.Versions {
+			knownSet[string(v.ObjectID)] = true
+			if k.State == StateDeleted || tokenSet[string(v.ObjectID)] {
+				continue
+			}
+			rep.Missing = append(rep.Missing, MissingObject{KeyID: k.ID, Version: v.Number, ObjectID: v.ObjectID})
+			s.log.Error("kms: recover: token object of a key version is missing; its ciphertexts cannot be decrypted",
+				"key_id", k.ID, "version", v.Number, "object_id", fmt.Sprintf("%x", v.ObjectID))
+		}
+	}
+	for _, id := range onToken {
+		if knownSet[string(id)] || unresolved[string(id)] {
+			continue
+		}
+		rep.Orphans = append(rep.Orphans, id)
+	}
+	if len(rep.Orphans) > 0 {
+		ids := make([]string, len(rep.Orphans))
+		for i, id := range rep.Orphans {
+			ids[i] = fmt.Sprintf("%x", id)
+		}
+		s.log.Warn("kms: recover: orphan token objects without metadata (left in place; destroy them by hand only if no store backup names them)",
+			"count", len(ids), "object_ids", ids)
+	}
+	return rep, errors.Join(errs...)
+}
+
+// resolveIntent settles one pending object; it reports whether the key was
+// committed.
+func (s *Service) resolveIntent(ctx context.Context, p store.PendingObject) (committed bool, err error) {
+	k, err := s.store.GetKey(ctx, p.KeyID)
+	switch {
+	case err == nil && hasObject(k, p.ObjectID):
+		committed = true
+	case err == nil || errors.Is(err, store.ErrNotFound):
+		// Not committed (or the key exists but without this object: a
+		// version whose commit never happened).
+		if err := s.hsm.DestroyKey(ctx, p.ObjectID); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+			return false, fmt.Errorf("kms: recover: destroy %x: %w", p.ObjectID, err)
+		}
+	default:
+		return false, fmt.Errorf("kms: recover: get key %s: %w", p.KeyID, err)
+	}
+	if err := s.store.DeletePendingObject(ctx, p.ObjectID); err != nil {
+		return committed, fmt.Errorf("kms: recover: delete intent %x: %w", p.ObjectID, err)
+	}
+	return committed, nil
+}
+
+// ---------------------------------------------------------------------------
+// Encrypt / Decrypt
+
+// hsmErr classifies an HSM failure: ErrBusy, ErrUnavailable and context
+// errors pass through (wrapped); login or token loss becomes ErrUnavailable;
+// hsm.ErrKeyNotFound (metadata names an object the token lacks) and anything
+// else become ErrInternal and are logged at Error level. The HSM cause of an
+// ErrInternal is kept in the message only, so errors.Is never mistakes it
+// for a client-side condition.
+func (s *Service) hsmErr(log *slog.Logger, op string, err error) error {
+	switch {
+	case errors.Is(err, hsm.ErrBusy), errors.Is(err, hsm.ErrUnavailable),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("kms: %s: %w", op, err)
+	case errors.Is(err, hsm.ErrLogin), errors.Is(err, hsm.ErrTokenNotFound):
+		log.Error("kms: HSM unavailable", "op", op, "err", err)
+		return fmt.Errorf("%w: kms: %s: %v", ErrUnavailable, op, err)
+	case errors.Is(err, hsm.ErrKeyNotFound):
+		log.Error("kms: token object named by the metadata is missing", "op", op, "err", err)
+		return fmt.Errorf("%w: kms: %s: token object missing", ErrInternal, op)
+	default:
+		log.Error("kms: unexpected HSM failure", "op", op, "err", err)
+		return fmt.Errorf("%w: kms: %s: %v", ErrInternal, op, err)
+	}
+}
+
+func (s *Service) versionLog(k *keyEntry, v *versionEntry) *slog.Logger {
+	return s.log.With("key_id", k.meta.KeyID, "version", v.number, "object_id", fmt.Sprintf("%x", v.objectID))
+}
+
+func checkEncryptState(k *keyEntry) error {
+	switch k.meta.KeyState {
+	case StateEnabled:
+		return nil
+	case StateDisabled:
+		return fmt.Errorf("%w: %s", ErrKeyDisabled, k.meta.KeyID)
+	case StateDeleted:
+		return fmt.Errorf("%w: %s is deleted", ErrKeyNotFound, k.meta.KeyID)
+	default:
+		return fmt.Errorf("%w: %s is %s", ErrKeyStateNotSupported, k.meta.KeyID, k.meta.KeyState)
+	}
+}
+
+func checkDecryptState(k *keyEntry) error {
+	switch k.meta.KeyState {
+	case StateEnabled, StateArchived:
+		return nil
+	default:
+		return checkEncryptState(k)
+	}
 }
 
 // Encrypt seals a plaintext under the newest version of a key.
+//
+// Errors: ErrInvalidKeyID (not a canonical lower-case UUID),
+// ErrPlaintextEmpty, ErrPlaintextTooLong, ErrInvalidContext; ErrKeyNotFound
+// (unknown or Deleted key), ErrKeyDisabled, ErrKeyStateNotSupported
+// (PendingDelete, Archived); ErrBusy, ErrUnavailable or a context error
+// from the HSM; ErrInternal if the token lacks the key's object or fails
+// unexpectedly (logged). Encrypt never touches the store and logs only
+// failures that indicate a fault.
 func (s *Service) Encrypt(ctx context.Context, in EncryptInput) (EncryptResult, error) {
-	return EncryptResult{}, errUnimplemented
+	id, ok := parseKeyID(in.KeyID)
+	if !ok {
+		return EncryptResult{}, ErrInvalidKeyID
+	}
+	switch {
+	case len(in.Plaintext) == 0:
+		return EncryptResult{}, ErrPlaintextEmpty
+	case len(in.Plaintext) > MaxPlaintext:
+		return EncryptResult{}, ErrPlaintextTooLong
+	}
+	ec, err := ParseContext(in.EncryptionContext)
+	if err != nil {
+		return EncryptResult{}, err
+	}
+	k := s.lookup(id)
+	if k == nil {
+		return EncryptResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, in.KeyID)
+	}
+	if err := checkEncryptState(k); err != nil {
+		return EncryptResult{}, err
+	}
+	v := k.current()
+
+	aad := make([]byte, 0, HeaderLen+ec.CanonicalLen())
+	aad = append(aad, v.header[:]...)
+	aad = ec.AppendCanonical(aad)
+	iv, sealed, err := s.hsm.Seal(ctx, v.objectID, in.Plaintext, aad)
+	if err != nil {
+		return EncryptResult{}, s.hsmErr(s.versionLog(k, v), "encrypt", err)
+	}
+	if len(iv) != hsm.IVBytes || len(sealed) != len(in.Plaintext)+hsm.TagBytes {
+		s.versionLog(k, v).Error("kms: HSM returned a malformed seal", "iv_len", len(iv), "sealed_len", len(sealed))
+		return EncryptResult{}, fmt.Errorf("%w: kms: encrypt: malformed HSM output", ErrInternal)
+	}
+
+	buf := make([]byte, 0, HeaderLen+1+len(iv)+len(sealed))
+	buf = append(buf, v.header[:]...)
+	buf = append(buf, byte(len(iv)))
+	buf = append(buf, iv...)
+	buf = append(buf, sealed...)
+	return EncryptResult{
+		KeyID:          k.meta.KeyID,
+		KeyVersion:     v.number,
+		CiphertextBlob: blobEncoding.EncodeToString(buf),
+	}, nil
 }
 
 // Decrypt opens a ciphertext blob made by Encrypt.
+//
+// Errors: ErrInvalidCiphertext (malformed blob, or a key version the key
+// does not have), ErrInvalidContext; ErrKeyNotFound (the blob names an
+// unknown or Deleted key), ErrKeyDisabled, ErrKeyStateNotSupported
+// (PendingDelete); ErrDecrypt if the blob does not authenticate under its
+// key and the given context (altered blob, relabelled key id or version,
+// different context); ErrBusy, ErrUnavailable, a context error or
+// ErrInternal as for Encrypt. Decrypt never touches the store. The blob is
+// parsed in pure Go before any HSM call.
 func (s *Service) Decrypt(ctx context.Context, in DecryptInput) (DecryptResult, error) {
-	return DecryptResult{}, errUnimplemented
+	env, err := ParseBlob(in.CiphertextBlob)
+	if err != nil {
+		return DecryptResult{}, err
+	}
+	ec, err := ParseContext(in.EncryptionContext)
+	if err != nil {
+		return DecryptResult{}, err
+	}
+	k := s.lookup(uuid.UUID(env.KeyID))
+	if k == nil {
+		return DecryptResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, uuid.UUID(env.KeyID))
+	}
+	if err := checkDecryptState(k); err != nil {
+		return DecryptResult{}, err
+	}
+	v := k.version(env.KeyVersion)
+	if v == nil {
+		return DecryptResult{}, fmt.Errorf("%w: key %s has no version %d", ErrInvalidCiphertext, k.meta.KeyID, env.KeyVersion)
+	}
+
+	aad := make([]byte, 0, HeaderLen+ec.CanonicalLen())
+	aad = append(aad, v.header[:]...)
+	aad = ec.AppendCanonical(aad)
+	pt, err := s.hsm.Open(ctx, v.objectID, env.IV, env.Sealed, aad)
+	if err != nil {
+		switch {
+		case errors.Is(err, hsm.ErrNotAuthentic):
+			return DecryptResult{}, ErrDecrypt
+		case errors.Is(err, hsm.ErrInvalidInput):
+			// ParseBlob enforces what the HSM layer checks; if the HSM is
+			// stricter still, the blob is what it refuses.
+			return DecryptResult{}, fmt.Errorf("%w: refused by the HSM layer", ErrInvalidCiphertext)
+		}
+		return DecryptResult{}, s.hsmErr(s.versionLog(k, v), "decrypt", err)
+	}
+	return DecryptResult{KeyID: k.meta.KeyID, KeyVersion: v.number, Plaintext: pt}, nil
+}
+
+// ---------------------------------------------------------------------------
+// Queries
+
+// DescribeKey returns the metadata of a key, Deleted keys included.
+// Errors: ErrInvalidKeyID, ErrKeyNotFound. It never touches the store or the
+// HSM.
+func (s *Service) DescribeKey(ctx context.Context, keyID string) (KeyMetadata, error) {
+	id, ok := parseKeyID(keyID)
+	if !ok {
+		return KeyMetadata{}, ErrInvalidKeyID
+	}
+	k := s.lookup(id)
+	if k == nil {
+		return KeyMetadata{}, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
+	}
+	return k.meta, nil
+}
+
+// ListKeys returns the metadata of every key, Deleted keys included, oldest
+// first (ties broken by key id). It never touches the store or the HSM.
+func (s *Service) ListKeys(ctx context.Context) ([]KeyMetadata, error) {
+	s.mu.RLock()
+	out := make([]KeyMetadata, 0, len(s.keys))
+	for _, k := range s.keys {
+		out = append(out, k.meta)
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b KeyMetadata) int {
+		if c := a.CreateTime.Compare(b.CreateTime); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.KeyID, b.KeyID)
+	})
+	return out, nil
 }

@@ -1,0 +1,298 @@
+package kms
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+
+	"hsmkms/hsm"
+	"hsmkms/store"
+)
+
+// fakeHSM is an in-memory kms.HSM: real AES-256-GCM keyed per object id,
+// returning the sentinels of package hsm. Failure injection hooks are
+// consulted before each operation when set.
+type fakeHSM struct {
+	mu      sync.Mutex
+	objects map[string]cipher.AEAD
+	labels  map[string]string
+
+	// Hooks; nil means succeed. genAfter runs after the object is created
+	// (to simulate a failure reported after the token acted).
+	genErr, genAfter, sealErr, openErr, destroyErr, listErr func() error
+}
+
+func newFakeHSM() *fakeHSM {
+	return &fakeHSM{objects: map[string]cipher.AEAD{}, labels: map[string]string{}}
+}
+
+func call(f func() error) error {
+	if f == nil {
+		return nil
+	}
+	return f()
+}
+
+func (f *fakeHSM) GenerateKey(ctx context.Context, objectID []byte, label string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := call(f.genErr); err != nil {
+		return err
+	}
+	if len(objectID) == 0 {
+		return fmt.Errorf("%w: empty object id", hsm.ErrInvalidInput)
+	}
+	if _, dup := f.objects[string(objectID)]; dup {
+		return fmt.Errorf("%w: duplicate object id", hsm.ErrInvalidInput)
+	}
+	key := make([]byte, hsm.KeyBytes)
+	rand.Read(key)
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return err
+	}
+	f.objects[string(objectID)] = aead
+	f.labels[string(objectID)] = label
+	return call(f.genAfter)
+}
+
+func (f *fakeHSM) aead(objectID []byte) (cipher.AEAD, error) {
+	a, ok := f.objects[string(objectID)]
+	if !ok {
+		return nil, fmt.Errorf("%w: %x", hsm.ErrKeyNotFound, objectID)
+	}
+	return a, nil
+}
+
+func (f *fakeHSM) Seal(ctx context.Context, objectID, plaintext, aad []byte) ([]byte, []byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := call(f.sealErr); err != nil {
+		return nil, nil, err
+	}
+	a, err := f.aead(objectID)
+	if err != nil {
+		return nil, nil, err
+	}
+	iv := make([]byte, hsm.IVBytes)
+	rand.Read(iv)
+	return iv, a.Seal(nil, iv, plaintext, aad), nil
+}
+
+func (f *fakeHSM) Open(ctx context.Context, objectID, iv, sealed, aad []byte) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := call(f.openErr); err != nil {
+		return nil, err
+	}
+	if len(iv) != hsm.IVBytes || len(sealed) < hsm.TagBytes {
+		return nil, hsm.ErrInvalidInput
+	}
+	a, err := f.aead(objectID)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := a.Open(nil, iv, sealed, aad)
+	if err != nil {
+		return nil, hsm.ErrNotAuthentic
+	}
+	return pt, nil
+}
+
+func (f *fakeHSM) DestroyKey(ctx context.Context, objectID []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := call(f.destroyErr); err != nil {
+		return err
+	}
+	if _, err := f.aead(objectID); err != nil {
+		return err
+	}
+	delete(f.objects, string(objectID))
+	delete(f.labels, string(objectID))
+	return nil
+}
+
+func (f *fakeHSM) KeyIDs(ctx context.Context) ([][]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := call(f.listErr); err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for id := range f.objects {
+		out = append(out, []byte(id))
+	}
+	sort.Slice(out, func(i, j int) bool { return string(out[i]) < string(out[j]) })
+	return out, nil
+}
+
+func (f *fakeHSM) Random(ctx context.Context, n int) ([]byte, error) {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b, nil
+}
+
+func (f *fakeHSM) has(objectID []byte) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.objects[string(objectID)]
+	return ok
+}
+
+func (f *fakeHSM) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.objects)
+}
+
+// fakeStore is an in-memory kms.Store with failure injection.
+type fakeStore struct {
+	mu      sync.Mutex
+	keys    map[string]store.Key
+	pending map[string]store.PendingObject
+
+	addPendingErr, getErr, listErr func() error
+	// createErr fails CreateKey; if createCommits, the key is committed
+	// first and the error returned anyway.
+	createErr     func() error
+	createCommits bool
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{keys: map[string]store.Key{}, pending: map[string]store.PendingObject{}}
+}
+
+func cloneKey(k store.Key) store.Key {
+	k.Versions = slices.Clone(k.Versions)
+	for i := range k.Versions {
+		k.Versions[i].ObjectID = slices.Clone(k.Versions[i].ObjectID)
+	}
+	return k
+}
+
+func (s *fakeStore) AddPendingObject(ctx context.Context, p store.PendingObject) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := call(s.addPendingErr); err != nil {
+		return err
+	}
+	p.ObjectID = slices.Clone(p.ObjectID)
+	s.pending[string(p.ObjectID)] = p
+	return nil
+}
+
+func (s *fakeStore) PendingObjects(ctx context.Context) ([]store.PendingObject, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []store.PendingObject
+	for _, p := range s.pending {
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func (s *fakeStore) DeletePendingObject(ctx context.Context, objectID []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.pending, string(objectID))
+	return nil
+}
+
+func (s *fakeStore) CreateKey(ctx context.Context, k store.Key) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := call(s.createErr)
+	if err != nil && !s.createCommits {
+		return err
+	}
+	for _, o := range s.keys {
+		if o.Alias == k.Alias && o.State != StateDeleted && k.State != StateDeleted {
+			return store.ErrAliasExists
+		}
+	}
+	s.keys[k.ID] = cloneKey(k)
+	for _, v := range k.Versions {
+		delete(s.pending, string(v.ObjectID))
+	}
+	return err
+}
+
+func (s *fakeStore) GetKey(ctx context.Context, id string) (store.Key, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := call(s.getErr); err != nil {
+		return store.Key{}, err
+	}
+	k, ok := s.keys[id]
+	if !ok {
+		return store.Key{}, store.ErrNotFound
+	}
+	return cloneKey(k), nil
+}
+
+func (s *fakeStore) ListKeys(ctx context.Context) ([]store.Key, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := call(s.listErr); err != nil {
+		return nil, err
+	}
+	var out []store.Key
+	for _, k := range s.keys {
+		out = append(out, cloneKey(k))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+func (s *fakeStore) CountKeys(ctx context.Context) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.keys), nil
+}
+
+func (s *fakeStore) ObjectIDs(ctx context.Context) ([][]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out [][]byte
+	for _, k := range s.keys {
+		for _, v := range k.Versions {
+			out = append(out, slices.Clone(v.ObjectID))
+		}
+	}
+	return out, nil
+}
+
+func (s *fakeStore) pendingCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending)
+}
+
+func (s *fakeStore) setState(id, state string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := s.keys[id]
+	k.State = state
+	s.keys[id] = k
+}
+
+func (s *fakeStore) put(k store.Key) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keys[k.ID] = cloneKey(k)
+}
+
+var (
+	_ HSM   = (*fakeHSM)(nil)
+	_ Store = (*fakeStore)(nil)
+)
