@@ -1,19 +1,339 @@
 package kms
 
-import "errors"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"time"
+
+	"hsmkms/hsm"
+	"hsmkms/store"
+)
 
 // Credential errors.
 var (
 	// ErrCredentialNotFound means no enabled credential has that SecretId.
 	ErrCredentialNotFound = errors.New("kms: credential not found or disabled")
-	// ErrInvalidCredential means a credential's name or secret is malformed.
+	// ErrInvalidCredential means a credential's name, SecretId or SecretKey
+	// is malformed.
 	ErrInvalidCredential = errors.New("kms: invalid credential")
+	// ErrCredentialExists means the SecretId is taken.
+	ErrCredentialExists = errors.New("kms: credential already exists")
 )
 
 // Credential is an API credential as the HTTP edge needs it to verify a
 // signature: the SecretKey is symmetric, so the verifier must know it.
+// Callers must not modify it.
 type Credential struct {
 	SecretID  string
 	SecretKey string
 	Principal *Principal
+}
+
+// CredentialInfo describes a credential without its secret.
+type CredentialInfo struct {
+	SecretID  string
+	Name      string
+	Enabled   bool
+	CreatedAt time.Time
+	Policy    Policy
+}
+
+// credKEKObjectID is the CKA_ID of the token object that seals every
+// SecretKey; it is made once, the first time kmsd starts on a token.
+var credKEKObjectID = []byte("hsmkms/credentials-kek/v1")
+
+const credKEKLabel = "credentials-kek/v1"
+
+// credAAD binds a sealed SecretKey to its SecretId, so sealed keys cannot be
+// swapped between credentials in the database.
+func credAAD(secretID string) []byte { return []byte("hsmkms credential v1\x00" + secretID) }
+
+var (
+	secretIDPattern = regexp.MustCompile(`^[A-Za-z0-9]{16,128}$`)
+	secretKeyChars  = regexp.MustCompile(`^[\x21-\x7e]{16,128}$`)
+	credNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$`)
+)
+
+// credEntry is a cached, decrypted credential; immutable once published.
+type credEntry struct {
+	cred    Credential
+	info    CredentialInfo
+	enabled bool
+}
+
+// loadCredentials makes sure the credentials KEK exists on the token and
+// decrypts every stored credential into the in-memory cache. A credential
+// that cannot be unsealed is logged and left out (it cannot authenticate).
+func (s *Service) loadCredentials(ctx context.Context) error {
+	ids, err := s.hsm.KeyIDs(ctx)
+	if err != nil {
+		return fmt.Errorf("kms: list token objects: %w", err)
+	}
+	found := false
+	for _, id := range ids {
+		if bytes.Equal(id, credKEKObjectID) {
+			found = true
+		}
+	}
+	if !found {
+		if err := s.hsm.GenerateKey(ctx, credKEKObjectID, credKEKLabel); err != nil {
+			return fmt.Errorf("kms: create the credentials key on the token: %w", err)
+		}
+		s.log.Info("kms: created the credentials key on the token")
+	}
+	recs, err := s.store.ListCredentials(ctx)
+	if err != nil {
+		return fmt.Errorf("kms: load credentials: %w", err)
+	}
+	creds := make(map[string]*credEntry, len(recs))
+	for _, r := range recs {
+		e, err := s.unsealCredential(ctx, r)
+		if err != nil {
+			s.log.Error("kms: credential cannot be loaded; it will not authenticate", "secret_id", r.SecretID, "err", err)
+			continue
+		}
+		creds[r.SecretID] = e
+	}
+	s.credMu.Lock()
+	s.creds = creds
+	s.credMu.Unlock()
+	s.log.Info("kms: credentials loaded", "credentials", len(creds))
+	return nil
+}
+
+func (s *Service) unsealCredential(ctx context.Context, r store.Credential) (*credEntry, error) {
+	pol, err := ParsePolicy(r.Policy)
+	if err != nil {
+		return nil, err
+	}
+	if len(r.SealedKey) < hsm.IVBytes+hsm.TagBytes {
+		return nil, errors.New("sealed key too short")
+	}
+	key, err := s.hsm.Open(ctx, r.KEKObjectID, r.SealedKey[:hsm.IVBytes], r.SealedKey[hsm.IVBytes:], credAAD(r.SecretID))
+	if err != nil {
+		return nil, err
+	}
+	info := CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol}
+	return &credEntry{
+		cred:    Credential{SecretID: r.SecretID, SecretKey: string(key), Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
+		info:    info,
+		enabled: r.Enabled,
+	}, nil
+}
+
+// LookupCredential returns the credential of an enabled SecretId from the
+// in-memory cache, or an error wrapping ErrCredentialNotFound. It never
+// touches the store or the HSM; it is safe for concurrent use.
+func (s *Service) LookupCredential(_ context.Context, secretID string) (*Credential, error) {
+	s.credMu.RLock()
+	e := s.creds[secretID]
+	s.credMu.RUnlock()
+	if e == nil || !e.enabled {
+		return nil, ErrCredentialNotFound
+	}
+	return &e.cred, nil
+}
+
+// CreateCredential makes a credential with a fresh SecretId and SecretKey
+// (drawn from the HSM's random number generator) and returns the SecretKey
+// once; it is stored only sealed by the HSM. Requires kms:CreateCredential.
+func (s *Service) CreateCredential(ctx context.Context, name string, policy Policy) (CredentialInfo, string, error) {
+	if err := authorize(ctx, "kms:CreateCredential", "*"); err != nil {
+		return CredentialInfo{}, "", err
+	}
+	id, err := s.randomString(ctx, "AKID", 32)
+	if err != nil {
+		return CredentialInfo{}, "", err
+	}
+	key, err := s.randomString(ctx, "", 32)
+	if err != nil {
+		return CredentialInfo{}, "", err
+	}
+	info, err := s.addCredential(ctx, name, id, key, policy)
+	return info, key, err
+}
+
+// ImportCredential stores a credential whose SecretId and SecretKey the
+// caller chose (for example the TENCENTCLOUD_SECRET_ID/KEY of a
+// development machine). Requires kms:CreateCredential.
+func (s *Service) ImportCredential(ctx context.Context, name, secretID, secretKey string, policy Policy) (CredentialInfo, error) {
+	if err := authorize(ctx, "kms:CreateCredential", "*"); err != nil {
+		return CredentialInfo{}, err
+	}
+	if !secretIDPattern.MatchString(secretID) {
+		return CredentialInfo{}, fmt.Errorf("%w: the SecretId must be 16-128 letters or digits", ErrInvalidCredential)
+	}
+	if !secretKeyChars.MatchString(secretKey) {
+		return CredentialInfo{}, fmt.Errorf("%w: the SecretKey must be 16-128 printable ASCII characters", ErrInvalidCredential)
+	}
+	return s.addCredential(ctx, name, secretID, secretKey, policy)
+}
+
+func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey string, policy Policy) (CredentialInfo, error) {
+	if !credNamePattern.MatchString(name) {
+		return CredentialInfo{}, fmt.Errorf("%w: the name must be 1-64 characters of A-Z a-z 0-9 _ . @ -, starting with a letter or digit", ErrInvalidCredential)
+	}
+	if err := policy.Validate(); err != nil {
+		return CredentialInfo{}, err
+	}
+	doc, err := json.Marshal(policy)
+	if err != nil {
+		return CredentialInfo{}, fmt.Errorf("%w: %v", ErrInvalidPolicy, err)
+	}
+	iv, sealed, err := s.hsm.Seal(ctx, credKEKObjectID, []byte(secretKey), credAAD(secretID))
+	if err != nil {
+		return CredentialInfo{}, s.hsmErr(s.log, "seal credential", err)
+	}
+	rec := store.Credential{
+		SecretID: secretID, Name: name, SealedKey: append(iv, sealed...), KEKObjectID: credKEKObjectID,
+		Policy: string(doc), Enabled: true, CreatedAt: s.now().UTC(),
+	}
+	if err := s.store.CreateCredential(ctx, rec); err != nil {
+		if errors.Is(err, store.ErrCredentialExists) {
+			return CredentialInfo{}, fmt.Errorf("%w: %s", ErrCredentialExists, secretID)
+		}
+		return CredentialInfo{}, fmt.Errorf("%w: %v", ErrInternal, err)
+	}
+	info := CredentialInfo{SecretID: secretID, Name: name, Enabled: true, CreatedAt: rec.CreatedAt, Policy: policy}
+	e := &credEntry{
+		cred:    Credential{SecretID: secretID, SecretKey: secretKey, Principal: &Principal{SecretID: secretID, Name: name, Policy: policy}},
+		info:    info,
+		enabled: true,
+	}
+	s.credMu.Lock()
+	s.creds[secretID] = e
+	s.credMu.Unlock()
+	s.log.Info("kms: credential created", "secret_id", secretID, "name", name)
+	return info, nil
+}
+
+// ListCredentials lists every credential, without secrets, oldest first.
+// Requires kms:ListCredentials.
+func (s *Service) ListCredentials(ctx context.Context) ([]CredentialInfo, error) {
+	if err := authorize(ctx, "kms:ListCredentials", "*"); err != nil {
+		return nil, err
+	}
+	s.credMu.RLock()
+	out := make([]CredentialInfo, 0, len(s.creds))
+	for _, e := range s.creds {
+		out = append(out, e.info)
+	}
+	s.credMu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.Before(out[j].CreatedAt)
+		}
+		return out[i].SecretID < out[j].SecretID
+	})
+	return out, nil
+}
+
+// SetCredentialEnabled enables or disables a credential; a disabled
+// credential stops authenticating at once. Requires kms:EnableCredential or
+// kms:DisableCredential. ErrCredentialNotFound if it does not exist.
+func (s *Service) SetCredentialEnabled(ctx context.Context, secretID string, enabled bool) error {
+	action := "kms:DisableCredential"
+	if enabled {
+		action = "kms:EnableCredential"
+	}
+	if err := authorize(ctx, action, "*"); err != nil {
+		return err
+	}
+	return s.changeCredential(ctx, secretID, func(e credEntry) (credEntry, error) {
+		if err := s.store.SetCredentialEnabled(ctx, secretID, enabled); err != nil {
+			return e, err
+		}
+		e.enabled, e.info.Enabled = enabled, enabled
+		return e, nil
+	})
+}
+
+// UpdateCredentialPolicy replaces a credential's policy, effective at once.
+// Requires kms:UpdateCredentialPolicy.
+func (s *Service) UpdateCredentialPolicy(ctx context.Context, secretID string, policy Policy) error {
+	if err := authorize(ctx, "kms:UpdateCredentialPolicy", "*"); err != nil {
+		return err
+	}
+	if err := policy.Validate(); err != nil {
+		return err
+	}
+	doc, err := json.Marshal(policy)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidPolicy, err)
+	}
+	return s.changeCredential(ctx, secretID, func(e credEntry) (credEntry, error) {
+		if err := s.store.SetCredentialPolicy(ctx, secretID, string(doc)); err != nil {
+			return e, err
+		}
+		e.info.Policy = policy
+		p := *e.cred.Principal
+		p.Policy = policy
+		e.cred.Principal = &p
+		return e, nil
+	})
+}
+
+// DeleteCredential removes a credential; it stops authenticating at once.
+// Requires kms:DeleteCredential.
+func (s *Service) DeleteCredential(ctx context.Context, secretID string) error {
+	if err := authorize(ctx, "kms:DeleteCredential", "*"); err != nil {
+		return err
+	}
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
+	if _, ok := s.creds[secretID]; !ok {
+		return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
+	}
+	if err := s.store.DeleteCredential(ctx, secretID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: %v", ErrInternal, err)
+	}
+	delete(s.creds, secretID)
+	s.log.Info("kms: credential deleted", "secret_id", secretID)
+	return nil
+}
+
+// changeCredential applies f to a copy of the cached entry under the lock
+// and publishes the result, so a change is visible to the next request.
+func (s *Service) changeCredential(ctx context.Context, secretID string, f func(credEntry) (credEntry, error)) error {
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
+	e, ok := s.creds[secretID]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
+	}
+	ne, err := f(*e)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
+		}
+		return fmt.Errorf("%w: %v", ErrInternal, err)
+	}
+	s.creds[secretID] = &ne
+	s.log.Info("kms: credential changed", "secret_id", secretID, "enabled", ne.enabled)
+	return nil
+}
+
+// randomString returns prefix followed by n letters and digits drawn from
+// the HSM's random number generator (rejection sampling, no modulo bias).
+func (s *Service) randomString(ctx context.Context, prefix string, n int) (string, error) {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	out := make([]byte, 0, len(prefix)+n)
+	out = append(out, prefix...)
+	for len(out) < len(prefix)+n {
+		buf, err := s.hsm.Random(ctx, 2*n)
+		if err != nil {
+			return "", s.hsmErr(s.log, "random", err)
+		}
+		for _, b := range buf {
+			if int(b) < 256-256%len(alphabet) && len(out) < len(prefix)+n {
+				out = append(out, alphabet[int(b)%len(alphabet)])
+			}
+		}
+	}
+	return string(out), nil
 }

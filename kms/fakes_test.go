@@ -149,10 +149,16 @@ func (f *fakeHSM) has(objectID []byte) bool {
 	return ok
 }
 
+// count returns the number of CMK objects: every object but the
+// credentials key, which New makes once per token.
 func (f *fakeHSM) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.objects)
+	n := len(f.objects)
+	if _, ok := f.objects[string(credKEKObjectID)]; ok {
+		n--
+	}
+	return n
 }
 
 // fakeStore is an in-memory kms.Store with failure injection.
@@ -166,11 +172,67 @@ type fakeStore struct {
 	// first and the error returned anyway.
 	createErr     func() error
 	createCommits bool
+
+	creds map[string]store.Credential
 }
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{keys: map[string]store.Key{}, pending: map[string]store.PendingObject{}}
+	return &fakeStore{keys: map[string]store.Key{}, pending: map[string]store.PendingObject{}, creds: map[string]store.Credential{}}
 }
+
+func (s *fakeStore) CreateCredential(ctx context.Context, c store.Credential) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.creds[c.SecretID]; ok {
+		return store.ErrCredentialExists
+	}
+	s.creds[c.SecretID] = c
+	return nil
+}
+
+func (s *fakeStore) ListCredentials(ctx context.Context) ([]store.Credential, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []store.Credential{}
+	for _, c := range s.creds {
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func (s *fakeStore) SetCredentialEnabled(ctx context.Context, id string, enabled bool) error {
+	return s.updateCred(id, func(c *store.Credential) { c.Enabled = enabled })
+}
+
+func (s *fakeStore) SetCredentialPolicy(ctx context.Context, id, policy string) error {
+	return s.updateCred(id, func(c *store.Credential) { c.Policy = policy })
+}
+
+func (s *fakeStore) DeleteCredential(ctx context.Context, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.creds[id]; !ok {
+		return store.ErrNotFound
+	}
+	delete(s.creds, id)
+	return nil
+}
+
+func (s *fakeStore) updateCred(id string, f func(*store.Credential)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.creds[id]
+	if !ok {
+		return store.ErrNotFound
+	}
+	f(&c)
+	s.creds[id] = c
+	return nil
+}
+
+// adminCtx carries a principal allowed everything, as the HTTP edge would
+// after authenticating an administrator.
+var adminCtx = WithPrincipal(context.Background(), &Principal{SecretID: "AKIDtestadmin", Name: "test", Policy: AdminPolicy()})
 
 func cloneKey(k store.Key) store.Key {
 	k.Versions = slices.Clone(k.Versions)

@@ -73,7 +73,7 @@ func newRig(t *testing.T, cfg kms.Config) *rig {
 // openDeps opens the token and the store without a Service.
 func (r *rig) openDeps() {
 	r.t.Helper()
-	ctx := context.Background()
+	ctx := adminCtx()
 	h, err := p11.OpenToken(ctx, p11.Config{ModulePath: r.tok.Module, TokenLabel: r.tok.Label, PIN: r.tok.PIN, Sessions: 2})
 	if err != nil {
 		r.t.Fatalf("OpenToken: %v", err)
@@ -94,7 +94,7 @@ func (r *rig) open() {
 
 func (r *rig) startService() {
 	r.t.Helper()
-	svc, err := kms.New(context.Background(), r.h, r.st, r.cfg)
+	svc, err := kms.New(adminCtx(), r.h, r.st, r.cfg)
 	if err != nil {
 		r.t.Fatalf("kms.New: %v", err)
 	}
@@ -125,7 +125,7 @@ func (r *rig) restart() {
 
 func (r *rig) create(alias string) kms.KeyMetadata {
 	r.t.Helper()
-	md, err := r.svc.CreateKey(context.Background(), kms.CreateKeyInput{Alias: alias, Description: "test key"})
+	md, err := r.svc.CreateKey(adminCtx(), kms.CreateKeyInput{Alias: alias, Description: "test key"})
 	if err != nil {
 		r.t.Fatalf("CreateKey(%q): %v", alias, err)
 	}
@@ -134,7 +134,7 @@ func (r *rig) create(alias string) kms.KeyMetadata {
 
 func (r *rig) encrypt(keyID string, pt []byte, ec string) string {
 	r.t.Helper()
-	res, err := r.svc.Encrypt(context.Background(), kms.EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: ec})
+	res, err := r.svc.Encrypt(adminCtx(), kms.EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: ec})
 	if err != nil {
 		r.t.Fatalf("Encrypt: %v", err)
 	}
@@ -145,13 +145,13 @@ func (r *rig) encrypt(keyID string, pt []byte, ec string) string {
 }
 
 func (r *rig) decrypt(blob, ec string) ([]byte, error) {
-	res, err := r.svc.Decrypt(context.Background(), kms.DecryptInput{CiphertextBlob: blob, EncryptionContext: ec})
+	res, err := r.svc.Decrypt(adminCtx(), kms.DecryptInput{CiphertextBlob: blob, EncryptionContext: ec})
 	return res.Plaintext, err
 }
 
 func (r *rig) tokenHas(objectID []byte) bool {
 	r.t.Helper()
-	ids, err := r.h.KeyIDs(context.Background())
+	ids, err := r.h.KeyIDs(adminCtx())
 	if err != nil {
 		r.t.Fatalf("KeyIDs: %v", err)
 	}
@@ -165,7 +165,7 @@ func (r *rig) tokenHas(objectID []byte) bool {
 
 func (r *rig) objectOf(keyID string) []byte {
 	r.t.Helper()
-	k, err := r.st.GetKey(context.Background(), keyID)
+	k, err := r.st.GetKey(adminCtx(), keyID)
 	if err != nil || len(k.Versions) != 1 {
 		r.t.Fatalf("GetKey: %+v %v", k, err)
 	}
@@ -282,7 +282,7 @@ func TestIntegrationRestart(t *testing.T) {
 	r.restart()
 
 	for i, k := range keys {
-		got, err := r.svc.DescribeKey(context.Background(), k.KeyID)
+		got, err := r.svc.DescribeKey(adminCtx(), k.KeyID)
 		if err != nil {
 			t.Fatalf("DescribeKey after restart: %v", err)
 		}
@@ -302,10 +302,10 @@ func TestIntegrationRestart(t *testing.T) {
 		}
 	}
 	// Aliases are still taken.
-	if _, err := r.svc.CreateKey(context.Background(), kms.CreateKeyInput{Alias: "key-0"}); !errors.Is(err, kms.ErrAliasExists) {
+	if _, err := r.svc.CreateKey(adminCtx(), kms.CreateKeyInput{Alias: "key-0"}); !errors.Is(err, kms.ErrAliasExists) {
 		t.Fatalf("alias after restart: %v", err)
 	}
-	list, _ := r.svc.ListKeys(context.Background())
+	list, _ := r.svc.ListKeys(adminCtx())
 	if len(list) != 3 {
 		t.Fatalf("ListKeys: %d", len(list))
 	}
@@ -315,7 +315,7 @@ func TestIntegrationRestart(t *testing.T) {
 // hsm.GenerateKey and store.CreateKey: the intent and the object exist, the
 // key does not. The next start must destroy the object and drop the intent.
 func TestIntegrationCrashAfterGenerate(t *testing.T) {
-	ctx := context.Background()
+	ctx := adminCtx()
 	r := newRig(t, kms.Config{})
 	kept := r.create("kept")
 	keptBlob := r.encrypt(kept.KeyID, []byte("kept"), "")
@@ -374,7 +374,7 @@ func TestIntegrationCrashAfterGenerate(t *testing.T) {
 // without touching the key; orphans are reported and kept; a version whose
 // object vanished is reported.
 func TestIntegrationRecoverReport(t *testing.T) {
-	ctx := context.Background()
+	ctx := adminCtx()
 	r := newRig(t, kms.Config{})
 	k := r.create("k")
 	obj := r.objectOf(k.KeyID)
@@ -420,7 +420,7 @@ func TestIntegrationRecoverReport(t *testing.T) {
 }
 
 func TestIntegrationAliasAndLimit(t *testing.T) {
-	ctx := context.Background()
+	ctx := adminCtx()
 	r := newRig(t, kms.Config{KeyLimit: 2})
 	r.create("alpha")
 	if _, err := r.svc.CreateKey(ctx, kms.CreateKeyInput{Alias: "alpha"}); !errors.Is(err, kms.ErrAliasExists) {
@@ -431,7 +431,7 @@ func TestIntegrationAliasAndLimit(t *testing.T) {
 		t.Fatalf("limit: %v", err)
 	}
 	ids, err := r.h.KeyIDs(ctx)
-	if err != nil || len(ids) != 2 {
+	if err != nil || len(ids) != 2+1 { // two CMKs and the credentials key
 		t.Fatalf("token objects %d %v", len(ids), err)
 	}
 	pending, _ := r.st.PendingObjects(ctx)
@@ -452,7 +452,7 @@ func TestIntegrationAliasAndLimit(t *testing.T) {
 }
 
 func TestIntegrationConcurrent(t *testing.T) {
-	ctx := context.Background()
+	ctx := adminCtx()
 	r := newRig(t, kms.Config{})
 	k := r.create("k")
 	var wg sync.WaitGroup
@@ -496,4 +496,10 @@ func TestIntegrationConcurrent(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// adminCtx carries a principal allowed everything, as the HTTP edge would
+// after authenticating an administrator.
+func adminCtx() context.Context {
+	return kms.WithPrincipal(context.Background(), &kms.Principal{SecretID: "AKIDtestadmin", Name: "test", Policy: kms.AdminPolicy()})
 }

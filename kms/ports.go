@@ -38,4 +38,10 @@ type Store interface {
 	ListKeys(ctx context.Context) ([]store.Key, error)
 	CountKeys(ctx context.Context) (int, error)
 	ObjectIDs(ctx context.Context) ([][]byte, error)
+
+	CreateCredential(ctx context.Context, c store.Credential) error
+	ListCredentials(ctx context.Context) ([]store.Credential, error)
+	SetCredentialEnabled(ctx context.Context, secretID string, enabled bool) error
+	SetCredentialPolicy(ctx context.Context, secretID, policy string) error
+	DeleteCredential(ctx context.Context, secretID string) error
 }

@@ -129,6 +129,9 @@ type Service struct {
 	aliases  map[string]uuid.UUID    // aliases of keys that are not Deleted
 	reserved map[string]struct{}     // aliases of CreateKeys in flight
 	live     int                     // keys not Deleted
+
+	credMu sync.RWMutex
+	creds  map[string]*credEntry // by SecretId; entries immutable
 }
 
 // keyEntry is the cached metadata of one key. It is immutable once
@@ -257,6 +260,10 @@ func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
 	}
 	svc.log.Info("kms: keys loaded", "keys", len(svc.keys), "live", svc.live)
 
+	if err := svc.loadCredentials(ctx); err != nil {
+		return nil, fmt.Errorf("kms: New: %w", err)
+	}
+
 	rep, err := svc.Recover(ctx)
 	if err != nil {
 		svc.log.Error("kms: recovery incomplete; unresolved intents are retried at the next start", "err", err)
@@ -377,6 +384,9 @@ func storeErr(op string, err error) error {
 // deleted (best effort, logged); whatever a failure or a crash leaves behind
 // is resolved by Recover. CreateKey calls may run concurrently.
 func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata, error) {
+	if err := authorize(ctx, "kms:CreateKey", "*"); err != nil {
+		return KeyMetadata{}, err
+	}
 	if err := validateAlias(in.Alias); err != nil {
 		return KeyMetadata{}, err
 	}
@@ -585,6 +595,7 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 				"key_id", k.ID, "version", v.Number, "object_id", fmt.Sprintf("%x", v.ObjectID))
 		}
 	}
+	knownSet[string(credKEKObjectID)] = true
 	for _, id := range onToken {
 		if knownSet[string(id)] || unresolved[string(id)] {
 			continue
@@ -690,6 +701,9 @@ func (s *Service) Encrypt(ctx context.Context, in EncryptInput) (EncryptResult, 
 	if !ok {
 		return EncryptResult{}, ErrInvalidKeyID
 	}
+	if err := authorize(ctx, "kms:Encrypt", in.KeyID); err != nil {
+		return EncryptResult{}, err
+	}
 	switch {
 	case len(in.Plaintext) == 0:
 		return EncryptResult{}, ErrPlaintextEmpty
@@ -746,6 +760,9 @@ func (s *Service) Encrypt(ctx context.Context, in EncryptInput) (EncryptResult, 
 func (s *Service) Decrypt(ctx context.Context, in DecryptInput) (DecryptResult, error) {
 	env, err := ParseBlob(in.CiphertextBlob)
 	if err != nil {
+		return DecryptResult{}, err
+	}
+	if err := authorize(ctx, "kms:Decrypt", uuid.UUID(env.KeyID).String()); err != nil {
 		return DecryptResult{}, err
 	}
 	ec, err := ParseContext(in.EncryptionContext)

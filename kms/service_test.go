@@ -60,7 +60,7 @@ func newEnv(t *testing.T, cfg Config) *env {
 // restart makes a new Service over the same HSM and store.
 func (e *env) restart(t *testing.T) {
 	t.Helper()
-	svc, err := New(context.Background(), e.h, e.st, e.cfg)
+	svc, err := New(adminCtx, e.h, e.st, e.cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -69,7 +69,7 @@ func (e *env) restart(t *testing.T) {
 
 func (e *env) create(t *testing.T, alias string) KeyMetadata {
 	t.Helper()
-	md, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: alias})
+	md, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: alias})
 	if err != nil {
 		t.Fatalf("CreateKey(%q): %v", alias, err)
 	}
@@ -78,7 +78,7 @@ func (e *env) create(t *testing.T, alias string) KeyMetadata {
 
 func (e *env) encrypt(t *testing.T, keyID string, pt []byte, ec string) EncryptResult {
 	t.Helper()
-	r, err := e.svc.Encrypt(context.Background(), EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: ec})
+	r, err := e.svc.Encrypt(adminCtx, EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: ec})
 	if err != nil {
 		t.Fatalf("Encrypt: %v", err)
 	}
@@ -86,7 +86,7 @@ func (e *env) encrypt(t *testing.T, keyID string, pt []byte, ec string) EncryptR
 }
 
 func (e *env) decrypt(blob, ec string) (DecryptResult, error) {
-	return e.svc.Decrypt(context.Background(), DecryptInput{CiphertextBlob: blob, EncryptionContext: ec})
+	return e.svc.Decrypt(adminCtx, DecryptInput{CiphertextBlob: blob, EncryptionContext: ec})
 }
 
 func errIs(err, target error) bool { return errors.Is(err, target) }
@@ -115,7 +115,7 @@ func TestCreateKeyValidation(t *testing.T) {
 		{CreateKeyInput{Alias: "a", KeyUsage: "ASYMMETRIC_DECRYPT_RSA_2048"}, ErrInvalidKeyUsage},
 	}
 	for _, c := range cases {
-		if _, err := e.svc.CreateKey(context.Background(), c.in); !errIs(err, c.want) {
+		if _, err := e.svc.CreateKey(adminCtx, c.in); !errIs(err, c.want) {
 			t.Errorf("CreateKey(%q, %d-byte desc, %q) = %v, want %v", c.in.Alias, len(c.in.Description), c.in.KeyUsage, err, c.want)
 		}
 	}
@@ -130,7 +130,7 @@ func TestCreateKeyValidation(t *testing.T) {
 		{Alias: "k1", Description: strings.Repeat("é", 512), KeyUsage: "ENCRYPT_DECRYPT"},
 		{Alias: "k2", KeyUsage: "ENCRYPT/DECRYPT"},
 	} {
-		md, err := e.svc.CreateKey(context.Background(), in)
+		md, err := e.svc.CreateKey(adminCtx, in)
 		if err != nil {
 			t.Fatalf("%d: CreateKey(%q): %v", i, in.Alias, err)
 		}
@@ -143,7 +143,7 @@ func TestCreateKeyValidation(t *testing.T) {
 func TestCreateKey(t *testing.T) {
 	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	e := newEnv(t, Config{Clock: func() time.Time { return now }})
-	md, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "orders", Description: "d"})
+	md, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "orders", Description: "d"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestCreateKey(t *testing.T) {
 	if md != want {
 		t.Fatalf("metadata %+v, want %+v", md, want)
 	}
-	rec, err := e.st.GetKey(context.Background(), md.KeyID)
+	rec, err := e.st.GetKey(adminCtx, md.KeyID)
 	if err != nil || len(rec.Versions) != 1 || len(rec.Versions[0].ObjectID) != 16 {
 		t.Fatalf("store record %+v: %v", rec, err)
 	}
@@ -166,23 +166,23 @@ func TestCreateKey(t *testing.T) {
 	if e.st.pendingCount() != 0 {
 		t.Fatal("intent left behind")
 	}
-	got, err := e.svc.DescribeKey(context.Background(), md.KeyID)
+	got, err := e.svc.DescribeKey(adminCtx, md.KeyID)
 	if err != nil || got != md {
 		t.Fatalf("DescribeKey %+v %v", got, err)
 	}
 	// Alias taken.
-	if _, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "orders"}); !errIs(err, ErrAliasExists) {
+	if _, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "orders"}); !errIs(err, ErrAliasExists) {
 		t.Fatalf("duplicate alias: %v", err)
 	}
 	// Aliases are case-sensitive.
 	e.create(t, "Orders")
 	// Survives a restart.
 	e.restart(t)
-	got, err = e.svc.DescribeKey(context.Background(), md.KeyID)
+	got, err = e.svc.DescribeKey(adminCtx, md.KeyID)
 	if err != nil || got != md {
 		t.Fatalf("after restart %+v %v", got, err)
 	}
-	list, _ := e.svc.ListKeys(context.Background())
+	list, _ := e.svc.ListKeys(adminCtx)
 	if len(list) != 2 {
 		t.Fatalf("ListKeys %d", len(list))
 	}
@@ -192,7 +192,7 @@ func TestCreateKeyLimit(t *testing.T) {
 	e := newEnv(t, Config{KeyLimit: 2})
 	a := e.create(t, "a")
 	e.create(t, "b")
-	if _, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "c"}); !errIs(err, ErrLimitExceeded) {
+	if _, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "c"}); !errIs(err, ErrLimitExceeded) {
 		t.Fatalf("third key: %v", err)
 	}
 	if e.h.count() != 2 {
@@ -204,13 +204,13 @@ func TestCreateKeyLimit(t *testing.T) {
 	// A Deleted key's alias is free again, as in the store.
 	a2 := e.create(t, "a")
 	e.restart(t)
-	if md, err := e.svc.DescribeKey(context.Background(), a.KeyID); err != nil || md.KeyState != StateDeleted {
+	if md, err := e.svc.DescribeKey(adminCtx, a.KeyID); err != nil || md.KeyState != StateDeleted {
 		t.Fatalf("deleted key: %+v %v", md, err)
 	}
-	if md, err := e.svc.DescribeKey(context.Background(), a2.KeyID); err != nil || md.Alias != "a" {
+	if md, err := e.svc.DescribeKey(adminCtx, a2.KeyID); err != nil || md.Alias != "a" {
 		t.Fatalf("reused alias: %+v %v", md, err)
 	}
-	if _, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "d"}); !errIs(err, ErrLimitExceeded) {
+	if _, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "d"}); !errIs(err, ErrLimitExceeded) {
 		t.Fatalf("fourth key: %v", err)
 	}
 }
@@ -223,7 +223,7 @@ func TestCreateKeyConcurrentSameAlias(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "same"})
+			_, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "same"})
 			switch {
 			case err == nil:
 				ok.Add(1)
@@ -248,7 +248,7 @@ func TestCreateKeyConcurrentLimit(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: fmt.Sprintf("k%d", i)})
+			_, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: fmt.Sprintf("k%d", i)})
 			if err == nil {
 				ok.Add(1)
 			} else if !errIs(err, ErrLimitExceeded) {
@@ -267,7 +267,7 @@ func TestCreateKeyFailures(t *testing.T) {
 	t.Run("intent fails", func(t *testing.T) {
 		e := newEnv(t, Config{})
 		e.st.addPendingErr = func() error { return boom }
-		_, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "a"})
+		_, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "a"})
 		if !errIs(err, ErrInternal) || !errIs(err, boom) {
 			t.Fatal(err)
 		}
@@ -280,7 +280,7 @@ func TestCreateKeyFailures(t *testing.T) {
 	t.Run("generate busy", func(t *testing.T) {
 		e := newEnv(t, Config{})
 		e.h.genErr = func() error { return fmt.Errorf("wrapped: %w", hsm.ErrBusy) }
-		_, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "a"})
+		_, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "a"})
 		if !errIs(err, ErrBusy) {
 			t.Fatal(err)
 		}
@@ -291,7 +291,7 @@ func TestCreateKeyFailures(t *testing.T) {
 	t.Run("generate fails after acting", func(t *testing.T) {
 		e := newEnv(t, Config{})
 		e.h.genAfter = func() error { return hsm.ErrUnavailable }
-		_, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "a"})
+		_, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "a"})
 		if !errIs(err, ErrUnavailable) {
 			t.Fatal(err)
 		}
@@ -302,7 +302,7 @@ func TestCreateKeyFailures(t *testing.T) {
 	t.Run("generate unexpected", func(t *testing.T) {
 		e := newEnv(t, Config{})
 		e.h.genErr = func() error { return hsm.ErrInvalidInput }
-		_, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "a"})
+		_, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "a"})
 		if !errIs(err, ErrInternal) {
 			t.Fatal(err)
 		}
@@ -310,14 +310,14 @@ func TestCreateKeyFailures(t *testing.T) {
 	t.Run("commit fails", func(t *testing.T) {
 		e := newEnv(t, Config{})
 		e.st.createErr = func() error { return boom }
-		_, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "a"})
+		_, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "a"})
 		if !errIs(err, ErrInternal) || !errIs(err, boom) {
 			t.Fatal(err)
 		}
 		if e.h.count() != 0 || e.st.pendingCount() != 0 {
 			t.Fatal("not rolled back")
 		}
-		if l, _ := e.svc.ListKeys(context.Background()); len(l) != 0 {
+		if l, _ := e.svc.ListKeys(adminCtx); len(l) != 0 {
 			t.Fatal("key reported")
 		}
 		e.st.createErr = nil
@@ -327,7 +327,7 @@ func TestCreateKeyFailures(t *testing.T) {
 		e := newEnv(t, Config{})
 		e.st.createErr = func() error { return boom }
 		e.st.createCommits = true
-		md, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "a"})
+		md, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "a"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -343,7 +343,7 @@ func TestCreateKeyFailures(t *testing.T) {
 		e := newEnv(t, Config{})
 		e.st.createErr = func() error { return boom }
 		e.st.getErr = func() error { return boom }
-		_, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "a"})
+		_, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "a"})
 		if !errIs(err, ErrInternal) {
 			t.Fatal(err)
 		}
@@ -351,7 +351,7 @@ func TestCreateKeyFailures(t *testing.T) {
 			t.Fatal("object destroyed or intent dropped although the commit may have happened")
 		}
 		e.st.createErr, e.st.getErr = nil, nil
-		rep, err := e.svc.Recover(context.Background())
+		rep, err := e.svc.Recover(adminCtx)
 		if err != nil || len(rep.RolledBack) != 1 {
 			t.Fatalf("Recover %+v %v", rep, err)
 		}
@@ -364,7 +364,7 @@ func TestCreateKeyFailures(t *testing.T) {
 		// Another writer took the alias behind the cache's back.
 		e.st.put(store.Key{ID: uuid.NewString(), Alias: "a", State: StateEnabled,
 			Versions: []store.Version{{Number: 1, ObjectID: []byte("x")}}})
-		_, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "a"})
+		_, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "a"})
 		if !errIs(err, ErrAliasExists) {
 			t.Fatal(err)
 		}
@@ -376,7 +376,7 @@ func TestCreateKeyFailures(t *testing.T) {
 		e := newEnv(t, Config{})
 		e.st.createErr = func() error { return boom }
 		e.h.destroyErr = func() error { return hsm.ErrUnavailable }
-		if _, err := e.svc.CreateKey(context.Background(), CreateKeyInput{Alias: "a"}); err == nil {
+		if _, err := e.svc.CreateKey(adminCtx, CreateKeyInput{Alias: "a"}); err == nil {
 			t.Fatal("no error")
 		}
 		if e.st.pendingCount() != 1 {
@@ -390,7 +390,7 @@ func TestCreateKeyFailures(t *testing.T) {
 	})
 	t.Run("cancelled context still rolls back", func(t *testing.T) {
 		e := newEnv(t, Config{})
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := context.WithCancel(adminCtx)
 		e.h.genAfter = func() error { cancel(); return context.Canceled }
 		_, err := e.svc.CreateKey(ctx, CreateKeyInput{Alias: "a"})
 		if !errIs(err, context.Canceled) {
@@ -507,14 +507,14 @@ func TestEncryptValidation(t *testing.T) {
 		{EncryptInput{KeyID: uuid.NewString(), Plaintext: []byte("x")}, ErrKeyNotFound},
 	}
 	for i, c := range cases {
-		if _, err := e.svc.Encrypt(context.Background(), c.in); !errIs(err, c.want) {
+		if _, err := e.svc.Encrypt(adminCtx, c.in); !errIs(err, c.want) {
 			t.Errorf("%d: Encrypt(%q) = %v, want %v", i, c.in.KeyID, err, c.want)
 		}
 	}
-	if _, err := e.svc.DescribeKey(context.Background(), up); !errIs(err, ErrInvalidKeyID) {
+	if _, err := e.svc.DescribeKey(adminCtx, up); !errIs(err, ErrInvalidKeyID) {
 		t.Fatal(err)
 	}
-	if _, err := e.svc.DescribeKey(context.Background(), uuid.NewString()); !errIs(err, ErrKeyNotFound) {
+	if _, err := e.svc.DescribeKey(adminCtx, uuid.NewString()); !errIs(err, ErrKeyNotFound) {
 		t.Fatal(err)
 	}
 }
@@ -549,7 +549,7 @@ func TestKeyStates(t *testing.T) {
 	for _, c := range cases {
 		e.st.setState(k.KeyID, c.state)
 		e.restart(t)
-		_, err := e.svc.Encrypt(context.Background(), EncryptInput{KeyID: k.KeyID, Plaintext: []byte("x")})
+		_, err := e.svc.Encrypt(adminCtx, EncryptInput{KeyID: k.KeyID, Plaintext: []byte("x")})
 		if !errIs(err, c.encErr) || (c.encErr == nil) != (err == nil) {
 			t.Errorf("%s: Encrypt %v, want %v", c.state, err, c.encErr)
 		}
@@ -557,7 +557,7 @@ func TestKeyStates(t *testing.T) {
 		if !errIs(err, c.decErr) || (c.decErr == nil) != (err == nil) {
 			t.Errorf("%s: Decrypt %v, want %v", c.state, err, c.decErr)
 		}
-		md, err := e.svc.DescribeKey(context.Background(), k.KeyID)
+		md, err := e.svc.DescribeKey(adminCtx, k.KeyID)
 		if err != nil || md.KeyState != c.state {
 			t.Errorf("%s: DescribeKey %+v %v", c.state, md, err)
 		}
@@ -570,10 +570,10 @@ func TestMultipleVersions(t *testing.T) {
 	v1 := e.encrypt(t, k.KeyID, []byte("one"), "").CiphertextBlob
 	// Add version 2 behind the service (no rotation API yet).
 	obj2 := []byte("object-2-------!")
-	if err := e.h.GenerateKey(context.Background(), obj2, k.KeyID+"/v2"); err != nil {
+	if err := e.h.GenerateKey(adminCtx, obj2, k.KeyID+"/v2"); err != nil {
 		t.Fatal(err)
 	}
-	rec, _ := e.st.GetKey(context.Background(), k.KeyID)
+	rec, _ := e.st.GetKey(adminCtx, k.KeyID)
 	rec.Versions = append(rec.Versions, store.Version{Number: 2, ObjectID: obj2})
 	e.st.put(rec)
 	e.restart(t)
@@ -582,7 +582,7 @@ func TestMultipleVersions(t *testing.T) {
 	if r2.KeyVersion != 2 {
 		t.Fatalf("encrypted under version %d", r2.KeyVersion)
 	}
-	if md, _ := e.svc.DescribeKey(context.Background(), k.KeyID); md.CurrentVersion != 2 {
+	if md, _ := e.svc.DescribeKey(adminCtx, k.KeyID); md.CurrentVersion != 2 {
 		t.Fatalf("CurrentVersion %d", md.CurrentVersion)
 	}
 	for blob, want := range map[string]string{v1: "one", r2.CiphertextBlob: "two"} {
@@ -621,7 +621,7 @@ func TestHSMErrorMapping(t *testing.T) {
 	for _, c := range cases {
 		e.h.sealErr = func() error { return c.hsmErr }
 		e.h.openErr = e.h.sealErr
-		_, err := e.svc.Encrypt(context.Background(), EncryptInput{KeyID: k.KeyID, Plaintext: []byte("x")})
+		_, err := e.svc.Encrypt(adminCtx, EncryptInput{KeyID: k.KeyID, Plaintext: []byte("x")})
 		if !errIs(err, c.want) || (c.notWant != nil && errIs(err, c.notWant)) {
 			t.Errorf("Seal %v: got %v", c.hsmErr, err)
 		}
@@ -640,8 +640,8 @@ func TestHSMErrorMapping(t *testing.T) {
 	}
 	// The token lost the object for real.
 	e.h.openErr = nil
-	rec, _ := e.st.GetKey(context.Background(), k.KeyID)
-	e.h.DestroyKey(context.Background(), rec.Versions[0].ObjectID)
+	rec, _ := e.st.GetKey(adminCtx, k.KeyID)
+	e.h.DestroyKey(adminCtx, rec.Versions[0].ObjectID)
 	if _, err := e.decrypt(blob, ""); !errIs(err, ErrInternal) {
 		t.Fatal(err)
 	}
@@ -651,7 +651,7 @@ func TestHSMErrorMapping(t *testing.T) {
 }
 
 func TestRecover(t *testing.T) {
-	ctx := context.Background()
+	ctx := adminCtx
 	e := newEnv(t, Config{})
 	k := e.create(t, "a")
 	rec, _ := e.st.GetKey(ctx, k.KeyID)
@@ -718,7 +718,7 @@ func TestRecover(t *testing.T) {
 }
 
 func TestRecoverFailures(t *testing.T) {
-	ctx := context.Background()
+	ctx := adminCtx
 	e := newEnv(t, Config{})
 	obj := []byte("pending-object-1")
 	e.st.AddPendingObject(ctx, store.PendingObject{ObjectID: obj, KeyID: uuid.NewString(), Version: 1})
@@ -758,13 +758,13 @@ func TestNewRejectsBadMetadata(t *testing.T) {
 	} {
 		st := newFakeStore()
 		st.put(k)
-		if _, err := New(context.Background(), newFakeHSM(), st, Config{Logger: slog.New(slog.DiscardHandler)}); err == nil {
+		if _, err := New(adminCtx, newFakeHSM(), st, Config{Logger: slog.New(slog.DiscardHandler)}); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
 	st := newFakeStore()
 	st.listErr = func() error { return errors.New("db down") }
-	if _, err := New(context.Background(), newFakeHSM(), st, Config{Logger: slog.New(slog.DiscardHandler)}); err == nil {
+	if _, err := New(adminCtx, newFakeHSM(), st, Config{Logger: slog.New(slog.DiscardHandler)}); err == nil {
 		t.Error("store failure ignored")
 	}
 }
@@ -783,7 +783,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	for _, fail := range []error{hsm.ErrKeyNotFound, errors.New("weird"), hsm.ErrLogin} {
 		e.h.sealErr = func() error { return fail }
 		e.h.openErr = e.h.sealErr
-		e.svc.Encrypt(context.Background(), EncryptInput{KeyID: k.KeyID, Plaintext: []byte(secret), EncryptionContext: ec})
+		e.svc.Encrypt(adminCtx, EncryptInput{KeyID: k.KeyID, Plaintext: []byte(secret), EncryptionContext: ec})
 		e.decrypt(r.CiphertextBlob, ec)
 	}
 	logs := e.log.String()
@@ -805,7 +805,7 @@ func TestConcurrentUse(t *testing.T) {
 			for j := range 50 {
 				pt := []byte(fmt.Sprintf("%d-%d", i, j))
 				ec := fmt.Sprintf(`{"i":"%d"}`, i)
-				r, err := e.svc.Encrypt(context.Background(), EncryptInput{KeyID: k.KeyID, Plaintext: pt, EncryptionContext: ec})
+				r, err := e.svc.Encrypt(adminCtx, EncryptInput{KeyID: k.KeyID, Plaintext: pt, EncryptionContext: ec})
 				if err != nil {
 					t.Error(err)
 					return
@@ -826,7 +826,7 @@ func TestConcurrentUse(t *testing.T) {
 		}()
 		go func() {
 			defer wg.Done()
-			if _, err := e.svc.Recover(context.Background()); err != nil {
+			if _, err := e.svc.Recover(adminCtx); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -839,18 +839,18 @@ func TestConcurrentUse(t *testing.T) {
 
 func BenchmarkEncrypt(b *testing.B) {
 	h, st := newFakeHSM(), newFakeStore()
-	svc, err := New(context.Background(), h, st, Config{Logger: slog.New(slog.DiscardHandler)})
+	svc, err := New(adminCtx, h, st, Config{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	k, err := svc.CreateKey(context.Background(), CreateKeyInput{Alias: "a"})
+	k, err := svc.CreateKey(adminCtx, CreateKeyInput{Alias: "a"})
 	if err != nil {
 		b.Fatal(err)
 	}
 	in := EncryptInput{KeyID: k.KeyID, Plaintext: make([]byte, 256)}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := svc.Encrypt(context.Background(), in); err != nil {
+		if _, err := svc.Encrypt(adminCtx, in); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -576,6 +576,61 @@ func testStore(t *testing.T, h storeHarness) {
 			t.Fatalf("CreateKey after reopen: %v, want ErrAliasExists", err)
 		}
 	})
+
+	t.Run("Credentials", func(t *testing.T) {
+		t.Parallel()
+		open := h.NewStorage(t)
+		s := open(t)
+		ctx := t.Context()
+		c1 := store.Credential{SecretID: "AKIDone", Name: "one", SealedKey: []byte("sealed-1"), KEKObjectID: []byte("kek"),
+			Policy: `{"version":"2.0"}`, Enabled: true, CreatedAt: baseTime}
+		c2 := c1
+		c2.SecretID, c2.Name, c2.SealedKey, c2.CreatedAt = "AKIDtwo", "two", []byte("sealed-2"), baseTime.Add(time.Second)
+		for _, c := range []store.Credential{c1, c2} {
+			if err := s.CreateCredential(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.CreateCredential(ctx, c1); !errors.Is(err, store.ErrCredentialExists) {
+			t.Fatalf("duplicate: %v, want ErrCredentialExists", err)
+		}
+		if err := s.SetCredentialEnabled(ctx, "AKIDone", false); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetCredentialPolicy(ctx, "AKIDtwo", `{"version":"2.0","statement":[]}`); err != nil {
+			t.Fatal(err)
+		}
+		for _, err := range []error{
+			s.SetCredentialEnabled(ctx, "AKIDnone", true),
+			s.SetCredentialPolicy(ctx, "AKIDnone", "{}"),
+			s.DeleteCredential(ctx, "AKIDnone"),
+		} {
+			if !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("absent credential: %v, want ErrNotFound", err)
+			}
+		}
+		s.(io.Closer).Close()
+		s = open(t)
+		got, err := s.ListCredentials(ctx)
+		if err != nil || len(got) != 2 {
+			t.Fatalf("list: %d %v", len(got), err)
+		}
+		c1.Enabled = false
+		c2.Policy = `{"version":"2.0","statement":[]}`
+		for i, want := range []store.Credential{c1, c2} {
+			g := got[i]
+			if g.SecretID != want.SecretID || g.Name != want.Name || !bytes.Equal(g.SealedKey, want.SealedKey) ||
+				!bytes.Equal(g.KEKObjectID, want.KEKObjectID) || g.Policy != want.Policy || g.Enabled != want.Enabled || !g.CreatedAt.Equal(want.CreatedAt) {
+				t.Fatalf("credential %d\n got %+v\nwant %+v", i, g, want)
+			}
+		}
+		if err := s.DeleteCredential(ctx, "AKIDone"); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.ListCredentials(ctx); len(got) != 1 || got[0].SecretID != "AKIDtwo" {
+			t.Fatalf("after delete: %+v", got)
+		}
+	})
 }
 
 // baseTime has a non-UTC zone and sub-second precision on purpose.

@@ -64,6 +64,19 @@ CREATE TABLE pending_objects (
 	created_at INTEGER NOT NULL
 ) STRICT;
 `,
+	// v2: API credentials. The SecretKey is stored sealed (AES-GCM inside
+	// the HSM, under the token object kek_object_id), never in clear.
+	`
+CREATE TABLE credentials (
+	secret_id     TEXT    NOT NULL PRIMARY KEY CHECK (secret_id <> ''),
+	name          TEXT    NOT NULL,
+	sealed_key    BLOB    NOT NULL CHECK (length(sealed_key) > 0),
+	kek_object_id BLOB    NOT NULL CHECK (length(kek_object_id) > 0),
+	policy        TEXT    NOT NULL,
+	enabled       INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+	created_at    INTEGER NOT NULL
+) STRICT;
+`,
 }
 
 // migrate brings the database behind db up to len(steps), one step per
