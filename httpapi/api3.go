@@ -219,6 +219,14 @@ func (s *Server) api3FromError(err error, rid string) *apiError {
 		return apiErrorf("InvalidParameterValue.AliasAlreadyExists", "the Alias already exists")
 	case errors.Is(err, kms.ErrUnauthorized):
 		return apiErrorf("UnauthorizedOperation", "the credential is not authorized for this operation on this resource")
+	case errors.Is(err, kms.ErrCredentialNotFound):
+		return apiErrorf("ResourceNotFound", "the credential does not exist")
+	case errors.Is(err, kms.ErrCredentialExists):
+		return apiErrorf("ResourceInUse", "the SecretId already exists")
+	case errors.Is(err, kms.ErrInvalidCredential), errors.Is(err, kms.ErrInvalidPolicy):
+		return apiErrorf("InvalidParameterValue", strings.TrimPrefix(err.Error(), "kms: "))
+	case errors.Is(err, kms.ErrKeyStateNotSupported):
+		return apiErrorf("ResourceUnavailable.CmkStateNotSupport", "the CMK's state does not allow this operation")
 	case errors.Is(err, kms.ErrKeyNotFound):
 		return apiErrorf("ResourceUnavailable.CmkNotFound", "the CMK does not exist")
 	case errors.Is(err, kms.ErrKeyDisabled):

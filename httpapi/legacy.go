@@ -211,6 +211,8 @@ func (s *Server) legacyFromDomain(err error, rid string) *legacyError {
 		return legacyErrorf(codeNotFound, "key does not exist")
 	case errors.Is(err, kms.ErrKeyDisabled):
 		return legacyErrorf(codeOperationFailed, "key is disabled")
+	case errors.Is(err, kms.ErrKeyStateNotSupported):
+		return legacyErrorf(codeOperationFailed, "the key's state does not allow this operation")
 	case errors.Is(err, kms.ErrAliasExists):
 		return legacyErrorf(codeOperationFailed, "alias already exists")
 	case errors.Is(err, kms.ErrLimitExceeded):

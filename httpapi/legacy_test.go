@@ -23,8 +23,9 @@ import (
 // the domain returns, to check the wire mapping. The real service is tested
 // end to end in cmd/kmsd.
 type fakeKMS struct {
-	err     error
-	lastEnc kms.EncryptInput
+	CredentialAdmin // not exercised here: credential actions are tested end to end
+	err             error
+	lastEnc         kms.EncryptInput
 }
 
 const (

@@ -33,6 +33,7 @@ import (
 // implements it. Implementations must be safe for concurrent use.
 type KMS interface {
 	Credentials
+	CredentialAdmin
 	CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyMetadata, error)
 	Encrypt(ctx context.Context, in kms.EncryptInput) (kms.EncryptResult, error)
 	Decrypt(ctx context.Context, in kms.DecryptInput) (kms.DecryptResult, error)
@@ -61,6 +62,7 @@ const RequestIDHeader = "X-Request-Id"
 type Server struct {
 	kms    KMS
 	creds  Credentials
+	admin  CredentialAdmin
 	nonces *nonceCache
 	cfg    Config
 	log    *slog.Logger
@@ -84,7 +86,7 @@ func New(k KMS, cfg Config) *Server {
 	if cfg.MaxNonces <= 0 {
 		cfg.MaxNonces = 4_000_000
 	}
-	s := &Server{kms: k, creds: k, nonces: newNonceCache(cfg.MaxNonces), cfg: cfg, log: cfg.Logger}
+	s := &Server{kms: k, creds: k, admin: k, nonces: newNonceCache(cfg.MaxNonces), cfg: cfg, log: cfg.Logger}
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true

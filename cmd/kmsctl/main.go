@@ -1,16 +1,22 @@
 // Command kmsctl is the operator's command-line client of kmsd. It talks to
-// kmsd over its public API only.
+// kmsd over its public API only (API 3.0, signed with TC3-HMAC-SHA256).
 //
 //	kmsctl [-endpoint URL] create-key -alias NAME [-description TEXT]
 //	kmsctl [-endpoint URL] encrypt -key-id ID [-context JSON] (-plaintext TEXT | -in FILE | -in -)
 //	kmsctl [-endpoint URL] decrypt [-context JSON] (-blob BLOB | -in FILE | -in -) [-out FILE]
+//	kmsctl [-endpoint URL] credentials create -name NAME (-admin | -policy-file FILE)
+//	kmsctl [-endpoint URL] credentials list
+//	kmsctl [-endpoint URL] credentials enable|disable|delete -secret-id ID
+//	kmsctl [-endpoint URL] credentials update-policy -secret-id ID -policy-file FILE
 //
 // Plaintext is read raw and base64-encoded for the wire by kmsctl; decrypt
 // writes the raw plaintext. The endpoint defaults to $KMS_ENDPOINT or
-// http://127.0.0.1:8080.
+// http://127.0.0.1:8080. The credential comes from TENCENTCLOUD_SECRET_ID
+// and TENCENTCLOUD_SECRET_KEY, as for the Tencent Cloud SDKs.
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -21,8 +27,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
+
+	"hsmkms/tcsign"
 )
 
 func main() {
@@ -40,6 +49,12 @@ commands:
   create-key  -alias NAME [-description TEXT]
   encrypt     -key-id ID [-context JSON] (-plaintext TEXT | -in FILE|-)
   decrypt     [-context JSON] (-blob BLOB | -in FILE|-) [-out FILE]
+  credentials create -name NAME (-admin | -policy-file FILE)
+  credentials list
+  credentials enable|disable|delete -secret-id ID
+  credentials update-policy -secret-id ID -policy-file FILE
+
+The credential is read from TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY.
 `
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -59,7 +74,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fs.Usage()
 		return errors.New("missing command")
 	}
-	c := &client{endpoint: strings.TrimRight(*endpoint, "/"), http: &http.Client{Timeout: *timeout}}
+	u, err := url.Parse(*endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("-endpoint %q: want http://HOST:PORT or https://HOST:PORT", *endpoint)
+	}
+	c := &client{endpoint: strings.TrimRight(*endpoint, "/"), host: u.Host, http: &http.Client{Timeout: *timeout},
+		secretID: os.Getenv("TENCENTCLOUD_SECRET_ID"), secretKey: os.Getenv("TENCENTCLOUD_SECRET_KEY")}
+	if c.secretID == "" || c.secretKey == "" {
+		return errors.New("set TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY (make run prints a development credential)")
+	}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "create-key":
@@ -68,6 +91,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return encrypt(ctx, c, rest, stdin, stdout, stderr)
 	case "decrypt":
 		return decrypt(ctx, c, rest, stdin, stdout, stderr)
+	case "credentials":
+		return credentials(ctx, c, rest, stdout, stderr)
 	}
 	fs.Usage()
 	return fmt.Errorf("unknown command %q", cmd)
@@ -84,18 +109,15 @@ func createKey(ctx context.Context, c *client, args []string, stdout, stderr io.
 	if *alias == "" {
 		return errors.New("create-key: -alias is required")
 	}
-	var out struct {
-		KeyMetadata struct {
-			KeyID      string `json:"keyId"`
-			Alias      string `json:"alias"`
-			CreateTime int64  `json:"createTime"`
-			KeyState   string `json:"keyState"`
-		} `json:"keyMetadata"`
+	var m struct {
+		KeyID      string `json:"KeyId"`
+		Alias      string `json:"Alias"`
+		CreateTime int64  `json:"CreateTime"`
+		KeyState   string `json:"KeyState"`
 	}
-	if err := c.call(ctx, "CreateKey", url.Values{"alias": {*alias}, "description": {*desc}}, &out); err != nil {
+	if err := c.call(ctx, "CreateKey", map[string]any{"Alias": *alias, "Description": *desc}, &m); err != nil {
 		return err
 	}
-	m := out.KeyMetadata
 	fmt.Fprintf(stdout, "keyId\t%s\nalias\t%s\nstate\t%s\ncreated\t%s\n", m.KeyID, m.Alias, m.KeyState, time.Unix(m.CreateTime, 0).UTC().Format(time.RFC3339))
 	return nil
 }
@@ -117,12 +139,12 @@ func encrypt(ctx context.Context, c *client, args []string, stdin io.Reader, std
 	if err != nil {
 		return err
 	}
-	v := url.Values{"keyId": {*keyID}, "plaintext": {base64.StdEncoding.EncodeToString(pt)}}
+	v := map[string]any{"KeyId": *keyID, "Plaintext": base64.StdEncoding.EncodeToString(pt)}
 	if *ec != "" {
-		v.Set("encryptionContext", *ec)
+		v["EncryptionContext"] = *ec
 	}
 	var out struct {
-		CiphertextBlob string `json:"ciphertextBlob"`
+		CiphertextBlob string `json:"CiphertextBlob"`
 	}
 	if err := c.call(ctx, "Encrypt", v, &out); err != nil {
 		return err
@@ -145,12 +167,12 @@ func decrypt(ctx context.Context, c *client, args []string, stdin io.Reader, std
 	if err != nil {
 		return err
 	}
-	v := url.Values{"ciphertextBlob": {strings.TrimSpace(string(b))}}
+	v := map[string]any{"CiphertextBlob": strings.TrimSpace(string(b))}
 	if *ec != "" {
-		v.Set("encryptionContext", *ec)
+		v["EncryptionContext"] = *ec
 	}
 	var out struct {
-		Plaintext string `json:"plaintext"`
+		Plaintext string `json:"Plaintext"`
 	}
 	if err := c.call(ctx, "Decrypt", v, &out); err != nil {
 		return err
@@ -181,52 +203,68 @@ func input(inline, file string, stdin io.Reader, inlineFlag string) ([]byte, err
 	return nil, fmt.Errorf("give %s or -in FILE (or -in - for standard input)", inlineFlag)
 }
 
-// client calls kmsd's legacy API.
+// client calls kmsd's API 3.0, signing with TC3-HMAC-SHA256.
 type client struct {
-	endpoint string
-	http     *http.Client
+	endpoint, host      string
+	secretID, secretKey string
+	http                *http.Client
 }
 
 // apiError is an error answer of kmsd.
 type apiError struct {
-	Code      int
+	Code      string
 	Message   string
 	RequestID string
 }
 
 func (e *apiError) Error() string {
-	return fmt.Sprintf("code %d: %s (requestId %s)", e.Code, e.Message, e.RequestID)
+	return fmt.Sprintf("%s: %s (RequestId %s)", e.Code, e.Message, e.RequestID)
 }
 
-func (c *client) call(ctx context.Context, action string, v url.Values, out any) error {
-	v.Set("Action", action)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint+"/v2/index.php", strings.NewReader(v.Encode()))
+// call sends one API 3.0 action with params as its JSON body and decodes the
+// Response object into out.
+func (c *client) call(ctx context.Context, action string, params map[string]any, out any) error {
+	body, err := json.Marshal(params)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint+"/", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	ts := time.Now().Unix()
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-TC-Action", action)
+	req.Header.Set("X-TC-Version", "2019-01-18")
+	req.Header.Set("X-TC-Timestamp", strconv.FormatInt(ts, 10))
+	req.Header.Set("Authorization", tcsign.SignTC3(c.secretID, c.secretKey, "kms", http.MethodPost, c.host, "application/json", "", ts, body))
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s: HTTP %d", action, resp.StatusCode)
 	}
-	var head struct {
-		Code      *int   `json:"code"`
-		Message   string `json:"message"`
-		RequestID string `json:"requestId"`
+	var env struct {
+		Response json.RawMessage `json:"Response"`
 	}
-	if err := json.Unmarshal(body, &head); err != nil || head.Code == nil {
+	var head struct {
+		Error *struct {
+			Code    string `json:"Code"`
+			Message string `json:"Message"`
+		} `json:"Error"`
+		RequestID string `json:"RequestId"`
+	}
+	if err := json.Unmarshal(raw, &env); err != nil || env.Response == nil || json.Unmarshal(env.Response, &head) != nil {
 		return fmt.Errorf("%s: unexpected reply from %s", action, c.endpoint)
 	}
-	if *head.Code != 0 {
-		return &apiError{Code: *head.Code, Message: head.Message, RequestID: head.RequestID}
+	if head.Error != nil {
+		return &apiError{Code: head.Error.Code, Message: head.Error.Message, RequestID: head.RequestID}
 	}
-	return json.Unmarshal(body, out)
+	return json.Unmarshal(env.Response, out)
 }
