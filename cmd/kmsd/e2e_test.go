@@ -16,8 +16,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +27,7 @@ import (
 	"github.com/google/uuid"
 
 	"hsmkms/softhsm"
+	"hsmkms/tcsign"
 )
 
 var binDir string
@@ -74,14 +77,37 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// The administrator credential every test server is bootstrapped with.
+const (
+	adminID  = "AKIDe2eadmin00000000000000000000000"
+	adminKey = "e2eAdminSecretKey000000000000000"
+)
+
 func kmsdEnv(tok softhsm.Token, dataDir string) []string {
-	return append(os.Environ(), append(tok.Env(),
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "TENCENTCLOUD_") && !strings.HasPrefix(kv, "KMSD_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, append(tok.Env(),
 		"KMSD_PKCS11_MODULE="+tok.Module,
 		"KMSD_TOKEN_LABEL="+tok.Label,
 		"KMSD_PIN="+tok.PIN,
 		"KMSD_DATA_DIR="+dataDir,
 		"KMSD_ADDR=127.0.0.1:0",
 	)...)
+}
+
+// bootstrap imports the administrator credential, as make run does.
+func bootstrap(t *testing.T, env []string) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "kmsd"), "credentials", "import", "-admin", "-name", "e2e-admin", "-if-none")
+	cmd.Env = append(env, "TENCENTCLOUD_SECRET_ID="+adminID, "TENCENTCLOUD_SECRET_KEY="+adminKey)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kmsd credentials import: %v\n%s", err, out)
+	}
+	time.Sleep(100 * time.Millisecond) // SoftHSM2: processes opening one token directory at the same instant can fail
 }
 
 // startKMSD starts kmsd and waits until it listens.
@@ -154,9 +180,38 @@ type legacyReply struct {
 	} `json:"keyMetadata"`
 }
 
-// call sends a legacy request by GET or POST and decodes the reply, checking
-// the envelope every legacy SDK relies on.
+var nonce atomic.Uint64
+
+// signLegacy adds the common parameters and a HmacSHA256 signature made with
+// the credential (id, key) for the server's host.
+func (s *server) signLegacy(method string, v url.Values, id, key string) url.Values {
+	out := url.Values{}
+	for k, vs := range v {
+		out[k] = vs
+	}
+	out.Set("SecretId", id)
+	out.Set("Timestamp", strconv.FormatInt(time.Now().Unix(), 10))
+	out.Set("Nonce", strconv.FormatUint(nonce.Add(1)+uint64(time.Now().UnixNano()%1e6)*1e6, 10))
+	out.Set("SignatureMethod", "HmacSHA256")
+	out.Set("RequestClient", "SDK_PYTHON_1.0")
+	var ps []tcsign.Param
+	for k, vs := range out {
+		ps = append(ps, tcsign.Param{Name: k, Value: vs[0]})
+	}
+	host := strings.TrimPrefix(s.url, "http://")
+	out.Set("Signature", tcsign.V1Sign(key, "HmacSHA256", tcsign.V1StringToSign(method, host, "/v2/index.php", ps)))
+	return out
+}
+
+// call signs a legacy request as the administrator, sends it by GET or POST
+// and decodes the reply, checking the envelope every legacy SDK relies on.
 func (s *server) call(method string, v url.Values) legacyReply {
+	s.t.Helper()
+	return s.send(method, s.signLegacy(method, v, adminID, adminKey))
+}
+
+// send sends already-signed legacy parameters.
+func (s *server) send(method string, v url.Values) legacyReply {
 	s.t.Helper()
 	var resp *http.Response
 	var err error
@@ -215,7 +270,9 @@ func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) 
 func newServer(t *testing.T) (*server, softhsm.Token, string) {
 	tok := softhsm.NewTokenNoEnv(t)
 	data := t.TempDir()
-	return startKMSD(t, kmsdEnv(tok, data)), tok, data
+	env := kmsdEnv(tok, data)
+	bootstrap(t, env)
+	return startKMSD(t, env), tok, data
 }
 
 func TestRoundTripGETAndPOST(t *testing.T) {
@@ -368,6 +425,7 @@ func TestRestartKeepsKeysAndCiphertexts(t *testing.T) {
 	tok := softhsm.NewTokenNoEnv(t)
 	data := t.TempDir()
 	env := kmsdEnv(tok, data)
+	bootstrap(t, env)
 	s1 := startKMSD(t, env)
 	type item struct{ key, blob, pt string }
 	var items []item
@@ -436,6 +494,7 @@ func TestKmsctlReadmeExample(t *testing.T) {
 	ctl := func(stdin string, args ...string) string {
 		t.Helper()
 		cmd := exec.Command(filepath.Join(binDir, "kmsctl"), append([]string{"-endpoint", s.url}, args...)...)
+		cmd.Env = append(os.Environ(), "TENCENTCLOUD_SECRET_ID="+adminID, "TENCENTCLOUD_SECRET_KEY="+adminKey)
 		cmd.Stdin = strings.NewReader(stdin)
 		out, err := cmd.Output()
 		if err != nil {
