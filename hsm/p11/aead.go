@@ -1,0 +1,112 @@
+package p11
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+
+	"github.com/miekg/pkcs11"
+
+	"hsmkms/hsm"
+)
+
+const tagBits = hsm.TagBytes * 8
+
+// Seal encrypts plaintext with AES-256-GCM (CKM_AES_GCM) under the key
+// objectID, binding aad. The 12-byte IV is drawn from crypto/rand here, never
+// by the token. sealed is ciphertext||16-byte tag, as crypto/cipher's GCM
+// Seal produces it.
+//
+// Errors: hsm.ErrInvalidInput if objectID is not 1..64 bytes, aad is empty
+// (always required: SoftHSM2 2.6.1 mishandles empty AAD), or plaintext or
+// aad exceed 64 MiB; hsm.ErrKeyNotFound if the token has no such key;
+// hsm.ErrBusy (wrapping ctx.Err()) if no session frees up before ctx is
+// done; hsm.ErrUnavailable. Safe for concurrent use.
+func (t *Token) Seal(ctx context.Context, objectID, plaintext, aad []byte) (iv, sealed []byte, err error) {
+	if err := checkObjectID(objectID); err != nil {
+		return nil, nil, err
+	}
+	if len(aad) == 0 || len(aad) > maxMessage || len(plaintext) > maxMessage {
+		return nil, nil, fmt.Errorf("%w: seal: aad must be 1..%d bytes and plaintext at most %d bytes (got %d, %d)", hsm.ErrInvalidInput, maxMessage, maxMessage, len(aad), len(plaintext))
+	}
+	iv = make([]byte, hsm.IVBytes)
+	if _, err := rand.Read(iv); err != nil {
+		return nil, nil, fmt.Errorf("%w: seal: crypto/rand: %w", hsm.ErrUnavailable, err)
+	}
+	if err := t.enter(); err != nil {
+		return nil, nil, err
+	}
+	defer t.mu.RUnlock()
+	err = t.withKey(ctx, objectID, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		p := pkcs11.NewGCMParams(iv, aad, tagBits)
+		defer p.Free()
+		if err := t.mod.EncryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}, h); err != nil {
+			return classify("C_EncryptInit", err)
+		}
+		out, err := t.mod.Encrypt(s, plaintext)
+		if err != nil {
+			return classify("C_Encrypt", err)
+		}
+		if len(out) != len(plaintext)+hsm.TagBytes {
+			return errf(hsm.ErrUnavailable, "C_Encrypt", "returned %d bytes for %d bytes of plaintext, want plaintext+%d", len(out), len(plaintext), hsm.TagBytes)
+		}
+		sealed = out
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return iv, sealed, nil
+}
+
+// Open decrypts and authenticates sealed (ciphertext||tag from Seal) with the
+// key objectID, the iv Seal returned and the same aad.
+//
+// Errors: hsm.ErrInvalidInput if objectID is not 1..64 bytes, iv is not 12
+// bytes, sealed is shorter than the 16-byte tag, aad is empty, or sizes
+// exceed 64 MiB; hsm.ErrNotAuthentic if iv, sealed or aad were altered or
+// belong to another key (the message keeps the module's raw return code,
+// CKR_GENERAL_ERROR on SoftHSM2); hsm.ErrKeyNotFound; hsm.ErrBusy (wrapping
+// ctx.Err()) if no session frees up before ctx is done; hsm.ErrUnavailable.
+// Safe for concurrent use.
+func (t *Token) Open(ctx context.Context, objectID, iv, sealed, aad []byte) ([]byte, error) {
+	if err := checkObjectID(objectID); err != nil {
+		return nil, err
+	}
+	if len(iv) != hsm.IVBytes || len(sealed) < hsm.TagBytes || len(aad) == 0 ||
+		len(sealed) > maxMessage+hsm.TagBytes || len(aad) > maxMessage {
+		return nil, fmt.Errorf("%w: open: want a %d-byte iv, %d..%d bytes of sealed data and 1..%d bytes of aad (got %d, %d, %d)",
+			hsm.ErrInvalidInput, hsm.IVBytes, hsm.TagBytes, maxMessage+hsm.TagBytes, maxMessage, len(iv), len(sealed), len(aad))
+	}
+	if err := t.enter(); err != nil {
+		return nil, err
+	}
+	defer t.mu.RUnlock()
+	var plaintext []byte
+	err := t.withKey(ctx, objectID, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		p := pkcs11.NewGCMParams(iv, aad, tagBits)
+		defer p.Free()
+		err := t.mod.DecryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}, h)
+		if err != nil {
+			return classify("C_DecryptInit", err)
+		}
+		var out []byte
+		if t.dec != nil {
+			out, err = t.dec.decrypt(s, sealed, len(sealed)-hsm.TagBytes)
+		} else {
+			out, err = t.mod.Decrypt(s, sealed)
+		}
+		if err != nil {
+			return classify(fnDecrypt, err)
+		}
+		if len(out) != len(sealed)-hsm.TagBytes {
+			return errf(hsm.ErrUnavailable, fnDecrypt, "returned %d bytes for %d sealed bytes, want sealed-%d", len(out), len(sealed), hsm.TagBytes)
+		}
+		plaintext = out
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return plaintext, nil
+}

@@ -1,0 +1,89 @@
+package p11
+
+import (
+	"fmt"
+	"unicode"
+	"unicode/utf8"
+
+	"hsmkms/hsm"
+)
+
+// Defaults and limits of Config.
+const (
+	DefaultSessions    = 2
+	MaxSessions        = 256
+	DefaultLabelPrefix = "hsmkms:"
+
+	maxLabelPrefix = 64  // bytes
+	maxLabel       = 128 // bytes, without the prefix
+	maxTokenLabel  = 32  // CK_TOKEN_INFO.label is 32 bytes, blank padded
+	minObjectID    = 1
+	maxObjectID    = 64
+	maxRandom      = 1 << 20
+	// maxMessage bounds plaintext and AAD (and ciphertext minus tag). The
+	// binding converts lengths through C int; 64 MiB is far above anything
+	// a KMS request carries and far below those limits.
+	maxMessage = 1 << 26
+)
+
+// Config selects a token and sizes the session pool. The zero values of
+// Sessions and LabelPrefix select the defaults; ModulePath, TokenLabel and
+// PIN are required.
+type Config struct {
+	ModulePath  string // path of the PKCS#11 module
+	TokenLabel  string // token selected by label (never slot number: slot ids change)
+	PIN         string // user PIN; the caller reads it from env/file; never logged
+	Sessions    int    // max concurrent sessions = max concurrent HSM calls; 0 -> 2
+	LabelPrefix string // prefix of CKA_LABEL of objects this service makes; "" -> "hsmkms:"
+}
+
+// Validate reports the first problem of c, wrapping hsm.ErrInvalidInput.
+// The message never contains the PIN.
+func (c Config) Validate() error {
+	switch {
+	case c.ModulePath == "":
+		return fmt.Errorf("%w: p11 config: module path is empty", hsm.ErrInvalidInput)
+	case c.TokenLabel == "":
+		return fmt.Errorf("%w: p11 config: token label is empty", hsm.ErrInvalidInput)
+	case len(c.TokenLabel) > maxTokenLabel:
+		return fmt.Errorf("%w: p11 config: token label is %d bytes, PKCS#11 allows %d", hsm.ErrInvalidInput, len(c.TokenLabel), maxTokenLabel)
+	case c.PIN == "":
+		return fmt.Errorf("%w: p11 config: PIN is empty", hsm.ErrInvalidInput)
+	case c.Sessions < 0 || c.Sessions > MaxSessions:
+		return fmt.Errorf("%w: p11 config: sessions is %d, want 0 (default %d) to %d", hsm.ErrInvalidInput, c.Sessions, DefaultSessions, MaxSessions)
+	case len(c.LabelPrefix) > maxLabelPrefix || !printable(c.LabelPrefix):
+		return fmt.Errorf("%w: p11 config: label prefix must be printable UTF-8 of at most %d bytes", hsm.ErrInvalidInput, maxLabelPrefix)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.Sessions == 0 {
+		c.Sessions = DefaultSessions
+	}
+	if c.LabelPrefix == "" {
+		c.LabelPrefix = DefaultLabelPrefix
+	}
+	return c
+}
+
+// printable reports whether s is valid UTF-8 made of printable runes
+// (unicode.IsPrint: letters, marks, numbers, punctuation, symbols, ASCII space).
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func checkObjectID(id []byte) error {
+	if len(id) < minObjectID || len(id) > maxObjectID {
+		return fmt.Errorf("%w: object id is %d bytes, want %d..%d", hsm.ErrInvalidInput, len(id), minObjectID, maxObjectID)
+	}
+	return nil
+}

@@ -1,0 +1,71 @@
+package p11
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// rssKiB returns the resident set size of the test process.
+func rssKiB(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, err := strconv.Atoi(f[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no VmRSS in /proc/self/status")
+	return 0
+}
+
+// Open resolves C_Decrypt itself (miekg/pkcs11 v1.1.2's Ctx.Decrypt leaks
+// its C buffer on every failed C_Decrypt), and the function-list index it
+// uses is the module's real C_Decrypt.
+func TestDirectDecryptResolved(t *testing.T) {
+	tok, _ := newTestToken(t, 1)
+	if tok.dec == nil {
+		t.Fatal("C_Decrypt not resolved through C_GetFunctionList")
+	}
+	if sym := tok.dec.symbol("C_Decrypt"); sym == nil || sym != tok.dec.fn {
+		t.Fatalf("function list C_Decrypt = %p, dlsym(C_Decrypt) = %p", tok.dec.fn, sym)
+	}
+}
+
+// Tampered ciphertexts must not leak memory: 2000 failed Opens of 256 KiB
+// would leak 500 MiB through the binding's Decrypt.
+func TestFailedOpenDoesNotLeak(t *testing.T) {
+	if _, err := os.Stat("/proc/self/status"); err != nil {
+		t.Skip("needs /proc/self/status (Linux)")
+	}
+	tok, _ := newTestToken(t, 1)
+	ctx := testCtx(t)
+	id := []byte("leak")
+	mustGenerate(t, tok, id)
+	iv, sealed, err := tok.Seal(ctx, id, make([]byte, 256<<10), testAAD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed[0] ^= 1
+	open := func(n int) {
+		for range n {
+			if _, err := tok.Open(ctx, id, iv, sealed, testAAD); err == nil {
+				t.Fatal("tampered ciphertext opened")
+			}
+		}
+	}
+	open(200) // warm up the heaps
+	before := rssKiB(t)
+	open(2000)
+	if grew := rssKiB(t) - before; grew > 128<<10 {
+		t.Fatalf("RSS grew by %d MiB over 2000 failed Opens of 256 KiB", grew>>10)
+	}
+}

@@ -1,0 +1,414 @@
+package p11
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/miekg/pkcs11"
+
+	"hsmkms/hsm"
+)
+
+// Token is a logged-in PKCS#11 token with a fixed pool of sessions. It is
+// safe for concurrent use; see the package documentation for the model.
+type Token struct {
+	cfg      Config // with defaults applied; holds the PIN for re-login
+	mod      *pkcs11.Ctx
+	slot     uint
+	ownsInit bool           // our C_Initialize succeeded, so Close calls C_Finalize
+	dec      *directDecrypt // C_Decrypt without the binding's leak; nil: use the binding
+
+	// pool holds exactly cfg.Sessions entries while no call is in flight:
+	// open, logged-in sessions, or 0 (CK_INVALID_HANDLE) for a hole left
+	// when a replacement session could not be opened. A hole is refilled
+	// by the next acquire.
+	pool chan pkcs11.SessionHandle
+
+	// mu is read-locked by every method for its whole duration and
+	// write-locked by Close, which therefore waits for in-flight calls.
+	mu      sync.RWMutex
+	closed  bool
+	closing chan struct{} // closed when Close starts: wakes waiting acquirers
+
+	closeOnce sync.Once
+	closeErr  error
+
+	hmu     sync.RWMutex
+	handles map[string]pkcs11.ObjectHandle // objectID -> key handle
+
+	genMu chan struct{} // 1-slot semaphore serialising GenerateKey
+
+	// hookNewSession, when set by a test, runs before a replacement session
+	// is opened; an error fails the replacement.
+	hookNewSession func() error
+}
+
+// OpenToken loads the module, initialises it (tolerating
+// CKR_CRYPTOKI_ALREADY_INITIALIZED), finds the initialised token labelled
+// cfg.TokenLabel, opens cfg.Sessions R/W sessions and logs the user in
+// (tolerating CKR_USER_ALREADY_LOGGED_IN).
+//
+// Errors: hsm.ErrInvalidInput (cfg.Validate failed), hsm.ErrTokenNotFound
+// (no initialised token, or more than one, carries the label; the message
+// lists the labels seen), hsm.ErrLogin (PIN refused, locked...), and
+// hsm.ErrUnavailable (module cannot be loaded or initialised, session
+// cannot be opened, ctx done). On error everything opened is released.
+// ctx is checked between steps; the PKCS#11 calls themselves cannot be
+// interrupted.
+func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	t := &Token{
+		cfg:     cfg,
+		pool:    make(chan pkcs11.SessionHandle, cfg.Sessions),
+		closing: make(chan struct{}),
+		handles: make(map[string]pkcs11.ObjectHandle),
+		genMu:   make(chan struct{}, 1),
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = panicError("OpenToken", r)
+		}
+		if err != nil {
+			_ = t.teardown()
+			tok = nil
+		}
+	}()
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	t.mod = pkcs11.New(cfg.ModulePath)
+	if t.mod == nil {
+		return nil, errf(hsm.ErrUnavailable, "dlopen", "cannot load PKCS#11 module %q (missing file or not a PKCS#11 library)", cfg.ModulePath)
+	}
+	t.dec = loadDirectDecrypt(cfg.ModulePath)
+	switch err := t.mod.Initialize(); {
+	case err == nil:
+		t.ownsInit = true
+	case errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)):
+		// Another user of the module in this process initialised it; it
+		// also owns C_Finalize.
+	default:
+		return nil, classify("C_Initialize", err)
+	}
+	if t.slot, err = findSlot(t.mod, cfg.TokenLabel); err != nil {
+		return nil, err
+	}
+	for range cfg.Sessions {
+		if err := ctxErr(ctx); err != nil {
+			return nil, err
+		}
+		s, err := t.mod.OpenSession(t.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			return nil, classify("C_OpenSession", err)
+		}
+		t.pool <- s
+		if len(t.pool) == 1 {
+			// Login state is per application: one C_Login covers every
+			// session, including those opened afterwards.
+			if err := t.login(s); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return t, nil
+}
+
+func ctxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: p11: %w", hsm.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// findSlot returns the slot of the one initialised token labelled label.
+func findSlot(mod *pkcs11.Ctx, label string) (uint, error) {
+	slots, err := mod.GetSlotList(true)
+	if err != nil {
+		return 0, classify("C_GetSlotList", err)
+	}
+	var seen []string
+	var found []uint
+	for _, slot := range slots {
+		info, err := mod.GetTokenInfo(slot)
+		if err != nil {
+			return 0, classify("C_GetTokenInfo", err)
+		}
+		if info.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
+			continue
+		}
+		l := strings.TrimRight(info.Label, " \x00")
+		seen = append(seen, fmt.Sprintf("%q", l))
+		if l == label {
+			found = append(found, slot)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		lst := "none"
+		if len(seen) > 0 {
+			lst = strings.Join(seen, ", ")
+		}
+		return 0, errf(hsm.ErrTokenNotFound, "C_GetTokenInfo", "no initialised token labelled %q; initialised tokens present: %s", label, lst)
+	default:
+		return 0, errf(hsm.ErrTokenNotFound, "C_GetTokenInfo", "%d initialised tokens are labelled %q; labels must be unique", len(found), label)
+	}
+}
+
+// login logs the application in as CKU_USER through s. An already logged in
+// application is fine.
+func (t *Token) login(s pkcs11.SessionHandle) error {
+	err := t.mod.Login(s, pkcs11.CKU_USER, t.cfg.PIN)
+	if err == nil || errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
+		return nil
+	}
+	e := classify("C_Login", err)
+	if errors.Is(e, hsm.ErrLogin) {
+		e.(*p11Error).detail = fmt.Sprintf("token %q refused the configured user PIN", t.cfg.TokenLabel)
+	}
+	return e
+}
+
+// newSession opens a R/W session and makes sure the application is logged
+// in (closing the last session of an application logs it out).
+func (t *Token) newSession() (s pkcs11.SessionHandle, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = panicError("C_OpenSession", r)
+		}
+	}()
+	if t.hookNewSession != nil {
+		if err := t.hookNewSession(); err != nil {
+			return 0, err
+		}
+	}
+	s, err = t.mod.OpenSession(t.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return 0, classify("C_OpenSession", err)
+	}
+	info, err := t.mod.GetSessionInfo(s)
+	if err == nil && info.State == pkcs11.CKS_RW_USER_FUNCTIONS {
+		return s, nil
+	}
+	if err := t.login(s); err != nil {
+		_ = t.mod.CloseSession(s)
+		return 0, err
+	}
+	return s, nil
+}
+
+// acquire takes a session from the pool, waiting until ctx is done.
+// A hole is refilled first; if that fails the hole goes back.
+func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
+	var s pkcs11.SessionHandle
+	select {
+	case s = <-t.pool:
+	default:
+		select {
+		case s = <-t.pool:
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: %w", hsm.ErrBusy, ctx.Err())
+		case <-t.closing:
+			return 0, errClosed
+		}
+	}
+	if s == 0 {
+		ns, err := t.newSession()
+		if err != nil {
+			t.pool <- 0
+			return 0, err
+		}
+		s = ns
+	}
+	return s, nil
+}
+
+// release returns s to the pool according to f.
+func (t *Token) release(s pkcs11.SessionHandle, f fate) {
+	switch f {
+	case fateRelogin:
+		if t.login(s) != nil {
+			f = fateReplace
+		}
+	}
+	if f == fateReplace {
+		ns, err := t.newSession() // before closing s: keeps the login alive
+		if err != nil {
+			ns = 0
+		}
+		t.closeSession(s)
+		s = ns
+	}
+	t.pool <- s
+}
+
+func (t *Token) closeSession(s pkcs11.SessionHandle) {
+	defer func() { _ = recover() }()
+	_ = t.mod.CloseSession(s)
+}
+
+// enter registers a call; it fails once Close has started. Every successful
+// enter is paired with t.mu.RUnlock.
+func (t *Token) enter() error {
+	t.mu.RLock()
+	if t.closed {
+		t.mu.RUnlock()
+		return errClosed
+	}
+	return nil
+}
+
+// do runs fn with a session of the pool. A session that fn reports dead is
+// replaced; fn is retried once on another session when the failure means
+// nothing was done (see sessionFate). A panic in fn becomes
+// hsm.ErrUnavailable. The caller holds enter.
+func (t *Token) do(ctx context.Context, fn func(s pkcs11.SessionHandle) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", hsm.ErrBusy, err)
+	}
+	for attempt := 0; ; attempt++ {
+		s, err := t.acquire(ctx)
+		if err != nil {
+			return err
+		}
+		err = call(s, fn)
+		f, retry := sessionFate(err)
+		t.release(s, f)
+		if !retry || attempt > 0 {
+			return err
+		}
+	}
+}
+
+func call(s pkcs11.SessionHandle, fn func(s pkcs11.SessionHandle) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = panicError("pkcs11", r)
+		}
+	}()
+	return fn(s)
+}
+
+func panicError(fn string, r any) error {
+	return &p11Error{kind: hsm.ErrUnavailable, fn: fn, detail: fmt.Sprintf("panic in PKCS#11 binding: %v", r), panicked: true}
+}
+
+// Close waits for in-flight calls to finish (calls waiting for a session
+// return hsm.ErrUnavailable at once), logs out, closes the sessions,
+// finalises the module if OpenToken initialised it, and unloads it. It is
+// idempotent and safe for concurrent use: later calls return nil after the
+// first has finished. After Close every method returns hsm.ErrUnavailable.
+// The error, if any, wraps hsm.ErrUnavailable and is informational: the
+// Token is closed regardless.
+func (t *Token) Close() error {
+	first := false
+	t.closeOnce.Do(func() {
+		first = true
+		close(t.closing)
+		t.mu.Lock()
+		t.closed = true
+		t.mu.Unlock()
+		t.closeErr = t.teardown()
+	})
+	if first {
+		return t.closeErr
+	}
+	return nil
+}
+
+// teardown releases whatever OpenToken built. No call may be in flight.
+func (t *Token) teardown() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = panicError("Close", r)
+		}
+	}()
+	if t.mod == nil {
+		return nil
+	}
+	var sessions []pkcs11.SessionHandle
+	for len(t.pool) > 0 {
+		if s := <-t.pool; s != 0 {
+			sessions = append(sessions, s)
+		}
+	}
+	var errs []error
+	if len(sessions) > 0 {
+		if err := t.mod.Logout(sessions[0]); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)) {
+			errs = append(errs, classify("C_Logout", err))
+		}
+	}
+	for _, s := range sessions {
+		if err := t.mod.CloseSession(s); err != nil {
+			errs = append(errs, classify("C_CloseSession", err))
+		}
+	}
+	if t.ownsInit {
+		if err := t.mod.Finalize(); err != nil {
+			errs = append(errs, classify("C_Finalize", err))
+		}
+	}
+	t.mod.Destroy()
+	t.mod = nil
+	t.dec.close()
+	t.dec = nil
+	return errors.Join(errs...)
+}
+
+// Random returns n bytes from the token's generator (C_GenerateRandom).
+//
+// Errors: hsm.ErrInvalidInput unless 1 <= n <= 1 MiB; hsm.ErrBusy (wrapping
+// ctx.Err()) if no session frees up before ctx is done; hsm.ErrUnavailable.
+// Safe for concurrent use.
+func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
+	if n < 1 || n > maxRandom {
+		return nil, fmt.Errorf("%w: random length %d, want 1..%d", hsm.ErrInvalidInput, n, maxRandom)
+	}
+	if err := t.enter(); err != nil {
+		return nil, err
+	}
+	defer t.mu.RUnlock()
+	var out []byte
+	err := t.do(ctx, func(s pkcs11.SessionHandle) error {
+		b, err := t.mod.GenerateRandom(s, n)
+		if err != nil {
+			return classify("C_GenerateRandom", err)
+		}
+		if len(b) != n {
+			return errf(hsm.ErrUnavailable, "C_GenerateRandom", "returned %d bytes, want %d", len(b), n)
+		}
+		out = b
+		return nil
+	})
+	return out, err
+}
+
+// Ping checks that a session of the pool is alive and logged in
+// (C_GetSessionInfo), within ctx. A dead session is replaced and a lost
+// login restored on the way.
+//
+// Errors: hsm.ErrBusy (wrapping ctx.Err()) if no session frees up before
+// ctx is done; hsm.ErrUnavailable. Safe for concurrent use.
+func (t *Token) Ping(ctx context.Context) error {
+	if err := t.enter(); err != nil {
+		return err
+	}
+	defer t.mu.RUnlock()
+	return t.do(ctx, func(s pkcs11.SessionHandle) error {
+		info, err := t.mod.GetSessionInfo(s)
+		if err != nil {
+			return classify("C_GetSessionInfo", err)
+		}
+		if info.State != pkcs11.CKS_RW_USER_FUNCTIONS {
+			return classify("C_GetSessionInfo", pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN))
+		}
+		return nil
+	})
+}
