@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -77,17 +78,24 @@ var api3Actions = map[string]api3Action{
 // signature-v1 shape (everything in the query or the form body).
 func (s *Server) api3(c echo.Context) error {
 	rid := newRequestID()
+	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "api3"}
 	r := c.Request()
 	c.Response().Header().Set(RequestIDHeader, rid)
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+	ctx, cancel := context.WithTimeout(withInfo(r.Context(), info), s.cfg.RequestTimeout)
 	defer cancel()
 
+	failure := func() any {
+		return api3Envelope{Response: api3ErrorBody{Error: apiErrorf("InternalError", "the audit trail is unavailable; the request was not served (RequestId "+rid+")"), RequestID: rid}}
+	}
 	resp, err := s.api3Dispatch(ctx, r, rid)
 	if err != nil {
-		return c.JSON(http.StatusOK, api3Envelope{Response: api3ErrorBody{Error: s.api3FromError(err, rid), RequestID: rid}})
+		ae := s.api3FromError(err, rid)
+		info.code = ae.Code
+		return s.finish(c, info, api3Envelope{Response: api3ErrorBody{Error: ae, RequestID: rid}}, failure)
 	}
+	info.code = "0"
 	setRequestID(resp, rid)
-	return c.JSON(http.StatusOK, api3Envelope{Response: resp})
+	return s.finish(c, info, api3Envelope{Response: resp}, failure)
 }
 
 // api3Request is an API 3.0 request once its shape is decoded.
@@ -169,7 +177,10 @@ func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) 
 	if req.version != API3Version {
 		return nil, apiErrorf("NoSuchVersion", "the version "+truncate(req.version, 32)+" is not supported; use "+API3Version)
 	}
+	info := infoFrom(ctx)
+	info.action = req.action
 	act, ok := api3Actions[req.action]
+	info.known = ok
 	if !ok {
 		return nil, apiErrorf("InvalidAction", "the action "+truncate(req.action, 64)+" is not supported")
 	}
@@ -201,8 +212,29 @@ func (s *Server) api3FromError(err error, rid string) *apiError {
 		return &apiError{Code: pe.code, Message: pe.message}
 	}
 	switch {
+	case errors.Is(err, kms.ErrUsageLimit):
+		s.log.Error("request not served: key version usage limit reached and no new version could be made", "requestId", rid, "err", err)
+		return apiErrorf("LimitExceeded", "the key version reached its usage limit and a new version could not be created; retry later")
 	case errors.Is(err, kms.ErrInvalidKeyID):
 		return apiErrorf("InvalidParameterValue.InvalidKeyId", "the KeyId is invalid")
+	case errors.Is(err, kms.ErrInvalidPendingWindow):
+		return apiErrorf("InvalidParameter.InvalidPendingWindowInDays", "the PendingWindowInDays must be 7 to 30")
+	case errors.Is(err, kms.ErrInvalidRotateDays):
+		return apiErrorf("InvalidParameterValue", "the RotateDays must be 7 to 365")
+	case errors.Is(err, kms.ErrInvalidNumberOfBytes):
+		return apiErrorf("InvalidParameter", "the NumberOfBytes must be 1 to 1024")
+	case errors.Is(err, kms.ErrInvalidKeySpec):
+		return apiErrorf("InvalidParameter", "the KeySpec must be AES_128 or AES_256 (or give NumberOfBytes)")
+	case errors.Is(err, kms.ErrTooManyKeys):
+		return apiErrorf("InvalidParameterValue", "at most 100 KeyIds are allowed")
+	case errors.Is(err, kms.ErrDuplicateKeyID):
+		return apiErrorf("InvalidParameterValue.DuplicatedKeyId", "the KeyIds contain a duplicate")
+	case errors.Is(err, kms.ErrKeyArchived):
+		return apiErrorf("ResourceUnavailable.CmkArchived", "the CMK is archived")
+	case errors.Is(err, kms.ErrKeyShouldBeDisabled):
+		return apiErrorf("ResourceUnavailable.CmkShouldBeDisabled", "only a disabled CMK can be scheduled for deletion")
+	case errors.Is(err, kms.ErrKeyNotPendingDelete):
+		return apiErrorf("ResourceUnavailable.CmkNotPendingDelete", "the CMK is not pending deletion")
 	case errors.Is(err, kms.ErrPlaintextTooLong), errors.Is(err, kms.ErrPlaintextEmpty):
 		return apiErrorf("InvalidParameterValue.InvalidPlaintext", "the Plaintext must be 1 to 4096 bytes once base64-decoded")
 	case errors.Is(err, kms.ErrInvalidContext):
@@ -305,6 +337,7 @@ func (s *Server) createKey3(ctx context.Context, req *createKeyRequest) (*create
 	if err != nil {
 		return nil, err
 	}
+	noteKey(ctx, md.KeyID, md.CurrentVersion)
 	return &createKeyResponse{
 		KeyID: md.KeyID, Alias: md.Alias, CreateTime: uint64(md.CreateTime.Unix()), Description: md.Description,
 		KeyState: md.KeyState, KeyUsage: md.KeyUsage,
@@ -336,10 +369,12 @@ func (s *Server) encrypt3(ctx context.Context, req *encryptRequest) (*encryptRes
 	if err != nil {
 		return nil, apiErrorf("InvalidParameterValue.InvalidPlaintext", "the Plaintext is not standard base64")
 	}
+	noteKey(ctx, *req.KeyId, 0)
 	res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: *req.KeyId, Plaintext: pt, EncryptionContext: deref(req.EncryptionContext)})
 	if err != nil {
 		return nil, err
 	}
+	noteKey(ctx, res.KeyID, res.KeyVersion)
 	return &encryptResponse{CiphertextBlob: res.CiphertextBlob, KeyID: res.KeyID}, nil
 }
 
@@ -369,6 +404,7 @@ func (s *Server) decrypt3(ctx context.Context, req *decryptRequest) (*decryptRes
 	if err != nil {
 		return nil, err
 	}
+	noteKey(ctx, res.KeyID, res.KeyVersion)
 	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
 }
 

@@ -65,6 +65,7 @@ func (s *Server) lookup(ctx context.Context, secretID string) (*kms.Credential, 
 	if secretID == "" || len(secretID) > 128 {
 		return nil, errAuthSecretID
 	}
+	infoFrom(ctx).secretID = secretID
 	cred, err := s.creds.LookupCredential(ctx, secretID)
 	if errors.Is(err, kms.ErrCredentialNotFound) {
 		return nil, errAuthSecretID
@@ -155,7 +156,7 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 			canon.URI = uri
 			got := tcsign.Sign(key, tcsign.StringToSign(tsRaw, a.scope, canon.String()))
 			if hmac.Equal([]byte(got), want) {
-				return cred.Principal, nil
+				return s.rateLimit(cred)
 			}
 		}
 	}
@@ -263,6 +264,18 @@ func (s *Server) authV1(ctx context.Context, r *http.Request, path string, ps ma
 		case nonceFull:
 			return nil, errAuthNoncesFull
 		}
+	}
+	return s.rateLimit(cred)
+}
+
+// rateLimit applies the credential's rate limit once its signature is
+// verified (so nobody can spend another caller's budget).
+func (s *Server) rateLimit(cred *kms.Credential) (*kms.Principal, error) {
+	if !s.limits.allow(cred.SecretID) {
+		if s.metrics != nil {
+			s.metrics.refused.WithLabelValues("rate").Inc()
+		}
+		return nil, errRateLimited
 	}
 	return cred.Principal, nil
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -44,6 +46,15 @@ var legacyActionParams = map[string][]string{
 	"CreateKey": {"description", "alias", "keyUsage", "type"},
 	"Encrypt":   {"keyId", "plaintext", "encryptionContext"},
 	"Decrypt":   {"ciphertextBlob", "encryptionContext"},
+
+	"GenerateDataKey":     {"keyId", "keySpec", "numberOfBytes", "encryptionContext"},
+	"GetKeyAttributes":    {"keyId"},
+	"SetKeyAttributes":    {"keyId", "alias"},
+	"EnableKey":           {"keyId"},
+	"DisableKey":          {"keyId"},
+	"ListKey":             {"offset", "limit"},
+	"ScheduleKeyDeletion": {"keyId", "pendingWindowInDays"},
+	"CancelKeyDeletion":   {"keyId"},
 }
 
 // legacyError is an error answer of the legacy API.
@@ -96,10 +107,14 @@ type legacyDecryptReply struct {
 // JSON body whose integer code is 0 on success.
 func (s *Server) legacy(c echo.Context) error {
 	rid := newRequestID()
+	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "legacy"}
 	c.Response().Header().Set(RequestIDHeader, rid)
-	ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.RequestTimeout)
+	ctx, cancel := context.WithTimeout(withInfo(c.Request().Context(), info), s.cfg.RequestTimeout)
 	defer cancel()
 
+	failure := func() any {
+		return legacyReply{Code: codeInternal, Message: "the audit trail is unavailable; the request was not served", RequestID: rid}
+	}
 	reply, err := s.legacyDispatch(ctx, c.Request(), rid)
 	if err != nil {
 		var le *legacyError
@@ -111,9 +126,11 @@ func (s *Server) legacy(c echo.Context) error {
 		default:
 			le = s.legacyFromDomain(err, rid)
 		}
-		return c.JSON(http.StatusOK, legacyReply{Code: le.code, Message: le.message, RequestID: rid})
+		info.code = strconv.Itoa(le.code)
+		return s.finish(c, info, legacyReply{Code: le.code, Message: le.message, RequestID: rid}, failure)
 	}
-	return c.JSON(http.StatusOK, reply)
+	info.code = "0"
+	return s.finish(c, info, reply, failure)
 }
 
 func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string) (any, error) {
@@ -128,6 +145,8 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 	ctx = kms.WithPrincipal(ctx, principal)
 	action := p.get("Action")
 	allowed, ok := legacyActionParams[action]
+	info := infoFrom(ctx)
+	info.action, info.known = action, ok
 	if !ok {
 		if action == "" {
 			return nil, legacyErrorf(codeInvalidParameter, "missing parameter: Action")
@@ -151,6 +170,7 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 		if err != nil {
 			return nil, err
 		}
+		noteKey(ctx, md.KeyID, md.CurrentVersion)
 		return legacyCreateKeyReply{legacyReply: ok200, KeyMetadata: toLegacyMetadata(md)}, nil
 
 	case "Encrypt":
@@ -166,10 +186,12 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 		if err != nil {
 			return nil, &legacyError{code: codePlaintextBase64, message: "(10690)plaintext is not encoded with base64"}
 		}
+		noteKey(ctx, keyID, 0)
 		res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: p.get("encryptionContext")})
 		if err != nil {
 			return nil, err
 		}
+		noteKey(ctx, res.KeyID, res.KeyVersion)
 		return legacyEncryptReply{legacyReply: ok200, KeyID: res.KeyID, CiphertextBlob: res.CiphertextBlob}, nil
 
 	case "Decrypt":
@@ -181,9 +203,10 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 		if err != nil {
 			return nil, err
 		}
+		noteKey(ctx, res.KeyID, res.KeyVersion)
 		return legacyDecryptReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
 	}
-	return nil, legacyErrorf(codeNoSuchAction, "action %q is not supported", truncate(action, 64))
+	return s.legacyKeyAction(ctx, action, p, ok200)
 }
 
 // legacyFromDomain maps a domain error to its legacy code. Errors that are
@@ -191,6 +214,21 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 // without detail.
 func (s *Server) legacyFromDomain(err error, rid string) *legacyError {
 	switch {
+	case errors.Is(err, kms.ErrUsageLimit):
+		s.log.Error("request not served: key version usage limit reached and no new version could be made", "requestId", rid, "err", err)
+		return legacyErrorf(codeOperationFailed, "key version usage limit reached and a new version could not be created, please retry later")
+	case errors.Is(err, kms.ErrInvalidPendingWindow):
+		return legacyErrorf(codeInvalidParameter, "invalid pendingWindowInDays: 7 to 30")
+	case errors.Is(err, kms.ErrInvalidNumberOfBytes):
+		return legacyErrorf(codeInvalidParameter, "invalid numberOfBytes: 1 to 1024")
+	case errors.Is(err, kms.ErrInvalidKeySpec):
+		return legacyErrorf(codeInvalidParameter, "invalid keySpec: AES_128 or AES_256, or give numberOfBytes")
+	case errors.Is(err, kms.ErrKeyArchived):
+		return legacyErrorf(codeOperationFailed, "key is archived")
+	case errors.Is(err, kms.ErrKeyShouldBeDisabled):
+		return legacyErrorf(codeOperationFailed, "key must be disabled before it is scheduled for deletion")
+	case errors.Is(err, kms.ErrKeyNotPendingDelete):
+		return legacyErrorf(codeOperationFailed, "key is not pending deletion")
 	case errors.Is(err, kms.ErrInvalidContext):
 		return &legacyError{code: codeIllegalContext, message: "(10640)illegal encryptionContext"}
 	case errors.Is(err, kms.ErrPlaintextTooLong), errors.Is(err, kms.ErrPlaintextEmpty):

@@ -24,6 +24,7 @@ import (
 // end to end in cmd/kmsd.
 type fakeKMS struct {
 	CredentialAdmin // not exercised here: credential actions are tested end to end
+	KeyAdmin        // likewise: key lifecycle actions are tested end to end
 	err             error
 	lastEnc         kms.EncryptInput
 }

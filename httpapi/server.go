@@ -25,6 +25,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"hsmkms/kms"
 )
@@ -34,6 +36,7 @@ import (
 type KMS interface {
 	Credentials
 	CredentialAdmin
+	KeyAdmin
 	CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyMetadata, error)
 	Encrypt(ctx context.Context, in kms.EncryptInput) (kms.EncryptResult, error)
 	Decrypt(ctx context.Context, in kms.DecryptInput) (kms.DecryptResult, error)
@@ -53,6 +56,21 @@ type Config struct {
 	Clock func() time.Time
 	// MaxNonces bounds the legacy API's replay cache; 0 means 4,000,000.
 	MaxNonces int
+	// MaxConcurrent caps the API requests served at once; more are
+	// refused at once (RequestLimitExceeded / 4400). 0 means 1024.
+	MaxConcurrent int
+	// RatePerCredential limits each SecretId to this many requests per
+	// second (bursts of BurstPerCredential); 0 means no limit.
+	RatePerCredential  float64
+	BurstPerCredential int
+	// Audit, when set, records one line per API request; a request whose
+	// line cannot be written fails.
+	Audit AuditSink
+	// Registry, when set, receives the request metrics and is served at
+	// /metrics.
+	Registry *prometheus.Registry
+	// Ready lists the readiness checks of /readyz by name.
+	Ready map[string]func(context.Context) error
 }
 
 // RequestIDHeader carries the request id of every response.
@@ -60,13 +78,17 @@ const RequestIDHeader = "X-Request-Id"
 
 // Server serves the KMS API. Create it with New.
 type Server struct {
-	kms    KMS
-	creds  Credentials
-	admin  CredentialAdmin
-	nonces *nonceCache
-	cfg    Config
-	log    *slog.Logger
-	echo   *echo.Echo
+	kms     KMS
+	audit   AuditSink
+	metrics *metrics
+	slots   chan struct{}
+	limits  *rateLimiters
+	creds   Credentials
+	admin   CredentialAdmin
+	nonces  *nonceCache
+	cfg     Config
+	log     *slog.Logger
+	echo    *echo.Echo
 }
 
 // New returns a Server calling k. It is safe for concurrent use.
@@ -86,15 +108,33 @@ func New(k KMS, cfg Config) *Server {
 	if cfg.MaxNonces <= 0 {
 		cfg.MaxNonces = 4_000_000
 	}
-	s := &Server{kms: k, creds: k, admin: k, nonces: newNonceCache(cfg.MaxNonces), cfg: cfg, log: cfg.Logger}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 1024
+	}
+	s := &Server{kms: k, creds: k, admin: k, nonces: newNonceCache(cfg.MaxNonces), cfg: cfg, log: cfg.Logger,
+		audit: cfg.Audit, slots: make(chan struct{}, cfg.MaxConcurrent)}
+	if cfg.RatePerCredential > 0 {
+		burst := cfg.BurstPerCredential
+		if burst <= 0 {
+			burst = max(1, int(cfg.RatePerCredential))
+		}
+		s.limits = &rateLimiters{limit: rate.Limit(cfg.RatePerCredential), burst: burst}
+	}
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = s.handleHTTPError
-	e.GET(LegacyPath, s.legacy)
-	e.POST(LegacyPath, s.legacy)
-	e.GET("/", s.api3)
-	e.POST("/", s.api3)
+	legacy, api3 := s.admit(s.legacy, "legacy"), s.admit(s.api3, "api3")
+	e.GET(LegacyPath, legacy)
+	e.POST(LegacyPath, legacy)
+	e.GET("/", api3)
+	e.POST("/", api3)
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	if cfg.Registry != nil {
+		s.metrics = newMetrics(cfg.Registry)
+		e.GET("/metrics", metricsHandler(cfg.Registry))
+	}
 	s.echo = e
 	return s
 }

@@ -173,6 +173,9 @@ type fakeStore struct {
 	createErr     func() error
 	createCommits bool
 
+	updateErr, reserveErr func() error
+	reserveCalls          int
+
 	creds map[string]store.Credential
 }
 
@@ -358,3 +361,64 @@ var (
 	_ HSM   = (*fakeHSM)(nil)
 	_ Store = (*fakeStore)(nil)
 )
+
+func (s *fakeStore) UpdateKey(ctx context.Context, k store.Key) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := call(s.updateErr); err != nil {
+		return err
+	}
+	old, ok := s.keys[k.ID]
+	if !ok {
+		return store.ErrNotFound
+	}
+	if k.Alias != "" && k.State != StateDeleted {
+		for id, o := range s.keys {
+			if id != k.ID && o.Alias == k.Alias && o.State != StateDeleted {
+				return store.ErrAliasExists
+			}
+		}
+	}
+	old.Alias, old.Description, old.State, old.DeletionDate = k.Alias, k.Description, k.State, k.DeletionDate
+	old.RotationEnabled, old.RotateDays, old.LastRotatedAt = k.RotationEnabled, k.RotateDays, k.LastRotatedAt
+	s.keys[k.ID] = old
+	return nil
+}
+
+func (s *fakeStore) AddVersion(ctx context.Context, keyID string, v store.Version) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[keyID]
+	if !ok {
+		return store.ErrNotFound
+	}
+	if v.Number != k.Versions[len(k.Versions)-1].Number+1 {
+		return fmt.Errorf("version %d out of order", v.Number)
+	}
+	v.ObjectID = slices.Clone(v.ObjectID)
+	k.Versions = append(slices.Clone(k.Versions), v)
+	k.LastRotatedAt = v.CreatedAt
+	s.keys[keyID] = k
+	delete(s.pending, string(v.ObjectID))
+	return nil
+}
+
+func (s *fakeStore) ReserveUsage(ctx context.Context, keyID string, version uint32, upTo uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := call(s.reserveErr); err != nil {
+		return err
+	}
+	s.reserveCalls++
+	k, ok := s.keys[keyID]
+	if !ok {
+		return store.ErrNotFound
+	}
+	for i := range k.Versions {
+		if k.Versions[i].Number == version {
+			k.Versions[i].UsageReserved = max(k.Versions[i].UsageReserved, upTo)
+			return nil
+		}
+	}
+	return store.ErrNotFound
+}

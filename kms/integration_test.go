@@ -305,7 +305,8 @@ func TestIntegrationRestart(t *testing.T) {
 	if _, err := r.svc.CreateKey(adminCtx(), kms.CreateKeyInput{Alias: "key-0"}); !errors.Is(err, kms.ErrAliasExists) {
 		t.Fatalf("alias after restart: %v", err)
 	}
-	list, _ := r.svc.ListKeys(adminCtx())
+	listed, _ := r.svc.ListKeys(adminCtx(), kms.ListKeysInput{})
+	list := listed.Keys
 	if len(list) != 3 {
 		t.Fatalf("ListKeys: %d", len(list))
 	}
@@ -353,7 +354,7 @@ func TestIntegrationCrashAfterGenerate(t *testing.T) {
 	if _, err := r.svc.DescribeKey(ctx, keyID); !errors.Is(err, kms.ErrKeyNotFound) {
 		t.Fatalf("crashed key reported: %v", err)
 	}
-	if list, _ := r.svc.ListKeys(ctx); len(list) != 1 || list[0].KeyID != kept.KeyID {
+	if list, _ := r.svc.ListKeys(ctx, kms.ListKeysInput{}); len(list.Keys) != 1 || list.Keys[0].KeyID != kept.KeyID {
 		t.Fatalf("keys %+v", list)
 	}
 	if !r.tokenHas(r.objectOf(kept.KeyID)) {

@@ -29,10 +29,32 @@ var (
 	ErrKeyDisabled   = errors.New("kms: key is disabled")
 	ErrLimitExceeded = errors.New("kms: key limit exceeded")
 	// ErrKeyStateNotSupported means the key's state forbids the operation
-	// and is neither Disabled (ErrKeyDisabled) nor Deleted (ErrKeyNotFound):
-	// Encrypt on a PendingDelete or Archived key, Decrypt on a PendingDelete
-	// key. Tencent: ResourceUnavailable.CmkStateNotSupport.
+	// and no more specific error applies: e.g. Encrypt or Decrypt on a
+	// PendingDelete key, EnableKey on an Archived key. Tencent:
+	// ResourceUnavailable.CmkStateNotSupport.
 	ErrKeyStateNotSupported = errors.New("kms: key state does not support the operation")
+	// ErrKeyArchived: the key is Archived, which allows Decrypt but not
+	// Encrypt, GenerateDataKey or ReEncrypt to it. Tencent:
+	// ResourceUnavailable.CmkArchived.
+	ErrKeyArchived = errors.New("kms: key is archived")
+	// ErrKeyShouldBeDisabled: only a Disabled key can be scheduled for
+	// deletion. Tencent: ResourceUnavailable.CmkShouldBeDisabled.
+	ErrKeyShouldBeDisabled = errors.New("kms: key must be disabled first")
+	// ErrKeyNotPendingDelete: CancelKeyDeletion on a key that is not
+	// PendingDelete. Tencent: ResourceUnavailable.CmkNotPendingDelete.
+	ErrKeyNotPendingDelete = errors.New("kms: key is not pending deletion")
+	// ErrUsageLimit: the key's current version reached the usage limit and
+	// no new version could be made; nothing was encrypted. It wraps the
+	// cause of the failed rotation.
+	ErrUsageLimit = errors.New("kms: key version usage limit reached and no new version could be created")
+
+	// More input errors.
+	ErrInvalidPendingWindow = errors.New("kms: invalid pending window: want 7 to 30 days")
+	ErrInvalidRotateDays    = errors.New("kms: invalid rotate days: want 7 to 365")
+	ErrInvalidNumberOfBytes = errors.New("kms: invalid number of bytes: want 1 to 1024")
+	ErrInvalidKeySpec       = errors.New("kms: invalid key spec: want AES_128 or AES_256")
+	ErrTooManyKeys          = errors.New("kms: too many key ids: at most 100")
+	ErrDuplicateKeyID       = errors.New("kms: duplicate key id")
 
 	// ErrDecrypt means the ciphertext is well formed but does not
 	// authenticate: it was altered, or the encryption context differs.
@@ -67,4 +89,20 @@ const (
 	StatePendingDelete  = "PendingDelete"
 	StateArchived       = "Archived"
 	StateDeleted        = "Deleted"
+
+	MinPendingWindowDays = 7
+	MaxPendingWindowDays = 30
+	MinRotateDays        = 7
+	MaxRotateDays        = 365
+	DefaultRotateDays    = 365
+	MaxDataKeyBytes      = 1024 // GenerateDataKey and GenerateRandom
+	MaxBatchKeys         = 100  // DescribeKeys, EnableKeys, DisableKeys
+
+	// DefaultVersionUsageLimit is the number of encryptions allowed under
+	// one key version before a new version is made: 2^30, well under the
+	// 2^32 bound NIST SP 800-38D sets for random 96-bit GCM IVs.
+	DefaultVersionUsageLimit = 1 << 30
+	// DefaultUsageBatch is how many encryptions one durable reservation
+	// covers; a crash over-counts by at most this much.
+	DefaultUsageBatch = 4096
 )

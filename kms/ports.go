@@ -38,6 +38,16 @@ type Store interface {
 	ListKeys(ctx context.Context) ([]store.Key, error)
 	CountKeys(ctx context.Context) (int, error)
 	ObjectIDs(ctx context.Context) ([][]byte, error)
+	// UpdateKey replaces a key's mutable metadata (alias, description,
+	// state, deletion date, rotation settings); store.ErrNotFound,
+	// store.ErrAliasExists.
+	UpdateKey(ctx context.Context, k store.Key) error
+	// AddVersion commits a new key version, deletes its pending object and
+	// sets the key's LastRotatedAt, atomically; store.ErrNotFound.
+	AddVersion(ctx context.Context, keyID string, v store.Version) error
+	// ReserveUsage durably raises a version's usage reservation to upTo
+	// (never lowers it); store.ErrNotFound.
+	ReserveUsage(ctx context.Context, keyID string, version uint32, upTo uint64) error
 
 	CreateCredential(ctx context.Context, c store.Credential) error
 	ListCredentials(ctx context.Context) ([]store.Credential, error)

@@ -1,7 +1,6 @@
 package kms
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -28,6 +27,25 @@ type Config struct {
 	// Logger receives operational events (never plaintext or key material);
 	// nil means slog.Default().
 	Logger *slog.Logger
+	// VersionUsageLimit is the number of encryptions (Encrypt,
+	// GenerateDataKey, ReEncrypt) allowed under one key version; the next
+	// one is served by a new version, made automatically. 0 means
+	// DefaultVersionUsageLimit; at most 2^62.
+	VersionUsageLimit uint64
+	// UsageBatch is how many encryptions one durable usage reservation
+	// covers (one store write per batch); 0 means DefaultUsageBatch. It is
+	// capped by VersionUsageLimit.
+	UsageBatch uint64
+	// MaintenanceInterval is how often RunMaintenance purges keys whose
+	// deletion window ended and rotates keys whose rotation is due; 0 means
+	// one minute.
+	MaintenanceInterval time.Duration
+	// FaultPoint, if set, is called at named points of CreateKey, RotateKey
+	// and the purge ("create:intent", "create:generated",
+	// "rotate:intent", "rotate:generated", "purge:destroyed-one",
+	// "purge:destroyed-all"). Crash tests use it to kill the process at a
+	// chosen point; production leaves it nil.
+	FaultPoint func(point string)
 }
 
 // CreateKeyInput is the request of CreateKey.
@@ -46,8 +64,13 @@ type KeyMetadata struct {
 	KeyState       string
 	Origin         string
 	CreateTime     time.Time
-	DeletionDate   time.Time // zero unless PendingDelete or Deleted
+	DeletionDate   time.Time // scheduled deletion (PendingDelete) or purge time (Deleted); else zero
 	CurrentVersion uint32
+
+	KeyRotationEnabled bool
+	RotateDays         uint32    // rotation period when KeyRotationEnabled
+	LastRotateTime     time.Time // zero if the key never rotated
+	NextRotateTime     time.Time // zero unless KeyRotationEnabled
 }
 
 // EncryptInput is the request of Encrypt.
@@ -113,11 +136,20 @@ type MissingObject struct {
 // touch the store. The Service assumes it is the only writer of the store
 // while it runs.
 type Service struct {
-	hsm      HSM
-	store    Store
-	log      *slog.Logger
-	now      func() time.Time
-	keyLimit int
+	hsm        HSM
+	store      Store
+	log        *slog.Logger
+	now        func() time.Time
+	keyLimit   int
+	usageLimit uint64
+	usageBatch uint64
+	interval   time.Duration
+	fault      func(string)
+
+	// writeMu serialises every change to an existing key (state, alias,
+	// description, rotation settings, new versions, purge): each reads the
+	// cached entry, writes the store, then publishes a new entry.
+	writeMu sync.Mutex
 
 	// recoverMu keeps Recover away from CreateKeys in flight: CreateKey
 	// holds it shared from its intent to its commit, Recover exclusively,
@@ -135,17 +167,20 @@ type Service struct {
 }
 
 // keyEntry is the cached metadata of one key. It is immutable once
-// published in Service.keys.
+// published in Service.keys; a change publishes a new entry.
 type keyEntry struct {
 	id       uuid.UUID
 	meta     KeyMetadata
+	rec      store.Key      // the stored record the entry was made from; Versions shared, never modified
 	versions []versionEntry // ascending by number, never empty
 }
 
 type versionEntry struct {
-	number   uint32
-	objectID []byte
-	header   [HeaderLen]byte
+	number    uint32
+	objectID  []byte
+	header    [HeaderLen]byte
+	createdAt time.Time
+	usage     *usage // shared by every entry of the key, mutable (atomics)
 }
 
 func (k *keyEntry) version(n uint32) *versionEntry {
@@ -163,7 +198,10 @@ func (k *keyEntry) version(n uint32) *versionEntry {
 
 func (k *keyEntry) current() *versionEntry { return &k.versions[len(k.versions)-1] }
 
-func newKeyEntry(r store.Key) (*keyEntry, error) {
+// newKeyEntry makes the cache entry of a stored key. Usage counters of
+// versions prev already had are shared with prev; new versions start from
+// their durable reservation.
+func newKeyEntry(r store.Key, prev *keyEntry) (*keyEntry, error) {
 	id, ok := parseKeyID(r.ID)
 	if !ok {
 		return nil, fmt.Errorf("key id %q is not a canonical UUID", r.ID)
@@ -171,7 +209,7 @@ func newKeyEntry(r store.Key) (*keyEntry, error) {
 	if len(r.Versions) == 0 {
 		return nil, fmt.Errorf("key %s has no versions", r.ID)
 	}
-	k := &keyEntry{id: id, versions: make([]versionEntry, len(r.Versions))}
+	k := &keyEntry{id: id, rec: r, versions: make([]versionEntry, len(r.Versions))}
 	for i, v := range r.Versions {
 		if v.Number == 0 || (i > 0 && v.Number <= r.Versions[i-1].Number) {
 			return nil, fmt.Errorf("key %s: versions not ascending from 1", r.ID)
@@ -179,10 +217,21 @@ func newKeyEntry(r store.Key) (*keyEntry, error) {
 		if len(v.ObjectID) == 0 {
 			return nil, fmt.Errorf("key %s version %d has no object id", r.ID, v.Number)
 		}
+		var u *usage
+		if prev != nil {
+			if pv := prev.version(v.Number); pv != nil {
+				u = pv.usage
+			}
+		}
+		if u == nil {
+			u = newUsage(v.UsageReserved)
+		}
 		k.versions[i] = versionEntry{
-			number:   v.Number,
-			objectID: slices.Clone(v.ObjectID),
-			header:   makeHeader(id, v.Number),
+			number:    v.Number,
+			objectID:  slices.Clone(v.ObjectID),
+			header:    makeHeader(id, v.Number),
+			createdAt: v.CreatedAt,
+			usage:     u,
 		}
 	}
 	k.meta = KeyMetadata{
@@ -195,8 +244,29 @@ func newKeyEntry(r store.Key) (*keyEntry, error) {
 		CreateTime:     r.CreatedAt,
 		DeletionDate:   r.DeletionDate,
 		CurrentVersion: r.Versions[len(r.Versions)-1].Number,
+
+		KeyRotationEnabled: r.RotationEnabled,
+		RotateDays:         r.RotateDays,
+		LastRotateTime:     r.LastRotatedAt,
+	}
+	if r.RotationEnabled {
+		k.meta.NextRotateTime = nextRotation(r)
 	}
 	return k, nil
+}
+
+// nextRotation is when automatic rotation of r is due: RotateDays after
+// its last rotation, or after its creation if it never rotated.
+func nextRotation(r store.Key) time.Time {
+	base := r.LastRotatedAt
+	if base.IsZero() {
+		base = r.CreatedAt
+	}
+	days := r.RotateDays
+	if days == 0 {
+		days = DefaultRotateDays
+	}
+	return base.Add(time.Duration(days) * 24 * time.Hour)
 }
 
 // cleanupTimeout bounds the best-effort rollback of a failed CreateKey.
@@ -215,11 +285,15 @@ func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
 		return nil, errors.New("kms: New: nil HSM or Store")
 	}
 	svc := &Service{
-		hsm:      h,
-		store:    s,
-		log:      cfg.Logger,
-		now:      cfg.Clock,
-		keyLimit: cfg.KeyLimit,
+		hsm:        h,
+		store:      s,
+		log:        cfg.Logger,
+		now:        cfg.Clock,
+		keyLimit:   cfg.KeyLimit,
+		usageLimit: cfg.VersionUsageLimit,
+		usageBatch: cfg.UsageBatch,
+		interval:   cfg.MaintenanceInterval,
+		fault:      cfg.FaultPoint,
 		keys:     make(map[uuid.UUID]*keyEntry),
 		aliases:  make(map[string]uuid.UUID),
 		reserved: make(map[string]struct{}),
@@ -233,12 +307,28 @@ func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
 	if svc.keyLimit <= 0 {
 		svc.keyLimit = DefaultKeyLimit
 	}
+	if svc.usageLimit == 0 {
+		svc.usageLimit = DefaultVersionUsageLimit
+	}
+	if svc.usageLimit > 1<<62 {
+		return nil, errors.New("kms: New: VersionUsageLimit above 2^62")
+	}
+	if svc.usageBatch == 0 {
+		svc.usageBatch = DefaultUsageBatch
+	}
+	svc.usageBatch = min(svc.usageBatch, svc.usageLimit)
+	if svc.interval <= 0 {
+		svc.interval = time.Minute
+	}
+	if svc.fault == nil {
+		svc.fault = func(string) {}
+	}
 	recs, err := s.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("kms: New: load keys: %w", err)
 	}
 	for _, r := range recs {
-		k, err := newKeyEntry(r)
+		k, err := newKeyEntry(r, nil)
 		if err != nil {
 			return nil, fmt.Errorf("kms: New: %w", err)
 		}
@@ -430,6 +520,7 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		log.Error("kms: create key: recording intent failed", "err", err)
 		return KeyMetadata{}, storeErr("create key", err)
 	}
+	s.fault("create:intent")
 
 	// 2. Token object. A failure may still have created it (a timeout
 	// after the token acted), so roll back in every case.
@@ -437,6 +528,7 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		s.rollback(ctx, log, objectID)
 		return KeyMetadata{}, s.hsmErr(log, "create key", err)
 	}
+	s.fault("create:generated")
 
 	// 3. Commit.
 	rec := store.Key{
@@ -477,7 +569,7 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 	}
 
 	// 4. Publish.
-	k, err := newKeyEntry(rec)
+	k, err := newKeyEntry(rec, nil)
 	if err != nil {
 		// Cannot happen for a record built above.
 		log.Error("kms: create key: committed key is not servable", "err", err)
@@ -584,10 +676,12 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 	for _, id := range known {
 		knownSet[string(id)] = true
 	}
+	now := s.now()
 	for _, k := range keys {
+		purging := k.State == StatePendingDelete && !k.DeletionDate.After(now)
 		for _, v := range k.Versions {
 			knownSet[string(v.ObjectID)] = true
-			if k.State == StateDeleted || tokenSet[string(v.ObjectID)] {
+			if k.State == StateDeleted || purging || tokenSet[string(v.ObjectID)] {
 				continue
 			}
 			rep.Missing = append(rep.Missing, MissingObject{KeyID: k.ID, Version: v.Number, ObjectID: v.ObjectID})
@@ -665,37 +759,54 @@ func (s *Service) versionLog(k *keyEntry, v *versionEntry) *slog.Logger {
 	return s.log.With("key_id", k.meta.KeyID, "version", v.number, "object_id", fmt.Sprintf("%x", v.objectID))
 }
 
-func checkEncryptState(k *keyEntry) error {
+// checkEncryptState says whether k may encrypt (Encrypt, GenerateDataKey,
+// ReEncrypt's destination): only when Enabled. A refused use of a
+// PendingDelete key is logged as a warning, as Tencent alarms on it.
+func (s *Service) checkEncryptState(k *keyEntry, op string) error {
 	switch k.meta.KeyState {
 	case StateEnabled:
 		return nil
+	case StateArchived:
+		return fmt.Errorf("%w: %s", ErrKeyArchived, k.meta.KeyID)
+	}
+	return s.refuse(k, op)
+}
+
+// checkDecryptState says whether k may decrypt (Decrypt, ReEncrypt's
+// source): when Enabled or Archived.
+func (s *Service) checkDecryptState(k *keyEntry, op string) error {
+	switch k.meta.KeyState {
+	case StateEnabled, StateArchived:
+		return nil
+	}
+	return s.refuse(k, op)
+}
+
+func (s *Service) refuse(k *keyEntry, op string) error {
+	switch k.meta.KeyState {
 	case StateDisabled:
 		return fmt.Errorf("%w: %s", ErrKeyDisabled, k.meta.KeyID)
 	case StateDeleted:
 		return fmt.Errorf("%w: %s is deleted", ErrKeyNotFound, k.meta.KeyID)
-	default:
-		return fmt.Errorf("%w: %s is %s", ErrKeyStateNotSupported, k.meta.KeyID, k.meta.KeyState)
+	case StatePendingDelete:
+		s.log.Warn("kms: use of a key pending deletion refused", "op", op, "key_id", k.meta.KeyID,
+			"deletion_date", k.meta.DeletionDate)
 	}
-}
-
-func checkDecryptState(k *keyEntry) error {
-	switch k.meta.KeyState {
-	case StateEnabled, StateArchived:
-		return nil
-	default:
-		return checkEncryptState(k)
-	}
+	return fmt.Errorf("%w: %s is %s", ErrKeyStateNotSupported, k.meta.KeyID, k.meta.KeyState)
 }
 
 // Encrypt seals a plaintext under the newest version of a key.
 //
 // Errors: ErrInvalidKeyID (not a canonical lower-case UUID),
 // ErrPlaintextEmpty, ErrPlaintextTooLong, ErrInvalidContext; ErrKeyNotFound
-// (unknown or Deleted key), ErrKeyDisabled, ErrKeyStateNotSupported
-// (PendingDelete, Archived); ErrBusy, ErrUnavailable or a context error
-// from the HSM; ErrInternal if the token lacks the key's object or fails
-// unexpectedly (logged). Encrypt never touches the store and logs only
-// failures that indicate a fault.
+// (unknown or Deleted key), ErrKeyDisabled, ErrKeyArchived,
+// ErrKeyStateNotSupported (PendingDelete, logged as a warning);
+// ErrUsageLimit if the version is exhausted and no new one could be made;
+// ErrBusy, ErrUnavailable or a context error from the HSM; ErrInternal if
+// the token lacks the key's object or fails unexpectedly (logged). Encrypt
+// writes the store only to reserve a batch of usage (one write per
+// Config.UsageBatch encryptions of a version, or to add a version when the
+// usage limit is reached) and logs only failures that indicate a fault.
 func (s *Service) Encrypt(ctx context.Context, in EncryptInput) (EncryptResult, error) {
 	id, ok := parseKeyID(in.KeyID)
 	if !ok {
@@ -718,33 +829,61 @@ func (s *Service) Encrypt(ctx context.Context, in EncryptInput) (EncryptResult, 
 	if k == nil {
 		return EncryptResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, in.KeyID)
 	}
-	if err := checkEncryptState(k); err != nil {
+	if err := s.checkEncryptState(k, "encrypt"); err != nil {
 		return EncryptResult{}, err
 	}
-	v := k.current()
-
-	aad := make([]byte, 0, HeaderLen+ec.CanonicalLen())
-	aad = append(aad, v.header[:]...)
-	aad = ec.AppendCanonical(aad)
-	iv, sealed, err := s.hsm.Seal(ctx, v.objectID, in.Plaintext, aad)
+	blob, v, err := s.seal(ctx, k, in.Plaintext, ec, "encrypt")
 	if err != nil {
-		return EncryptResult{}, s.hsmErr(s.versionLog(k, v), "encrypt", err)
+		return EncryptResult{}, err
 	}
-	if len(iv) != hsm.IVBytes || len(sealed) != len(in.Plaintext)+hsm.TagBytes {
-		s.versionLog(k, v).Error("kms: HSM returned a malformed seal", "iv_len", len(iv), "sealed_len", len(sealed))
-		return EncryptResult{}, fmt.Errorf("%w: kms: encrypt: malformed HSM output", ErrInternal)
-	}
+	return EncryptResult{KeyID: k.meta.KeyID, KeyVersion: v, CiphertextBlob: blob}, nil
+}
 
-	buf := make([]byte, 0, HeaderLen+1+len(iv)+len(sealed))
-	buf = append(buf, v.header[:]...)
-	buf = append(buf, byte(len(iv)))
-	buf = append(buf, iv...)
-	buf = append(buf, sealed...)
-	return EncryptResult{
-		KeyID:          k.meta.KeyID,
-		KeyVersion:     v.number,
-		CiphertextBlob: blobEncoding.EncodeToString(buf),
-	}, nil
+// seal encrypts plaintext under the newest version of k (whose state the
+// caller checked) and returns the base64 envelope and the version used. It
+// counts the encryption against the version (see usage) and, when the
+// version reached the usage limit, makes a new version first. It never
+// writes the store except for one usage reservation per batch.
+func (s *Service) seal(ctx context.Context, k *keyEntry, plaintext []byte, ec EncryptionContext, op string) (string, uint32, error) {
+	for attempt := 0; ; attempt++ {
+		v := k.current()
+		n := v.usage.used.Add(1)
+		if n > s.usageLimit {
+			if attempt >= 2 {
+				return "", 0, fmt.Errorf("%w: key %s: rotated versions were exhausted concurrently", ErrUsageLimit, k.meta.KeyID)
+			}
+			nk, err := s.rotateForUsage(ctx, k, v.number)
+			if err != nil {
+				return "", 0, err
+			}
+			k = nk
+			continue
+		}
+		if n > v.usage.reserved.Load() {
+			if err := s.reserveUsage(ctx, k, v, n); err != nil {
+				return "", 0, err
+			}
+		}
+
+		aad := make([]byte, 0, HeaderLen+ec.CanonicalLen())
+		aad = append(aad, v.header[:]...)
+		aad = ec.AppendCanonical(aad)
+		iv, sealed, err := s.hsm.Seal(ctx, v.objectID, plaintext, aad)
+		if err != nil {
+			return "", 0, s.hsmErr(s.versionLog(k, v), op, err)
+		}
+		if len(iv) != hsm.IVBytes || len(sealed) != len(plaintext)+hsm.TagBytes {
+			s.versionLog(k, v).Error("kms: HSM returned a malformed seal", "iv_len", len(iv), "sealed_len", len(sealed))
+			return "", 0, fmt.Errorf("%w: kms: %s: malformed HSM output", ErrInternal, op)
+		}
+
+		buf := make([]byte, 0, HeaderLen+1+len(iv)+len(sealed))
+		buf = append(buf, v.header[:]...)
+		buf = append(buf, byte(len(iv)))
+		buf = append(buf, iv...)
+		buf = append(buf, sealed...)
+		return blobEncoding.EncodeToString(buf), v.number, nil
+	}
 }
 
 // Decrypt opens a ciphertext blob made by Encrypt.
@@ -752,7 +891,7 @@ func (s *Service) Encrypt(ctx context.Context, in EncryptInput) (EncryptResult, 
 // Errors: ErrInvalidCiphertext (malformed blob, or a key version the key
 // does not have), ErrInvalidContext; ErrKeyNotFound (the blob names an
 // unknown or Deleted key), ErrKeyDisabled, ErrKeyStateNotSupported
-// (PendingDelete); ErrDecrypt if the blob does not authenticate under its
+// (PendingDelete, logged as a warning); Archived keys decrypt; ErrDecrypt if the blob does not authenticate under its
 // key and the given context (altered blob, relabelled key id or version,
 // different context); ErrBusy, ErrUnavailable, a context error or
 // ErrInternal as for Encrypt. Decrypt never touches the store. The blob is
@@ -769,16 +908,26 @@ func (s *Service) Decrypt(ctx context.Context, in DecryptInput) (DecryptResult, 
 	if err != nil {
 		return DecryptResult{}, err
 	}
+	k, v, pt, err := s.open(ctx, env, ec, "decrypt")
+	if err != nil {
+		return DecryptResult{}, err
+	}
+	return DecryptResult{KeyID: k.meta.KeyID, KeyVersion: v, Plaintext: pt}, nil
+}
+
+// open decrypts a parsed envelope under its key, whose state must allow
+// decryption. It returns the key, the version used and the plaintext.
+func (s *Service) open(ctx context.Context, env Envelope, ec EncryptionContext, op string) (*keyEntry, uint32, []byte, error) {
 	k := s.lookup(uuid.UUID(env.KeyID))
 	if k == nil {
-		return DecryptResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, uuid.UUID(env.KeyID))
+		return nil, 0, nil, fmt.Errorf("%w: %s", ErrKeyNotFound, uuid.UUID(env.KeyID))
 	}
-	if err := checkDecryptState(k); err != nil {
-		return DecryptResult{}, err
+	if err := s.checkDecryptState(k, op); err != nil {
+		return nil, 0, nil, err
 	}
 	v := k.version(env.KeyVersion)
 	if v == nil {
-		return DecryptResult{}, fmt.Errorf("%w: key %s has no version %d", ErrInvalidCiphertext, k.meta.KeyID, env.KeyVersion)
+		return nil, 0, nil, fmt.Errorf("%w: key %s has no version %d", ErrInvalidCiphertext, k.meta.KeyID, env.KeyVersion)
 	}
 
 	aad := make([]byte, 0, HeaderLen+ec.CanonicalLen())
@@ -788,49 +937,14 @@ func (s *Service) Decrypt(ctx context.Context, in DecryptInput) (DecryptResult, 
 	if err != nil {
 		switch {
 		case errors.Is(err, hsm.ErrNotAuthentic):
-			return DecryptResult{}, ErrDecrypt
+			return nil, 0, nil, ErrDecrypt
 		case errors.Is(err, hsm.ErrInvalidInput):
 			// ParseBlob enforces what the HSM layer checks; if the HSM is
 			// stricter still, the blob is what it refuses.
-			return DecryptResult{}, fmt.Errorf("%w: refused by the HSM layer", ErrInvalidCiphertext)
+			return nil, 0, nil, fmt.Errorf("%w: refused by the HSM layer", ErrInvalidCiphertext)
 		}
-		return DecryptResult{}, s.hsmErr(s.versionLog(k, v), "decrypt", err)
+		return nil, 0, nil, s.hsmErr(s.versionLog(k, v), op, err)
 	}
-	return DecryptResult{KeyID: k.meta.KeyID, KeyVersion: v.number, Plaintext: pt}, nil
+	return k, v.number, pt, nil
 }
 
-// ---------------------------------------------------------------------------
-// Queries
-
-// DescribeKey returns the metadata of a key, Deleted keys included.
-// Errors: ErrInvalidKeyID, ErrKeyNotFound. It never touches the store or the
-// HSM.
-func (s *Service) DescribeKey(ctx context.Context, keyID string) (KeyMetadata, error) {
-	id, ok := parseKeyID(keyID)
-	if !ok {
-		return KeyMetadata{}, ErrInvalidKeyID
-	}
-	k := s.lookup(id)
-	if k == nil {
-		return KeyMetadata{}, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
-	}
-	return k.meta, nil
-}
-
-// ListKeys returns the metadata of every key, Deleted keys included, oldest
-// first (ties broken by key id). It never touches the store or the HSM.
-func (s *Service) ListKeys(ctx context.Context) ([]KeyMetadata, error) {
-	s.mu.RLock()
-	out := make([]KeyMetadata, 0, len(s.keys))
-	for _, k := range s.keys {
-		out = append(out, k.meta)
-	}
-	s.mu.RUnlock()
-	slices.SortFunc(out, func(a, b KeyMetadata) int {
-		if c := a.CreateTime.Compare(b.CreateTime); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.KeyID, b.KeyID)
-	})
-	return out, nil
-}

@@ -182,9 +182,9 @@ func TestCreateKey(t *testing.T) {
 	if err != nil || got != md {
 		t.Fatalf("after restart %+v %v", got, err)
 	}
-	list, _ := e.svc.ListKeys(adminCtx)
-	if len(list) != 2 {
-		t.Fatalf("ListKeys %d", len(list))
+	list, _ := e.svc.ListKeys(adminCtx, ListKeysInput{})
+	if len(list.Keys) != 2 || list.TotalCount != 2 {
+		t.Fatalf("ListKeys %d", len(list.Keys))
 	}
 }
 
@@ -317,7 +317,7 @@ func TestCreateKeyFailures(t *testing.T) {
 		if e.h.count() != 0 || e.st.pendingCount() != 0 {
 			t.Fatal("not rolled back")
 		}
-		if l, _ := e.svc.ListKeys(adminCtx); len(l) != 0 {
+		if l, _ := e.svc.ListKeys(adminCtx, ListKeysInput{}); len(l.Keys) != 0 {
 			t.Fatal("key reported")
 		}
 		e.st.createErr = nil
@@ -542,7 +542,7 @@ func TestKeyStates(t *testing.T) {
 	}{
 		{StateEnabled, nil, nil},
 		{StateDisabled, ErrKeyDisabled, ErrKeyDisabled},
-		{StateArchived, ErrKeyStateNotSupported, nil},
+		{StateArchived, ErrKeyArchived, nil},
 		{StatePendingDelete, ErrKeyStateNotSupported, ErrKeyStateNotSupported},
 		{StateDeleted, ErrKeyNotFound, ErrKeyNotFound},
 	}

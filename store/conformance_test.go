@@ -633,6 +633,150 @@ func testStore(t *testing.T, h storeHarness) {
 	})
 }
 
+// testLifecycle is the conformance suite of the methods that change
+// stored keys: UpdateKey, AddVersion and ReserveUsage.
+func testLifecycle(t *testing.T, h storeHarness) {
+	fresh := func(t *testing.T) kms.Store { return h.NewStorage(t)(t) }
+
+	t.Run("UpdateKey", func(t *testing.T) {
+		t.Parallel()
+		open := h.NewStorage(t)
+		s := open(t)
+		ctx := t.Context()
+		a, b := newKey(1, "a", 2), newKey(2, "b", 1)
+		mustCreate(t, s, a)
+		mustCreate(t, s, b)
+		tests := []struct {
+			name    string
+			change  func(k *store.Key)
+			wantErr error
+		}{
+			{"state and deletion date", func(k *store.Key) {
+				k.State, k.DeletionDate = "PendingDelete", baseTime.Add(7*24*time.Hour)
+			}, nil},
+			{"back, clearing the date", func(k *store.Key) { k.State, k.DeletionDate = "Disabled", time.Time{} }, nil},
+			{"alias and description", func(k *store.Key) { k.Alias, k.Description = "a2", "new ✓" }, nil},
+			{"rotation settings", func(k *store.Key) {
+				k.RotationEnabled, k.RotateDays, k.LastRotatedAt = true, 30, baseTime.Add(time.Hour)
+			}, nil},
+			{"alias held by another live key", func(k *store.Key) { k.Alias = "b" }, store.ErrAliasExists},
+			{"immutable fields are ignored", func(k *store.Key) {
+				k.Usage, k.Origin, k.CreatedAt, k.Versions = "OTHER", "EXTERNAL", baseTime.Add(time.Hour), nil
+			}, nil},
+		}
+		want := a
+		for _, tt := range tests {
+			k := want
+			tt.change(&k)
+			err := s.UpdateKey(ctx, k)
+			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil) != (err == nil) {
+				t.Fatalf("%s: %v, want %v", tt.name, err, tt.wantErr)
+			}
+			if err == nil {
+				k.Usage, k.Origin, k.CreatedAt, k.Versions = want.Usage, want.Origin, want.CreatedAt, want.Versions
+				want = k
+			}
+			got, _ := s.GetKey(ctx, a.ID)
+			assertKey(t, got, want)
+		}
+		if err := s.UpdateKey(ctx, newKey(9, "", 1)); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("absent key: %v", err)
+		}
+		// A Deleted key frees its alias.
+		bd := b
+		bd.State = "Deleted"
+		if err := s.UpdateKey(ctx, bd); err != nil {
+			t.Fatal(err)
+		}
+		k := want
+		k.Alias = "b"
+		if err := s.UpdateKey(ctx, k); err != nil {
+			t.Fatalf("alias of a Deleted key: %v", err)
+		}
+		s.(io.Closer).Close()
+		s = open(t)
+		got, _ := s.GetKey(ctx, a.ID)
+		assertKey(t, got, k)
+	})
+
+	t.Run("AddVersion", func(t *testing.T) {
+		t.Parallel()
+		open := h.NewStorage(t)
+		s := open(t)
+		ctx := t.Context()
+		k := newKey(1, "a", 1)
+		mustCreate(t, s, k)
+		v2 := store.Version{Number: 2, ObjectID: []byte("obj-v2"), CreatedAt: baseTime.Add(time.Hour)}
+		if err := s.AddPendingObject(ctx, store.PendingObject{ObjectID: v2.ObjectID, KeyID: k.ID, Version: 2, CreatedAt: baseTime}); err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range []store.Version{
+			{Number: 3, ObjectID: []byte("obj-v3"), CreatedAt: baseTime}, // skips 2
+			{Number: 1, ObjectID: []byte("obj-x"), CreatedAt: baseTime},  // exists
+			{Number: 2, ObjectID: k.Versions[0].ObjectID, CreatedAt: baseTime},
+			{Number: 2, CreatedAt: baseTime},
+			{Number: 2, ObjectID: []byte("z")},
+		} {
+			if err := s.AddVersion(ctx, k.ID, bad); err == nil {
+				t.Fatalf("AddVersion(%+v) succeeded", bad)
+			}
+		}
+		if err := s.AddVersion(ctx, keyID(9), v2); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("absent key: %v", err)
+		}
+		if err := s.AddVersion(ctx, k.ID, v2); err != nil {
+			t.Fatal(err)
+		}
+		if p := mustPending(t, s); len(p) != 0 {
+			t.Fatalf("pending object not deleted: %+v", p)
+		}
+		s.(io.Closer).Close()
+		s = open(t)
+		got, _ := s.GetKey(ctx, k.ID)
+		k.Versions = append(k.Versions, v2)
+		k.LastRotatedAt = v2.CreatedAt
+		assertKey(t, got, k)
+		if ids, _ := s.ObjectIDs(ctx); len(ids) != 2 {
+			t.Fatalf("ObjectIDs %d", len(ids))
+		}
+	})
+
+	t.Run("ReserveUsage", func(t *testing.T) {
+		t.Parallel()
+		s := fresh(t)
+		ctx := t.Context()
+		k := newKey(1, "a", 2)
+		k.Versions[1].UsageReserved = 7
+		mustCreate(t, s, k)
+		for _, step := range []struct {
+			version uint32
+			upTo    uint64
+			want    [2]uint64
+		}{
+			{1, 100, [2]uint64{100, 7}},
+			{1, 50, [2]uint64{100, 7}}, // never backwards
+			{2, 1 << 62, [2]uint64{100, 1 << 62}},
+		} {
+			if err := s.ReserveUsage(ctx, k.ID, step.version, step.upTo); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := s.GetKey(ctx, k.ID)
+			if got.Versions[0].UsageReserved != step.want[0] || got.Versions[1].UsageReserved != step.want[1] {
+				t.Fatalf("after %+v: %d, %d", step, got.Versions[0].UsageReserved, got.Versions[1].UsageReserved)
+			}
+		}
+		if err := s.ReserveUsage(ctx, k.ID, 3, 1); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("absent version: %v", err)
+		}
+		if err := s.ReserveUsage(ctx, keyID(9), 1, 1); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("absent key: %v", err)
+		}
+		if err := s.ReserveUsage(ctx, k.ID, 1, 1<<63); err == nil {
+			t.Fatal("reservation above 2^63-1 accepted")
+		}
+	})
+}
+
 // baseTime has a non-UTC zone and sub-second precision on purpose.
 var baseTime = time.Date(2025, 3, 14, 15, 9, 26, 535897932, time.FixedZone("CET", 3600))
 
@@ -693,6 +837,7 @@ func normTime(t time.Time) time.Time {
 func normKey(k store.Key) store.Key {
 	k.CreatedAt = normTime(k.CreatedAt)
 	k.DeletionDate = normTime(k.DeletionDate)
+	k.LastRotatedAt = normTime(k.LastRotatedAt)
 	k.Versions = slices.Clone(k.Versions)
 	for i := range k.Versions {
 		k.Versions[i].CreatedAt = normTime(k.Versions[i].CreatedAt)

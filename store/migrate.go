@@ -77,6 +77,14 @@ CREATE TABLE credentials (
 	created_at    INTEGER NOT NULL
 ) STRICT;
 `,
+	// v3: automatic rotation settings of a key, and the durable usage
+	// reservation of each key version.
+	`
+ALTER TABLE keys ADD COLUMN rotation_enabled INTEGER NOT NULL DEFAULT 0 CHECK (rotation_enabled IN (0, 1));
+ALTER TABLE keys ADD COLUMN rotate_days INTEGER NOT NULL DEFAULT 0 CHECK (rotate_days BETWEEN 0 AND 4294967295);
+ALTER TABLE keys ADD COLUMN last_rotated_at INTEGER NULL;
+ALTER TABLE key_versions ADD COLUMN usage_reserved INTEGER NOT NULL DEFAULT 0 CHECK (usage_reserved >= 0);
+`,
 }
 
 // migrate brings the database behind db up to len(steps), one step per

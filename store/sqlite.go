@@ -291,15 +291,12 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 	}
 
 	created, _ := toNanos(k.CreatedAt)
-	var deletion sql.NullInt64
-	if !k.DeletionDate.IsZero() {
-		deletion.Int64, _ = toNanos(k.DeletionDate)
-		deletion.Valid = true
-	}
 	_, err = tx.ExecContext(ctx,
-		`INSERT INTO keys (id, alias, description, usage, state, origin, created_at, deletion_date)
-		 VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		k.ID, k.Alias, k.Description, k.Usage, k.State, k.Origin, created, deletion)
+		`INSERT INTO keys (id, alias, description, usage, state, origin, created_at, deletion_date,
+		                   rotation_enabled, rotate_days, last_rotated_at)
+		 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		k.ID, k.Alias, k.Description, k.Usage, k.State, k.Origin, created, nullTime(k.DeletionDate),
+		boolInt(k.RotationEnabled), int64(k.RotateDays), nullTime(k.LastRotatedAt))
 	switch {
 	case isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY):
 		return ErrKeyExists
@@ -310,7 +307,7 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 	}
 
 	insVersion, err := tx.PrepareContext(ctx,
-		`INSERT INTO key_versions (key_id, version, object_id, created_at) VALUES (?, ?, ?, ?)`)
+		`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved) VALUES (?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
@@ -322,7 +319,7 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 	defer delPending.Close()
 	for _, v := range k.Versions {
 		vc, _ := toNanos(v.CreatedAt)
-		if _, err := insVersion.ExecContext(ctx, k.ID, int64(v.Number), v.ObjectID, vc); err != nil {
+		if _, err := insVersion.ExecContext(ctx, k.ID, int64(v.Number), v.ObjectID, vc, int64(v.UsageReserved)); err != nil {
 			if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
 				return fmt.Errorf("version %d: object id %x already used by a stored key version", v.Number, v.ObjectID)
 			}
@@ -358,7 +355,7 @@ func (s *SQLite) GetKey(ctx context.Context, id string) (_ Key, err error) {
 		return Key{}, err
 	}
 	rows, err := tx.QueryContext(ctx,
-		`SELECT version, object_id, created_at FROM key_versions WHERE key_id = ? ORDER BY version`, id)
+		`SELECT version, object_id, created_at, usage_reserved FROM key_versions WHERE key_id = ? ORDER BY version`, id)
 	if err != nil {
 		return Key{}, err
 	}
@@ -413,7 +410,7 @@ func (s *SQLite) ListKeys(ctx context.Context) (_ []Key, err error) {
 	rows.Close()
 
 	vrows, err := tx.QueryContext(ctx,
-		`SELECT key_id, version, object_id, created_at FROM key_versions ORDER BY key_id, version`)
+		`SELECT key_id, version, object_id, created_at, usage_reserved FROM key_versions ORDER BY key_id, version`)
 	if err != nil {
 		return nil, err
 	}
@@ -470,34 +467,44 @@ func (s *SQLite) ObjectIDs(ctx context.Context) ([][]byte, error) {
 	return out, nil
 }
 
-const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date`
+const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at`
 
 // scanKey scans the keyColumns of one row.
 func scanKey(row interface{ Scan(...any) error }) (Key, error) {
 	var (
-		k        Key
-		created  int64
-		deletion sql.NullInt64
+		k           Key
+		created     int64
+		deletion    sql.NullInt64
+		rotation    int64
+		rotateDays  int64
+		lastRotated sql.NullInt64
 	)
-	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion); err != nil {
+	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion,
+		&rotation, &rotateDays, &lastRotated); err != nil {
 		return Key{}, err
 	}
 	k.CreatedAt = fromNanos(created)
 	if deletion.Valid {
 		k.DeletionDate = fromNanos(deletion.Int64)
 	}
+	k.RotationEnabled = rotation == 1
+	k.RotateDays = uint32(rotateDays) // CHECK constraint keeps it in range
+	if lastRotated.Valid {
+		k.LastRotatedAt = fromNanos(lastRotated.Int64)
+	}
 	return k, nil
 }
 
-// scanVersion scans (key_id,) version, object_id, created_at; key_id only if
-// keyID is not nil.
+// scanVersion scans (key_id,) version, object_id, created_at,
+// usage_reserved; key_id only if keyID is not nil.
 func scanVersion(rows *sql.Rows, keyID *string) (Version, error) {
 	var (
-		v       Version
-		number  int64
-		created int64
+		v        Version
+		number   int64
+		created  int64
+		reserved int64
 	)
-	dest := []any{&number, &v.ObjectID, &created}
+	dest := []any{&number, &v.ObjectID, &created, &reserved}
 	if keyID != nil {
 		dest = append([]any{keyID}, dest...)
 	}
@@ -506,7 +513,18 @@ func scanVersion(rows *sql.Rows, keyID *string) (Version, error) {
 	}
 	v.Number = uint32(number) // CHECK constraint keeps it in range
 	v.CreatedAt = fromNanos(created)
+	v.UsageReserved = uint64(reserved) // CHECK constraint keeps it >= 0
 	return v, nil
+}
+
+// nullTime is the stored form of an optional time: NULL for the zero time.
+// The caller has validated t.
+func nullTime(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	n, _ := toNanos(t)
+	return sql.NullInt64{Int64: n, Valid: true}
 }
 
 // isConstraint reports whether err is an SQLite constraint violation with
@@ -549,6 +567,11 @@ func validateKey(k Key) error {
 			return fmt.Errorf("invalid key: deletion date: %w", err)
 		}
 	}
+	if !k.LastRotatedAt.IsZero() {
+		if _, err := toNanos(k.LastRotatedAt); err != nil {
+			return fmt.Errorf("invalid key: last rotated at: %w", err)
+		}
+	}
 	if len(k.Versions) == 0 {
 		return errors.New("invalid key: no versions")
 	}
@@ -564,9 +587,24 @@ func validateKey(k Key) error {
 		if len(v.ObjectID) == 0 {
 			return fmt.Errorf("invalid key: version %d: empty object id", v.Number)
 		}
-		if _, err := toNanos(v.CreatedAt); err != nil {
-			return fmt.Errorf("invalid key: version %d: created at: %w", v.Number, err)
+		if err := validateVersion(v); err != nil {
+			return fmt.Errorf("invalid key: %w", err)
 		}
+	}
+	return nil
+}
+
+func validateVersion(v Version) error {
+	switch {
+	case v.Number == 0:
+		return errors.New("version number 0")
+	case len(v.ObjectID) == 0:
+		return fmt.Errorf("version %d: empty object id", v.Number)
+	case v.UsageReserved > math.MaxInt64:
+		return fmt.Errorf("version %d: usage reservation above 2^63-1", v.Number)
+	}
+	if _, err := toNanos(v.CreatedAt); err != nil {
+		return fmt.Errorf("version %d: created at: %w", v.Number, err)
 	}
 	return nil
 }

@@ -43,6 +43,7 @@ var sqliteHarness = storeHarness{
 func TestSQLiteConformance(t *testing.T) {
 	t.Parallel()
 	testStore(t, sqliteHarness)
+	testLifecycle(t, sqliteHarness)
 }
 
 // openSQLite opens path and closes the store when the test ends.

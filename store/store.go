@@ -50,6 +50,13 @@ type Key struct {
 	// DeletionDate is the scheduled deletion time (PendingDelete) or the
 	// time the key was purged (Deleted); zero otherwise.
 	DeletionDate time.Time
+	// RotationEnabled, RotateDays and LastRotatedAt describe automatic
+	// rotation: when enabled, a new version is due RotateDays after
+	// LastRotatedAt (or CreatedAt if the key never rotated). LastRotatedAt
+	// is zero until the first rotation; AddVersion sets it.
+	RotationEnabled bool
+	RotateDays      uint32
+	LastRotatedAt   time.Time
 	// Versions in ascending order of Number; never empty for a stored key.
 	Versions []Version
 }
@@ -59,6 +66,11 @@ type Version struct {
 	Number    uint32 // 1, 2, 3...
 	ObjectID  []byte // CKA_ID of the token object holding the material
 	CreatedAt time.Time
+	// UsageReserved is the durable high-water mark of encryptions reserved
+	// under this version (see ReserveUsage): the service never performs
+	// more encryptions than it has reserved, so this is an upper bound of
+	// the real count. At most 2^63-1.
+	UsageReserved uint64
 }
 
 // PendingObject records a token object that is about to be created (or was

@@ -53,6 +53,7 @@ commands:
   credentials list
   credentials enable|disable|delete -secret-id ID
   credentials update-policy -secret-id ID -policy-file FILE
+  audit verify FILE   (offline: checks the hash chain of kmsd's audit trail)
 
 The credential is read from TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY.
 `
@@ -73,6 +74,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if fs.NArg() == 0 {
 		fs.Usage()
 		return errors.New("missing command")
+	}
+	if fs.Arg(0) == "audit" {
+		return auditCmd(fs.Args()[1:], stdout, stderr)
 	}
 	u, err := url.Parse(*endpoint)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

@@ -31,7 +31,10 @@ func credentialsCmd(ctx context.Context, args []string, env func(string) (string
 	verb := args[0]
 	fs := flag.NewFlagSet("kmsd credentials "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	finish := configFlags(fs, env)
+	finish, err := configFlags(fs, args[1:], env)
+	if err != nil {
+		return err
+	}
 	name := fs.String("name", "", "name of the credential (required)")
 	admin := fs.Bool("admin", false, "grant every action on every resource (kms:* on *)")
 	policyFile := fs.String("policy-file", "", "file holding the policy document")
@@ -68,7 +71,7 @@ func credentialsCmd(ctx context.Context, args []string, env func(string) (string
 	}
 
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	svc, closeAll, err := openService(ctx, cfg, log)
+	svc, _, closeAll, err := openService(ctx, cfg, log)
 	if err != nil {
 		return err
 	}

@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"hsmkms/audit"
 	"hsmkms/hsm/p11"
 	"hsmkms/httpapi"
 	"hsmkms/kms"
@@ -47,22 +48,42 @@ func main() {
 
 // config is kmsd's validated configuration.
 type config struct {
-	addr       string
-	module     string
-	tokenLabel string
-	pin        string // never logged
-	dataDir    string
-	sessions   int
-	logLevel   slog.Level
-	keyLimit   int
+	addr           string
+	allowPlainHTTP bool
+	tlsCert        string
+	tlsKey         string
+	clientCA       string
+	module         string
+	tokenLabel     string
+	pin            string // never logged
+	dataDir        string
+	sessions       int
+	acquireTimeout time.Duration
+	ivMode         string
+	auditFile      string // "" when auditing is disabled
+	maxBody        int64
+	readHeader     time.Duration
+	readTimeout    time.Duration
+	writeTimeout   time.Duration
+	idleTimeout    time.Duration
+	requestTimeout time.Duration
+	maxConcurrent  int
+	ratePerCred    float64
+	burstPerCred   int
+	keyLimit       int
+	usageLimit     uint64
+	logLevel       slog.Level
 }
 
-// parseConfig reads flags with environment defaults and validates them
-// before anything is opened.
+// parseConfig reads the configuration file (if any), the environment and
+// the flags, and validates the result before anything is opened.
 func parseConfig(args []string, env func(string) (string, bool), stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("kmsd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	finish := configFlags(fs, env)
+	finish, err := configFlags(fs, args, env)
+	if err != nil {
+		return config{}, err
+	}
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -72,72 +93,235 @@ func parseConfig(args []string, env func(string) (string, bool), stderr io.Write
 	return finish()
 }
 
-// configFlags registers the server's flags on fs; the returned function
-// validates them once fs is parsed.
-func configFlags(fs *flag.FlagSet, env func(string) (string, bool)) func() (config, error) {
-	get := func(name, def string) string {
-		if v, ok := env(name); ok && v != "" {
-			return v
+// configFileArg finds -config FILE (or KMSD_CONFIG) before the flags are
+// defined, because the file provides their defaults.
+func configFileArg(args []string, env func(string) (string, bool)) string {
+	for i, a := range args {
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "config" {
+			continue
 		}
-		return def
+		if hasVal {
+			return val
+		}
+		if i+1 < len(args) {
+			return args[i+1]
+		}
 	}
-	addr := fs.String("addr", get("KMSD_ADDR", "127.0.0.1:8080"), "listen address (env KMSD_ADDR)")
-	module := fs.String("module", get("KMSD_PKCS11_MODULE", ""), "path of the PKCS#11 module (env KMSD_PKCS11_MODULE)")
-	label := fs.String("token-label", get("KMSD_TOKEN_LABEL", "hsmkms"), "label of the token holding the CMKs (env KMSD_TOKEN_LABEL)")
-	pinFile := fs.String("pin-file", get("KMSD_PIN_FILE", ""), "file holding the token user PIN (env KMSD_PIN_FILE); or set KMSD_PIN")
-	dataDir := fs.String("data-dir", get("KMSD_DATA_DIR", "var"), "directory of the metadata store (env KMSD_DATA_DIR)")
-	sessions := fs.String("sessions", get("KMSD_SESSIONS", "2"), "PKCS#11 sessions, i.e. concurrent HSM calls (env KMSD_SESSIONS)")
-	level := fs.String("log-level", get("KMSD_LOG_LEVEL", "info"), "debug, info, warn or error (env KMSD_LOG_LEVEL)")
-	keyLimit := fs.String("key-limit", get("KMSD_KEY_LIMIT", strconv.Itoa(kms.DefaultKeyLimit)), "maximum number of CMKs (env KMSD_KEY_LIMIT)")
+	v, _ := env("KMSD_CONFIG")
+	return v
+}
+
+// configFlags registers the server's flags on fs, with defaults taken from
+// the environment, then the configuration file, then built-in values; the
+// returned function validates everything once fs is parsed.
+func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool)) (func() (config, error), error) {
+	var fc fileConfig
+	if path := configFileArg(args, env); path != "" {
+		var err error
+		if fc, err = loadConfigFile(path); err != nil {
+			return nil, err
+		}
+	}
+	str := func(v string) string { return v }
+	num := func(v int64) string {
+		if v == 0 {
+			return ""
+		}
+		return strconv.FormatInt(v, 10)
+	}
+	unsigned := func(v uint64) string {
+		if v == 0 {
+			return ""
+		}
+		return strconv.FormatUint(v, 10)
+	}
+	float := func(v float64) string {
+		if v == 0 {
+			return ""
+		}
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	}
+	dur := func(d duration) string {
+		if d == 0 {
+			return ""
+		}
+		return time.Duration(d).String()
+	}
+	boolean := func(b bool) string {
+		if !b {
+			return ""
+		}
+		return "true"
+	}
+	vals := map[string]*string{}
+	def := func(flagName, envName, fileVal, builtin, usage string) {
+		v := builtin
+		if fileVal != "" {
+			v = fileVal
+		}
+		if e, ok := env(envName); ok && e != "" {
+			v = e
+		}
+		vals[flagName] = fs.String(flagName, v, usage+" (env "+envName+")")
+	}
+	fs.String("config", "", "configuration file (env KMSD_CONFIG); see kmsd.example.yaml")
+	def("addr", "KMSD_ADDR", str(fc.Listen.Address), "127.0.0.1:8080", "listen address")
+	def("allow-plain-http", "KMSD_ALLOW_PLAIN_HTTP", boolean(fc.Listen.AllowPlainHTTP), "false", "serve plain HTTP on a non-loopback address")
+	def("tls-cert", "KMSD_TLS_CERT_FILE", str(fc.TLS.CertFile), "", "TLS certificate chain (PEM); enables HTTPS")
+	def("tls-key", "KMSD_TLS_KEY_FILE", str(fc.TLS.KeyFile), "", "TLS private key (PEM)")
+	def("tls-client-ca", "KMSD_TLS_CLIENT_CA_FILE", str(fc.TLS.ClientCAFile), "", "CA certificates (PEM) clients must present a certificate from (mTLS)")
+	def("module", "KMSD_PKCS11_MODULE", str(fc.PKCS11.Module), "", "path of the PKCS#11 module")
+	def("token-label", "KMSD_TOKEN_LABEL", str(fc.PKCS11.TokenLabel), "", "label of the token holding the CMKs (default hsmkms)")
+	def("token-uri", "KMSD_TOKEN_URI", str(fc.PKCS11.TokenURI), "", "the token as an RFC 7512 URI, e.g. pkcs11:token=hsmkms")
+	def("pin-file", "KMSD_PIN_FILE", str(fc.PKCS11.PINFile), "", "file holding the token user PIN; or set KMSD_PIN")
+	def("sessions", "KMSD_SESSIONS", num(int64(fc.PKCS11.Sessions)), "2", "PKCS#11 sessions, i.e. concurrent HSM calls")
+	def("acquire-timeout", "KMSD_ACQUIRE_TIMEOUT", dur(fc.PKCS11.AcquireTimeout), "5s", "longest wait for a free PKCS#11 session")
+	def("iv-mode", "KMSD_IV_MODE", str(fc.PKCS11.IVMode), "caller", "GCM IVs made by kmsd (caller) or by the HSM (hsm)")
+	def("data-dir", "KMSD_DATA_DIR", str(fc.Store.DataDir), "var", "directory of the metadata store")
+	def("audit-file", "KMSD_AUDIT_FILE", str(fc.Audit.File), "", "audit trail file (default DATA_DIR/audit.log)")
+	def("audit-disabled", "KMSD_AUDIT_DISABLED", boolean(fc.Audit.Disabled), "false", "do not keep an audit trail")
+	def("max-body-bytes", "KMSD_MAX_BODY_BYTES", num(fc.Limits.MaxBodyBytes), "65536", "largest request body")
+	def("read-header-timeout", "KMSD_READ_HEADER_TIMEOUT", dur(fc.Limits.ReadHeaderTimeout), "5s", "time to read request headers")
+	def("read-timeout", "KMSD_READ_TIMEOUT", dur(fc.Limits.ReadTimeout), "15s", "time to read a whole request")
+	def("write-timeout", "KMSD_WRITE_TIMEOUT", dur(fc.Limits.WriteTimeout), "30s", "time to write a response")
+	def("idle-timeout", "KMSD_IDLE_TIMEOUT", dur(fc.Limits.IdleTimeout), "120s", "keep-alive idle time")
+	def("request-timeout", "KMSD_REQUEST_TIMEOUT", dur(fc.Limits.RequestTimeout), "10s", "longest time spent serving one request")
+	def("max-concurrent", "KMSD_MAX_CONCURRENT", num(int64(fc.Limits.MaxConcurrentRequests)), "1024", "requests served at once; more are refused at once")
+	def("rate-per-credential", "KMSD_RATE_PER_CREDENTIAL", float(fc.Limits.RatePerCredential), "0", "requests per second per SecretId, 0 for no limit")
+	def("burst-per-credential", "KMSD_BURST_PER_CREDENTIAL", num(int64(fc.Limits.BurstPerCredential)), "0", "burst above the rate (default: one second's worth)")
+	def("key-limit", "KMSD_KEY_LIMIT", num(int64(fc.Keys.Limit)), strconv.Itoa(kms.DefaultKeyLimit), "maximum number of CMKs")
+	def("usage-limit", "KMSD_USAGE_LIMIT", unsigned(fc.Keys.UsageLimitPerVersion), "1073741824", "encryptions per key version before it is rotated")
+	def("log-level", "KMSD_LOG_LEVEL", str(fc.Log.Level), "info", "debug, info, warn or error")
+	pinEnv := fc.PKCS11.PINEnv
+	if pinEnv == "" {
+		pinEnv = "KMSD_PIN"
+	}
+
 	return func() (config, error) {
-		c := config{addr: *addr, module: *module, tokenLabel: *label, dataDir: *dataDir}
 		var errs []error
+		bad := func(name, format string, a ...any) {
+			errs = append(errs, fmt.Errorf("-%s: %s", name, fmt.Sprintf(format, a...)))
+		}
+		v := func(name string) string { return *vals[name] }
+		parseBool := func(name string) bool {
+			b, err := strconv.ParseBool(v(name))
+			if err != nil {
+				bad(name, "%q is not true or false", v(name))
+			}
+			return b
+		}
+		parseDur := func(name string) time.Duration {
+			d, err := time.ParseDuration(v(name))
+			if err != nil || d <= 0 {
+				bad(name, "%q is not a positive duration like 5s", v(name))
+			}
+			return d
+		}
+		parseInt := func(name string, min, max int64) int64 {
+			n, err := strconv.ParseInt(v(name), 10, 64)
+			if err != nil || n < min || n > max {
+				bad(name, "%q: want an integer in %d..%d", v(name), min, max)
+			}
+			return n
+		}
+		c := config{addr: v("addr"), module: v("module"), dataDir: v("data-dir"), tlsCert: v("tls-cert"), tlsKey: v("tls-key"), clientCA: v("tls-client-ca")}
+		c.allowPlainHTTP = parseBool("allow-plain-http")
 		if _, _, err := net.SplitHostPort(c.addr); err != nil {
-			errs = append(errs, fmt.Errorf("-addr %q: %v", c.addr, err))
+			bad("addr", "%q: %v", c.addr, err)
+		}
+		if (c.tlsCert == "") != (c.tlsKey == "") {
+			errs = append(errs, errors.New("-tls-cert and -tls-key go together"))
+		}
+		if c.clientCA != "" && c.tlsCert == "" {
+			errs = append(errs, errors.New("-tls-client-ca (mTLS) needs -tls-cert and -tls-key"))
+		}
+		for _, f := range []struct{ name, path string }{{"tls-cert", c.tlsCert}, {"tls-key", c.tlsKey}, {"tls-client-ca", c.clientCA}} {
+			if f.path != "" {
+				if _, err := os.Stat(f.path); err != nil {
+					bad(f.name, "%v", err)
+				}
+			}
+		}
+		if c.tlsCert == "" && !isLoopback(c.addr) && !c.allowPlainHTTP {
+			errs = append(errs, fmt.Errorf("-addr %s is not a loopback address: configure TLS (-tls-cert/-tls-key), or set -allow-plain-http if a TLS proxy in front of kmsd terminates it", c.addr))
 		}
 		if c.module == "" {
 			errs = append(errs, errors.New("-module (KMSD_PKCS11_MODULE) is required: the path of the PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so"))
 		} else if st, err := os.Stat(c.module); err != nil || st.IsDir() {
-			errs = append(errs, fmt.Errorf("-module %q: not a readable file", c.module))
+			bad("module", "%q is not a readable file", c.module)
 		}
-		if c.tokenLabel == "" {
-			errs = append(errs, errors.New("-token-label must not be empty"))
+		label, uri := v("token-label"), v("token-uri")
+		switch {
+		case label != "" && uri != "":
+			errs = append(errs, errors.New("give -token-label or -token-uri, not both"))
+		case uri != "":
+			l, err := tokenLabelFromURI(uri)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			label = l
+		case label == "":
+			label = "hsmkms"
 		}
+		c.tokenLabel = label
 		if c.dataDir == "" {
 			errs = append(errs, errors.New("-data-dir must not be empty"))
 		}
-		n, err := strconv.Atoi(*sessions)
-		if err != nil || n < 1 || n > 1024 {
-			errs = append(errs, fmt.Errorf("-sessions %q: want an integer in 1..1024", *sessions))
+		c.sessions = int(parseInt("sessions", 1, 1024))
+		c.acquireTimeout = parseDur("acquire-timeout")
+		c.ivMode = v("iv-mode")
+		if c.ivMode != "caller" && c.ivMode != "hsm" {
+			bad("iv-mode", "%q: want caller or hsm", c.ivMode)
 		}
-		c.sessions = n
-		kl, err := strconv.Atoi(*keyLimit)
-		if err != nil || kl < 1 {
-			errs = append(errs, fmt.Errorf("-key-limit %q: want a positive integer", *keyLimit))
+		if !parseBool("audit-disabled") {
+			c.auditFile = v("audit-file")
+			if c.auditFile == "" {
+				c.auditFile = filepath.Join(c.dataDir, "audit.log")
+			}
 		}
-		c.keyLimit = kl
-		if err := c.logLevel.UnmarshalText([]byte(*level)); err != nil {
-			errs = append(errs, fmt.Errorf("-log-level %q: %v", *level, err))
+		c.maxBody = parseInt("max-body-bytes", 1024, 64<<20)
+		c.readHeader = parseDur("read-header-timeout")
+		c.readTimeout = parseDur("read-timeout")
+		c.writeTimeout = parseDur("write-timeout")
+		c.idleTimeout = parseDur("idle-timeout")
+		c.requestTimeout = parseDur("request-timeout")
+		c.maxConcurrent = int(parseInt("max-concurrent", 1, 1<<20))
+		rate, err := strconv.ParseFloat(v("rate-per-credential"), 64)
+		if err != nil || rate < 0 {
+			bad("rate-per-credential", "%q: want a number >= 0", v("rate-per-credential"))
 		}
-		pin, pinErr := readPIN(*pinFile, env)
+		c.ratePerCred = rate
+		c.burstPerCred = int(parseInt("burst-per-credential", 0, 1<<30))
+		c.keyLimit = int(parseInt("key-limit", 1, 1<<31-1))
+		ul, err := strconv.ParseUint(v("usage-limit"), 10, 64)
+		if err != nil || ul < 1 || ul > 1<<32 {
+			bad("usage-limit", "%q: want an integer in 1..2^32 (NIST SP 800-38D bound for random IVs)", v("usage-limit"))
+		}
+		c.usageLimit = ul
+		if err := c.logLevel.UnmarshalText([]byte(v("log-level"))); err != nil {
+			bad("log-level", "%q: %v", v("log-level"), err)
+		}
+		pin, pinErr := readPIN(v("pin-file"), pinEnv, env)
 		if pinErr != nil {
 			errs = append(errs, pinErr)
 		}
 		c.pin = pin
 		return c, errors.Join(errs...)
-	}
+	}, nil
 }
 
-// readPIN takes the PIN from KMSD_PIN or from a file, never from a flag
-// value. Exactly one source must be given.
-func readPIN(file string, env func(string) (string, bool)) (string, error) {
-	envPIN, hasEnv := env("KMSD_PIN")
+// readPIN takes the PIN from an environment variable (KMSD_PIN, or the
+// one named by pkcs11.pin_env) or from a file, never from a flag value or
+// the configuration file. Exactly one source must be given.
+func readPIN(file, envName string, env func(string) (string, bool)) (string, error) {
+	envPIN, hasEnv := env(envName)
 	switch {
 	case hasEnv && file != "":
-		return "", errors.New("the PIN is given twice: set either KMSD_PIN or -pin-file, not both")
+		return "", fmt.Errorf("the PIN is given twice: set either %s or -pin-file, not both", envName)
 	case hasEnv:
 		if envPIN == "" {
-			return "", errors.New("KMSD_PIN is empty")
+			return "", fmt.Errorf("%s is empty", envName)
 		}
 		return envPIN, nil
 	case file != "":
@@ -151,24 +335,66 @@ func readPIN(file string, env func(string) (string, bool)) (string, error) {
 		}
 		return pin, nil
 	}
-	return "", errors.New("no PIN: set KMSD_PIN or -pin-file (KMSD_PIN_FILE)")
+	return "", fmt.Errorf("no PIN: set %s or -pin-file (KMSD_PIN_FILE)", envName)
 }
 
 func run(ctx context.Context, args []string, env func(string) (string, bool), stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "credentials" {
 		return credentialsCmd(ctx, args[1:], env, stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "check-config" {
+		return checkConfig(args[1:], env, stdout, stderr)
+	}
 	cfg, err := parseConfig(args, env, stderr)
 	if err != nil {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
-	svc, closeAll, err := openService(ctx, cfg, log)
+
+	var certs *certReloader
+	if cfg.tlsCert != "" {
+		certs = &certReloader{certFile: cfg.tlsCert, keyFile: cfg.tlsKey, caFile: cfg.clientCA}
+		if err := certs.load(); err != nil {
+			return err
+		}
+	}
+	var auditLog *audit.Writer
+	if cfg.auditFile != "" {
+		if err := os.MkdirAll(filepath.Dir(cfg.auditFile), 0o700); err != nil {
+			return fmt.Errorf("audit: %w", err)
+		}
+		if auditLog, err = audit.Open(cfg.auditFile); err != nil {
+			return err
+		}
+		defer auditLog.Close()
+	}
+	stopDebug, err := startDebug(env, log) // KMSD_DEBUG_ADDR, loopback only; off by default
+	if err != nil {
+		return err
+	}
+	defer stopDebug()
+	svc, ready, closeAll, err := openService(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer closeAll()
-	api := httpapi.New(svc, httpapi.Config{Logger: log})
+	// Background purge of keys whose deletion window ended and automatic
+	// rotation; stopped (and waited for) before the store and token close.
+	maintCtx, stopMaint := context.WithCancel(ctx)
+	maintDone := make(chan struct{})
+	go func() { defer close(maintDone); svc.RunMaintenance(maintCtx) }()
+	defer func() { stopMaint(); <-maintDone }()
+	reg := newRegistry()
+	apiCfg := httpapi.Config{
+		Logger: log, RequestTimeout: cfg.requestTimeout, MaxBodyBytes: cfg.maxBody, MaxConcurrent: cfg.maxConcurrent,
+		RatePerCredential: cfg.ratePerCred, BurstPerCredential: cfg.burstPerCred, Registry: reg, Ready: ready,
+	}
+	if auditLog != nil {
+		apiCfg.Audit = auditLog
+		stopAnchor := anchorAudit(ctx, auditLog, log)
+		defer stopAnchor()
+	}
+	api := httpapi.New(svc, apiCfg)
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -176,16 +402,28 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	}
 	srv := &http.Server{
 		Handler:           api.Handler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		ReadHeaderTimeout: cfg.readHeader,
+		ReadTimeout:       cfg.readTimeout,
+		WriteTimeout:      cfg.writeTimeout,
+		IdleTimeout:       cfg.idleTimeout,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	scheme := "http"
+	if certs != nil {
+		scheme = "https"
+		srv.TLSConfig = certs.config()
+		watchSIGHUP(ctx, certs, log)
+	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String(), "token", cfg.tokenLabel, "sessions", cfg.sessions)
+	go func() {
+		if certs != nil {
+			serveErr <- srv.ServeTLS(ln, "", "")
+		} else {
+			serveErr <- srv.Serve(ln)
+		}
+	}()
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenLabel, "sessions", cfg.sessions, "audit", cfg.auditFile)
 
 	select {
 	case err := <-serveErr:
@@ -204,20 +442,20 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 
 // openService opens the store and the token and starts the domain service.
 // closeAll closes what was opened, the token last.
-func openService(ctx context.Context, cfg config, log *slog.Logger) (_ *kms.Service, closeAll func(), err error) {
+func openService(ctx context.Context, cfg config, log *slog.Logger) (_ *kms.Service, ready map[string]func(context.Context) error, closeAll func(), err error) {
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("data dir: %w", err)
+		return nil, nil, nil, fmt.Errorf("data dir: %w", err)
 	}
 	st, err := store.Open(ctx, filepath.Join(cfg.dataDir, "kms.db"))
 	if err != nil {
-		return nil, nil, fmt.Errorf("open store: %w", err)
+		return nil, nil, nil, fmt.Errorf("open store: %w", err)
 	}
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	tok, err := p11.OpenToken(openCtx, p11.Config{ModulePath: cfg.module, TokenLabel: cfg.tokenLabel, PIN: cfg.pin, Sessions: cfg.sessions})
 	cancel()
 	if err != nil {
 		st.Close()
-		return nil, nil, fmt.Errorf("open token %q: %w", cfg.tokenLabel, err)
+		return nil, nil, nil, fmt.Errorf("open token %q: %w", cfg.tokenLabel, err)
 	}
 	closeAll = func() {
 		if err := st.Close(); err != nil {
@@ -227,10 +465,15 @@ func openService(ctx context.Context, cfg config, log *slog.Logger) (_ *kms.Serv
 			log.Error("closing token", "err", err)
 		}
 	}
-	svc, err := kms.New(ctx, tok, st, kms.Config{KeyLimit: cfg.keyLimit, Logger: log})
+	kc := kms.Config{KeyLimit: cfg.keyLimit, VersionUsageLimit: cfg.usageLimit, Logger: log}
+	if kmsConfigHook != nil {
+		kmsConfigHook(&kc) // test builds only (see faults.go)
+	}
+	svc, err := kms.New(ctx, tok, st, kc)
 	if err != nil {
 		closeAll()
-		return nil, nil, fmt.Errorf("start service: %w", err)
+		return nil, nil, nil, fmt.Errorf("start service: %w", err)
 	}
-	return svc, closeAll, nil
+	ready = map[string]func(context.Context) error{"token": tok.Ping, "store": st.Ping}
+	return svc, ready, closeAll, nil
 }

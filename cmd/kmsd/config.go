@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// fileConfig is the configuration file (kmsd -config kmsd.yaml). Unknown
+// keys are errors. Secrets appear only by reference: the PIN and the TLS key
+// are named by file or environment variable, never written in the file.
+// Every setting can be overridden by its environment variable (KMSD_...),
+// and the most common ones by a flag; precedence is flag > environment >
+// file > default. kmsd.example.yaml documents every key.
+type fileConfig struct {
+	Listen struct {
+		Address        string `yaml:"address"`
+		AllowPlainHTTP bool   `yaml:"allow_plain_http"`
+	} `yaml:"listen"`
+	TLS struct {
+		CertFile     string `yaml:"cert_file"`
+		KeyFile      string `yaml:"key_file"`
+		ClientCAFile string `yaml:"client_ca_file"`
+	} `yaml:"tls"`
+	PKCS11 struct {
+		Module         string   `yaml:"module"`
+		TokenLabel     string   `yaml:"token_label"`
+		TokenURI       string   `yaml:"token_uri"`
+		PINFile        string   `yaml:"pin_file"`
+		PINEnv         string   `yaml:"pin_env"`
+		Sessions       int      `yaml:"sessions"`
+		AcquireTimeout duration `yaml:"acquire_timeout"`
+		IVMode         string   `yaml:"iv_mode"`
+	} `yaml:"pkcs11"`
+	Store struct {
+		DataDir string `yaml:"data_dir"`
+	} `yaml:"store"`
+	Audit struct {
+		File     string `yaml:"file"`
+		Disabled bool   `yaml:"disabled"`
+	} `yaml:"audit"`
+	Limits struct {
+		MaxBodyBytes          int64    `yaml:"max_body_bytes"`
+		ReadHeaderTimeout     duration `yaml:"read_header_timeout"`
+		ReadTimeout           duration `yaml:"read_timeout"`
+		WriteTimeout          duration `yaml:"write_timeout"`
+		IdleTimeout           duration `yaml:"idle_timeout"`
+		RequestTimeout        duration `yaml:"request_timeout"`
+		MaxConcurrentRequests int      `yaml:"max_concurrent_requests"`
+		RatePerCredential     float64  `yaml:"rate_per_credential"`
+		BurstPerCredential    int      `yaml:"burst_per_credential"`
+	} `yaml:"limits"`
+	Keys struct {
+		Limit                int    `yaml:"limit"`
+		UsageLimitPerVersion uint64 `yaml:"usage_limit_per_version"`
+	} `yaml:"keys"`
+	Log struct {
+		Level string `yaml:"level"`
+	} `yaml:"log"`
+}
+
+// duration is a time.Duration written as "5s", "100ms"...
+type duration time.Duration
+
+func (d *duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 5s or 250ms", n.Line, n.Value)
+	}
+	*d = duration(v)
+	return nil
+}
+
+// loadConfigFile reads and strictly decodes a configuration file.
+func loadConfigFile(path string) (fileConfig, error) {
+	var fc fileConfig
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fc, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fc); err != nil && !errors.Is(err, io.EOF) {
+		return fc, fmt.Errorf("config %s: %w", path, err)
+	}
+	var extra any
+	if err := dec.Decode(&extra); err == nil {
+		return fc, fmt.Errorf("config %s: more than one YAML document", path)
+	}
+	// Relative paths in the file are relative to the file's directory.
+	base := filepath.Dir(path)
+	for _, p := range []*string{&fc.PKCS11.Module, &fc.TLS.CertFile, &fc.TLS.KeyFile, &fc.TLS.ClientCAFile, &fc.PKCS11.PINFile, &fc.Store.DataDir, &fc.Audit.File} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	return fc, nil
+}
+
+// tokenLabelFromURI extracts the token label of an RFC 7512 PKCS#11 URI,
+// e.g. "pkcs11:token=hsmkms". Only the token attribute is supported; a
+// PIN in the URI (pin-value) is refused: secrets are given by reference.
+func tokenLabelFromURI(uri string) (string, error) {
+	rest, ok := strings.CutPrefix(uri, "pkcs11:")
+	if !ok {
+		return "", fmt.Errorf("token URI %q does not start with pkcs11:", uri)
+	}
+	path, query, _ := strings.Cut(rest, "?")
+	if strings.Contains(query, "pin-value") {
+		return "", errors.New("token URI: pin-value is refused; give the PIN by file or environment variable")
+	}
+	var label string
+	for _, attr := range strings.Split(path, ";") {
+		if attr == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(attr, "=")
+		if !ok {
+			return "", fmt.Errorf("token URI: malformed attribute %q", attr)
+		}
+		v, err := url.PathUnescape(v)
+		if err != nil {
+			return "", fmt.Errorf("token URI: %v", err)
+		}
+		switch k {
+		case "token":
+			label = v
+		case "manufacturer", "model", "serial", "library-description", "library-manufacturer", "library-version", "slot-description", "slot-manufacturer", "slot-id":
+			return "", fmt.Errorf("token URI: attribute %q is not supported; select the token by its label (token=)", k)
+		default:
+			return "", fmt.Errorf("token URI: unknown attribute %q", k)
+		}
+	}
+	if label == "" {
+		return "", errors.New("token URI: no token= attribute")
+	}
+	return label, nil
+}
+
+// isLoopback reports whether a listen address only accepts local
+// connections.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

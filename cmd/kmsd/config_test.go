@@ -1,0 +1,101 @@
+package main
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func envOf(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	module := writeFile(t, dir, "module.so", "")
+	writeFile(t, dir, "pin", "1234\n")
+	tests := []struct {
+		name  string
+		file  string
+		env   map[string]string
+		args  []string
+		want  string // substring of the error, or "" for success
+		check func(t *testing.T, c config)
+	}{
+		{name: "example file", file: "", args: []string{"-config", "../../kmsd.example.yaml", "-module", module}, env: map[string]string{"KMSD_PIN": "1"},
+			check: func(t *testing.T, c config) {
+				if c.tokenLabel != "hsmkms" || c.sessions != 2 || c.maxConcurrent != 1024 || c.usageLimit != 1<<30 || c.ivMode != "caller" {
+					t.Fatalf("%+v", c)
+				}
+			}},
+		{name: "values and relative paths", file: "pkcs11:\n  module: module.so\n  token_label: prod\n  pin_file: pin\n  sessions: 16\nlimits:\n  request_timeout: 3s\n  rate_per_credential: 50\n",
+			check: func(t *testing.T, c config) {
+				if c.module != module || c.tokenLabel != "prod" || c.pin != "1234" || c.sessions != 16 || c.requestTimeout.String() != "3s" || c.ratePerCred != 50 {
+					t.Fatalf("%+v", c)
+				}
+			}},
+		{name: "environment overrides the file", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  sessions: 16\n", env: map[string]string{"KMSD_SESSIONS": "4"},
+			check: func(t *testing.T, c config) {
+				if c.sessions != 4 {
+					t.Fatalf("sessions %d", c.sessions)
+				}
+			}},
+		{name: "flag overrides the environment", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n", env: map[string]string{"KMSD_SESSIONS": "4"}, args: []string{"-sessions", "3"},
+			check: func(t *testing.T, c config) {
+				if c.sessions != 3 {
+					t.Fatalf("sessions %d", c.sessions)
+				}
+			}},
+		{name: "token URI", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  token_uri: \"pkcs11:token=my%20token\"\n",
+			check: func(t *testing.T, c config) {
+				if c.tokenLabel != "my token" {
+					t.Fatalf("label %q", c.tokenLabel)
+				}
+			}},
+		{name: "unknown key", file: "pkcs11:\n  modul: module.so\n", want: "modul"},
+		{name: "PIN in the URI refused", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  token_uri: \"pkcs11:token=t?pin-value=1234\"\n", want: "pin-value"},
+		{name: "bad duration", file: "limits:\n  read_timeout: soon\n", want: "duration"},
+		{name: "plain HTTP on a public address", file: "listen:\n  address: 0.0.0.0:8080\npkcs11:\n  module: module.so\n  pin_file: pin\n", want: "not a loopback address"},
+		{name: "plain HTTP allowed explicitly", file: "listen:\n  address: 0.0.0.0:8080\n  allow_plain_http: true\npkcs11:\n  module: module.so\n  pin_file: pin\n"},
+		{name: "TLS key without certificate", file: "tls:\n  key_file: pin\npkcs11:\n  module: module.so\n  pin_file: pin\n", want: "go together"},
+		{name: "usage limit above 2^32", file: "keys:\n  usage_limit_per_version: 8589934592\npkcs11:\n  module: module.so\n  pin_file: pin\n", want: "usage-limit"},
+		{name: "two PIN sources", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n", env: map[string]string{"KMSD_PIN": "1"}, want: "twice"},
+		{name: "no PIN", file: "pkcs11:\n  module: module.so\n", want: "no PIN"},
+		{name: "two documents", file: "log:\n  level: info\n---\nlog:\n  level: debug\n", want: "more than one"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.file != "" {
+				args = append([]string{"-config", writeFile(t, dir, "kmsd.yaml", tt.file)}, args...)
+			}
+			env := tt.env
+			if env == nil {
+				env = map[string]string{}
+			}
+			c, err := parseConfig(args, envOf(env), io.Discard)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("error: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("error %v, want one mentioning %q", err, tt.want)
+			case tt.want == "" && tt.check != nil:
+				tt.check(t, c)
+			}
+			if err != nil && strings.Contains(err.Error(), "1234") {
+				t.Fatalf("the PIN leaked into an error: %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"hsmkms/audit"
+)
+
+// certReloader serves the TLS certificate (and the client CA pool of mTLS)
+// from files, reloaded on SIGHUP without dropping connections: new
+// handshakes use the new files, established connections are untouched.
+type certReloader struct {
+	certFile, keyFile, caFile string
+	cert                      atomic.Pointer[tls.Certificate]
+	pool                      atomic.Pointer[x509.CertPool]
+}
+
+// load reads the files; on error the previous certificate stays in use.
+func (r *certReloader) load() error {
+	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	if err != nil {
+		return fmt.Errorf("TLS certificate %s / key %s: %w", r.certFile, r.keyFile, err)
+	}
+	var pool *x509.CertPool
+	if r.caFile != "" {
+		pem, err := os.ReadFile(r.caFile)
+		if err != nil {
+			return fmt.Errorf("TLS client CA: %w", err)
+		}
+		pool = x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("TLS client CA %s: no PEM certificate", r.caFile)
+		}
+	}
+	r.cert.Store(&cert)
+	if pool != nil {
+		r.pool.Store(pool)
+	}
+	return nil
+}
+
+// config returns the server's TLS configuration: TLS 1.2 or newer, and a
+// verified client certificate when a client CA is configured (mTLS, on top
+// of request signing).
+func (r *certReloader) config() *tls.Config {
+	base := &tls.Config{MinVersion: tls.VersionTLS12}
+	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		c := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*r.cert.Load()}}
+		if r.caFile != "" {
+			c.ClientAuth = tls.RequireAndVerifyClientCert
+			c.ClientCAs = r.pool.Load()
+		}
+		return c, nil
+	}
+	return base
+}
+
+// watchSIGHUP reloads the TLS files on SIGHUP until ctx ends.
+func watchSIGHUP(ctx context.Context, r *certReloader, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if err := r.load(); err != nil {
+					log.Error("TLS reload failed; keeping the previous certificate", "err", err)
+				} else {
+					log.Info("TLS certificate reloaded")
+				}
+			}
+		}
+	}()
+}
+
+// newRegistry returns the metrics registry with the Go runtime and process
+// collectors.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// anchorAudit logs the audit chain head every minute and once at the end,
+// the anchor an auditor compares the trail against.
+func anchorAudit(ctx context.Context, w *audit.Writer, log *slog.Logger) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	logHead := func() {
+		seq, hash := w.Head()
+		log.Info("audit chain head", "seq", seq, "hash", hash)
+	}
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				logHead()
+			case <-done:
+				logHead()
+				return
+			case <-ctx.Done():
+				logHead()
+				return
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+// checkConfig is `kmsd check-config`: it validates the configuration as
+// the server would at start, including the TLS files and the audit file,
+// without opening the token or the store, and prints a summary without
+// secrets.
+func checkConfig(args []string, env func(string) (string, bool), stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, env, stderr)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if cfg.tlsCert != "" {
+		r := &certReloader{certFile: cfg.tlsCert, keyFile: cfg.tlsKey, caFile: cfg.clientCA}
+		if err := r.load(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	tlsMode := "off (plain HTTP)"
+	if cfg.tlsCert != "" {
+		tlsMode = "on"
+		if cfg.clientCA != "" {
+			tlsMode = "on, client certificates required (mTLS)"
+		}
+	}
+	auditMode := cfg.auditFile
+	if auditMode == "" {
+		auditMode = "disabled"
+	}
+	fmt.Fprintf(stdout, "configuration OK\n  listen   %s (TLS %s)\n  module   %s\n  token    %s (%d sessions, IV mode %s)\n  data dir %s\n  audit    %s\n  limits   body %d B, request %s, %d concurrent, %g req/s per credential\n",
+		cfg.addr, tlsMode, cfg.module, cfg.tokenLabel, cfg.sessions, cfg.ivMode, cfg.dataDir, auditMode,
+		cfg.maxBody, cfg.requestTimeout, cfg.maxConcurrent, cfg.ratePerCred)
+	return nil
+}

@@ -1,0 +1,149 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/base64"
+	"strconv"
+
+	"hsmkms/kms"
+)
+
+// The key management actions of the legacy API, with the field shapes the
+// legacy SDKs (Python, Java, C++) read. One domain implementation serves
+// them and their API 3.0 equivalents; GetKeyAttributes is authorised as
+// kms:DescribeKey, SetKeyAttributes as kms:UpdateAlias and ListKey as
+// kms:ListKeys.
+
+type legacyKeyIDReply struct {
+	legacyReply
+	KeyID string `json:"keyId"`
+}
+
+type legacyGenerateDataKeyReply struct {
+	legacyReply
+	KeyID          string `json:"keyId"`
+	Plaintext      string `json:"plaintext"`
+	CiphertextBlob string `json:"ciphertextBlob"`
+}
+
+type legacyListKeyReply struct {
+	legacyReply
+	TotalCount int              `json:"totalCount"`
+	Keys       []legacyKeyIDRef `json:"keys"`
+}
+
+type legacyKeyIDRef struct {
+	KeyID string `json:"keyId"`
+}
+
+type legacyScheduleReply struct {
+	legacyReply
+	KeyID        string `json:"keyId"`
+	DeletionDate int64  `json:"deletionDate"`
+}
+
+// legacyInt parses an optional non-negative integer parameter; absent is
+// def.
+func (p params) legacyInt(name string, def, maxv int) (int, error) {
+	v := p.get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > maxv {
+		return 0, legacyErrorf(codeInvalidParameter, "invalid %s: want an integer from 0 to %d", name, maxv)
+	}
+	return n, nil
+}
+
+func (s *Server) legacyKeyAction(ctx context.Context, action string, p params, ok200 legacyReply) (any, error) {
+	if action == "ListKey" {
+		offset, err := p.legacyInt("offset", 0, 1<<31)
+		if err != nil {
+			return nil, err
+		}
+		limit, err := p.legacyInt("limit", defaultListLimit, maxListLimit)
+		if err != nil {
+			return nil, err
+		}
+		if limit == 0 {
+			limit = defaultListLimit
+		}
+		res, err := s.kms.ListKeys(ctx, kms.ListKeysInput{Offset: offset, Limit: limit})
+		if err != nil {
+			return nil, err
+		}
+		out := legacyListKeyReply{legacyReply: ok200, TotalCount: res.TotalCount, Keys: make([]legacyKeyIDRef, len(res.Keys))}
+		for i, k := range res.Keys {
+			out.Keys[i] = legacyKeyIDRef{KeyID: k.KeyID}
+		}
+		return out, nil
+	}
+
+	keyID, err := p.required("keyId")
+	if err != nil {
+		return nil, err
+	}
+	noteKey(ctx, keyID, 0)
+	switch action {
+	case "GenerateDataKey":
+		// The Java SDK always sends numberOfBytes, 0 when the caller gave
+		// none: 0 means "not given".
+		n, err := p.legacyInt("numberOfBytes", 0, kms.MaxDataKeyBytes)
+		if err != nil {
+			return nil, err
+		}
+		res, err := s.kms.GenerateDataKey(ctx, kms.GenerateDataKeyInput{KeyID: keyID, KeySpec: p.get("keySpec"), NumberOfBytes: n, EncryptionContext: p.get("encryptionContext")})
+		if err != nil {
+			return nil, err
+		}
+		defer clear(res.Plaintext)
+		noteKey(ctx, res.KeyID, res.KeyVersion)
+		return legacyGenerateDataKeyReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext), CiphertextBlob: res.CiphertextBlob}, nil
+	case "GetKeyAttributes":
+		md, err := s.kms.DescribeKey(ctx, keyID)
+		if err != nil {
+			return nil, err
+		}
+		return legacyCreateKeyReply{legacyReply: ok200, KeyMetadata: toLegacyMetadata(md)}, nil
+	case "SetKeyAttributes":
+		alias, err := p.required("alias")
+		if err != nil {
+			return nil, err
+		}
+		if err := s.kms.UpdateAlias(ctx, keyID, alias); err != nil {
+			return nil, err
+		}
+		return ok200, nil
+	case "EnableKey":
+		if err := s.kms.EnableKey(ctx, keyID); err != nil {
+			return nil, err
+		}
+		return ok200, nil
+	case "DisableKey":
+		if err := s.kms.DisableKey(ctx, keyID); err != nil {
+			return nil, err
+		}
+		return ok200, nil
+	case "ScheduleKeyDeletion":
+		if _, err := p.required("pendingWindowInDays"); err != nil {
+			return nil, err
+		}
+		days, err := p.legacyInt("pendingWindowInDays", 0, 1<<16)
+		if err != nil {
+			return nil, err
+		}
+		md, err := s.kms.ScheduleKeyDeletion(ctx, keyID, days)
+		if err != nil {
+			return nil, err
+		}
+		return legacyScheduleReply{legacyReply: ok200, KeyID: md.KeyID, DeletionDate: md.DeletionDate.Unix()}, nil
+	case "CancelKeyDeletion":
+		md, err := s.kms.CancelKeyDeletion(ctx, keyID)
+		if err != nil {
+			return nil, err
+		}
+		return legacyKeyIDReply{legacyReply: ok200, KeyID: md.KeyID}, nil
+	}
+	return nil, legacyErrorf(codeNoSuchAction, "action %q is not supported", truncate(action, 64))
+}

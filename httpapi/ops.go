@@ -1,0 +1,209 @@
+package httpapi
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
+
+	"hsmkms/audit"
+)
+
+// This file holds what every request goes through besides its action:
+// the request record that feeds the audit trail and the metrics, the cap on
+// concurrent requests, per-credential rate limits, and the unauthenticated
+// health endpoints.
+
+// AuditSink records one line per request; *audit.Writer implements it.
+// Write must return only once the line is recorded.
+type AuditSink interface {
+	Write(ctx context.Context, e audit.Event) error
+}
+
+// reqInfo accumulates what is known about a request while it is served.
+type reqInfo struct {
+	start      time.Time
+	requestID  string
+	protocol   string
+	action     string // as requested (audit); metrics use a bounded label
+	known      bool   // action is one the server serves
+	secretID   string
+	keyID      string
+	keyVersion uint32
+	code       string // "0" or the error code
+}
+
+type reqInfoKey struct{}
+
+func withInfo(ctx context.Context, i *reqInfo) context.Context {
+	return context.WithValue(ctx, reqInfoKey{}, i)
+}
+
+func infoFrom(ctx context.Context) *reqInfo {
+	i, _ := ctx.Value(reqInfoKey{}).(*reqInfo)
+	if i == nil {
+		return &reqInfo{} // a throwaway record: callers never check for nil
+	}
+	return i
+}
+
+// noteKey records the key (and version, 0 if none) a request acted on, for
+// the audit trail.
+func noteKey(ctx context.Context, keyID string, version uint32) {
+	i := infoFrom(ctx)
+	i.keyID, i.keyVersion = keyID, version
+}
+
+// metrics are the request metrics; nil when no registry is configured.
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	inFlight prometheus.Gauge
+	refused  *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kmsd_requests_total", Help: "API requests by protocol, action and result code (0 = success).",
+		}, []string{"protocol", "action", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "kmsd_request_duration_seconds", Help: "Time to serve an API request, by protocol and action.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"protocol", "action"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kmsd_requests_in_flight", Help: "API requests being served.",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kmsd_requests_refused_total", Help: "Requests refused before being served, by reason (concurrency, rate).",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.inFlight, m.refused)
+	return m
+}
+
+// finish ends a request: it records the audit line (failing the request if
+// that is impossible: nothing is served unrecorded), the metrics, and writes
+// the reply. failure builds the reply sent instead when the audit fails.
+func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func() any) error {
+	elapsed := time.Since(info.start)
+	if s.audit != nil {
+		ev := audit.Event{
+			Time: info.start, RequestID: info.requestID, SecretID: info.secretID, Source: c.Request().RemoteAddr,
+			Protocol: info.protocol, Action: truncate(info.action, 64), KeyID: info.keyID, KeyVersion: info.keyVersion,
+			Code: info.code, Latency: elapsed,
+		}
+		// The audit write gets its own short deadline: a request whose
+		// own deadline has passed must still be recorded.
+		actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := s.audit.Write(actx, ev)
+		cancel()
+		if err != nil {
+			s.log.Error("audit trail unavailable: request refused", "requestId", info.requestID, "err", err)
+			reply = failure()
+			info.code = "AuditFailure"
+		}
+	}
+	if s.metrics != nil {
+		action := info.action
+		if !info.known {
+			action = "unknown"
+		}
+		s.metrics.requests.WithLabelValues(info.protocol, action, info.code).Inc()
+		s.metrics.duration.WithLabelValues(info.protocol, action).Observe(elapsed.Seconds())
+	}
+	return c.JSON(http.StatusOK, reply)
+}
+
+// admit caps the requests served at once; over the cap a request is refused
+// at once, before any parsing, with the protocol's rate-limit answer.
+func (s *Server) admit(next echo.HandlerFunc, protocol string) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			if s.metrics != nil {
+				s.metrics.refused.WithLabelValues("concurrency").Inc()
+			}
+			rid := newRequestID()
+			c.Response().Header().Set(RequestIDHeader, rid)
+			if protocol == "legacy" {
+				return c.JSON(http.StatusOK, legacyReply{Code: errRateLimited.legacy, Message: "too many requests in progress, please retry", RequestID: rid})
+			}
+			return c.JSON(http.StatusOK, api3Envelope{Response: api3ErrorBody{Error: &apiError{Code: errRateLimited.api3, Message: "too many requests in progress, please retry"}, RequestID: rid}})
+		}
+		if s.metrics != nil {
+			s.metrics.inFlight.Inc()
+		}
+		defer func() {
+			<-s.slots
+			if s.metrics != nil {
+				s.metrics.inFlight.Dec()
+			}
+		}()
+		return next(c)
+	}
+}
+
+var errRateLimited = &authError{"RequestLimitExceeded", 4400, "the request rate of this credential is over its limit, please retry later"}
+
+// rateLimiters holds one token bucket per SecretId.
+type rateLimiters struct {
+	limit rate.Limit
+	burst int
+	m     sync.Map // SecretId -> *rate.Limiter
+}
+
+func (r *rateLimiters) allow(secretID string) bool {
+	if r == nil {
+		return true
+	}
+	l, ok := r.m.Load(secretID)
+	if !ok {
+		l, _ = r.m.LoadOrStore(secretID, rate.NewLimiter(r.limit, r.burst))
+	}
+	return l.(*rate.Limiter).Allow()
+}
+
+// healthz answers whether the process is alive.
+func (s *Server) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz answers whether kmsd can serve: every readiness check (the token
+// answers a cheap PKCS#11 call, the store is reachable) must pass within a
+// second. It tells which check failed, never why.
+func (s *Server) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), time.Second)
+	defer cancel()
+	type result struct {
+		name string
+		err  error
+	}
+	results := make(chan result, len(s.cfg.Ready))
+	for name, check := range s.cfg.Ready {
+		go func() { results <- result{name, check(ctx)} }()
+	}
+	status, out := http.StatusOK, map[string]string{}
+	for range s.cfg.Ready {
+		r := <-results
+		if r.err != nil {
+			status, out[r.name] = http.StatusServiceUnavailable, "unavailable"
+			s.log.Warn("readiness check failed", "check", r.name, "err", r.err)
+		} else {
+			out[r.name] = "ok"
+		}
+	}
+	out["status"] = map[bool]string{true: "ready", false: "not ready"}[status == http.StatusOK]
+	return c.JSON(status, out)
+}
+
+func metricsHandler(reg *prometheus.Registry) echo.HandlerFunc {
+	h := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	return echo.WrapHandler(h)
+}

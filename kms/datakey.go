@@ -1,0 +1,197 @@
+package kms
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/google/uuid"
+
+)
+
+// GenerateDataKeyInput is the request of GenerateDataKey.
+type GenerateDataKeyInput struct {
+	KeyID string
+	// KeySpec is "AES_128" (16 bytes), "AES_256" (32 bytes) or "".
+	KeySpec string
+	// NumberOfBytes is the data key length, 1..MaxDataKeyBytes; 0 means
+	// not given. It wins over KeySpec; one of the two is required.
+	NumberOfBytes     int
+	EncryptionContext string
+}
+
+// GenerateDataKeyResult is the response of GenerateDataKey. The caller
+// must not keep Plaintext longer than it needs it.
+type GenerateDataKeyResult struct {
+	KeyID          string
+	KeyVersion     uint32
+	Plaintext      []byte // the data key
+	CiphertextBlob string // the data key under the CMK; Decrypt recovers it
+}
+
+// dataKeyLength resolves KeySpec and NumberOfBytes.
+func dataKeyLength(spec string, n int) (int, error) {
+	specLen := 0
+	switch spec {
+	case "":
+	case "AES_128":
+		specLen = 16
+	case "AES_256":
+		specLen = 32
+	default:
+		return 0, ErrInvalidKeySpec
+	}
+	switch {
+	case n < 0 || n > MaxDataKeyBytes:
+		return 0, fmt.Errorf("%w: %d", ErrInvalidNumberOfBytes, n)
+	case n > 0:
+		return n, nil
+	case specLen > 0:
+		return specLen, nil
+	}
+	return 0, fmt.Errorf("%w: KeySpec or NumberOfBytes is required", ErrInvalidKeySpec)
+}
+
+// GenerateDataKey draws a data key from the HSM's random number generator
+// and returns it in plaintext and sealed under the newest version of the
+// CMK with the caller's encryption context, exactly as Encrypt would seal
+// it (the blob decrypts with Decrypt). It counts as one encryption under
+// the version.
+//
+// Errors: ErrInvalidKeyID, ErrInvalidKeySpec, ErrInvalidNumberOfBytes,
+// ErrInvalidContext, ErrUnauthorized; the key state errors of Encrypt;
+// ErrUsageLimit; ErrBusy, ErrUnavailable, ErrInternal.
+func (s *Service) GenerateDataKey(ctx context.Context, in GenerateDataKeyInput) (GenerateDataKeyResult, error) {
+	id, ok := parseKeyID(in.KeyID)
+	if !ok {
+		return GenerateDataKeyResult{}, ErrInvalidKeyID
+	}
+	if err := authorize(ctx, "kms:GenerateDataKey", in.KeyID); err != nil {
+		return GenerateDataKeyResult{}, err
+	}
+	n, err := dataKeyLength(in.KeySpec, in.NumberOfBytes)
+	if err != nil {
+		return GenerateDataKeyResult{}, err
+	}
+	ec, err := ParseContext(in.EncryptionContext)
+	if err != nil {
+		return GenerateDataKeyResult{}, err
+	}
+	k := s.lookup(id)
+	if k == nil {
+		return GenerateDataKeyResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, in.KeyID)
+	}
+	if err := s.checkEncryptState(k, "generate data key"); err != nil {
+		return GenerateDataKeyResult{}, err
+	}
+	dk, err := s.hsm.Random(ctx, n)
+	if err != nil {
+		return GenerateDataKeyResult{}, s.hsmErr(s.log, "generate data key", err)
+	}
+	blob, v, err := s.seal(ctx, k, dk, ec, "generate data key")
+	if err != nil {
+		clear(dk)
+		return GenerateDataKeyResult{}, err
+	}
+	return GenerateDataKeyResult{KeyID: k.meta.KeyID, KeyVersion: v, Plaintext: dk, CiphertextBlob: blob}, nil
+}
+
+// GenerateRandom returns n (1..MaxDataKeyBytes) bytes from the HSM's
+// random number generator. Errors: ErrUnauthorized (kms:GenerateRandom on
+// "*"), ErrInvalidNumberOfBytes, ErrBusy, ErrUnavailable, ErrInternal.
+func (s *Service) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
+	if err := authorize(ctx, "kms:GenerateRandom", "*"); err != nil {
+		return nil, err
+	}
+	if n < 1 || n > MaxDataKeyBytes {
+		return nil, fmt.Errorf("%w: %d", ErrInvalidNumberOfBytes, n)
+	}
+	b, err := s.hsm.Random(ctx, n)
+	if err != nil {
+		return nil, s.hsmErr(s.log, "generate random", err)
+	}
+	return b, nil
+}
+
+// ReEncryptInput is the request of ReEncrypt.
+type ReEncryptInput struct {
+	CiphertextBlob string
+	// DestinationKeyID is the key of the new blob; "" means the blob's key.
+	DestinationKeyID             string
+	SourceEncryptionContext      string // the context the blob was made with
+	DestinationEncryptionContext string // the context the new blob requires
+}
+
+// ReEncryptResult is the response of ReEncrypt.
+type ReEncryptResult struct {
+	CiphertextBlob string
+	KeyID          string // the key of the new blob
+	KeyVersion     uint32
+	SourceKeyID    string
+	// ReEncrypted is false when the blob was already under the newest
+	// version of the destination key with the destination context: the
+	// original blob is returned unchanged.
+	ReEncrypted bool
+}
+
+// ReEncrypt opens a blob and seals its plaintext again, under the newest
+// version of the destination key and the destination context. The
+// plaintext never leaves the service and is wiped after use. The caller
+// needs kms:ReEncrypt on the source and on the destination key.
+//
+// Errors: ErrInvalidCiphertext, ErrInvalidKeyID, ErrInvalidContext,
+// ErrUnauthorized; the source key must allow Decrypt and the destination
+// key Encrypt (their state errors); ErrDecrypt; ErrUsageLimit; ErrBusy,
+// ErrUnavailable, ErrInternal.
+func (s *Service) ReEncrypt(ctx context.Context, in ReEncryptInput) (ReEncryptResult, error) {
+	env, err := ParseBlob(in.CiphertextBlob)
+	if err != nil {
+		return ReEncryptResult{}, err
+	}
+	srcID := uuid.UUID(env.KeyID).String()
+	dstID := in.DestinationKeyID
+	if dstID == "" {
+		dstID = srcID
+	}
+	dst, ok := parseKeyID(dstID)
+	if !ok {
+		return ReEncryptResult{}, ErrInvalidKeyID
+	}
+	if err := authorize(ctx, "kms:ReEncrypt", srcID); err != nil {
+		return ReEncryptResult{}, err
+	}
+	if dstID != srcID {
+		if err := authorize(ctx, "kms:ReEncrypt", dstID); err != nil {
+			return ReEncryptResult{}, err
+		}
+	}
+	srcEC, err := ParseContext(in.SourceEncryptionContext)
+	if err != nil {
+		return ReEncryptResult{}, err
+	}
+	dstEC, err := ParseContext(in.DestinationEncryptionContext)
+	if err != nil {
+		return ReEncryptResult{}, err
+	}
+	dk := s.lookup(dst)
+	if dk == nil {
+		return ReEncryptResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, dstID)
+	}
+	if err := s.checkEncryptState(dk, "re-encrypt"); err != nil {
+		return ReEncryptResult{}, err
+	}
+	_, _, pt, err := s.open(ctx, env, srcEC, "re-encrypt")
+	if err != nil {
+		return ReEncryptResult{}, err
+	}
+	defer clear(pt)
+	if dstID == srcID && env.KeyVersion == dk.current().number && slices.Equal(srcEC.Canonical(), dstEC.Canonical()) {
+		return ReEncryptResult{CiphertextBlob: in.CiphertextBlob, KeyID: dstID, KeyVersion: env.KeyVersion,
+			SourceKeyID: srcID, ReEncrypted: false}, nil
+	}
+	blob, v, err := s.seal(ctx, dk, pt, dstEC, "re-encrypt")
+	if err != nil {
+		return ReEncryptResult{}, err
+	}
+	return ReEncryptResult{CiphertextBlob: blob, KeyID: dk.meta.KeyID, KeyVersion: v, SourceKeyID: srcID, ReEncrypted: true}, nil
+}

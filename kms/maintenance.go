@@ -1,0 +1,139 @@
+package kms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"hsmkms/hsm"
+)
+
+// MaintenanceReport is what one Maintain pass did.
+type MaintenanceReport struct {
+	Purged  []string // keys whose token objects were destroyed (now Deleted)
+	Rotated []string // keys that got a new version by automatic rotation
+}
+
+// RunMaintenance calls Maintain at once and then every
+// Config.MaintenanceInterval until ctx is done; failures are logged and
+// retried at the next pass. Run it in its own goroutine.
+func (s *Service) RunMaintenance(ctx context.Context) {
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		if _, err := s.Maintain(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("kms: maintenance incomplete; retrying at the next pass", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Maintain purges every PendingDelete key whose deletion date has passed
+// (by the Service's clock) and rotates every Enabled key whose automatic
+// rotation is due. It is idempotent and safe to run concurrently with
+// everything else; a key it could not handle is reported in the error and
+// retried at the next call.
+//
+// The purge destroys the token object of every version of the key (one
+// already absent counts as destroyed), then records the key as Deleted
+// with the time of the purge, keeping its metadata as a tombstone. A crash
+// in between leaves the key PendingDelete past its date, so the next pass
+// finishes the purge; CancelKeyDeletion refuses such a key.
+func (s *Service) Maintain(ctx context.Context) (MaintenanceReport, error) {
+	var rep MaintenanceReport
+	var errs []error
+	now := s.now()
+	s.mu.RLock()
+	var purge, rotate []*keyEntry
+	for _, k := range s.keys {
+		switch {
+		case k.meta.KeyState == StatePendingDelete && !k.meta.DeletionDate.After(now):
+			purge = append(purge, k)
+		case k.meta.KeyState == StateEnabled && k.meta.KeyRotationEnabled && !k.meta.NextRotateTime.After(now):
+			rotate = append(rotate, k)
+		}
+	}
+	s.mu.RUnlock()
+	for _, k := range purge {
+		done, err := s.purge(ctx, k.meta.KeyID)
+		if err != nil {
+			errs = append(errs, err)
+		} else if done {
+			rep.Purged = append(rep.Purged, k.meta.KeyID)
+		}
+	}
+	for _, k := range rotate {
+		done, err := s.rotateIfDue(ctx, k.meta.KeyID)
+		if err != nil {
+			errs = append(errs, err)
+		} else if done {
+			rep.Rotated = append(rep.Rotated, k.meta.KeyID)
+		}
+	}
+	return rep, errors.Join(errs...)
+}
+
+// purge destroys a key whose deletion window ended; it re-checks the key
+// under writeMu, so it never acts on a key whose deletion was cancelled.
+func (s *Service) purge(ctx context.Context, keyID string) (bool, error) {
+	s.recoverMu.RLock()
+	defer s.recoverMu.RUnlock()
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	k, err := s.lookupLive(keyID)
+	if err != nil {
+		return false, nil
+	}
+	now := s.now().UTC()
+	if k.meta.KeyState != StatePendingDelete || k.meta.DeletionDate.After(now) {
+		return false, nil
+	}
+	log := s.log.With("key_id", keyID)
+	for i, v := range k.versions {
+		if err := s.hsm.DestroyKey(ctx, v.objectID); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+			return false, fmt.Errorf("kms: purge %s: %w", keyID, s.hsmErr(s.versionLog(k, &k.versions[i]), "purge", err))
+		}
+		s.fault("purge:destroyed-one")
+	}
+	s.fault("purge:destroyed-all")
+	r := k.rec
+	r.State = StateDeleted
+	r.DeletionDate = now
+	r.RotationEnabled = false
+	if err := s.store.UpdateKey(ctx, r); err != nil {
+		log.Error("kms: purge: token objects destroyed but the tombstone was not written; retrying at the next pass", "err", err)
+		return false, storeErr("purge", err)
+	}
+	nk, err := newKeyEntry(r, k)
+	if err != nil {
+		return false, fmt.Errorf("%w: purge: %w", ErrInternal, err)
+	}
+	s.replace(k, nk)
+	log.Info("kms: key purged: every token object destroyed, metadata kept as a tombstone", "versions", len(k.versions))
+	return true, nil
+}
+
+// rotateIfDue rotates a key whose automatic rotation is due, re-checking
+// under writeMu.
+func (s *Service) rotateIfDue(ctx context.Context, keyID string) (bool, error) {
+	s.recoverMu.RLock()
+	defer s.recoverMu.RUnlock()
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	k, err := s.lookupLive(keyID)
+	if err != nil {
+		return false, nil
+	}
+	if k.meta.KeyState != StateEnabled || !k.meta.KeyRotationEnabled || k.meta.NextRotateTime.After(s.now()) {
+		return false, nil
+	}
+	if _, err := s.rotateLocked(ctx, k, "scheduled"); err != nil {
+		return false, fmt.Errorf("kms: automatic rotation of %s: %w", keyID, err)
+	}
+	return true, nil
+}

@@ -1,0 +1,152 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// UpdateKey durably replaces the mutable metadata of the stored key k.ID
+// with k's: Alias, Description, State, DeletionDate, RotationEnabled,
+// RotateDays and LastRotatedAt. ID, Usage, Origin, CreatedAt and Versions
+// are not changed (k.Versions is ignored). A zero DeletionDate or
+// LastRotatedAt is stored as "none".
+//
+// It returns an error wrapping ErrNotFound if no key has k.ID, and
+// ErrAliasExists if k.Alias is non-empty, k.State is not Deleted and another
+// key that is not Deleted holds the alias. On any error nothing is changed.
+func (s *SQLite) UpdateKey(ctx context.Context, k Key) (err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("store: update key %s: %w", k.ID, err)
+		}
+	}()
+	if k.ID == "" {
+		return errors.New("invalid key: empty id")
+	}
+	if !k.DeletionDate.IsZero() {
+		if _, err := toNanos(k.DeletionDate); err != nil {
+			return fmt.Errorf("invalid key: deletion date: %w", err)
+		}
+	}
+	if !k.LastRotatedAt.IsZero() {
+		if _, err := toNanos(k.LastRotatedAt); err != nil {
+			return fmt.Errorf("invalid key: last rotated at: %w", err)
+		}
+	}
+
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if k.Alias != "" && k.State != stateDeleted {
+		var holder string
+		err := tx.QueryRowContext(ctx,
+			`SELECT id FROM keys WHERE alias = ? AND state <> 'Deleted' AND id <> ? LIMIT 1`,
+			k.Alias, k.ID).Scan(&holder)
+		switch {
+		case err == nil:
+			return fmt.Errorf("alias %q: %w", k.Alias, ErrAliasExists)
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+	}
+	res, err := tx.ExecContext(ctx,
+		`UPDATE keys SET alias = ?, description = ?, state = ?, deletion_date = ?,
+		        rotation_enabled = ?, rotate_days = ?, last_rotated_at = ?
+		 WHERE id = ?`,
+		k.Alias, k.Description, k.State, nullTime(k.DeletionDate),
+		boolInt(k.RotationEnabled), int64(k.RotateDays), nullTime(k.LastRotatedAt), k.ID)
+	if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
+		return fmt.Errorf("alias %q: %w", k.Alias, ErrAliasExists)
+	}
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return ErrNotFound
+	}
+	return tx.Commit()
+}
+
+// AddVersion durably adds version v to the stored key keyID, deletes the
+// pending object whose ObjectID is v.ObjectID, and records v.CreatedAt as
+// the key's LastRotatedAt, in one transaction: on any error nothing is
+// changed.
+//
+// v.Number must be one more than the key's highest version; v needs a
+// non-empty ObjectID not used by any stored version and a storable
+// CreatedAt. It returns an error wrapping ErrNotFound if no key has keyID.
+func (s *SQLite) AddVersion(ctx context.Context, keyID string, v Version) (err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("store: add version %d to key %s: %w", v.Number, keyID, err)
+		}
+	}()
+	if err := validateVersion(v); err != nil {
+		return fmt.Errorf("invalid version: %w", err)
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	var top sql.NullInt64
+	if err := tx.QueryRowContext(ctx,
+		`SELECT (SELECT max(version) FROM key_versions WHERE key_id = ?) FROM keys WHERE id = ?`,
+		keyID, keyID).Scan(&top); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		return err
+	}
+	if int64(v.Number) != top.Int64+1 {
+		return fmt.Errorf("version %d does not follow the highest version %d", v.Number, top.Int64)
+	}
+	created, _ := toNanos(v.CreatedAt)
+	_, err = tx.ExecContext(ctx,
+		`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved) VALUES (?, ?, ?, ?, ?)`,
+		keyID, int64(v.Number), v.ObjectID, created, int64(v.UsageReserved))
+	if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
+		return fmt.Errorf("object id %x already used by a stored key version", v.ObjectID)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM pending_objects WHERE object_id = ?`, v.ObjectID); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE keys SET last_rotated_at = ? WHERE id = ?`, created, keyID); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// ReserveUsage durably raises the usage reservation of version of key
+// keyID to upTo; a lower or equal upTo leaves it unchanged (reservations
+// never go backwards). upTo is at most 2^63-1. It returns an error wrapping
+// ErrNotFound if the key has no such version.
+func (s *SQLite) ReserveUsage(ctx context.Context, keyID string, version uint32, upTo uint64) error {
+	if upTo > math.MaxInt64 {
+		return fmt.Errorf("store: reserve usage of key %s version %d: %d above 2^63-1", keyID, version, upTo)
+	}
+	res, err := s.w.ExecContext(ctx,
+		`UPDATE key_versions SET usage_reserved = max(usage_reserved, ?) WHERE key_id = ? AND version = ?`,
+		int64(upTo), keyID, int64(version))
+	if err != nil {
+		return fmt.Errorf("store: reserve usage of key %s version %d: %w", keyID, version, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("store: reserve usage of key %s version %d: %w", keyID, version, err)
+	} else if n == 0 {
+		return fmt.Errorf("store: reserve usage of key %s version %d: %w", keyID, version, ErrNotFound)
+	}
+	return nil
+}
