@@ -6,7 +6,6 @@ import (
 	"slices"
 
 	"github.com/google/uuid"
-
 )
 
 // GenerateDataKeyInput is the request of GenerateDataKey.

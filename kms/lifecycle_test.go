@@ -361,6 +361,9 @@ func TestScheduledDeletion(t *testing.T) {
 	if !r.tokenHas(r.objectOf(keep.KeyID)) {
 		t.Fatal("another key's object was destroyed")
 	}
+	if rep, err := r.svc.Recover(ctx); err != nil || len(rep.Orphans) != 0 || len(rep.Missing) != 0 {
+		t.Fatalf("Recover after the purge: %+v %v", rep, err)
+	}
 	md, err = r.svc.DescribeKey(ctx, k.KeyID)
 	if err != nil || md.KeyState != kms.StateDeleted || !md.DeletionDate.Equal(clock.Now()) {
 		t.Fatalf("tombstone %+v %v", md, err)

@@ -112,9 +112,10 @@ type RecoveryReport struct {
 	// Unresolved lists the object ids of intents Recover could not resolve
 	// now (HSM or store failure); they are kept for the next run.
 	Unresolved [][]byte
-	// Orphans lists token objects made by this service that no key version
-	// and no intent names. They are NOT destroyed: the store may be being
-	// restored from a backup that names them. An operator decides.
+	// Orphans lists token objects made by this service that no version of
+	// a key that is not Deleted and no intent names (an object of a Deleted
+	// key outlived its purge). They are NOT destroyed: the store may be
+	// being restored from a backup that names them. An operator decides.
 	Orphans [][]byte
 	// Missing lists key versions (of keys not Deleted) whose token object
 	// is absent: ciphertexts under them cannot be decrypted.
@@ -294,9 +295,9 @@ func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
 		usageBatch: cfg.UsageBatch,
 		interval:   cfg.MaintenanceInterval,
 		fault:      cfg.FaultPoint,
-		keys:     make(map[uuid.UUID]*keyEntry),
-		aliases:  make(map[string]uuid.UUID),
-		reserved: make(map[string]struct{}),
+		keys:       make(map[uuid.UUID]*keyEntry),
+		aliases:    make(map[string]uuid.UUID),
+		reserved:   make(map[string]struct{}),
 	}
 	if svc.log == nil {
 		svc.log = slog.Default()
@@ -672,16 +673,31 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 	for _, id := range onToken {
 		tokenSet[string(id)] = true
 	}
+	// Objects of Deleted keys (tombstones) are not "known": the purge
+	// destroyed them, so one still on the token is reported as an orphan.
+	deleted := make(map[string]bool)
+	for _, k := range keys {
+		if k.State == StateDeleted {
+			for _, v := range k.Versions {
+				deleted[string(v.ObjectID)] = true
+			}
+		}
+	}
 	knownSet := make(map[string]bool, len(known))
 	for _, id := range known {
-		knownSet[string(id)] = true
+		if !deleted[string(id)] {
+			knownSet[string(id)] = true
+		}
 	}
 	now := s.now()
 	for _, k := range keys {
 		purging := k.State == StatePendingDelete && !k.DeletionDate.After(now)
 		for _, v := range k.Versions {
+			if k.State == StateDeleted {
+				continue
+			}
 			knownSet[string(v.ObjectID)] = true
-			if k.State == StateDeleted || purging || tokenSet[string(v.ObjectID)] {
+			if purging || tokenSet[string(v.ObjectID)] {
 				continue
 			}
 			rep.Missing = append(rep.Missing, MissingObject{KeyID: k.ID, Version: v.Number, ObjectID: v.ObjectID})
@@ -947,4 +963,3 @@ func (s *Service) open(ctx context.Context, env Envelope, ec EncryptionContext, 
 	}
 	return k, v.number, pt, nil
 }
-

@@ -54,7 +54,8 @@ commands:
   credentials enable|disable|delete -secret-id ID
   credentials update-policy -secret-id ID -policy-file FILE
   audit verify FILE   (offline: checks the hash chain of kmsd's audit trail)
-
+` + "%s" + `
+Every key command takes -json to print the Response as JSON instead of a table.
 The credential is read from TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY.
 `
 
@@ -65,7 +66,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	fs := flag.NewFlagSet("kmsctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprintf(stderr, usage, keyCommandUsage()); fs.PrintDefaults() }
 	endpoint := fs.String("endpoint", def, "kmsd base URL (env KMS_ENDPOINT)")
 	timeout := fs.Duration("timeout", 30*time.Second, "request timeout")
 	if err := fs.Parse(args); err != nil {
@@ -97,6 +98,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return decrypt(ctx, c, rest, stdin, stdout, stderr)
 	case "credentials":
 		return credentials(ctx, c, rest, stdout, stderr)
+	}
+	if kc, ok := keyCommands[cmd]; ok {
+		return runKeyCommand(ctx, c, cmd, kc, rest, stdout, stderr)
 	}
 	fs.Usage()
 	return fmt.Errorf("unknown command %q", cmd)
