@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -113,7 +114,19 @@ func bootstrap(t *testing.T, env []string) {
 // startKMSD starts kmsd and waits until it listens.
 func startKMSD(t *testing.T, env []string, args ...string) *server {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "kmsd"), args...)
+	s, exited := launch(t, filepath.Join(binDir, "kmsd"), env, args...)
+	if exited != nil {
+		t.Fatalf("kmsd exited before listening: %v\n%s", exited, s.stderr.String())
+	}
+	return s
+}
+
+// launch starts the kmsd binary bin and waits until it listens (exited is
+// nil) or exits first (exited is its wait error, and s.done is drained).
+// It fails the test if neither happens within 30 s.
+func launch(t *testing.T, bin string, env []string, args ...string) (s *server, exited error) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.Env = env
 	pr, pw := io.Pipe()
 	buf := &syncBuffer{}
@@ -121,7 +134,7 @@ func startKMSD(t *testing.T, env []string, args ...string) *server {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, cmd: cmd, stderr: buf, done: make(chan error, 1)}
+	s = &server{t: t, cmd: cmd, stderr: buf, done: make(chan error, 1)}
 	go func() { s.done <- cmd.Wait(); pw.Close() }()
 	addr := make(chan string, 1)
 	go func() {
@@ -138,13 +151,16 @@ func startKMSD(t *testing.T, env []string, args ...string) *server {
 	case a := <-addr:
 		s.url = "http://" + a
 	case err := <-s.done:
-		t.Fatalf("kmsd exited before listening: %v\n%s", err, buf.String())
+		if err == nil {
+			err = errors.New("exit status 0")
+		}
+		return s, err
 	case <-time.After(30 * time.Second):
 		cmd.Process.Kill()
-		t.Fatalf("kmsd did not listen within 30s\n%s", buf.String())
+		t.Fatalf("%s did not listen within 30s\n%s", filepath.Base(bin), buf.String())
 	}
 	t.Cleanup(func() { s.stop() })
-	return s
+	return s, nil
 }
 
 // stop sends SIGTERM and waits for a clean exit.

@@ -6,7 +6,6 @@ package main_test
 // points (a kmsd built with -tags kmsd_faults, see faults.go).
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/binary"
@@ -386,39 +385,11 @@ func faultyKMSD(t *testing.T) string {
 // server, or nil if kmsd killed itself before it listened.
 func startFaulty(t *testing.T, env []string) *server {
 	t.Helper()
-	cmd := exec.Command(faultyKMSD(t), "-log-level", "debug")
-	cmd.Env = env
-	pr, pw := io.Pipe()
-	buf := &syncBuffer{}
-	cmd.Stderr = io.MultiWriter(pw, buf)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	s, exited := launch(t, faultyKMSD(t), env, "-log-level", "debug")
+	if exited != nil {
+		return nil // it killed itself before it listened
 	}
-	s := &server{t: t, cmd: cmd, stderr: buf, done: make(chan error, 1)}
-	go func() { s.done <- cmd.Wait(); pw.Close() }()
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			var line struct{ Msg, Addr string }
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "listening" {
-				addr <- line.Addr
-			}
-		}
-		io.Copy(io.Discard, pr)
-	}()
-	select {
-	case a := <-addr:
-		s.url = "http://" + a
-		t.Cleanup(func() { s.stop() })
-		return s
-	case <-s.done:
-		return nil
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		t.Fatalf("kmsd did not listen within 30s\n%s", buf.String())
-	}
-	return nil
+	return s
 }
 
 // killed waits for kmsd to have killed itself at its fault point.
