@@ -38,6 +38,18 @@ func (t *Token) Seal(ctx context.Context, objectID, plaintext, aad []byte) (iv, 
 	}
 	defer t.mu.RUnlock()
 	err = t.withKey(ctx, objectID, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		if t.gcm != nil {
+			out := make([]byte, len(plaintext)+hsm.TagBytes)
+			n, stage, rv := t.gcm.run(false, s, h, iv, aad, plaintext, out)
+			if rv != 0 {
+				return classify(map[bool]string{true: "C_EncryptInit", false: "C_Encrypt"}[stage == 1], pkcs11.Error(rv))
+			}
+			if n != len(out) {
+				return errf(hsm.ErrUnavailable, "C_Encrypt", "returned %d bytes for %d bytes of plaintext, want plaintext+%d", n, len(plaintext), hsm.TagBytes)
+			}
+			sealed = out
+			return nil
+		}
 		p := pkcs11.NewGCMParams(iv, aad, tagBits)
 		defer p.Free()
 		if err := t.mod.EncryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}, h); err != nil {
@@ -84,6 +96,30 @@ func (t *Token) Open(ctx context.Context, objectID, iv, sealed, aad []byte) ([]b
 	defer t.mu.RUnlock()
 	var plaintext []byte
 	err := t.withKey(ctx, objectID, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		if t.gcm != nil {
+			want := len(sealed) - hsm.TagBytes
+			out := make([]byte, want)
+			n, stage, rv := t.gcm.run(true, s, h, iv, aad, sealed, out)
+			switch {
+			case rv == pkcs11.CKR_BUFFER_TOO_SMALL && stage == 2 && t.dec != nil:
+				// The operation is still active: finish it with the room
+				// the module asked for.
+				var err error
+				if out, err = t.dec.decrypt(s, sealed, n); err != nil {
+					return classify(fnDecrypt, err)
+				}
+				n = len(out)
+			case rv != 0 && stage == 1:
+				return classify("C_DecryptInit", pkcs11.Error(rv))
+			case rv != 0:
+				return classify(fnDecrypt, pkcs11.Error(rv))
+			}
+			if n != want {
+				return errf(hsm.ErrUnavailable, fnDecrypt, "returned %d bytes for %d sealed bytes, want sealed-%d", n, len(sealed), hsm.TagBytes)
+			}
+			plaintext = out[:n]
+			return nil
+		}
 		p := pkcs11.NewGCMParams(iv, aad, tagBits)
 		defer p.Free()
 		err := t.mod.DecryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}, h)

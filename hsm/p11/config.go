@@ -2,6 +2,7 @@ package p11
 
 import (
 	"fmt"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -35,6 +36,31 @@ type Config struct {
 	PIN         string // user PIN; the caller reads it from env/file; never logged
 	Sessions    int    // max concurrent sessions = max concurrent HSM calls; 0 -> 2
 	LabelPrefix string // prefix of CKA_LABEL of objects this service makes; "" -> "hsmkms:"
+
+	// NoWorkingCopies turns off per-session working copies of CMKs (see
+	// copies.go): every operation then uses the token object itself.
+	NoWorkingCopies bool
+	// CopyCheckInterval is how long a working copy is used before the
+	// token object it copies is checked again (one C_GetAttributeValue),
+	// which bounds how long a CMK destroyed behind the service's back
+	// (another process) stays usable. 0 means DefaultCopyCheckInterval; a
+	// negative value checks on every use.
+	CopyCheckInterval time.Duration
+
+	noDirectGCM bool // tests: use the binding for Seal and Open
+}
+
+// DefaultCopyCheckInterval is the default Config.CopyCheckInterval.
+const DefaultCopyCheckInterval = time.Second
+
+func (c Config) copyMaxAge() time.Duration {
+	switch {
+	case c.CopyCheckInterval == 0:
+		return DefaultCopyCheckInterval
+	case c.CopyCheckInterval < 0:
+		return 0
+	}
+	return c.CopyCheckInterval
 }
 
 // Validate reports the first problem of c, wrapping hsm.ErrInvalidInput.

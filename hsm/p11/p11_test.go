@@ -457,6 +457,7 @@ func TestKeyLifecycle(t *testing.T) {
 // object with the same id is found again.
 func TestStaleHandle(t *testing.T) {
 	tok, _ := newTestToken(t, 1)
+	tok.copyMaxAge = 0 // check the token object on every use (see TestStaleCopyNoticed)
 	ctx := testCtx(t)
 	id := []byte("stale")
 	mustGenerate(t, tok, id)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -20,6 +22,7 @@ type Token struct {
 	slot     uint
 	ownsInit bool           // our C_Initialize succeeded, so Close calls C_Finalize
 	dec      *directDecrypt // C_Decrypt without the binding's leak; nil: use the binding
+	gcm      *directGCM     // init+operation in one cgo call (gcm_unix.go); nil: use the binding
 
 	// pool holds exactly cfg.Sessions entries while no call is in flight:
 	// open, logged-in sessions, or 0 (CK_INVALID_HANDLE) for a hole left
@@ -40,6 +43,15 @@ type Token struct {
 	handles map[string]pkcs11.ObjectHandle // objectID -> key handle
 
 	genMu chan struct{} // 1-slot semaphore serialising GenerateKey
+
+	// Working copies (copies.go): per session, a CKA_TOKEN=false copy of
+	// each CMK it has used, so the hot path does not pay the token
+	// object's file refresh on every C_EncryptInit/C_DecryptInit.
+	cmu        sync.Mutex
+	copies     map[pkcs11.SessionHandle]map[string]workCopy
+	cgen       map[string]uint64 // objectID -> generation, bumped when its copies are dropped
+	noCopies   atomic.Bool       // the module refused C_CopyObject: use token objects
+	copyMaxAge time.Duration     // re-check the token object of a copy older than this
 
 	// hookNewSession, when set by a test, runs before a replacement session
 	// is opened; an error fails the replacement.
@@ -69,7 +81,12 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 		closing: make(chan struct{}),
 		handles: make(map[string]pkcs11.ObjectHandle),
 		genMu:   make(chan struct{}, 1),
+
+		copies:     make(map[pkcs11.SessionHandle]map[string]workCopy),
+		cgen:       make(map[string]uint64),
+		copyMaxAge: cfg.copyMaxAge(),
 	}
+	t.noCopies.Store(cfg.NoWorkingCopies)
 	defer func() {
 		if r := recover(); r != nil {
 			err = panicError("OpenToken", r)
@@ -87,6 +104,9 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 		return nil, errf(hsm.ErrUnavailable, "dlopen", "cannot load PKCS#11 module %q (missing file or not a PKCS#11 library)", cfg.ModulePath)
 	}
 	t.dec = loadDirectDecrypt(cfg.ModulePath)
+	if !cfg.noDirectGCM {
+		t.gcm = loadDirectGCM(cfg.ModulePath)
+	}
 	switch err := t.mod.Initialize(); {
 	case err == nil:
 		t.ownsInit = true
@@ -238,6 +258,11 @@ func (t *Token) release(s pkcs11.SessionHandle, f fate) {
 			f = fateReplace
 		}
 	}
+	if f != fateKeep {
+		// A replaced session takes its session objects with it; after a
+		// lost login the private copies are gone or unusable.
+		t.forgetSession(s)
+	}
 	if f == fateReplace {
 		ns, err := t.newSession() // before closing s: keeps the login alive
 		if err != nil {
@@ -250,6 +275,7 @@ func (t *Token) release(s pkcs11.SessionHandle, f fate) {
 }
 
 func (t *Token) closeSession(s pkcs11.SessionHandle) {
+	t.forgetSession(s)
 	defer func() { _ = recover() }()
 	_ = t.mod.CloseSession(s)
 }
@@ -359,6 +385,8 @@ func (t *Token) teardown() (err error) {
 	t.mod = nil
 	t.dec.close()
 	t.dec = nil
+	t.gcm.close()
+	t.gcm = nil
 	return errors.Join(errs...)
 }
 

@@ -1,0 +1,579 @@
+// Command loadgen is hsmkms's benchmark harness (make bench, make soak).
+//
+// In one run on one machine it makes a fresh SoftHSM2 token, measures the
+// raw PKCS#11 ceiling on it (1 KiB CKM_AES_GCM encrypts, one session, one
+// goroutine, through hsm/p11), starts kmsd on the same token and drives it
+// over loopback with keep-alive connections: API 3.0 Encrypt, Decrypt and
+// GenerateDataKey (TC3-signed, from pre-signed pools) and legacy Encrypt
+// (HmacSHA256, signed per request). Raw and HTTP cells are interleaved in
+// rounds, and every ratio is the median of per-round ratios. It then runs
+// the many-keys check and a mixed soak. See BENCHMARKS.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"hsmkms/hsm/p11"
+	"hsmkms/softhsm"
+)
+
+type options struct {
+	kmsdBin  string
+	workDir  string // "" -> a temporary directory, removed at the end
+	rounds   int
+	dur      time.Duration // counted window of one HTTP cell
+	warm     time.Duration // uncounted lead-in of one HTTP cell
+	rawDur   time.Duration
+	conc     []int
+	size     int
+	sessions string // KMSD_SESSIONS; "" -> kmsd's default
+	manyKeys int    // 0: skip
+	manyConc int
+	soak     time.Duration // 0: skip
+	soakConc int
+	parts    map[string]bool
+}
+
+func main() {
+	var o options
+	var conc, parts string
+	flag.StringVar(&o.kmsdBin, "kmsd", "bin/kmsd", "kmsd binary")
+	flag.StringVar(&o.workDir, "work", "", "work directory (default: a temporary one, removed afterwards)")
+	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds")
+	flag.DurationVar(&o.dur, "duration", 4*time.Second, "counted time of one HTTP cell")
+	flag.DurationVar(&o.warm, "warm", 500*time.Millisecond, "uncounted warm-up of one HTTP cell")
+	flag.DurationVar(&o.rawDur, "raw-duration", 3*time.Second, "time of one raw PKCS#11 cell")
+	flag.StringVar(&conc, "conc", "16,64", "concurrent clients (keep-alive connections)")
+	flag.IntVar(&o.size, "size", 1024, "plaintext bytes")
+	flag.StringVar(&o.sessions, "sessions", os.Getenv("KMSD_SESSIONS"), "kmsd -sessions (default: kmsd's)")
+	flag.IntVar(&o.manyKeys, "many-keys", 10000, "CMKs of the many-keys run (0: skip)")
+	flag.IntVar(&o.manyConc, "many-create-conc", 4, "concurrent CreateKey clients")
+	flag.DurationVar(&o.soak, "soak", time.Minute, "mixed-load soak duration (0: skip)")
+	flag.IntVar(&o.soakConc, "soak-conc", 16, "soak clients")
+	flag.StringVar(&parts, "parts", "main,manykeys,network,soak", "parts to run")
+	flag.Parse()
+	for _, c := range strings.Split(conc, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil || n < 1 {
+			fmt.Fprintln(os.Stderr, "loadgen: bad -conc")
+			os.Exit(2)
+		}
+		o.conc = append(o.conc, n)
+	}
+	o.parts = map[string]bool{}
+	for _, p := range strings.Split(parts, ",") {
+		o.parts[strings.TrimSpace(p)] = true
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := runBench(ctx, o, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func minmax(xs []float64) (float64, float64) {
+	if len(xs) == 0 {
+		return 0, 0
+	}
+	return slices.Min(xs), slices.Max(xs)
+}
+
+// cellStats accumulates the rounds of one (operation, concurrency) cell.
+type cellStats struct {
+	rps, srvCPU, allocs, cliCPU []float64
+	hist                        hist
+	reqs, errs                  uint64
+	firstErr                    string
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e6) }
+
+// measure runs one closed-loop cell against k and records it in cs.
+func measure(k *kmsd, conc int, src func(w int) source, warm, d time.Duration, cs *cellStats) float64 {
+	var a, b snapshot
+	r := drive(k.addr, conc, src, warm, d, func(start bool) {
+		if start {
+			a = k.snap()
+		} else {
+			b = k.snap()
+		}
+	})
+	ok := r.reqs - r.errs
+	rps := float64(ok) / r.elapsed.Seconds()
+	cs.rps = append(cs.rps, rps)
+	if r.reqs > 0 {
+		cs.srvCPU = append(cs.srvCPU, float64(b.ticks-a.ticks)*float64(tickDuration/time.Microsecond)/float64(r.reqs))
+		cs.allocs = append(cs.allocs, float64(b.allocs-a.allocs)/float64(r.reqs))
+		cs.cliCPU = append(cs.cliCPU, float64((b.selfCPU-a.selfCPU)/time.Microsecond)/float64(r.reqs))
+	}
+	cs.hist.merge(&r.hist)
+	cs.reqs += r.reqs
+	cs.errs += r.errs
+	if cs.firstErr == "" {
+		cs.firstErr = r.firstErr
+	}
+	return rps
+}
+
+func machineInfo(out io.Writer) {
+	model := "?"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	fmt.Fprintf(out, "machine: cpu %q, %d cores (GOMAXPROCS %d), kernel %s, %s\n",
+		model, runtime.NumCPU(), runtime.GOMAXPROCS(0), strings.TrimSpace(string(kernel)), runtime.Version())
+}
+
+// opSpec is one operation of the main run.
+type opSpec struct {
+	name  string
+	src   func(w int) source
+	avail string // "" when available, else why not
+}
+
+func runBench(ctx context.Context, o options, out io.Writer) (err error) {
+	if o.workDir == "" {
+		d, err := os.MkdirTemp("", "hsmkms-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		o.workDir = d
+	}
+	bin, err := filepath.Abs(o.kmsdBin)
+	if err != nil {
+		return err
+	}
+	machineInfo(out)
+	fmt.Fprintf(out, "method: %d interleaved rounds; HTTP cells %v counted after %v warm-up; raw cells %v; plaintext %d B; encryption context %s; kmsd sessions %s\n",
+		o.rounds, o.dur, o.warm, o.rawDur, o.size, benchContext, orDefault(o.sessions, "default"))
+
+	// A fresh token; the raw ceiling runs in this process on its own key.
+	tok, err := softhsm.Create(filepath.Join(o.workDir, "softhsm"), "bench", "1234", "5678")
+	if err != nil {
+		return err
+	}
+	oldConf, hadConf := os.LookupEnv("SOFTHSM2_CONF")
+	os.Setenv("SOFTHSM2_CONF", tok.Conf)
+	defer func() {
+		if hadConf {
+			os.Setenv("SOFTHSM2_CONF", oldConf)
+		} else {
+			os.Unsetenv("SOFTHSM2_CONF")
+		}
+	}()
+	raw, err := p11.OpenToken(ctx, p11.Config{ModulePath: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, Sessions: 1, LabelPrefix: "hsmkms-bench:"})
+	if err != nil {
+		return fmt.Errorf("raw token: %w", err)
+	}
+	defer raw.Close()
+	rawID := []byte("bench-raw-ceiling")
+	if err := raw.GenerateKey(ctx, rawID, "raw"); err != nil {
+		return err
+	}
+	// AAD as long as the service's: 21-byte header + canonical context.
+	rawAAD := make([]byte, 21+4+4+3+4+5+4+6+4+2)
+	rawAAD[0] = 1
+
+	// kmsd on the same token.
+	extra := []string{"KMSD_KEY_LIMIT=" + strconv.Itoa(o.manyKeys+100)}
+	if o.sessions != "" {
+		extra = append(extra, "KMSD_SESSIONS="+o.sessions)
+	}
+	env := kmsdEnv(tok, filepath.Join(o.workDir, "data"), extra...)
+	if err := bootstrapAdmin(bin, env); err != nil {
+		return err
+	}
+	logPath := filepath.Join(o.workDir, "kmsd.log")
+	k, err := startKMSD(bin, env, logPath)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if k != nil {
+			if serr := k.stop(); serr != nil && err == nil {
+				err = fmt.Errorf("kmsd: %v", serr)
+			}
+		}
+	}()
+	fmt.Fprintf(out, "kmsd start-up (1 credential, 0 keys): %s ms\n", ms(k.startup))
+	host := k.addr
+
+	keyID, err := createKey(host, "bench")
+	if err != nil {
+		return err
+	}
+	ops, closePools, err := buildOps(host, keyID, o.size)
+	if err != nil {
+		return err
+	}
+	defer closePools()
+
+	var rawRates []float64
+	encRatio := map[int][]float64{}
+	stats := map[string]*cellStats{}
+	key := func(op string, c int) string { return op + "@" + strconv.Itoa(c) }
+
+	if o.parts["main"] {
+		fmt.Fprintln(out, "\n== main run ==")
+		for r := 0; r < o.rounds; r++ {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			res, err := raw.BenchRawSeal(ctx, rawID, o.size, rawAAD, o.rawDur)
+			if err != nil {
+				return fmt.Errorf("raw ceiling: %w", err)
+			}
+			rawRate := res.OpsPerSec()
+			rawRates = append(rawRates, rawRate)
+			type cell struct {
+				op opSpec
+				c  int
+			}
+			var cells []cell
+			for _, op := range ops {
+				if op.avail != "" {
+					continue
+				}
+				for _, c := range o.conc {
+					cells = append(cells, cell{op, c})
+				}
+			}
+			rand.Shuffle(len(cells), func(i, j int) { cells[i], cells[j] = cells[j], cells[i] })
+			line := fmt.Sprintf("round %d: raw %.0f ops/s", r+1, rawRate)
+			for _, c := range cells {
+				cs := stats[key(c.op.name, c.c)]
+				if cs == nil {
+					cs = &cellStats{}
+					stats[key(c.op.name, c.c)] = cs
+				}
+				rps := measure(k, c.c, c.op.src, o.warm, o.dur, cs)
+				if c.op.name == "encrypt" {
+					encRatio[c.c] = append(encRatio[c.c], rps/rawRate)
+				}
+				line += fmt.Sprintf("; %s %.0f", key(c.op.name, c.c), rps)
+			}
+			fmt.Fprintln(out, line)
+		}
+		lo, hi := minmax(rawRates)
+		fmt.Fprintf(out, "\nraw ceiling (1 KiB CKM_AES_GCM, 1 session, 1 goroutine): %.0f ops/s (min %.0f, max %.0f)\n\n", median(rawRates), lo, hi)
+		fmt.Fprintf(out, "%-16s %5s %9s %8s %8s %8s %9s %9s %9s %8s %7s\n",
+			"op", "conc", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "srv µs/r", "allocs/r", "cli µs/r", "vs raw", "errors")
+		for _, op := range ops {
+			if op.avail != "" {
+				fmt.Fprintf(out, "%-16s not available (%s)\n", op.name, op.avail)
+				continue
+			}
+			for _, c := range o.conc {
+				cs := stats[key(op.name, c)]
+				var ratios []float64
+				for i, v := range cs.rps {
+					ratios = append(ratios, v/rawRates[i])
+				}
+				fmt.Fprintf(out, "%-16s %5d %9.0f %8s %8s %8s %9.1f %9.1f %9.1f %8.2f %7d\n",
+					op.name, c, median(cs.rps), ms(cs.hist.quantile(0.50)), ms(cs.hist.quantile(0.99)), ms(cs.hist.quantile(0.999)),
+					median(cs.srvCPU), median(cs.allocs), median(cs.cliCPU), median(ratios), cs.errs)
+				if cs.errs > 0 {
+					fmt.Fprintf(out, "  first error: %s\n", cs.firstErr)
+				}
+			}
+		}
+		for _, c := range o.conc {
+			fmt.Fprintf(out, "encrypt_ratio_to_raw_hsm@%d: %.2f (per-round %s)\n", c, median(encRatio[c]), fmtList(encRatio[c]))
+		}
+	}
+
+	if o.parts["manykeys"] && o.manyKeys > 0 {
+		fmt.Fprintln(out, "\n== many-keys run ==")
+		var nk *kmsd
+		nk, err = manyKeys(ctx, o, k, bin, env, logPath, keyID, out)
+		k = nk
+		if err != nil {
+			return err
+		}
+	}
+
+	if o.parts["network"] {
+		fmt.Fprintln(out, "\nnetwork-HSM run: not available (needs the fault-injection module, issue 5)")
+	}
+
+	if o.parts["soak"] && o.soak > 0 {
+		fmt.Fprintln(out, "\n== soak ==")
+		if err := soak(ctx, o, k, ops, out); err != nil {
+			return err
+		}
+	}
+
+	if o.parts["main"] {
+		c := slices.Max(o.conc)
+		fmt.Fprintf(out, "\nencrypt_ratio_to_raw_hsm: %.2f\n", median(encRatio[c]))
+	}
+	return nil
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+func fmtList(xs []float64) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmt.Sprintf("%.2f", x)
+	}
+	return strings.Join(parts, " ")
+}
+
+// buildOps makes the request pools of the main run.
+func buildOps(host, keyID string, size int) ([]opSpec, func(), error) {
+	const poolSize = 64
+	var encBodies, decBodies [][]byte
+	for range poolSize {
+		b, _ := json.Marshal(map[string]string{"KeyId": keyID, "Plaintext": randomB64(size), "EncryptionContext": benchContext})
+		encBodies = append(encBodies, b)
+	}
+	for _, eb := range encBodies {
+		var p map[string]string
+		_ = json.Unmarshal(eb, &p)
+		r, err := mustOK(call(host, "Encrypt", p))
+		if err != nil {
+			return nil, nil, fmt.Errorf("encrypt (set-up): %w", err)
+		}
+		blob, _ := r["CiphertextBlob"].(string)
+		b, _ := json.Marshal(map[string]string{"CiphertextBlob": blob, "EncryptionContext": benchContext})
+		decBodies = append(decBodies, b)
+	}
+	encPool := newTC3Pool(host, "Encrypt", encBodies)
+	decPool := newTC3Pool(host, "Decrypt", decBodies)
+	pools := []*tc3Pool{encPool, decPool}
+	ops := []opSpec{
+		{name: "encrypt", src: func(w int) source { return &poolSource{p: encPool} }},
+		{name: "decrypt", src: func(w int) source { return &poolSource{p: decPool} }},
+	}
+	// GenerateDataKey: used only if kmsd serves it.
+	gdkParams := map[string]any{"KeyId": keyID, "KeySpec": "AES_256", "EncryptionContext": benchContext}
+	gdk := opSpec{name: "generatedatakey"}
+	resp, err := call(host, "GenerateDataKey", gdkParams)
+	switch code, msg := apiError(resp); {
+	case err != nil:
+		gdk.avail = err.Error()
+	case code == "InvalidAction":
+		gdk.avail = "kmsd has no GenerateDataKey action yet"
+	case code != "":
+		gdk.avail = "GenerateDataKey answered " + code + ": " + msg
+	default:
+		b, _ := json.Marshal(gdkParams)
+		p := newTC3Pool(host, "GenerateDataKey", [][]byte{b})
+		pools = append(pools, p)
+		gdk.src = func(w int) source { return &poolSource{p: p} }
+	}
+	ops = append(ops, gdk)
+	ptB64 := randomB64(size)
+	ls := newLegacySource(host, keyID, ptB64)
+	if err := ls.check(keyID, ptB64); err != nil {
+		return nil, nil, err
+	}
+	ops = append(ops, opSpec{name: "legacy-encrypt", src: func(w int) source { c := *ls; c.buf = nil; return &c }})
+	return ops, func() {
+		for _, p := range pools {
+			p.close()
+		}
+	}, nil
+}
+
+// manyKeys creates o.manyKeys CMKs, restarts kmsd to time its start-up, and
+// compares Encrypt across random keys with the one-key figure, interleaved.
+// It returns the running kmsd (a new process).
+func manyKeys(ctx context.Context, o options, k *kmsd, bin string, env []string, logPath, oneKey string, out io.Writer) (*kmsd, error) {
+	host := k.addr
+	ids := make([]string, o.manyKeys)
+	var next atomic.Int64
+	var firstErr error
+	var errMu sync.Mutex
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	var done atomic.Int64
+	for w := 0; w < o.manyConc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= o.manyKeys || ctx.Err() != nil {
+					return
+				}
+				id, err := createKey(host, fmt.Sprintf("many-%06d", i))
+				if err != nil {
+					errMu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					errMu.Unlock()
+					return
+				}
+				ids[i] = id
+				if n := done.Add(1); n%int64(max(o.manyKeys/10, 1)) == 0 {
+					errMu.Lock() // out is not safe for concurrent use
+					fmt.Fprintf(out, "  created %d keys, %.0f keys/s so far\n", n, float64(n)/time.Since(t0).Seconds())
+					errMu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return k, fmt.Errorf("creating keys: %w", firstErr)
+	}
+	if err := ctx.Err(); err != nil {
+		return k, err
+	}
+	el := time.Since(t0)
+	fmt.Fprintf(out, "created %d CMKs with %d clients in %.1f s: %.0f keys/s\n", o.manyKeys, o.manyConc, el.Seconds(), float64(o.manyKeys)/el.Seconds())
+
+	if err := k.stop(); err != nil {
+		return nil, fmt.Errorf("stopping kmsd: %w", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	nk, err := startKMSD(bin, env, logPath)
+	if err != nil {
+		return nil, err
+	}
+	rss, _ := rssBytes(nk.cmd.Process.Pid)
+	fmt.Fprintf(out, "kmsd start-up with %d keys: %s ms (RSS %.1f MiB)\n", o.manyKeys+1, ms(nk.startup), float64(rss)/(1<<20))
+	host = nk.addr
+
+	pt := randomB64(o.size)
+	var manyBodies [][]byte
+	for _, id := range ids {
+		b, _ := json.Marshal(map[string]string{"KeyId": id, "Plaintext": pt, "EncryptionContext": benchContext})
+		manyBodies = append(manyBodies, b)
+	}
+	oneBody, _ := json.Marshal(map[string]string{"KeyId": oneKey, "Plaintext": pt, "EncryptionContext": benchContext})
+	manyPool := newTC3Pool(host, "Encrypt", manyBodies)
+	defer manyPool.close()
+	onePool := newTC3Pool(host, "Encrypt", [][]byte{oneBody})
+	defer onePool.close()
+	c := slices.Max(o.conc)
+	var one, many cellStats
+	var ratios []float64
+	for r := 0; r < o.rounds; r++ {
+		m := measure(nk, c, func(w int) source {
+			return &poolSource{p: manyPool, random: true, seed: uint64(w)*0x9E3779B97F4A7C15 + 1}
+		}, o.warm, o.dur, &many)
+		s := measure(nk, c, func(w int) source { return &poolSource{p: onePool} }, o.warm, o.dur, &one)
+		ratios = append(ratios, m/s)
+		fmt.Fprintf(out, "round %d: encrypt@%d random of %d keys %.0f req/s, one key %.0f req/s, ratio %.2f%s\n",
+			r+1, c, o.manyKeys, m, s, m/s, map[bool]string{true: " (first touch of every key: cold caches)", false: ""}[r == 0])
+	}
+	fmt.Fprintf(out, "many-keys encrypt@%d: %.0f req/s (p99 %s ms) vs one key %.0f req/s (p99 %s ms): ratio %.2f (per-round %s), errors %d/%d\n",
+		c, median(many.rps), ms(many.hist.quantile(0.99)), median(one.rps), ms(one.hist.quantile(0.99)), median(ratios), fmtList(ratios), many.errs, one.errs)
+	if many.errs > 0 {
+		fmt.Fprintf(out, "  first error: %s\n", many.firstErr)
+	}
+	return nk, nil
+}
+
+// soak drives a mix of every available operation for o.soak and reports
+// kmsd's RSS over time.
+func soak(ctx context.Context, o options, k *kmsd, ops []opSpec, out io.Writer) error {
+	var names []string
+	var srcs []func(w int) source
+	for _, op := range ops {
+		if op.avail == "" {
+			names = append(names, op.name)
+			srcs = append(srcs, op.src)
+		}
+	}
+	pid := k.cmd.Process.Pid
+	rss0, _ := rssBytes(pid)
+	warm := max(o.soak/10, 200*time.Millisecond)
+	d := o.soak - warm
+	fmt.Fprintf(out, "mix %s, round robin, %d clients, %v (RSS measured from the end of a %v warm-up); RSS before load %.1f MiB\n",
+		strings.Join(names, "+"), o.soakConc, o.soak, warm, float64(rss0)/(1<<20))
+	var rssStart uint64
+	stopSampler := make(chan struct{})
+	var samplerDone sync.WaitGroup
+	var samples []string
+	var cs cellStats
+	r := drive(k.addr, o.soakConc, func(w int) source {
+		l := &lastSource{}
+		for _, s := range srcs {
+			l.srcs = append(l.srcs, s(w))
+		}
+		return l
+	}, warm, d, func(start bool) {
+		if start {
+			rssStart, _ = rssBytes(pid)
+			samplerDone.Add(1)
+			go func() {
+				defer samplerDone.Done()
+				t := time.NewTicker(max(d/10, 100*time.Millisecond))
+				defer t.Stop()
+				for {
+					select {
+					case <-t.C:
+						v, _ := rssBytes(pid)
+						samples = append(samples, fmt.Sprintf("%.0f", float64(v)/(1<<20)))
+					case <-stopSampler:
+						return
+					}
+				}
+			}()
+		} else {
+			close(stopSampler)
+			samplerDone.Wait()
+		}
+	})
+	rssEnd, _ := rssBytes(pid)
+	cs.hist = r.hist
+	growth := (float64(rssEnd)/float64(rssStart) - 1) * 100
+	fmt.Fprintf(out, "soak: %d requests, %.0f req/s, p50 %s ms, p99 %s ms, p99.9 %s ms, errors %d\n",
+		r.reqs, float64(r.reqs-r.errs)/r.elapsed.Seconds(), ms(cs.hist.quantile(0.5)), ms(cs.hist.quantile(0.99)), ms(cs.hist.quantile(0.999)), r.errs)
+	if r.errs > 0 {
+		fmt.Fprintf(out, "  first error: %s\n", r.firstErr)
+	}
+	fmt.Fprintf(out, "soak RSS: start %.1f MiB, end %.1f MiB, growth %+.1f%% (samples MiB: %s)\n",
+		float64(rssStart)/(1<<20), float64(rssEnd)/(1<<20), growth, strings.Join(samples, " "))
+	if r.reqs == 0 {
+		return errors.New("soak: no requests completed")
+	}
+	return ctx.Err()
+}
