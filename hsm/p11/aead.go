@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -29,15 +30,19 @@ func (t *Token) Seal(ctx context.Context, objectID, plaintext, aad []byte) (iv, 
 	if len(aad) == 0 || len(aad) > maxMessage || len(plaintext) > maxMessage {
 		return nil, nil, fmt.Errorf("%w: seal: aad must be 1..%d bytes and plaintext at most %d bytes (got %d, %d)", hsm.ErrInvalidInput, maxMessage, maxMessage, len(aad), len(plaintext))
 	}
-	iv = make([]byte, hsm.IVBytes)
-	if _, err := rand.Read(iv); err != nil {
-		return nil, nil, fmt.Errorf("%w: seal: crypto/rand: %w", hsm.ErrUnavailable, err)
-	}
 	if err := t.enter(); err != nil {
 		return nil, nil, err
 	}
 	defer t.mu.RUnlock()
+	defer func(start time.Time) { t.observe("C_Encrypt", start, err) }(time.Now())
+	iv = make([]byte, hsm.IVBytes)
 	err = t.withKey(ctx, objectID, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
+		// A fresh IV for every attempt: a retried call must never reuse one.
+		if t.cfg.HSMGeneratedIV {
+			clear(iv) // the token writes its own IV over the zeros
+		} else if _, err := rand.Read(iv); err != nil {
+			return fmt.Errorf("%w: seal: crypto/rand: %w", hsm.ErrUnavailable, err)
+		}
 		if t.gcm != nil {
 			out := make([]byte, len(plaintext)+hsm.TagBytes)
 			n, stage, rv := t.gcm.run(false, s, h, iv, aad, plaintext, out)
@@ -48,7 +53,7 @@ func (t *Token) Seal(ctx context.Context, objectID, plaintext, aad []byte) (iv, 
 				return errf(hsm.ErrUnavailable, "C_Encrypt", "returned %d bytes for %d bytes of plaintext, want plaintext+%d", n, len(plaintext), hsm.TagBytes)
 			}
 			sealed = out
-			return nil
+			return t.checkHSMIV(iv)
 		}
 		p := pkcs11.NewGCMParams(iv, aad, tagBits)
 		defer p.Free()
@@ -62,8 +67,11 @@ func (t *Token) Seal(ctx context.Context, objectID, plaintext, aad []byte) (iv, 
 		if len(out) != len(plaintext)+hsm.TagBytes {
 			return errf(hsm.ErrUnavailable, "C_Encrypt", "returned %d bytes for %d bytes of plaintext, want plaintext+%d", len(out), len(plaintext), hsm.TagBytes)
 		}
+		if t.cfg.HSMGeneratedIV {
+			copy(iv, p.IV())
+		}
 		sealed = out
-		return nil
+		return t.checkHSMIV(iv)
 	})
 	if err != nil {
 		return nil, nil, err
@@ -94,6 +102,7 @@ func (t *Token) Open(ctx context.Context, objectID, iv, sealed, aad []byte) ([]b
 		return nil, err
 	}
 	defer t.mu.RUnlock()
+	start := time.Now()
 	var plaintext []byte
 	err := t.withKey(ctx, objectID, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
 		if t.gcm != nil {
@@ -141,8 +150,24 @@ func (t *Token) Open(ctx context.Context, objectID, iv, sealed, aad []byte) ([]b
 		plaintext = out
 		return nil
 	})
+	t.observe("C_Decrypt", start, err)
 	if err != nil {
 		return nil, err
 	}
 	return plaintext, nil
+}
+
+// checkHSMIV refuses a seal whose IV the token should have written but did
+// not (still all zero): such a ciphertext could not be decrypted, and a
+// token that ignores the IV parameter would reuse one.
+func (t *Token) checkHSMIV(iv []byte) error {
+	if !t.cfg.HSMGeneratedIV {
+		return nil
+	}
+	for _, b := range iv {
+		if b != 0 {
+			return nil
+		}
+	}
+	return errf(hsm.ErrUnavailable, "C_Encrypt", "HSM-generated IV mode: the token did not write an IV into the GCM parameters; is iv_mode right for this HSM?")
 }

@@ -47,6 +47,15 @@ type Config struct {
 	// negative value checks on every use.
 	CopyCheckInterval time.Duration
 
+	// HSMGeneratedIV selects the mode of FIPS-mode HSMs (AWS CloudHSM, some
+	// Luna policies) that refuse caller-supplied GCM IVs: Seal passes an
+	// all-zero IV and reads back the IV the token wrote into the mechanism
+	// parameters. Off: Seal draws the IV from crypto/rand.
+	HSMGeneratedIV bool
+	// Observer, when set, receives per-operation timings and
+	// re-initialisation results (metrics).
+	Observer Observer
+
 	noDirectGCM bool // tests: use the binding for Seal and Open
 }
 

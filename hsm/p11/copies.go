@@ -154,6 +154,13 @@ func (t *Token) dropCopies(s pkcs11.SessionHandle, objectID []byte) {
 
 // forgetSession forgets the copies of a session that is being closed or
 // replaced (closing a session destroys its session objects).
+// forgetAllCopies forgets every working copy (their sessions are gone).
+func (t *Token) forgetAllCopies() {
+	t.cmu.Lock()
+	t.copies = make(map[pkcs11.SessionHandle]map[string]workCopy)
+	t.cmu.Unlock()
+}
+
 func (t *Token) forgetSession(s pkcs11.SessionHandle) {
 	t.cmu.Lock()
 	delete(t.copies, s)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -49,7 +50,7 @@ func keyTemplate(objectID []byte, label string) []*pkcs11.Attribute {
 // Safe for concurrent use; calls of GenerateKey are serialised within the
 // Token (SoftHSM2 misbehaves under parallel key generation, and this makes
 // the duplicate check and the generation atomic within the process).
-func (t *Token) GenerateKey(ctx context.Context, objectID []byte, label string) error {
+func (t *Token) GenerateKey(ctx context.Context, objectID []byte, label string) (err error) {
 	if err := checkObjectID(objectID); err != nil {
 		return err
 	}
@@ -60,6 +61,7 @@ func (t *Token) GenerateKey(ctx context.Context, objectID []byte, label string) 
 		return err
 	}
 	defer t.mu.RUnlock()
+	defer func(start time.Time) { t.observe("C_GenerateKey", start, err) }(time.Now())
 	select {
 	case t.genMu <- struct{}{}:
 		defer func() { <-t.genMu }()
@@ -182,7 +184,7 @@ func (t *Token) withKey(ctx context.Context, objectID []byte, op func(s pkcs11.S
 // (also when several objects share the id); hsm.ErrBusy (wrapping
 // ctx.Err()) if no session frees up before ctx is done. Safe for
 // concurrent use.
-func (t *Token) DestroyKey(ctx context.Context, objectID []byte) error {
+func (t *Token) DestroyKey(ctx context.Context, objectID []byte) (err error) {
 	if err := checkObjectID(objectID); err != nil {
 		return err
 	}
@@ -190,6 +192,7 @@ func (t *Token) DestroyKey(ctx context.Context, objectID []byte) error {
 		return err
 	}
 	defer t.mu.RUnlock()
+	defer func(start time.Time) { t.observe("C_DestroyObject", start, err) }(time.Now())
 	t.uncache(objectID)
 	return t.do(ctx, func(s pkcs11.SessionHandle) error {
 		defer t.uncache(objectID)
@@ -214,14 +217,15 @@ func (t *Token) DestroyKey(ctx context.Context, objectID []byte) error {
 // Errors: hsm.ErrBusy (wrapping ctx.Err()) if no session frees up before
 // ctx is done; hsm.ErrUnavailable (also if ctx ends during the listing).
 // Safe for concurrent use; it holds one session for the whole listing.
-func (t *Token) KeyIDs(ctx context.Context) ([][]byte, error) {
+func (t *Token) KeyIDs(ctx context.Context) (_ [][]byte, err error) {
 	if err := t.enter(); err != nil {
 		return nil, err
 	}
 	defer t.mu.RUnlock()
+	defer func(start time.Time) { t.observe("C_FindObjects", start, err) }(time.Now())
 	var ids [][]byte
 	var handles []pkcs11.ObjectHandle
-	err := t.do(ctx, func(s pkcs11.SessionHandle) error {
+	err = t.do(ctx, func(s pkcs11.SessionHandle) error {
 		ids, handles = nil, nil
 		tmpl := []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),

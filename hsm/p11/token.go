@@ -56,6 +56,9 @@ type Token struct {
 	// hookNewSession, when set by a test, runs before a replacement session
 	// is opened; an error fails the replacement.
 	hookNewSession func() error
+
+	health            // fault recovery (recover.go)
+	recMu  sync.Mutex // serialises goDown and Close's wait for recovery
 }
 
 // OpenToken loads the module, initialises it (tolerating
@@ -87,6 +90,7 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 		copyMaxAge: cfg.copyMaxAge(),
 	}
 	t.noCopies.Store(cfg.NoWorkingCopies)
+	t.initHealth()
 	defer func() {
 		if r := recover(); r != nil {
 			err = panicError("OpenToken", r)
@@ -228,16 +232,29 @@ func (t *Token) newSession() (s pkcs11.SessionHandle, err error) {
 // A hole is refilled first; if that fails the hole goes back.
 func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
 	var s pkcs11.SessionHandle
+	if t.down.Load() {
+		return 0, errDown
+	}
 	select {
 	case s = <-t.pool:
 	default:
+		start := time.Now()
 		select {
 		case s = <-t.pool:
 		case <-ctx.Done():
 			return 0, fmt.Errorf("%w: %w", hsm.ErrBusy, ctx.Err())
 		case <-t.closing:
 			return 0, errClosed
+		case <-*t.downCh.Load():
+			return 0, errDown
 		}
+		t.waits.Add(1)
+		t.waitNanos.Add(int64(time.Since(start)))
+	}
+	if t.down.Load() {
+		// Recovery started while we waited: it needs every session.
+		t.pool <- s
+		return 0, errDown
 	}
 	if s == 0 {
 		ns, err := t.newSession()
@@ -299,15 +316,26 @@ func (t *Token) do(ctx context.Context, fn func(s pkcs11.SessionHandle) error) e
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%w: %w", hsm.ErrBusy, err)
 	}
+	// A call that failed because its session was dead is retried on
+	// another session; after a fault that killed every session (a network
+	// HSM's restart) the pool may hold several dead ones, so the retries
+	// go up to the pool size.
 	for attempt := 0; ; attempt++ {
 		s, err := t.acquire(ctx)
 		if err != nil {
+			if !errors.Is(err, hsm.ErrBusy) {
+				t.noteResult(err)
+			}
 			return err
 		}
 		err = call(s, fn)
 		f, retry := sessionFate(err)
 		t.release(s, f)
-		if !retry || attempt > 0 {
+		if !retry || attempt >= t.cfg.Sessions || t.down.Load() {
+			// A dead session that was replaced and retried is a
+			// session-level fault; only what is left counts towards
+			// re-initialising the token.
+			t.noteResult(err)
 			return err
 		}
 	}
@@ -337,7 +365,13 @@ func (t *Token) Close() error {
 	first := false
 	t.closeOnce.Do(func() {
 		first = true
+		t.recMu.Lock()
 		close(t.closing)
+		recovery := t.recovery
+		t.recMu.Unlock()
+		if recovery != nil {
+			<-recovery // the loop puts its sessions back and stops
+		}
 		t.mu.Lock()
 		t.closed = true
 		t.mu.Unlock()
@@ -403,6 +437,7 @@ func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
 		return nil, err
 	}
 	defer t.mu.RUnlock()
+	start := time.Now()
 	var out []byte
 	err := t.do(ctx, func(s pkcs11.SessionHandle) error {
 		b, err := t.mod.GenerateRandom(s, n)
@@ -415,6 +450,7 @@ func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
 		out = b
 		return nil
 	})
+	t.observe("C_GenerateRandom", start, err)
 	return out, err
 }
 
@@ -424,11 +460,15 @@ func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
 //
 // Errors: hsm.ErrBusy (wrapping ctx.Err()) if no session frees up before
 // ctx is done; hsm.ErrUnavailable. Safe for concurrent use.
-func (t *Token) Ping(ctx context.Context) error {
+func (t *Token) Ping(ctx context.Context) (err error) {
+	if t.down.Load() {
+		return errDown
+	}
 	if err := t.enter(); err != nil {
 		return err
 	}
 	defer t.mu.RUnlock()
+	defer func(start time.Time) { t.observe("C_GetSessionInfo", start, err) }(time.Now())
 	return t.do(ctx, func(s pkcs11.SessionHandle) error {
 		info, err := t.mod.GetSessionInfo(s)
 		if err != nil {

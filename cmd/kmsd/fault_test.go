@@ -1,0 +1,154 @@
+package main_test
+
+import (
+	"context"
+	"encoding/base64"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
+	tckms "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/kms/v20190118"
+	"go.uber.org/goleak"
+
+	"hsmkms/softhsm"
+	"hsmkms/softhsm/faultmod"
+)
+
+// TestTokenOutageAndRecovery runs kmsd on the fault-injection module under
+// steady load from the official Go SDK, removes the token for 5 seconds and
+// puts it back: every request during the outage gets a clean error before
+// its deadline, /readyz goes false then true, and every request is served
+// again soon after the token is back, without a restart.
+func TestTokenOutageAndRecovery(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	tok := softhsm.NewTokenNoEnv(t)
+	so := faultmod.Build(t)
+	ctl := faultmod.NewController(t)
+	env := append(kmsdEnv(tok, t.TempDir()), ctl.Env()...)
+	env = append(env, "KMSD_PKCS11_MODULE="+so)
+	bootstrap(t, env)
+	s := startKMSD(t, env)
+
+	const deadline = 5 * time.Second
+	c := sdkClient(t, s, "TC3-HMAC-SHA256", "POST", adminID, adminKey)
+	ck := tckms.NewCreateKeyRequest()
+	ck.Alias = common.StringPtr("outage")
+	created, err := c.CreateKey(ck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyID := *created.Response.KeyId
+
+	type result struct {
+		start   time.Time
+		latency time.Duration
+		code    string // "" on success
+	}
+	var (
+		mu      sync.Mutex
+		results []result
+	)
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := sdkClient(t, s, "TC3-HMAC-SHA256", "POST", adminID, adminKey)
+			for ctx.Err() == nil {
+				req := tckms.NewEncryptRequest()
+				req.KeyId = common.StringPtr(keyID)
+				req.Plaintext = common.StringPtr(base64.StdEncoding.EncodeToString([]byte("steady load")))
+				rctx, cancel := context.WithTimeout(ctx, deadline)
+				start := time.Now()
+				_, err := cl.EncryptWithContext(rctx, req)
+				cancel()
+				if ctx.Err() != nil {
+					return
+				}
+				code := ""
+				if err != nil {
+					code = sdkCode(err)
+				}
+				mu.Lock()
+				results = append(results, result{start, time.Since(start), code})
+				mu.Unlock()
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	ready := func() int {
+		resp, err := http.Get(s.url + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+
+	time.Sleep(time.Second)
+	outage := time.Now()
+	ctl.RemoveToken(true)
+	sawNotReady := false
+	for time.Since(outage) < 5*time.Second {
+		if ready() == http.StatusServiceUnavailable {
+			sawNotReady = true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ctl.RemoveToken(false)
+	healed := time.Now()
+	sawReady := false
+	for time.Since(healed) < 5*time.Second {
+		if ready() == http.StatusOK {
+			sawReady = true
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second)
+	stop()
+	wg.Wait()
+	s.stop()
+	http.DefaultClient.CloseIdleConnections()
+	// The load goroutines and everything they started are gone; only the
+	// SDK clients' idle keep-alive connections may linger.
+	goleak.VerifyNone(t, leaks,
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"))
+
+	if !sawNotReady || !sawReady {
+		t.Fatalf("/readyz: not ready during the outage %v, ready after it %v", sawNotReady, sawReady)
+	}
+	var during, afterOK, after, failedDuring int
+	for _, r := range results {
+		if r.latency >= deadline {
+			t.Errorf("a request took %v, past its %v deadline (code %q)", r.latency, deadline, r.code)
+		}
+		if r.code != "" && !strings.HasPrefix(r.code, "UnsupportedOperation.ServiceTemporaryUnavailable") && r.code != "RequestLimitExceeded" {
+			t.Errorf("a request failed with %q, not a clean temporarily-unavailable error", r.code)
+		}
+		switch {
+		case r.start.After(outage.Add(500*time.Millisecond)) && r.start.Before(healed):
+			during++
+			if r.code != "" {
+				failedDuring++
+			}
+		case r.start.After(healed.Add(2 * time.Second)):
+			after++
+			if r.code == "" {
+				afterOK++
+			}
+		}
+	}
+	if during == 0 || failedDuring == 0 {
+		t.Fatalf("%d requests during the outage, %d failed: the outage was not observed", during, failedDuring)
+	}
+	if after == 0 || afterOK != after {
+		t.Fatalf("%d of %d requests served from 2 s after the token came back, want all", afterOK, after)
+	}
+	t.Logf("%d requests: %d during the outage (%d refused cleanly), %d/%d served after healing", len(results), during, failedDuring, afterOK, after)
+}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"hsmkms/hsm"
+	"hsmkms/hsm/p11"
+	"hsmkms/kms"
+)
+
+// hsmMetrics implements p11.Observer with Prometheus metrics: HSM call
+// latency and errors by PKCS#11 function, and re-initialisations.
+type hsmMetrics struct {
+	calls   *prometheus.HistogramVec
+	errors  *prometheus.CounterVec
+	reinits *prometheus.CounterVec
+}
+
+func newHSMMetrics(reg prometheus.Registerer) *hsmMetrics {
+	m := &hsmMetrics{
+		calls: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "kmsd_hsm_call_duration_seconds", Help: "HSM operations by PKCS#11 function, session wait included.",
+			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .5, 1},
+		}, []string{"function"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kmsd_hsm_call_errors_total", Help: "Failed HSM operations by PKCS#11 function and kind (busy, unavailable, not_authentic, key_not_found, invalid_input, other).",
+		}, []string{"function", "kind"}),
+		reinits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kmsd_hsm_reinitializations_total", Help: "Re-initialisations of the PKCS#11 module and token by result (ok, failed).",
+		}, []string{"result"}),
+	}
+	reg.MustRegister(m.calls, m.errors, m.reinits)
+	return m
+}
+
+// Call implements p11.Observer.
+func (m *hsmMetrics) Call(fn string, d time.Duration, err error) {
+	m.calls.WithLabelValues(fn).Observe(d.Seconds())
+	if err != nil {
+		m.errors.WithLabelValues(fn, errorKind(err)).Inc()
+	}
+}
+
+// Reinit implements p11.Observer.
+func (m *hsmMetrics) Reinit(err error) {
+	if err != nil {
+		m.reinits.WithLabelValues("failed").Inc()
+		return
+	}
+	m.reinits.WithLabelValues("ok").Inc()
+}
+
+func errorKind(err error) string {
+	switch {
+	case errors.Is(err, hsm.ErrBusy):
+		return "busy"
+	case errors.Is(err, hsm.ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, hsm.ErrNotAuthentic):
+		return "not_authentic"
+	case errors.Is(err, hsm.ErrKeyNotFound):
+		return "key_not_found"
+	case errors.Is(err, hsm.ErrInvalidInput):
+		return "invalid_input"
+	}
+	return "other"
+}
+
+// registerServiceMetrics exposes the session pool and the usage of every
+// key's current version as a fraction of its limit, read at scrape time.
+func registerServiceMetrics(reg prometheus.Registerer, tok *p11.Token, svc *kms.Service) {
+	gauge := func(name, help string, f func(p11.Stats) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(tok.Stats()) })
+	}
+	counter := func(name, help string, f func(p11.Stats) float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(tok.Stats()) })
+	}
+	reg.MustRegister(
+		gauge("kmsd_hsm_sessions", "Size of the PKCS#11 session pool.", func(s p11.Stats) float64 { return float64(s.Sessions) }),
+		gauge("kmsd_hsm_sessions_in_use", "PKCS#11 sessions lent out now.", func(s p11.Stats) float64 { return float64(s.InUse) }),
+		gauge("kmsd_hsm_available", "1 when the token serves, 0 while it is re-initialised.", func(s p11.Stats) float64 {
+			if s.Available {
+				return 1
+			}
+			return 0
+		}),
+		counter("kmsd_hsm_session_waits_total", "Calls that waited for a free session.", func(s p11.Stats) float64 { return float64(s.Waits) }),
+		counter("kmsd_hsm_session_wait_seconds_total", "Time calls spent waiting for a free session.", func(s p11.Stats) float64 { return s.WaitTime.Seconds() }),
+		&usageCollector{svc: svc, desc: prometheus.NewDesc("kmsd_key_version_usage_ratio",
+			"Encryptions under the current version of a key, as a fraction of the per-version limit (a new version is made at 1).",
+			[]string{"key_id", "version"}, nil)},
+	)
+}
+
+// usageCollector reports kms.Service.UsageReport at scrape time.
+type usageCollector struct {
+	svc  *kms.Service
+	desc *prometheus.Desc
+}
+
+func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, u := range c.svc.UsageReport() {
+		ratio := 0.0
+		if u.Limit > 0 {
+			ratio = float64(u.Count) / float64(u.Limit)
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, ratio, u.KeyID, strconv.FormatUint(uint64(u.Version), 10))
+	}
+}
