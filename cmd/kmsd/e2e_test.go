@@ -48,6 +48,14 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
+	if code == 0 {
+		// No plaintext, data key or SecretKey used anywhere in the run
+		// reached a log or an audit trail.
+		if err := checkLeaks(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -83,6 +91,8 @@ const (
 	adminID  = "AKIDe2eadmin00000000000000000000000"
 	adminKey = "e2eAdminSecretKey000000000000000"
 )
+
+func init() { secret(adminKey) }
 
 func kmsdEnv(tok softhsm.Token, dataDir string) []string {
 	var env []string
@@ -135,7 +145,12 @@ func launch(t *testing.T, bin string, env []string, args ...string) (s *server, 
 		t.Fatal(err)
 	}
 	s = &server{t: t, cmd: cmd, stderr: buf, done: make(chan error, 1)}
-	go func() { s.done <- cmd.Wait(); pw.Close() }()
+	go func() {
+		err := cmd.Wait()
+		watchOutput(env, buf.String())
+		s.done <- err
+		pw.Close()
+	}()
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(pr)
@@ -281,7 +296,9 @@ func (s *server) createKey(alias string) string {
 	return r.KeyMetadata.KeyID
 }
 
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+// b64 base64-encodes a plaintext, which the leak check then looks for in
+// every log and audit trail of the run.
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(secret(s))) }
 
 func newServer(t *testing.T) (*server, softhsm.Token, string) {
 	tok := softhsm.NewTokenNoEnv(t)

@@ -236,7 +236,9 @@ func TestSDKKeyLifecycle(t *testing.T) {
 	gd.KeyId, gd.KeySpec, gd.EncryptionContext = common.StringPtr(a), common.StringPtr("AES_256"), common.StringPtr(`{"app":"dk"}`)
 	gr, err := c.GenerateDataKey(gd)
 	must("GenerateDataKey", err)
+	secret(*gr.Response.Plaintext) // the data key, base64: never in a log
 	dkey, _ := base64.StdEncoding.DecodeString(*gr.Response.Plaintext)
+	secret(string(dkey))
 	if len(dkey) != 32 || *gr.Response.KeyId != a {
 		t.Fatalf("GenerateDataKey %d bytes", len(dkey))
 	}

@@ -77,7 +77,7 @@ func TestOfficialGoSDK(t *testing.T) {
 				t.Fatalf("CreateKey response %s", created.ToJsonString())
 			}
 
-			pt := []byte("the SDK's plaintext: +/= ü")
+			pt := []byte(secret("the SDK's plaintext: +/= ü"))
 			enc := tckms.NewEncryptRequest()
 			enc.KeyId = r.KeyId
 			enc.Plaintext = common.StringPtr(base64.StdEncoding.EncodeToString(pt))
@@ -214,7 +214,7 @@ func TestAuthenticationFailures(t *testing.T) {
 	if made.code() != "" {
 		t.Fatalf("CreateCredential: %s", made.code())
 	}
-	appID, appKey := made.Response.SecretId, made.Response.SecretKey
+	appID, appKey := made.Response.SecretId, secret(made.Response.SecretKey)
 	// A credential that gets disabled.
 	off := s.tc3(t, tc3Request{action: "CreateCredential", body: mustJSON(map[string]string{"Name": "off", "Policy": policy})})
 	if r := s.tc3(t, tc3Request{action: "DisableCredential", body: mustJSON(map[string]string{"SecretId": off.Response.SecretId})}); r.code() != "" {
