@@ -69,8 +69,11 @@ func watchOutput(env []string, log string) {
 func checkLeaks() error {
 	leakWatch.mu.Lock()
 	defer leakWatch.mu.Unlock()
-	if len(leakWatch.secrets) == 0 || len(leakWatch.texts) == 0 {
-		return fmt.Errorf("leak check: %d secrets and %d outputs recorded: the check would prove nothing", len(leakWatch.secrets), len(leakWatch.texts))
+	if len(leakWatch.texts) == 0 {
+		return nil // no kmsd ran (go test -run selected none): nothing to check
+	}
+	if len(leakWatch.secrets) == 0 {
+		return fmt.Errorf("leak check: %d kmsd outputs but no secret recorded: the check would prove nothing", len(leakWatch.texts))
 	}
 	for s := range leakWatch.secrets {
 		for _, text := range leakWatch.texts {
