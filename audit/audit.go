@@ -64,8 +64,12 @@ const zeroHash = "00000000000000000000000000000000000000000000000000000000000000
 
 type pending struct {
 	e    Event
-	done chan error
+	done chan error // buffered (1); answered once per Write
 }
+
+// pendingPool recycles the pendings of completed writes (a pending given up
+// on, after its context ended, may still be answered, so it is dropped).
+var pendingPool sync.Pool
 
 // Writer appends chained lines to a file. It is safe for concurrent use.
 type Writer struct {
@@ -121,7 +125,11 @@ func (w *Writer) Head() (uint64, string) {
 // file could not be written (the line is not recorded), ctx ended first,
 // or ErrClosed.
 func (w *Writer) Write(ctx context.Context, e Event) error {
-	p := &pending{e: e, done: make(chan error, 1)}
+	p, _ := pendingPool.Get().(*pending)
+	if p == nil {
+		p = &pending{done: make(chan error, 1)}
+	}
+	p.e = e
 	select {
 	case w.ch <- p:
 	case <-w.quit:
@@ -131,11 +139,69 @@ func (w *Writer) Write(ctx context.Context, e Event) error {
 	}
 	select {
 	case err := <-p.done:
+		// The writer is done with p and its channel is empty again.
+		p.e = Event{}
+		pendingPool.Put(p)
 		return err
 	case <-ctx.Done():
 		// The line may still be written; the request fails anyway.
 		return fmt.Errorf("audit: %w", ctx.Err())
 	}
+}
+
+// WriteTimeout is Write with a timeout instead of a context: it records e
+// and returns once its line is in the file, or with an error when the line
+// could not be written, after d, or after Close. It saves the context and
+// timer a caller would make per line.
+func (w *Writer) WriteTimeout(e Event, d time.Duration) error {
+	select {
+	case <-w.quit:
+		return ErrClosed
+	default:
+	}
+	p, _ := pendingPool.Get().(*pending)
+	if p == nil {
+		p = &pending{done: make(chan error, 1)}
+	}
+	p.e = e
+	t := getTimer(d)
+	select {
+	case w.ch <- p:
+	case <-w.quit:
+		putTimer(t)
+		return ErrClosed
+	case <-t.C:
+		putTimer(t)
+		return fmt.Errorf("audit: %w", context.DeadlineExceeded)
+	}
+	select {
+	case err := <-p.done:
+		putTimer(t)
+		p.e = Event{}
+		pendingPool.Put(p)
+		return err
+	case <-t.C:
+		putTimer(t)
+		// The line may still be written; the request fails anyway.
+		return fmt.Errorf("audit: %w", context.DeadlineExceeded)
+	}
+}
+
+var timers sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+// putTimer stops t and pools it. Since Go 1.23 a stopped timer delivers no
+// stale value, so it can be Reset and reused.
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timers.Put(t)
 }
 
 // Close stops the writer after the lines already queued are written.
@@ -219,7 +285,9 @@ func appendLine(b []byte, seq uint64, prev string, e Event) ([]byte, string) {
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
 	b = append(b, `,"time":`...)
-	b = appendString(b, e.Time.UTC().Format(time.RFC3339Nano))
+	b = append(b, '"')
+	b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano) // no character needs escaping
+	b = append(b, '"')
 	b = append(b, `,"requestId":`...)
 	b = appendString(b, e.RequestID)
 	b = append(b, `,"secretId":`...)
@@ -242,17 +310,27 @@ func appendLine(b []byte, seq uint64, prev string, e Event) ([]byte, string) {
 	b = append(b, prev...)
 	b = append(b, '"')
 	sum := sha256.Sum256(b[start:])
-	h := hex.EncodeToString(sum[:])
 	b = append(b, `,"hash":"`...)
-	b = append(b, h...)
+	hs := len(b)
+	b = hex.AppendEncode(b, sum[:])
+	h := string(b[hs:])
 	b = append(b, "\"}\n"...)
 	return b, h
 }
 
-// appendString appends s as a JSON string.
+// appendString appends s as a JSON string, as json.Marshal renders it.
 func appendString(b []byte, s string) []byte {
-	q, _ := json.Marshal(s) // cannot fail for a string
-	return append(b, q...)
+	for i := 0; i < len(s); i++ {
+		// Printable ASCII that json.Marshal copies as is; anything else
+		// (escapes, HTML characters, non-ASCII) takes json.Marshal.
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // cannot fail for a string
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // header is what Verify and Open need from a line.

@@ -3,6 +3,8 @@ package audit
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -160,5 +162,46 @@ func TestNoSecretFields(t *testing.T) {
 		if !bytes.Contains(b, []byte(want)) {
 			t.Errorf("line lacks %s: %s", want, b)
 		}
+	}
+}
+
+func TestAppendStringMatchesMarshal(t *testing.T) {
+	for _, s := range []string{"", "abc", "a\"b", "a\\b", "<&>", "\x00\x1f\x7f", "é", "\xff", "\u2028", "AKID/2019-02-25", "127.0.0.1:5555"} {
+		want, _ := json.Marshal(s)
+		if got := appendString(nil, s); string(got) != string(want) {
+			t.Errorf("appendString(%q) = %s, want %s", s, got, want)
+		}
+	}
+	buf := make([]byte, 0, 64)
+	if n := testing.AllocsPerRun(100, func() { buf = appendString(buf[:0], "plain-ascii-value") }); n != 0 {
+		t.Fatalf("appendString of plain ASCII: %.0f allocations", n)
+	}
+}
+
+func TestWriteTimeout(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	w, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := w.WriteTimeout(Event{RequestID: fmt.Sprint("r", i), Code: "0"}, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteTimeout(Event{}, time.Second); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n, problems, err := Verify(f)
+	if err != nil || n != 3 || len(problems) != 0 {
+		t.Fatalf("Verify: %d lines, %v, %v", n, problems, err)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -109,7 +108,7 @@ type api3Request struct {
 }
 
 func (s *Server) readAPI3(r *http.Request) (*api3Request, error) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
+	body, err := readBody(r, s.cfg.MaxBodyBytes)
 	if err != nil {
 		return nil, apiErrorf("InvalidParameter", "cannot read the request body")
 	}

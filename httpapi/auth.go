@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -148,7 +149,7 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 	if r.Method == http.MethodGet {
 		canon.Query = r.URL.RawQuery
 	}
-	key := tcsign.SigningKey(cred.SecretKey, a.date, a.service)
+	key := s.tc3Keys.SigningKey(cred.SecretKey, a.date, a.service)
 	want := []byte(a.signature)
 	for _, host := range hostCandidates(r.Host) {
 		headers[hostIdx] = "host:" + host
@@ -258,11 +259,16 @@ func (s *Server) authV1(ctx context.Context, r *http.Request, path string, ps ma
 	// Only a correctly signed request consumes its nonce, so nobody can
 	// burn another caller's nonces.
 	if legacy {
-		switch s.nonces.use(cred.SecretID+"\x00"+nonce, time.Unix(ts, 0).Add(SignatureWindow), s.now()) {
-		case nonceReplayed:
-			return nil, errAuthReplay
-		case nonceFull:
+		fresh, err := s.nonces.UseNonce(ctx, cred.SecretID+"\x00"+nonce, time.Unix(ts, 0).Add(SignatureWindow), s.now())
+		switch {
+		case errors.Is(err, ErrNoncesFull):
 			return nil, errAuthNoncesFull
+		case err != nil:
+			// The shared nonce store is unreachable: refuse rather than
+			// risk accepting a replay.
+			return nil, fmt.Errorf("%w: nonce store: %w", kms.ErrUnavailable, err)
+		case !fresh:
+			return nil, errAuthReplay
 		}
 	}
 	return s.rateLimit(cred)
@@ -278,6 +284,35 @@ func (s *Server) rateLimit(cred *kms.Credential) (*kms.Principal, error) {
 		return nil, errRateLimited
 	}
 	return cred.Principal, nil
+}
+
+// NonceStore remembers the legacy API's (SecretId, Nonce) pairs, so that a
+// replay inside the signature window is refused. The default is an
+// in-memory cache of one process; nodes behind one load balancer share one
+// store (kmsd plugs in its PostgreSQL store), so a replay sent to another
+// node is refused too. Implementations must be safe for concurrent use.
+type NonceStore interface {
+	// UseNonce records key as used until expiry and reports whether it
+	// was fresh: not recorded with an expiry at or after now. Of
+	// concurrent uses of one key exactly one is fresh. It returns
+	// ErrNoncesFull when it cannot remember more, and any other error
+	// when it cannot answer (the request is then refused as temporarily
+	// unavailable).
+	UseNonce(ctx context.Context, key string, expiry, now time.Time) (fresh bool, err error)
+}
+
+// ErrNoncesFull: the nonce store is full (legacy 4400, RequestLimitExceeded).
+var ErrNoncesFull = errors.New("httpapi: too many nonces in the replay window")
+
+// UseNonce implements NonceStore.
+func (c *nonceCache) UseNonce(_ context.Context, key string, expiry, now time.Time) (bool, error) {
+	switch c.use(key, expiry, now) {
+	case nonceReplayed:
+		return false, nil
+	case nonceFull:
+		return false, ErrNoncesFull
+	}
+	return true, nil
 }
 
 // nonceCache remembers (SecretId, Nonce) pairs until their timestamp leaves

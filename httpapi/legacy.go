@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -321,7 +320,7 @@ func (s *Server) legacyParams(r *http.Request) (params, error) {
 			return nil, legacyErrorf(codeInvalidParameter, "query string too long")
 		}
 	case http.MethodPost:
-		body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
+		body, err := readBody(r, s.cfg.MaxBodyBytes)
 		if err != nil {
 			return nil, legacyErrorf(codeInvalidParameter, "cannot read request body")
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -65,6 +66,9 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	inFlight prometheus.Gauge
 	refused  *prometheus.CounterVec
+
+	byLabels  sync.Map // labelKey -> *labelMetrics
+	labelSets atomic.Int64
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -100,9 +104,14 @@ func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func()
 		}
 		// The audit write gets its own short deadline: a request whose
 		// own deadline has passed must still be recorded.
-		actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := s.audit.Write(actx, ev)
-		cancel()
+		var err error
+		if tw, ok := s.audit.(timeoutWriter); ok {
+			err = tw.WriteTimeout(ev, auditTimeout)
+		} else {
+			actx, cancel := context.WithTimeout(context.Background(), auditTimeout)
+			err = s.audit.Write(actx, ev)
+			cancel()
+		}
 		if err != nil {
 			s.log.Error("audit trail unavailable: request refused", "requestId", info.requestID, "err", err)
 			reply = failure()
@@ -114,10 +123,51 @@ func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func()
 		if !info.known {
 			action = "unknown"
 		}
-		s.metrics.requests.WithLabelValues(info.protocol, action, info.code).Inc()
-		s.metrics.duration.WithLabelValues(info.protocol, action).Observe(elapsed.Seconds())
+		m := s.metrics.forLabels(info.protocol, action, info.code)
+		m.requests.Inc()
+		m.duration.Observe(elapsed.Seconds())
 	}
-	return c.JSON(http.StatusOK, reply)
+	return s.writeReply(c, reply)
+}
+
+// auditTimeout bounds the wait for a request's audit line.
+const auditTimeout = 5 * time.Second
+
+// timeoutWriter is an AuditSink that can wait for a line with a timeout
+// and no context (*audit.Writer: it saves a context and a timer per
+// request).
+type timeoutWriter interface {
+	WriteTimeout(e audit.Event, d time.Duration) error
+}
+
+// labelMetrics are the request metrics of one (protocol, action, code).
+type labelMetrics struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+type labelKey struct{ protocol, action, code string }
+
+// maxLabelSets bounds the cache of forLabels; label sets past it are looked
+// up per request (the label values are bounded anyway: known actions or
+// "unknown", and the server's own codes).
+const maxLabelSets = 4096
+
+// forLabels returns the request counter and duration histogram of a label
+// set, cached.
+func (m *metrics) forLabels(protocol, action, code string) *labelMetrics {
+	k := labelKey{protocol, action, code}
+	if v, ok := m.byLabels.Load(k); ok {
+		return v.(*labelMetrics)
+	}
+	lm := &labelMetrics{
+		requests: m.requests.WithLabelValues(protocol, action, code),
+		duration: m.duration.WithLabelValues(protocol, action),
+	}
+	if m.labelSets.Add(1) <= maxLabelSets {
+		m.byLabels.Store(k, lm)
+	}
+	return lm
 }
 
 // admit caps the requests served at once; over the cap a request is refused

@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"reflect"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // This file decodes API 3.0 business parameters into request structs,
@@ -61,7 +64,214 @@ func fieldsOf(t reflect.Type) map[string]fieldInfo {
 
 // decodeJSONParams decodes a JSON object body into dst (a pointer to a
 // struct). An empty body is an empty object.
+//
+// The common shape (an object whose values are plain strings or null, into
+// string or *string fields) takes decodeJSONFast, which allocates only the
+// strings it stores; anything else, including every error, is decoded by
+// decodeJSONParamsSlow, the reference implementation, so both give the same
+// result and the same error for every input (FuzzDecodeJSONParamsFast).
 func decodeJSONParams(body []byte, dst any) error {
+	if decodeJSONFast(body, dst) {
+		return nil
+	}
+	return decodeJSONParamsSlow(body, dst)
+}
+
+// maxFastParams bounds the members decodeJSONFast handles.
+const maxFastParams = 8
+
+// decodeJSONFast decodes body into dst and reports true if body is, after
+// optional white space, an object of at most maxFastParams members with
+// distinct known names without escapes whose values are null or strings
+// (valid UTF-8, no \u escapes), each into a string or *string field,
+// followed only by white space. Otherwise it reports false and leaves dst untouched.
+func decodeJSONFast(body []byte, dst any) bool {
+	rv := reflect.ValueOf(dst)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
+		return false
+	}
+	v := rv.Elem()
+	fields := fieldsOf(v.Type())
+	type member struct {
+		fi      fieldInfo
+		name    []byte
+		value   []byte // nil for null
+		escaped bool
+	}
+	var ms [maxFastParams]member
+	n := 0
+	i := skipWS(body, 0)
+	if i == len(body) {
+		return true // an empty body is an empty object
+	}
+	if body[i] != '{' {
+		return false
+	}
+	i = skipWS(body, i+1)
+	if i < len(body) && body[i] == '}' {
+		i++
+	} else {
+		for {
+			name, esc, j, ok := plainString(body, i)
+			if !ok || esc {
+				return false // names with escapes: the reference path
+			}
+			i = skipWS(body, j)
+			if i == len(body) || body[i] != ':' {
+				return false
+			}
+			i = skipWS(body, i+1)
+			var value []byte
+			var escaped bool
+			if j := i + 4; j <= len(body) && string(body[i:j]) == "null" {
+				i = j
+			} else if value, escaped, i, ok = plainString(body, i); !ok {
+				return false
+			} else if value == nil {
+				value = body[i-1 : i-1] // "" is not null
+			}
+			fi, known := fields[string(name)]
+			if !known || n == maxFastParams {
+				return false
+			}
+			if t := fi.typ; t.Kind() != reflect.String && (t.Kind() != reflect.Pointer || t.Elem().Kind() != reflect.String) {
+				return false
+			}
+			for _, m := range ms[:n] {
+				if string(m.name) == string(name) {
+					return false // the reference path reports it
+				}
+			}
+			ms[n] = member{fi: fi, name: name, value: value, escaped: escaped}
+			n++
+			i = skipWS(body, i)
+			if i == len(body) {
+				return false
+			}
+			if body[i] == '}' {
+				i++
+				break
+			}
+			if body[i] != ',' {
+				return false
+			}
+			i = skipWS(body, i+1)
+		}
+	}
+	if skipWS(body, i) != len(body) {
+		return false
+	}
+	for _, m := range ms[:n] {
+		if m.value == nil {
+			continue
+		}
+		f := v.FieldByIndex(m.fi.index)
+		var str string
+		if m.escaped {
+			str = unescapeSimple(m.value)
+		} else {
+			str = string(m.value)
+		}
+		if f.Kind() == reflect.String {
+			f.SetString(str)
+		} else {
+			f.Set(reflect.ValueOf(&str))
+		}
+	}
+	return true
+}
+
+// skipWS returns the index of the first byte at or after i that is not JSON
+// white space.
+func skipWS(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// plainString parses a JSON string at b[i] and returns its raw content
+// (between the quotes; nil when empty), whether it holds escapes, and the
+// index after its closing quote. ok is false when the string is malformed
+// or outside what unescapeSimple decodes exactly as encoding/json does: a
+// \u escape, or bytes that are not valid UTF-8.
+func plainString(b []byte, i int) (s []byte, escaped bool, next int, ok bool) {
+	if i >= len(b) || b[i] != '"' {
+		return nil, false, 0, false
+	}
+	// Fast: up to the next quote, no escape, ASCII without controls.
+	if q := bytes.IndexByte(b[i+1:], '"'); q >= 0 {
+		if seg := b[i+1 : i+1+q]; bytes.IndexByte(seg, '\\') < 0 && asciiNoControl(seg) {
+			if q == 0 {
+				return nil, false, i + 2, true
+			}
+			return seg, false, i + 2 + q, true
+		}
+	}
+	ascii := true
+	for j := i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			if j == i+1 {
+				return nil, false, j + 1, true
+			}
+			s = b[i+1 : j]
+			if !ascii && !utf8.Valid(s) {
+				return nil, false, 0, false
+			}
+			return s, escaped, j + 1, true
+		case c == '\\':
+			j++
+			if j == len(b) {
+				return nil, false, 0, false
+			}
+			switch b[j] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				escaped = true
+			default:
+				return nil, false, 0, false
+			}
+		case c < 0x20:
+			return nil, false, 0, false
+		case c >= utf8.RuneSelf:
+			ascii = false
+		}
+	}
+	return nil, false, 0, false
+}
+
+// unescapeSimple decodes the content of a string plainString accepted.
+func unescapeSimple(s []byte) string {
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '\\' {
+			out = append(out, c)
+			continue
+		}
+		i++
+		switch s[i] {
+		case 'b':
+			c = '\b'
+		case 'f':
+			c = '\f'
+		case 'n':
+			c = '\n'
+		case 'r':
+			c = '\r'
+		case 't':
+			c = '\t'
+		default: // " \ /
+			c = s[i]
+		}
+		out = append(out, c)
+	}
+	return string(out)
+}
+
+// decodeJSONParamsSlow is decodeJSONParams for every input: the reference
+// implementation, built on encoding/json.
+func decodeJSONParamsSlow(body []byte, dst any) error {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		return nil
@@ -107,6 +317,32 @@ func decodeJSONParams(body []byte, dst any) error {
 		return paramErrorf("InvalidParameter", "data after the JSON object")
 	}
 	return nil
+}
+
+// readBody reads at most max+1 bytes of r's body (so the caller can tell a
+// body over max), as io.ReadAll(io.LimitReader(r.Body, max+1)) does, but
+// into one buffer sized from Content-Length when the request declares one.
+func readBody(r *http.Request, max int64) ([]byte, error) {
+	if n := r.ContentLength; n >= 0 && n <= max {
+		// One byte more than declared, so that EOF is seen without growing.
+		b := make([]byte, 0, n+1)
+		for {
+			m, err := r.Body.Read(b[len(b):cap(b)])
+			b = b[:len(b)+m]
+			if err == io.EOF {
+				return b, nil
+			}
+			if err != nil {
+				return b, err
+			}
+			if len(b) == cap(b) {
+				// More than declared: fall back to the general reader.
+				rest, err := io.ReadAll(io.LimitReader(r.Body, max+1-int64(len(b))))
+				return append(b, rest...), err
+			}
+		}
+	}
+	return io.ReadAll(io.LimitReader(r.Body, max+1))
 }
 
 // decodeFormParams decodes flattened parameters into dst (a pointer to a

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"hsmkms/kms"
+	"hsmkms/tcsign"
 )
 
 // KMS is the part of the domain service the HTTP edge calls. *kms.Service
@@ -55,7 +56,11 @@ type Config struct {
 	// Clock returns the current time (signature windows); nil means time.Now.
 	Clock func() time.Time
 	// MaxNonces bounds the legacy API's replay cache; 0 means 4,000,000.
+	// It applies to the default in-memory cache only.
 	MaxNonces int
+	// Nonces, when set, remembers the legacy API's nonces instead of the
+	// in-memory cache (e.g. a store shared by several nodes).
+	Nonces NonceStore
 	// MaxConcurrent caps the API requests served at once; more are
 	// refused at once (RequestLimitExceeded / 4400). 0 means 1024.
 	MaxConcurrent int
@@ -85,10 +90,11 @@ type Server struct {
 	limits  *rateLimiters
 	creds   Credentials
 	admin   CredentialAdmin
-	nonces  *nonceCache
+	nonces  NonceStore
 	cfg     Config
 	log     *slog.Logger
 	echo    *echo.Echo
+	tc3Keys tcsign.KeyCache // derived TC3 signing keys (auth.go)
 }
 
 // New returns a Server calling k. It is safe for concurrent use.
@@ -111,8 +117,11 @@ func New(k KMS, cfg Config) *Server {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = 1024
 	}
-	s := &Server{kms: k, creds: k, admin: k, nonces: newNonceCache(cfg.MaxNonces), cfg: cfg, log: cfg.Logger,
+	s := &Server{kms: k, creds: k, admin: k, nonces: cfg.Nonces, cfg: cfg, log: cfg.Logger,
 		audit: cfg.Audit, slots: make(chan struct{}, cfg.MaxConcurrent)}
+	if s.nonces == nil {
+		s.nonces = newNonceCache(cfg.MaxNonces)
+	}
 	if cfg.RatePerCredential > 0 {
 		burst := cfg.BurstPerCredential
 		if burst <= 0 {

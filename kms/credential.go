@@ -64,6 +64,7 @@ type credEntry struct {
 	cred    Credential
 	info    CredentialInfo
 	enabled bool
+	sealed  []byte // the stored sealed SecretKey it was unsealed from
 }
 
 // loadCredentials makes sure the credentials KEK exists on the token and
@@ -123,16 +124,76 @@ func (s *Service) unsealCredential(ctx context.Context, r store.Credential) (*cr
 		cred:    Credential{SecretID: r.SecretID, SecretKey: string(key), Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
 		info:    info,
 		enabled: r.Enabled,
+		sealed:  r.SealedKey,
 	}, nil
+}
+
+// credEntryFor makes the cache entry of the stored credential r, reusing
+// old's unsealed SecretKey when the sealed key did not change (no HSM call).
+func (s *Service) credEntryFor(ctx context.Context, r store.Credential, old *credEntry) (*credEntry, error) {
+	if old == nil || !bytes.Equal(old.sealed, r.SealedKey) {
+		return s.unsealCredential(ctx, r)
+	}
+	pol, err := ParsePolicy(r.Policy)
+	if err != nil {
+		return nil, err
+	}
+	return &credEntry{
+		cred: Credential{SecretID: r.SecretID, SecretKey: old.cred.SecretKey,
+			Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
+		info:    CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol},
+		enabled: r.Enabled,
+		sealed:  r.SealedKey,
+	}, nil
+}
+
+// refreshCredential re-reads one credential from the shared store into the
+// cache (removing it if it was deleted).
+func (s *Service) refreshCredential(ctx context.Context, secretID string) error {
+	r, err := s.cluster.store.GetCredential(ctx, secretID)
+	if errors.Is(err, store.ErrNotFound) {
+		s.credMu.Lock()
+		delete(s.creds, secretID)
+		s.credMu.Unlock()
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	s.credMu.RLock()
+	old := s.creds[secretID]
+	s.credMu.RUnlock()
+	e, err := s.credEntryFor(ctx, r, old)
+	if err != nil {
+		s.log.Error("kms: credential cannot be loaded; it will not authenticate", "secret_id", secretID, "err", err)
+		s.credMu.Lock()
+		delete(s.creds, secretID)
+		s.credMu.Unlock()
+		return nil
+	}
+	s.credMu.Lock()
+	s.creds[secretID] = e
+	s.credMu.Unlock()
+	return nil
 }
 
 // LookupCredential returns the credential of an enabled SecretId from the
 // in-memory cache, or an error wrapping ErrCredentialNotFound. It never
-// touches the store or the HSM; it is safe for concurrent use.
-func (s *Service) LookupCredential(_ context.Context, secretID string) (*Credential, error) {
+// touches the store or the HSM, except on a shared store for a SecretId
+// the cache does not hold (made on another node a moment ago), which is
+// read through. It is safe for concurrent use.
+func (s *Service) LookupCredential(ctx context.Context, secretID string) (*Credential, error) {
 	s.credMu.RLock()
 	e := s.creds[secretID]
 	s.credMu.RUnlock()
+	if e == nil && s.cluster != nil {
+		if err := s.refreshCredential(ctx, secretID); err != nil {
+			return nil, storeErr("read credential", err)
+		}
+		s.credMu.RLock()
+		e = s.creds[secretID]
+		s.credMu.RUnlock()
+	}
 	if e == nil || !e.enabled {
 		return nil, ErrCredentialNotFound
 	}
@@ -197,16 +258,18 @@ func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey s
 		if errors.Is(err, store.ErrCredentialExists) {
 			return CredentialInfo{}, fmt.Errorf("%w: %s", ErrCredentialExists, secretID)
 		}
-		return CredentialInfo{}, fmt.Errorf("%w: %v", ErrInternal, err)
+		return CredentialInfo{}, storeErr("create credential", err)
 	}
 	info := CredentialInfo{SecretID: secretID, Name: name, Enabled: true, CreatedAt: rec.CreatedAt, Policy: policy}
 	e := &credEntry{
 		cred:    Credential{SecretID: secretID, SecretKey: secretKey, Principal: &Principal{SecretID: secretID, Name: name, Policy: policy}},
 		info:    info,
 		enabled: true,
+		sealed:  rec.SealedKey,
 	}
 	s.credMu.Lock()
 	s.creds[secretID] = e
+	s.credGen++
 	s.credMu.Unlock()
 	s.log.Info("kms: credential created", "secret_id", secretID, "name", name)
 	return info, nil
@@ -284,15 +347,17 @@ func (s *Service) DeleteCredential(ctx context.Context, secretID string) error {
 	if err := authorize(ctx, "kms:DeleteCredential", "*"); err != nil {
 		return err
 	}
+	s.syncCredential(ctx, secretID)
 	s.credMu.Lock()
 	defer s.credMu.Unlock()
 	if _, ok := s.creds[secretID]; !ok {
 		return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
 	}
 	if err := s.store.DeleteCredential(ctx, secretID); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("%w: %v", ErrInternal, err)
+		return storeErr("delete credential", err)
 	}
 	delete(s.creds, secretID)
+	s.credGen++
 	s.log.Info("kms: credential deleted", "secret_id", secretID)
 	return nil
 }
@@ -300,6 +365,7 @@ func (s *Service) DeleteCredential(ctx context.Context, secretID string) error {
 // changeCredential applies f to a copy of the cached entry under the lock
 // and publishes the result, so a change is visible to the next request.
 func (s *Service) changeCredential(ctx context.Context, secretID string, f func(credEntry) (credEntry, error)) error {
+	s.syncCredential(ctx, secretID)
 	s.credMu.Lock()
 	defer s.credMu.Unlock()
 	e, ok := s.creds[secretID]
@@ -311,11 +377,21 @@ func (s *Service) changeCredential(ctx context.Context, secretID string, f func(
 		if errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
 		}
-		return fmt.Errorf("%w: %v", ErrInternal, err)
+		return storeErr("change credential", err)
 	}
 	s.creds[secretID] = &ne
+	s.credGen++
 	s.log.Info("kms: credential changed", "secret_id", secretID, "enabled", ne.enabled)
 	return nil
+}
+
+// syncCredential re-reads a credential before a change on a shared store,
+// so that one made or changed on another node a moment ago is acted on as
+// stored. Failures are left to the change itself, which needs the store.
+func (s *Service) syncCredential(ctx context.Context, secretID string) {
+	if s.cluster != nil {
+		_ = s.refreshCredential(ctx, secretID)
+	}
 }
 
 // randomString returns prefix followed by n letters and digits drawn from

@@ -76,7 +76,10 @@ func (s *Service) GenerateDataKey(ctx context.Context, in GenerateDataKeyInput) 
 	if err != nil {
 		return GenerateDataKeyResult{}, err
 	}
-	k := s.lookup(id)
+	k, err := s.lookupCtx(ctx, id)
+	if err != nil {
+		return GenerateDataKeyResult{}, err
+	}
 	if k == nil {
 		return GenerateDataKeyResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, in.KeyID)
 	}
@@ -172,7 +175,10 @@ func (s *Service) ReEncrypt(ctx context.Context, in ReEncryptInput) (ReEncryptRe
 	if err != nil {
 		return ReEncryptResult{}, err
 	}
-	dk := s.lookup(dst)
+	dk, err := s.lookupCtx(ctx, dst)
+	if err != nil {
+		return ReEncryptResult{}, err
+	}
 	if dk == nil {
 		return ReEncryptResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, dstID)
 	}

@@ -97,7 +97,10 @@ func (s *Service) DescribeKey(ctx context.Context, keyID string) (KeyMetadata, e
 	if err := authorize(ctx, "kms:DescribeKey", keyID); err != nil {
 		return KeyMetadata{}, err
 	}
-	k := s.lookup(id)
+	k, err := s.lookupCtx(ctx, id)
+	if err != nil {
+		return KeyMetadata{}, err
+	}
 	if k == nil {
 		return KeyMetadata{}, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
 	}
@@ -210,12 +213,28 @@ func (s *Service) KeyVersions(ctx context.Context, keyID string) ([]VersionInfo,
 		return nil, err
 	}
 	k := s.lookup(id)
+	if s.cluster != nil {
+		// Other nodes' usage claims are not notified: read them now.
+		nk, err := s.readThrough(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if nk != nil {
+			k = nk
+		}
+	}
 	if k == nil {
 		return nil, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
 	}
 	out := make([]VersionInfo, len(k.versions))
 	for i, v := range k.versions {
-		out[i] = VersionInfo{Version: v.number, CreatedAt: v.createdAt, EncryptionCount: min(v.usage.count(), s.usageLimit),
+		count := v.usage.count()
+		if s.cluster != nil {
+			// The cluster-wide reservation: an upper bound of every
+			// node's encryptions, never going backwards.
+			count = max(count, v.usage.reserved.Load())
+		}
+		out[i] = VersionInfo{Version: v.number, CreatedAt: v.createdAt, EncryptionCount: min(count, s.usageLimit),
 			Current: i == len(k.versions)-1}
 	}
 	return out, nil
@@ -309,10 +328,11 @@ func (s *Service) change(ctx context.Context, action, keyID string, f stateChang
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	k, err := s.lookupLive(keyID)
+	k, unlock, err := s.lockFresh(ctx, keyID)
 	if err != nil {
 		return KeyMetadata{}, err
 	}
+	defer unlock()
 	return s.applyLocked(ctx, action, k, f)
 }
 
@@ -355,18 +375,7 @@ func sameMetadata(a, b store.Key) bool {
 func (s *Service) replace(old, nk *keyEntry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.keys[nk.id] = nk
-	if old.meta.KeyState != StateDeleted && s.aliases[old.meta.Alias] == old.id {
-		delete(s.aliases, old.meta.Alias)
-	}
-	switch {
-	case nk.meta.KeyState != StateDeleted:
-		if nk.meta.Alias != "" {
-			s.aliases[nk.meta.Alias] = nk.id
-		}
-	case old.meta.KeyState != StateDeleted:
-		s.live--
-	}
+	s.swapLocked(nk)
 }
 
 // EnableKey makes a Disabled key Enabled (an Enabled key stays so).
@@ -407,13 +416,15 @@ func (s *Service) changeAll(ctx context.Context, action string, keyIDs []string,
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	fresh, unlock, err := s.lockFreshAll(ctx, keyIDs)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	keys := make([]*keyEntry, len(keyIDs))
 	now := s.now().UTC()
 	for i, id := range keyIDs {
-		k, err := s.lookupLive(id)
-		if err != nil {
-			return err
-		}
+		k := fresh[id]
 		r := k.rec
 		if err := f(k, &r, now); err != nil {
 			return err

@@ -17,12 +17,16 @@ type MaintenanceReport struct {
 
 // RunMaintenance calls Maintain at once and then every
 // Config.MaintenanceInterval until ctx is done; failures are logged and
-// retried at the next pass. Run it in its own goroutine.
+// retried at the next pass. On a shared store a pass runs only while this
+// node holds the cluster-wide maintenance lock, so exactly one node runs
+// the jobs at a time (see cluster.go). Run it in its own goroutine.
 func (s *Service) RunMaintenance(ctx context.Context) {
 	t := time.NewTicker(s.interval)
 	defer t.Stop()
 	for {
-		if _, err := s.Maintain(ctx); err != nil && ctx.Err() == nil {
+		if !s.maintenanceTurn(ctx) {
+			// Another node runs the jobs; try again at the next pass.
+		} else if _, err := s.Maintain(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("kms: maintenance incomplete; retrying at the next pass", "err", err)
 		}
 		select {
@@ -85,10 +89,14 @@ func (s *Service) purge(ctx context.Context, keyID string) (bool, error) {
 	defer s.recoverMu.RUnlock()
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	k, err := s.lookupLive(keyID)
-	if err != nil {
+	k, unlock, err := s.lockFresh(ctx, keyID)
+	if errors.Is(err, ErrKeyNotFound) {
 		return false, nil
 	}
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	now := s.now().UTC()
 	if k.meta.KeyState != StatePendingDelete || k.meta.DeletionDate.After(now) {
 		return false, nil
@@ -125,10 +133,14 @@ func (s *Service) rotateIfDue(ctx context.Context, keyID string) (bool, error) {
 	defer s.recoverMu.RUnlock()
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	k, err := s.lookupLive(keyID)
-	if err != nil {
+	k, unlock, err := s.lockFresh(ctx, keyID)
+	if errors.Is(err, ErrKeyNotFound) {
 		return false, nil
 	}
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	if k.meta.KeyState != StateEnabled || !k.meta.KeyRotationEnabled || k.meta.NextRotateTime.After(s.now()) {
 		return false, nil
 	}

@@ -36,10 +36,11 @@ func (s *Service) RotateKey(ctx context.Context, keyID string) (KeyMetadata, err
 	defer s.recoverMu.RUnlock()
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	k, err := s.lookupLive(keyID)
+	k, unlock, err := s.lockFresh(ctx, keyID)
 	if err != nil {
 		return KeyMetadata{}, err
 	}
+	defer unlock()
 	switch k.meta.KeyState {
 	case StateEnabled:
 	case StateDisabled:

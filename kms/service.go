@@ -40,6 +40,15 @@ type Config struct {
 	// deletion window ended and rotates keys whose rotation is due; 0 means
 	// one minute.
 	MaintenanceInterval time.Duration
+	// StaleAfter bounds, on a shared store (see SharedStore), how long
+	// Encrypt, Decrypt, GenerateDataKey and ReEncrypt keep serving from
+	// the cache while it cannot be confirmed current (the store is
+	// unreachable); 0 means DefaultStaleAfter.
+	StaleAfter time.Duration
+	// ResyncInterval is, on a shared store, how often every key and
+	// credential is re-read in case a change notification was lost (the
+	// TTL of the caches); 0 means DefaultResyncInterval.
+	ResyncInterval time.Duration
 	// FaultPoint, if set, is called at named points of CreateKey, RotateKey
 	// and the purge ("create:intent", "create:generated",
 	// "rotate:intent", "rotate:generated", "purge:destroyed-one",
@@ -134,8 +143,9 @@ type MissingObject struct {
 //
 // All key metadata is cached in memory when the Service is made; Encrypt,
 // Decrypt and DescribeKey are served from the cache and the HSM and never
-// touch the store. The Service assumes it is the only writer of the store
-// while it runs.
+// touch the store. On an unshared store the Service assumes it is the
+// only writer while it runs; on a SharedStore it cooperates with the other
+// nodes (see cluster.go).
 type Service struct {
 	hsm        HSM
 	store      Store
@@ -163,8 +173,11 @@ type Service struct {
 	reserved map[string]struct{}     // aliases of CreateKeys in flight
 	live     int                     // keys not Deleted
 
-	credMu sync.RWMutex
-	creds  map[string]*credEntry // by SecretId; entries immutable
+	credMu  sync.RWMutex
+	creds   map[string]*credEntry // by SecretId; entries immutable
+	credGen uint64                // bumped by every local credential change; guarded by credMu
+
+	cluster *clusterState // nil unless the store is a SharedStore (cluster.go)
 }
 
 // keyEntry is the cached metadata of one key. It is immutable once
@@ -324,6 +337,16 @@ func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
 	if svc.fault == nil {
 		svc.fault = func(string) {}
 	}
+	if ss, ok := s.(SharedStore); ok {
+		svc.cluster = &clusterState{store: ss, staleAfter: cfg.StaleAfter, resync: cfg.ResyncInterval}
+		if svc.cluster.staleAfter <= 0 {
+			svc.cluster.staleAfter = DefaultStaleAfter
+		}
+		if svc.cluster.resync <= 0 {
+			svc.cluster.resync = DefaultResyncInterval
+		}
+		svc.cluster.synced.Store(svc.now().UnixNano())
+	}
 	recs, err := s.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("kms: New: load keys: %w", err)
@@ -445,15 +468,17 @@ func (s *Service) unreserve(alias string) {
 func (s *Service) publish(k *keyEntry) {
 	s.mu.Lock()
 	delete(s.reserved, k.meta.Alias)
-	s.keys[k.id] = k
-	if k.meta.KeyState != StateDeleted {
-		s.live++
-		s.aliases[k.meta.Alias] = k.id
-	}
+	s.swapLocked(k) // on a shared store the sync may have installed it already
 	s.mu.Unlock()
 }
 
+// storeErr classifies a store failure: an unreachable store is
+// ErrUnavailable (the client may retry), anything else ErrInternal. The
+// cause is wrapped too.
 func storeErr(op string, err error) error {
+	if errors.Is(err, store.ErrUnavailable) {
+		return fmt.Errorf("%w: %s: store: %w", ErrUnavailable, op, err)
+	}
 	return fmt.Errorf("%w: %s: store: %w", ErrInternal, op, err)
 }
 
@@ -837,11 +862,14 @@ func (s *Service) Encrypt(ctx context.Context, in EncryptInput) (EncryptResult, 
 	case len(in.Plaintext) > MaxPlaintext:
 		return EncryptResult{}, ErrPlaintextTooLong
 	}
-	ec, err := ParseContext(in.EncryptionContext)
+	ec, err := parseContextCached(in.EncryptionContext)
 	if err != nil {
 		return EncryptResult{}, err
 	}
-	k := s.lookup(id)
+	k, err := s.lookupCtx(ctx, id)
+	if err != nil {
+		return EncryptResult{}, err
+	}
 	if k == nil {
 		return EncryptResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, in.KeyID)
 	}
@@ -861,10 +889,26 @@ func (s *Service) Encrypt(ctx context.Context, in EncryptInput) (EncryptResult, 
 // version reached the usage limit, makes a new version first. It never
 // writes the store except for one usage reservation per batch.
 func (s *Service) seal(ctx context.Context, k *keyEntry, plaintext []byte, ec EncryptionContext, op string) (string, uint32, error) {
+	if err := s.checkFresh(); err != nil {
+		return "", 0, err
+	}
 	for attempt := 0; ; attempt++ {
 		v := k.current()
-		n := v.usage.used.Add(1)
-		if n > s.usageLimit {
+		var exhausted bool
+		if s.cluster != nil {
+			ok, err := s.takeShared(ctx, k, v)
+			if err != nil {
+				return "", 0, err
+			}
+			exhausted = !ok
+		} else if n := v.usage.used.Add(1); n > s.usageLimit {
+			exhausted = true
+		} else if n > v.usage.reserved.Load() {
+			if err := s.reserveUsage(ctx, k, v, n); err != nil {
+				return "", 0, err
+			}
+		}
+		if exhausted {
 			if attempt >= 2 {
 				return "", 0, fmt.Errorf("%w: key %s: rotated versions were exhausted concurrently", ErrUsageLimit, k.meta.KeyID)
 			}
@@ -874,11 +918,6 @@ func (s *Service) seal(ctx context.Context, k *keyEntry, plaintext []byte, ec En
 			}
 			k = nk
 			continue
-		}
-		if n > v.usage.reserved.Load() {
-			if err := s.reserveUsage(ctx, k, v, n); err != nil {
-				return "", 0, err
-			}
 		}
 
 		aad := make([]byte, 0, HeaderLen+ec.CanonicalLen())
@@ -920,7 +959,7 @@ func (s *Service) Decrypt(ctx context.Context, in DecryptInput) (DecryptResult, 
 	if err := authorize(ctx, "kms:Decrypt", uuid.UUID(env.KeyID).String()); err != nil {
 		return DecryptResult{}, err
 	}
-	ec, err := ParseContext(in.EncryptionContext)
+	ec, err := parseContextCached(in.EncryptionContext)
 	if err != nil {
 		return DecryptResult{}, err
 	}
@@ -934,14 +973,28 @@ func (s *Service) Decrypt(ctx context.Context, in DecryptInput) (DecryptResult, 
 // open decrypts a parsed envelope under its key, whose state must allow
 // decryption. It returns the key, the version used and the plaintext.
 func (s *Service) open(ctx context.Context, env Envelope, ec EncryptionContext, op string) (*keyEntry, uint32, []byte, error) {
-	k := s.lookup(uuid.UUID(env.KeyID))
+	if err := s.checkFresh(); err != nil {
+		return nil, 0, nil, err
+	}
+	k, err := s.lookupCtx(ctx, uuid.UUID(env.KeyID))
+	if err != nil {
+		return nil, 0, nil, err
+	}
 	if k == nil {
 		return nil, 0, nil, fmt.Errorf("%w: %s", ErrKeyNotFound, uuid.UUID(env.KeyID))
+	}
+	v := k.version(env.KeyVersion)
+	if v == nil && s.cluster != nil && env.KeyVersion > k.current().number {
+		// Rotated on another node a moment ago: read through.
+		if nk, err := s.readThrough(ctx, k.id); err != nil {
+			return nil, 0, nil, err
+		} else if nk != nil {
+			k, v = nk, nk.version(env.KeyVersion)
+		}
 	}
 	if err := s.checkDecryptState(k, op); err != nil {
 		return nil, 0, nil, err
 	}
-	v := k.version(env.KeyVersion)
 	if v == nil {
 		return nil, 0, nil, fmt.Errorf("%w: key %s has no version %d", ErrInvalidCiphertext, k.meta.KeyID, env.KeyVersion)
 	}
@@ -962,4 +1015,43 @@ func (s *Service) open(ctx context.Context, env Envelope, ec EncryptionContext, 
 		return nil, 0, nil, s.hsmErr(s.versionLog(k, v), op, err)
 	}
 	return k, v.number, pt, nil
+}
+
+// contexts caches parsed encryption contexts by their text for Encrypt and
+// Decrypt: callers send few distinct contexts, ParseContext is pure and an
+// EncryptionContext is immutable, so a hit is exact. Only contexts that
+// parse, and of at most maxCachedContext bytes, are cached; the cache
+// forgets everything when it holds maxCachedContexts.
+var contexts struct {
+	mu sync.RWMutex
+	m  map[string]EncryptionContext
+}
+
+const (
+	maxCachedContext  = 512
+	maxCachedContexts = 1024
+)
+
+// parseContextCached is ParseContext through the contexts cache.
+func parseContextCached(s string) (EncryptionContext, error) {
+	if s == "" || len(s) > maxCachedContext {
+		return ParseContext(s)
+	}
+	contexts.mu.RLock()
+	ec, ok := contexts.m[s]
+	contexts.mu.RUnlock()
+	if ok {
+		return ec, nil
+	}
+	ec, err := ParseContext(s)
+	if err != nil {
+		return ec, err
+	}
+	contexts.mu.Lock()
+	if contexts.m == nil || len(contexts.m) >= maxCachedContexts {
+		contexts.m = make(map[string]EncryptionContext)
+	}
+	contexts.m[strings.Clone(s)] = ec
+	contexts.mu.Unlock()
+	return ec, nil
 }

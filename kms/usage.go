@@ -29,6 +29,9 @@ type usage struct {
 	used     atomic.Uint64 // numbers handed out, including reserved-at-load
 	reserved atomic.Uint64 // durable reservation, as far as this process knows
 	mu       sync.Mutex    // held while raising the reservation
+	// On a shared store (cluster.go) the node owns the numbers
+	// next+1..end of a block claimed with ClaimUsage; guarded by mu.
+	next, end uint64
 }
 
 func newUsage(reserved uint64) *usage {
@@ -70,10 +73,11 @@ func (s *Service) rotateForUsage(ctx context.Context, k *keyEntry, full uint32) 
 	defer s.recoverMu.RUnlock()
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	cur := s.lookup(k.id)
-	if cur == nil {
-		return nil, fmt.Errorf("%w: %s", ErrKeyNotFound, k.meta.KeyID)
+	cur, unlock, err := s.lockFresh(ctx, k.meta.KeyID)
+	if err != nil {
+		return nil, err
 	}
+	defer unlock()
 	if err := s.checkEncryptState(cur, "encrypt"); err != nil {
 		return nil, err
 	}

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Idempotent set-up for development and CI: installs SoftHSM2 with apt-get
-# when it is missing. Tests make their own throwaway tokens; the local
-# development token is made by scripts/dev-token.sh.
+# Idempotent set-up for development and CI: installs SoftHSM2 and the
+# PostgreSQL server with apt-get when they are missing (through sudo when not
+# root). Tests make their own throwaway tokens and PostgreSQL clusters
+# (store/pgtest); the local development token is made by scripts/dev-token.sh.
+# Nothing is started or enabled: Debian's postgresql package may start its
+# default cluster, which the tests do not use.
 set -euo pipefail
 
 module_found() {
@@ -12,13 +15,28 @@ module_found() {
   return 1
 }
 
-if command -v softhsm2-util >/dev/null 2>&1 && module_found; then
+softhsm_found() { command -v softhsm2-util >/dev/null 2>&1 && module_found; }
+
+# The PostgreSQL server binaries the tests start (see store/pgtest).
+postgres_found() {
+  [ -n "${KMS_TEST_POSTGRES_BIN:-}" ] && [ -x "$KMS_TEST_POSTGRES_BIN/postgres" ] && return 0
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
+  command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1
+}
+
+missing=()
+softhsm_found || missing+=(softhsm2)
+# KMS_TEST_POSTGRES_DSN names an existing server: no local binaries needed.
+if [ -z "${KMS_TEST_POSTGRES_DSN:-}" ] && ! postgres_found; then
+  missing+=(postgresql)
+fi
+if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
-echo "setup: SoftHSM2 is missing; installing it with apt-get" >&2
+echo "setup: missing ${missing[*]}; installing with apt-get" >&2
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "setup: apt-get not found: install SoftHSM2 2.6+ with your package manager (package softhsm2 / softhsm)" >&2
+  echo "setup: apt-get not found: install SoftHSM2 2.6+ (package softhsm2 / softhsm) and the PostgreSQL server (13+) with your package manager" >&2
   exit 1
 fi
 SUDO=""
@@ -27,9 +45,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends softhsm2 >/dev/null
-if ! module_found; then
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if ! softhsm_found; then
   echo "setup: SoftHSM2 installed but libsofthsm2.so not found; set SOFTHSM2_MODULE to its path" >&2
   exit 1
 fi
-echo "setup: SoftHSM2 installed: $(softhsm2-util --version)" >&2
+if [ -z "${KMS_TEST_POSTGRES_DSN:-}" ] && ! postgres_found; then
+  echo "setup: postgresql installed but initdb not found; set KMS_TEST_POSTGRES_BIN to the directory of initdb and postgres" >&2
+  exit 1
+fi
+echo "setup: installed ${missing[*]}" >&2

@@ -3,8 +3,10 @@
 // crash-safe. Key material never passes through this package.
 //
 // The default implementation is an embedded SQLite database (modernc.org/sqlite,
-// pure Go) opened with Open. Its schema is versioned and migrated forward on
-// open.
+// pure Go) opened with Open. Several kmsd nodes share a PostgreSQL database
+// instead, opened with OpenPostgres (postgres.go), which implements the same
+// contract plus change notifications, cross-node locks and usage blocks.
+// Both schemas are versioned and migrated forward on open.
 //
 // # Errors
 //
@@ -17,7 +19,7 @@
 //
 // # Concurrency
 //
-// A *SQLite is safe for concurrent use by multiple goroutines.
+// A *SQLite or *Postgres is safe for concurrent use by multiple goroutines.
 package store
 
 import (

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -68,7 +69,10 @@ func (c Canonical) String() string {
 
 // StringToSign renders the TC3 string to sign.
 func StringToSign(timestamp, scope, canonicalRequest string) string {
-	return Algorithm + "\n" + timestamp + "\n" + scope + "\n" + SHA256Hex([]byte(canonicalRequest))
+	sum := sha256.Sum256([]byte(canonicalRequest))
+	var h [2 * sha256.Size]byte
+	hex.Encode(h[:], sum[:])
+	return Algorithm + "\n" + timestamp + "\n" + scope + "\n" + string(h[:])
 }
 
 // SigningKey derives the TC3 signing key for a date (YYYY-MM-DD) and a
@@ -80,8 +84,90 @@ func SigningKey(secretKey, date, service string) []byte {
 }
 
 // Sign returns the lowercase hex TC3 signature of stringToSign.
+//
+// The keyed HMAC states of recent keys are pooled (at most MaxEntries keys
+// per hash), here and in V1Sign, so a verifier signing many requests with
+// one key does not rebuild the HMAC per request.
 func Sign(signingKey []byte, stringToSign string) string {
-	return hex.EncodeToString(hmacSHA256(signingKey, stringToSign))
+	var sum [sha256.Size]byte
+	var h [2 * sha256.Size]byte
+	hex.Encode(h[:], pooledHMAC(&hmacSHA256s, sha256.New, signingKey, stringToSign, sum[:0]))
+	return string(h[:])
+}
+
+// hmacTable pools keyed HMAC states of one hash by key.
+type hmacTable struct {
+	mu sync.RWMutex
+	m  map[string]*sync.Pool
+}
+
+var hmacSHA256s, hmacSHA1s hmacTable
+
+// pooledHMAC appends HMAC(key, msg) to dst, with a pooled keyed state of
+// t when there is one. t holds at most MaxEntries keys and is emptied when
+// full.
+func pooledHMAC(t *hmacTable, h func() hash.Hash, key []byte, msg string, dst []byte) []byte {
+	t.mu.RLock()
+	p := t.m[string(key)]
+	t.mu.RUnlock()
+	if p == nil {
+		t.mu.Lock()
+		if len(t.m) >= MaxEntries {
+			t.m = nil
+		}
+		if t.m == nil {
+			t.m = make(map[string]*sync.Pool)
+		}
+		if p = t.m[string(key)]; p == nil {
+			p = &sync.Pool{}
+			t.m[string(key)] = p
+		}
+		t.mu.Unlock()
+	}
+	m, _ := p.Get().(hash.Hash)
+	if m == nil {
+		m = hmac.New(h, key)
+	}
+	m.Write([]byte(msg))
+	dst = m.Sum(dst)
+	m.Reset()
+	p.Put(m)
+	return dst
+}
+
+// KeyCache remembers derived TC3 signing keys, so that a verifier derives
+// the key of a (SecretKey, date, service) once rather than per request
+// (three HMACs). It holds at most MaxEntries keys and forgets them all
+// when full. The zero value is ready to use; it is safe for concurrent use.
+type KeyCache struct {
+	mu sync.RWMutex
+	m  map[keyCacheKey][]byte
+}
+
+// MaxEntries bounds a KeyCache.
+const MaxEntries = 4096
+
+type keyCacheKey struct{ secretKey, date, service string }
+
+// SigningKey returns SigningKey(secretKey, date, service), from the cache
+// when it is there. The returned slice is shared: callers must not modify
+// it.
+func (c *KeyCache) SigningKey(secretKey, date, service string) []byte {
+	k := keyCacheKey{secretKey, date, service}
+	c.mu.RLock()
+	key, ok := c.m[k]
+	c.mu.RUnlock()
+	if ok {
+		return key
+	}
+	key = SigningKey(secretKey, date, service)
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= MaxEntries {
+		c.m = make(map[keyCacheKey][]byte)
+	}
+	c.m[k] = key
+	c.mu.Unlock()
+	return key
 }
 
 // Param is one parameter of a HmacSHA1/HmacSHA256 ("signature v1")
@@ -119,13 +205,14 @@ func V1StringToSign(method, host, path string, ps []Param) string {
 // V1Sign returns the base64 HMAC of stringToSign: SHA-256 when method is
 // exactly "HmacSHA256", SHA-1 otherwise (as Tencent specifies).
 func V1Sign(secretKey, signatureMethod, stringToSign string) string {
-	var h func() hash.Hash = sha1.New
+	var sum [sha256.Size]byte
+	var mac []byte
 	if signatureMethod == "HmacSHA256" {
-		h = sha256.New
+		mac = pooledHMAC(&hmacSHA256s, sha256.New, []byte(secretKey), stringToSign, sum[:0])
+	} else {
+		mac = pooledHMAC(&hmacSHA1s, sha1.New, []byte(secretKey), stringToSign, sum[:0])
 	}
-	m := hmac.New(h, []byte(secretKey))
-	m.Write([]byte(stringToSign))
-	return base64.StdEncoding.EncodeToString(m.Sum(nil))
+	return base64.StdEncoding.EncodeToString(mac)
 }
 
 // SignTC3 returns the Authorization header value of a TC3 request with the

@@ -2,6 +2,7 @@ package tcsign
 
 import (
 	"net/url"
+	"strconv"
 	"testing"
 )
 
@@ -80,5 +81,50 @@ func TestV1UnderscoreAndSignatureExcluded(t *testing.T) {
 	got := V1StringToSign("POST", "h:8080", "/v2/index.php", []Param{{"Signature", "x"}, {"b_c", "1 2"}, {"Action", "Encrypt"}})
 	if want := "POSTh:8080/v2/index.php?Action=Encrypt&b.c=1 2"; got != want {
 		t.Fatalf("got %q want %q", got, want)
+	}
+}
+
+func TestKeyCache(t *testing.T) {
+	var c KeyCache
+	for range 2 {
+		if got, want := c.SigningKey("Gu5t9xGARNpq86cd98joQYCN3EXAMPLE", "2019-02-25", "cvm"), SigningKey("Gu5t9xGARNpq86cd98joQYCN3EXAMPLE", "2019-02-25", "cvm"); string(got) != string(want) {
+			t.Fatalf("cached key %x, want %x", got, want)
+		}
+	}
+	if string(c.SigningKey("k", "2019-02-25", "cvm")) == string(c.SigningKey("k", "2019-02-26", "cvm")) {
+		t.Fatal("two dates share a key")
+	}
+	for i := range MaxEntries + 10 {
+		c.SigningKey("k", "2019-02-25", strconv.Itoa(i))
+	}
+	if n := len(c.m); n > MaxEntries {
+		t.Fatalf("%d entries, bound %d", n, MaxEntries)
+	}
+	// A hit allocates nothing.
+	if n := testing.AllocsPerRun(100, func() { c.SigningKey("k", "2019-02-25", "cvm") }); n != 0 {
+		t.Fatalf("a cache hit allocates %.0f times", n)
+	}
+}
+
+func TestSignPooled(t *testing.T) {
+	key := SigningKey("Gu5t9xGARNpq86cd98joQYCN3EXAMPLE", "2019-02-25", "cvm")
+	want := "72e494ea809ad7a8c8f7a4507b9bddcbaa8e581f516e8da2f66e2c5a96525168"
+	sts := "TC3-HMAC-SHA256\n1551113065\n2019-02-25/cvm/tc3_request\n5ffe6a04c0664d6b969fab9a13bdab201d63ee709638e2749d62a09ca18d7031"
+	for range 3 { // fresh state, then pooled states
+		if got := Sign(key, sts); got != want {
+			t.Fatalf("signature %s", got)
+		}
+	}
+	if Sign(key, sts+"x") == want {
+		t.Fatal("a pooled state kept its previous input")
+	}
+	for i := range MaxEntries + 10 { // the table stays bounded and correct
+		k := []byte(strconv.Itoa(i))
+		if a, b := Sign(k, "m"), Sign(k, "m"); a != b {
+			t.Fatal("unstable signature")
+		}
+	}
+	if n := len(hmacSHA256s.m); n > MaxEntries {
+		t.Fatalf("%d pooled keys, bound %d", n, MaxEntries)
 	}
 }

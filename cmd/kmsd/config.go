@@ -43,6 +43,14 @@ type fileConfig struct {
 	} `yaml:"pkcs11"`
 	Store struct {
 		DataDir string `yaml:"data_dir"`
+		// Postgres, when dsn_file is set, replaces the embedded SQLite
+		// store with a PostgreSQL database shared by several nodes.
+		Postgres struct {
+			DSNFile        string   `yaml:"dsn_file"`
+			MaxConns       int      `yaml:"max_conns"`
+			StaleAfter     duration `yaml:"stale_after"`
+			ResyncInterval duration `yaml:"resync_interval"`
+		} `yaml:"postgres"`
 	} `yaml:"store"`
 	Audit struct {
 		File     string `yaml:"file"`
@@ -98,7 +106,7 @@ func loadConfigFile(path string) (fileConfig, error) {
 	}
 	// Relative paths in the file are relative to the file's directory.
 	base := filepath.Dir(path)
-	for _, p := range []*string{&fc.PKCS11.Module, &fc.TLS.CertFile, &fc.TLS.KeyFile, &fc.TLS.ClientCAFile, &fc.PKCS11.PINFile, &fc.Store.DataDir, &fc.Audit.File} {
+	for _, p := range []*string{&fc.PKCS11.Module, &fc.TLS.CertFile, &fc.TLS.KeyFile, &fc.TLS.ClientCAFile, &fc.PKCS11.PINFile, &fc.Store.DataDir, &fc.Audit.File, &fc.Store.Postgres.DSNFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}

@@ -57,6 +57,10 @@ type config struct {
 	tokenLabel     string
 	pin            string // never logged
 	dataDir        string
+	pgDSN          string // PostgreSQL store when not empty; never logged (may hold a password)
+	pgMaxConns     int
+	pgStaleAfter   time.Duration
+	pgResync       time.Duration
 	sessions       int
 	acquireTimeout time.Duration
 	ivMode         string
@@ -179,6 +183,10 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	def("acquire-timeout", "KMSD_ACQUIRE_TIMEOUT", dur(fc.PKCS11.AcquireTimeout), "5s", "longest wait for a free PKCS#11 session")
 	def("iv-mode", "KMSD_IV_MODE", str(fc.PKCS11.IVMode), "caller", "GCM IVs made by kmsd (caller) or by the HSM (hsm)")
 	def("data-dir", "KMSD_DATA_DIR", str(fc.Store.DataDir), "var", "directory of the metadata store")
+	def("postgres-dsn-file", "KMSD_POSTGRES_DSN_FILE", str(fc.Store.Postgres.DSNFile), "", "file holding the DSN of a PostgreSQL store shared by several nodes (replaces the SQLite store)")
+	def("postgres-max-conns", "KMSD_POSTGRES_MAX_CONNS", num(int64(fc.Store.Postgres.MaxConns)), "10", "PostgreSQL connection pool size")
+	def("postgres-stale-after", "KMSD_POSTGRES_STALE_AFTER", dur(fc.Store.Postgres.StaleAfter), kms.DefaultStaleAfter.String(), "how long Encrypt/Decrypt serve from cache while PostgreSQL is unreachable")
+	def("postgres-resync-interval", "KMSD_POSTGRES_RESYNC_INTERVAL", dur(fc.Store.Postgres.ResyncInterval), kms.DefaultResyncInterval.String(), "full cache re-read interval (fallback when change notifications are lost)")
 	def("audit-file", "KMSD_AUDIT_FILE", str(fc.Audit.File), "", "audit trail file (default DATA_DIR/audit.log)")
 	def("audit-disabled", "KMSD_AUDIT_DISABLED", boolean(fc.Audit.Disabled), "false", "do not keep an audit trail")
 	def("max-body-bytes", "KMSD_MAX_BODY_BYTES", num(fc.Limits.MaxBodyBytes), "65536", "largest request body")
@@ -268,6 +276,20 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		if c.dataDir == "" {
 			errs = append(errs, errors.New("-data-dir must not be empty"))
 		}
+		if f := v("postgres-dsn-file"); f != "" {
+			b, err := os.ReadFile(f)
+			switch {
+			case err != nil:
+				bad("postgres-dsn-file", "%v", err)
+			case strings.TrimSpace(string(b)) == "":
+				bad("postgres-dsn-file", "%q is empty", f)
+			default:
+				c.pgDSN = strings.TrimSpace(string(b))
+			}
+		}
+		c.pgMaxConns = int(parseInt("postgres-max-conns", 2, 1000))
+		c.pgStaleAfter = parseDur("postgres-stale-after")
+		c.pgResync = parseDur("postgres-resync-interval")
 		c.sessions = int(parseInt("sessions", 1, 1024))
 		c.acquireTimeout = parseDur("acquire-timeout")
 		c.ivMode = v("iv-mode")
@@ -373,21 +395,32 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 		return err
 	}
 	defer stopDebug()
-	svc, ready, closeAll, err := openService(ctx, cfg, log)
+	reg := newRegistry()
+	hsmMetrics := newHSMMetrics(reg)
+	svc, tok, ready, closeAll, err := openService(ctx, cfg, log, hsmMetrics)
 	if err != nil {
 		return err
 	}
 	defer closeAll()
+	registerServiceMetrics(reg, tok, svc)
+	// On a shared (PostgreSQL) store: keep the caches consistent with the
+	// other nodes; stopped before the store closes.
+	syncCtx, stopSync := context.WithCancel(ctx)
+	syncDone := make(chan struct{})
+	go func() { defer close(syncDone); svc.RunSync(syncCtx) }()
+	defer func() { stopSync(); <-syncDone }()
 	// Background purge of keys whose deletion window ended and automatic
 	// rotation; stopped (and waited for) before the store and token close.
 	maintCtx, stopMaint := context.WithCancel(ctx)
 	maintDone := make(chan struct{})
 	go func() { defer close(maintDone); svc.RunMaintenance(maintCtx) }()
 	defer func() { stopMaint(); <-maintDone }()
-	reg := newRegistry()
 	apiCfg := httpapi.Config{
 		Logger: log, RequestTimeout: cfg.requestTimeout, MaxBodyBytes: cfg.maxBody, MaxConcurrent: cfg.maxConcurrent,
 		RatePerCredential: cfg.ratePerCred, BurstPerCredential: cfg.burstPerCred, Registry: reg, Ready: ready,
+	}
+	if n, ok := svc.Store().(nonceStore); ok {
+		apiCfg.Nonces = sharedNonces{n} // legacy nonces remembered by every node
 	}
 	if auditLog != nil {
 		apiCfg.Audit = auditLog
@@ -442,20 +475,21 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 
 // openService opens the store and the token and starts the domain service.
 // closeAll closes what was opened, the token last.
-func openService(ctx context.Context, cfg config, log *slog.Logger) (_ *kms.Service, ready map[string]func(context.Context) error, closeAll func(), err error) {
+func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Observer) (_ *kms.Service, tok *p11.Token, ready map[string]func(context.Context) error, closeAll func(), err error) {
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
-		return nil, nil, nil, fmt.Errorf("data dir: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("data dir: %w", err)
 	}
-	st, err := store.Open(ctx, filepath.Join(cfg.dataDir, "kms.db"))
+	st, err := openStore(ctx, cfg)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("open store: %w", err)
+		return nil, nil, nil, nil, err
 	}
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	tok, err := p11.OpenToken(openCtx, p11.Config{ModulePath: cfg.module, TokenLabel: cfg.tokenLabel, PIN: cfg.pin, Sessions: cfg.sessions})
+	tok, err = p11.OpenToken(openCtx, p11.Config{ModulePath: cfg.module, TokenLabel: cfg.tokenLabel, PIN: cfg.pin, Sessions: cfg.sessions,
+		HSMGeneratedIV: cfg.ivMode == "hsm", Observer: obs})
 	cancel()
 	if err != nil {
 		st.Close()
-		return nil, nil, nil, fmt.Errorf("open token %q: %w", cfg.tokenLabel, err)
+		return nil, nil, nil, nil, fmt.Errorf("open token %q: %w", cfg.tokenLabel, err)
 	}
 	closeAll = func() {
 		if err := st.Close(); err != nil {
@@ -465,15 +499,55 @@ func openService(ctx context.Context, cfg config, log *slog.Logger) (_ *kms.Serv
 			log.Error("closing token", "err", err)
 		}
 	}
-	kc := kms.Config{KeyLimit: cfg.keyLimit, VersionUsageLimit: cfg.usageLimit, Logger: log}
+	kc := kms.Config{KeyLimit: cfg.keyLimit, VersionUsageLimit: cfg.usageLimit, Logger: log,
+		StaleAfter: cfg.pgStaleAfter, ResyncInterval: cfg.pgResync}
 	if kmsConfigHook != nil {
 		kmsConfigHook(&kc) // test builds only (see faults.go)
 	}
 	svc, err := kms.New(ctx, tok, st, kc)
 	if err != nil {
 		closeAll()
-		return nil, nil, nil, fmt.Errorf("start service: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("start service: %w", err)
 	}
 	ready = map[string]func(context.Context) error{"token": tok.Ping, "store": st.Ping}
-	return svc, ready, closeAll, nil
+	return svc, tok, ready, closeAll, nil
+}
+
+// metaStore is the metadata store kmsd runs on: *store.SQLite (one node)
+// or *store.Postgres (several nodes).
+type metaStore interface {
+	kms.Store
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// openStore opens the PostgreSQL store when a DSN is configured, else the
+// embedded SQLite database in the data directory.
+func openStore(ctx context.Context, cfg config) (metaStore, error) {
+	if cfg.pgDSN != "" {
+		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		st, err := store.OpenPostgres(octx, store.PostgresConfig{DSN: cfg.pgDSN, MaxConns: int32(cfg.pgMaxConns)})
+		if err != nil {
+			return nil, fmt.Errorf("open PostgreSQL store: %w", err)
+		}
+		return st, nil
+	}
+	st, err := store.Open(ctx, filepath.Join(cfg.dataDir, "kms.db"))
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return st, nil
+}
+
+// nonceStore is the store side of shared legacy nonces (*store.Postgres).
+type nonceStore interface {
+	UseNonce(ctx context.Context, key []byte, expiry, now time.Time) (bool, error)
+}
+
+// sharedNonces adapts a nonceStore to httpapi.NonceStore.
+type sharedNonces struct{ s nonceStore }
+
+func (n sharedNonces) UseNonce(ctx context.Context, key string, expiry, now time.Time) (bool, error) {
+	return n.s.UseNonce(ctx, []byte(key), expiry, now)
 }

@@ -49,11 +49,12 @@ type options struct {
 	soak     time.Duration // 0: skip
 	soakConc int
 	parts    map[string]bool
+	ops      map[string]bool // main run: operations to drive (nil: all)
 }
 
 func main() {
 	var o options
-	var conc, parts string
+	var conc, parts, opsFlag string
 	flag.StringVar(&o.kmsdBin, "kmsd", "bin/kmsd", "kmsd binary")
 	flag.StringVar(&o.workDir, "work", "", "work directory (default: a temporary one, removed afterwards)")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds")
@@ -68,6 +69,7 @@ func main() {
 	flag.DurationVar(&o.soak, "soak", time.Minute, "mixed-load soak duration (0: skip)")
 	flag.IntVar(&o.soakConc, "soak-conc", 16, "soak clients")
 	flag.StringVar(&parts, "parts", "main,manykeys,network,soak", "parts to run")
+	flag.StringVar(&opsFlag, "ops", "", "main run: comma-separated operations to drive (encrypt, decrypt, generatedatakey, legacy-encrypt; default all)")
 	flag.Parse()
 	for _, c := range strings.Split(conc, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(c))
@@ -80,6 +82,12 @@ func main() {
 	o.parts = map[string]bool{}
 	for _, p := range strings.Split(parts, ",") {
 		o.parts[strings.TrimSpace(p)] = true
+	}
+	if opsFlag != "" {
+		o.ops = map[string]bool{}
+		for _, op := range strings.Split(opsFlag, ",") {
+			o.ops[strings.TrimSpace(op)] = true
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -268,7 +276,7 @@ func runBench(ctx context.Context, o options, out io.Writer) (err error) {
 			}
 			var cells []cell
 			for _, op := range ops {
-				if op.avail != "" {
+				if op.avail != "" || (o.ops != nil && !o.ops[op.name]) {
 					continue
 				}
 				for _, c := range o.conc {
@@ -298,6 +306,9 @@ func runBench(ctx context.Context, o options, out io.Writer) (err error) {
 		for _, op := range ops {
 			if op.avail != "" {
 				fmt.Fprintf(out, "%-16s not available (%s)\n", op.name, op.avail)
+				continue
+			}
+			if o.ops != nil && !o.ops[op.name] {
 				continue
 			}
 			for _, c := range o.conc {

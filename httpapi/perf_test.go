@@ -1,0 +1,120 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"testing"
+)
+
+// Tests of the allocation-lean paths of the request hot path. They assert
+// results and allocation counts, never timings.
+
+// FuzzDecodeJSONParamsFast checks that the fast path of decodeJSONParams,
+// whenever it accepts a body, decodes it exactly as the reference
+// implementation does.
+func FuzzDecodeJSONParamsFast(f *testing.F) {
+	for _, s := range []string{``, ` `, `{}`, `{"KeyId":"k","Plaintext":"aGk="}`, `{"KeyId":1}`, `{"KeyId":"a","KeyId":"b"}`,
+		`{"keyid":"k"}`, `{"KeyId":null}`, `[]`, `{"KeyId":"k"} {}`, `{"KeyId":"k"} x`, `{"KeyId":""}`,
+		`{"KeyId":"k","EncryptionContext":"{\"app\":\"bench\",\"t\":\"\\\/\b\f\n\r\t\"}"}`, `{"KeyId":"\u0041"}`,
+		"{\"KeyId\":\"\xff\"}", "{\"KeyId\":\"é\"}", "\f{}", `{"KeyId":"k",}`, `{"KeyId" : "k" , "Plaintext":null }`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		for _, mk := range []func() any{func() any { return new(encryptRequest) }, func() any { return new(decryptRequest) }, func() any { return new(createKeyRequest) }} {
+			fast := mk()
+			if !decodeJSONFast([]byte(body), fast) {
+				if !reflect.DeepEqual(fast, mk()) {
+					t.Fatalf("%q: the fast path refused the body but changed the request: %+v", body, fast)
+				}
+				continue
+			}
+			ref := mk()
+			if err := decodeJSONParamsSlow([]byte(body), ref); err != nil {
+				t.Fatalf("%q: fast path accepted, reference refused: %v", body, err)
+			}
+			if !reflect.DeepEqual(fast, ref) {
+				t.Fatalf("%q: fast %+v, reference %+v", body, fast, ref)
+			}
+		}
+	})
+}
+
+func TestDecodeJSONParamsFastAllocs(t *testing.T) {
+	body := []byte(`{"KeyId":"0f5a7a4e-4a3e-4e0a-9d5c-1f2e3d4c5b6a","Plaintext":"aGVsbG8gd29ybGQ=","EncryptionContext":"{\"app\":\"bench\",\"tenant\":\"t1\"}"}`)
+	var req encryptRequest
+	if err := decodeJSONParams(body, &req); err != nil || req.KeyId == nil || *req.EncryptionContext != `{"app":"bench","tenant":"t1"}` {
+		t.Fatalf("%v %+v", err, req)
+	}
+	// The request, three strings, their three pointers, and the unescaping
+	// buffer of EncryptionContext; nothing else.
+	if n := testing.AllocsPerRun(100, func() {
+		var req encryptRequest
+		_ = decodeJSONParams(body, &req)
+	}); n > 8 {
+		t.Fatalf("decodeJSONParams: %.0f allocations, want at most 8", n)
+	}
+}
+
+func TestAppendReplyMatchesEncoder(t *testing.T) {
+	odd := "a<b>&\"\\\x01é\u2028\xff"
+	replies := []any{
+		api3Envelope{Response: &encryptResponse{CiphertextBlob: "Y2lwaGVy", KeyID: "k", responseBase: responseBase{RequestID: "r"}}},
+		api3Envelope{Response: &encryptResponse{CiphertextBlob: odd, KeyID: odd, responseBase: responseBase{RequestID: odd}}},
+		api3Envelope{Response: &decryptResponse{KeyID: "k", Plaintext: "cGxhaW4=", responseBase: responseBase{RequestID: "r"}}},
+		api3Envelope{Response: &decryptResponse{KeyID: odd, Plaintext: odd}},
+		legacyEncryptReply{legacyReply: legacyReply{Code: 0, RequestID: "r"}, KeyID: "k", CiphertextBlob: "c"},
+		legacyEncryptReply{legacyReply: legacyReply{Code: -4560, Message: odd, RequestID: odd}, KeyID: odd, CiphertextBlob: odd},
+		legacyDecryptReply{legacyReply: legacyReply{Code: 0, RequestID: "r"}, KeyID: "k", Plaintext: "p"},
+	}
+	for _, r := range replies {
+		var want bytes.Buffer
+		if err := json.NewEncoder(&want).Encode(r); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := appendReply(nil, r)
+		if !ok || string(got) != want.String() {
+			t.Errorf("appendReply(%+v) = %q, %v; want %q", r, got, ok, want.String())
+		}
+	}
+	if _, ok := appendReply(nil, legacyReply{}); ok {
+		t.Fatal("appendReply took a type it does not encode")
+	}
+	buf := make([]byte, 0, 512)
+	r := replies[0]
+	if n := testing.AllocsPerRun(100, func() { buf, _ = appendReply(buf[:0], r) }); n != 0 {
+		t.Fatalf("appendReply: %.0f allocations", n)
+	}
+}
+
+func TestWordScans(t *testing.T) {
+	plain := func(s string) bool {
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return false
+			}
+		}
+		return true
+	}
+	ascii := func(s string) bool {
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; c < 0x20 || c >= 0x80 {
+				return false
+			}
+		}
+		return true
+	}
+	base := "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+	for c := 0; c < 256; c++ {
+		for pos := 0; pos < 20; pos++ {
+			s := []byte(base[:20])
+			s[pos] = byte(c)
+			if got, want := jsonPlain(string(s)), plain(string(s)); got != want {
+				t.Fatalf("jsonPlain(%q) = %v", s, got)
+			}
+			if got, want := asciiNoControl(s), ascii(string(s)); got != want {
+				t.Fatalf("asciiNoControl(%q) = %v", s, got)
+			}
+		}
+	}
+}
