@@ -1,9 +1,11 @@
 package main_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -151,4 +153,45 @@ func TestTokenOutageAndRecovery(t *testing.T) {
 		t.Fatalf("%d of %d requests served from 2 s after the token came back, want all", afterOK, after)
 	}
 	t.Logf("%d requests: %d during the outage (%d refused cleanly), %d/%d served after healing", len(results), during, failedDuring, afterOK, after)
+}
+
+// TestHSMGeneratedIVMode runs kmsd with iv_mode hsm on the fault module
+// emulating a FIPS-mode HSM (it refuses caller IVs and writes its own):
+// blobs round-trip, and each carries the IV the HSM chose.
+func TestHSMGeneratedIVMode(t *testing.T) {
+	tok := softhsm.NewTokenNoEnv(t)
+	so := faultmod.Build(t)
+	ctl := faultmod.NewController(t)
+	ctl.HSMGeneratedIV(true)
+	env := append(kmsdEnv(tok, t.TempDir()), ctl.Env()...)
+	env = append(env, "KMSD_PKCS11_MODULE="+so, "KMSD_IV_MODE=hsm")
+	bootstrap(t, env)
+
+	s := startKMSD(t, env)
+	key := s.createKey("fips")
+	var blobs []string
+	for range 2 {
+		enc := s.mustOK(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("HSM-chosen IV payload")}})
+		blobs = append(blobs, enc.CiphertextBlob)
+		dec := s.mustOK(http.MethodPost, url.Values{"Action": {"Decrypt"}, "ciphertextBlob": {enc.CiphertextBlob}})
+		if dec.Plaintext != b64("HSM-chosen IV payload") {
+			t.Fatalf("Decrypt: %+v", dec)
+		}
+	}
+	ivOf := func(blob string) []byte {
+		raw, _ := base64.StdEncoding.DecodeString(blob)
+		return raw[22:34]
+	}
+	if bytes.Equal(ivOf(blobs[0]), make([]byte, 12)) || bytes.Equal(ivOf(blobs[0]), ivOf(blobs[1])) {
+		t.Fatalf("IVs %x and %x: want the HSM's own, distinct", ivOf(blobs[0]), ivOf(blobs[1]))
+	}
+	s.stop()
+	time.Sleep(200 * time.Millisecond)
+
+	// The default mode sends kmsd's own IV, which this HSM refuses: a
+	// clean error, not a crash or a zero IV.
+	s = startKMSD(t, append(env, "KMSD_IV_MODE=caller"))
+	if r := s.call(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}}); r.Code == 0 || r.CiphertextBlob != "" {
+		t.Fatalf("caller IV on an HSM that refuses them: %+v", r)
+	}
 }
