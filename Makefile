@@ -39,7 +39,7 @@ test: setup vet
 # Short fixed-time runs of every fuzz target, so they never rot.
 FUZZ_TARGETS := kms:FuzzParseBlob kms:FuzzParseContext kms:FuzzParsePolicy \
 	httpapi:FuzzParseParams httpapi:FuzzDecodeJSONParams httpapi:FuzzDecodeFormParams \
-	httpapi:FuzzParseTC3Authorization audit:FuzzVerify
+	httpapi:FuzzParseTC3Authorization httpapi:FuzzDecodeJSONParamsFast audit:FuzzVerify
 fuzz:
 	@set -e; log=$$(mktemp); trap 'rm -f $$log' EXIT; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz ./$${t%%:*} $${t#*:} ($(FUZZTIME))"; \

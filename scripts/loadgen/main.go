@@ -341,7 +341,10 @@ func runBench(ctx context.Context, o options, out io.Writer) (err error) {
 	}
 
 	if o.parts["network"] {
-		fmt.Fprintln(out, "\nnetwork-HSM run: not available (needs the fault-injection module, issue 5)")
+		fmt.Fprintln(out, "\n== network-HSM run ==")
+		if err := networkRun(ctx, o, bin, out); err != nil {
+			return fmt.Errorf("network-HSM run: %w", err)
+		}
 	}
 
 	if o.parts["soak"] && o.soak > 0 {

@@ -148,11 +148,24 @@ func Functions() []string { return append([]string(nil), funcNames[:]...) }
 // are logged.
 func Build(t testing.TB) string {
 	t.Helper()
+	so, out, err := BuildIn(t.TempDir())
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	if len(out) > 0 {
+		t.Logf("faultmod: compiler output:\n%s", out)
+	}
+	return so
+}
+
+// BuildIn is Build for programs that are not tests (the benchmark): it
+// compiles the module into dir and returns the shared object's path and
+// the compiler's output (warnings).
+func BuildIn(dir string) (so string, compilerOutput []byte, err error) {
 	cc, err := compiler()
 	if err != nil {
-		t.Fatalf("faultmod: %v", err)
+		return "", nil, fmt.Errorf("faultmod: %v", err)
 	}
-	dir := t.TempDir()
 	err = fs.WalkDir(source, "csrc", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -168,9 +181,9 @@ func Build(t testing.TB) string {
 		return os.WriteFile(dst, b, 0o644)
 	})
 	if err != nil {
-		t.Fatalf("faultmod: writing sources: %v", err)
+		return "", nil, fmt.Errorf("faultmod: writing sources: %v", err)
 	}
-	so := filepath.Join(dir, "faultmod.so")
+	so = filepath.Join(dir, "faultmod.so")
 	args := append(cc[1:len(cc):len(cc)],
 		"-Wall", "-Wextra", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
 		"-I", filepath.Join(dir, "csrc", "include"),
@@ -178,15 +191,11 @@ func Build(t testing.TB) string {
 	if mod, err := softhsm.FindModule(); err == nil {
 		args = append(args, "-DFAULTMOD_DEFAULT_TARGET="+strconv.Quote(mod))
 	}
-	cmd := exec.Command(cc[0], args...)
-	out, err := cmd.CombinedOutput()
+	out, err := exec.Command(cc[0], args...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("faultmod: compiling the module failed: %s %s: %v\n%s", cc[0], strings.Join(args, " "), err, out)
+		return "", out, fmt.Errorf("faultmod: compiling the module failed: %s %s: %v\n%s", cc[0], strings.Join(args, " "), err, out)
 	}
-	if len(out) > 0 {
-		t.Logf("faultmod: compiler output:\n%s", out)
-	}
-	return so
+	return so, out, nil
 }
 
 // compiler returns the C compiler command: $CC (split on spaces), cc or gcc.
@@ -222,25 +231,46 @@ type Controller struct {
 // module (softhsm.FindModule; the test fails if SoftHSM2 is missing).
 func NewController(t testing.TB) *Controller {
 	t.Helper()
+	c, err := NewControllerIn(t.TempDir())
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	c.t = t
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// NewControllerIn is NewController for programs that are not tests: the
+// control file is made in dir, and the caller calls Close when done. An
+// unknown function name given to its methods panics.
+func NewControllerIn(dir string) (*Controller, error) {
 	target, err := softhsm.FindModule()
 	if err != nil {
-		t.Fatalf("faultmod: %v", err)
+		return nil, fmt.Errorf("faultmod: %v", err)
 	}
-	path := filepath.Join(t.TempDir(), "faultmod.ctl")
+	path := filepath.Join(dir, "faultmod.ctl")
 	size := headerSize + len(funcNames)*slotSize
 	if err := os.WriteFile(path, make([]byte, size), 0o600); err != nil {
-		t.Fatalf("faultmod: %v", err)
+		return nil, fmt.Errorf("faultmod: %v", err)
 	}
 	mem, err := mapFile(path, size)
 	if err != nil {
-		t.Fatalf("faultmod: mapping %s: %v", path, err)
+		return nil, fmt.Errorf("faultmod: mapping %s: %v", path, err)
 	}
-	c := &Controller{t: t, path: path, target: target, mem: mem}
-	t.Cleanup(func() { _ = unmapFile(c.mem) })
+	c := &Controller{path: path, target: target, mem: mem}
 	atomic.StoreUint32(c.u32(offVersion), ctlVersion)
 	atomic.StoreUint32(c.u32(offNSlots), uint32(len(funcNames)))
 	atomic.StoreUint64(c.u64(offMagic), ctlMagic) // last: the file is complete
-	return c
+	return c, nil
+}
+
+// Close unmaps the control file (the module keeps its own mapping).
+func (c *Controller) Close() error { return unmapFile(c.mem) }
+
+func (c *Controller) helper() {
+	if c.t != nil {
+		c.t.Helper()
+	}
 }
 
 // Path is the control file.
@@ -258,14 +288,14 @@ func (c *Controller) Env() []string {
 // every function except C_Initialize, C_Finalize and C_GetFunctionList
 // (a function's own setting is checked first). rv 0 clears the failure.
 func (c *Controller) Fail(function string, rv uint) {
-	c.t.Helper()
+	c.helper()
 	c.setFail(c.slot(function), rv, -1)
 }
 
 // FailN is Fail for the next n calls only (counted across all threads and
 // processes using the control file); n <= 0 or rv 0 clears the failure.
 func (c *Controller) FailN(function string, rv uint, n int) {
-	c.t.Helper()
+	c.helper()
 	c.setFail(c.slot(function), rv, int64(n))
 }
 
@@ -283,7 +313,7 @@ func (c *Controller) setFail(slot int, rv uint, n int64) {
 // C_Initialize, C_Finalize and C_GetFunctionList, on top of their own
 // delays. d <= 0 removes the delay.
 func (c *Controller) Delay(function string, d time.Duration) {
-	c.t.Helper()
+	c.helper()
 	if d < 0 {
 		d = 0
 	}
@@ -356,16 +386,20 @@ func (c *Controller) Reset() {
 // before the module mapped the control file (at C_Initialize or
 // C_GetFunctionList) are not counted.
 func (c *Controller) Calls(function string) uint64 {
-	c.t.Helper()
+	c.helper()
 	return atomic.LoadUint64(c.u64(c.slot(function) + slotCalls))
 }
 
 // slot returns the byte offset of function's slot.
 func (c *Controller) slot(function string) int {
-	c.t.Helper()
+	c.helper()
 	id, ok := funcIDs[function]
 	if !ok {
-		c.t.Fatalf("faultmod: unknown PKCS#11 function %q (want \"*\" or a PKCS#11 v2.40 name such as \"C_Encrypt\")", function)
+		msg := fmt.Sprintf("faultmod: unknown PKCS#11 function %q (want \"*\" or a PKCS#11 v2.40 name such as \"C_Encrypt\")", function)
+		if c.t == nil {
+			panic(msg)
+		}
+		c.t.Fatal(msg)
 	}
 	return headerSize + id*slotSize
 }
