@@ -68,7 +68,7 @@ func main() {
 	flag.IntVar(&o.manyConc, "many-create-conc", 4, "concurrent CreateKey clients")
 	flag.DurationVar(&o.soak, "soak", time.Minute, "mixed-load soak duration (0: skip)")
 	flag.IntVar(&o.soakConc, "soak-conc", 16, "soak clients")
-	flag.StringVar(&parts, "parts", "main,manykeys,network,soak", "parts to run")
+	flag.StringVar(&parts, "parts", "main,manykeys,network,twonode,soak", "parts to run")
 	flag.StringVar(&opsFlag, "ops", "", "main run: comma-separated operations to drive (encrypt, decrypt, generatedatakey, legacy-encrypt; default all)")
 	flag.Parse()
 	for _, c := range strings.Split(conc, ",") {
@@ -344,6 +344,13 @@ func runBench(ctx context.Context, o options, out io.Writer) (err error) {
 		fmt.Fprintln(out, "\n== network-HSM run ==")
 		if err := networkRun(ctx, o, bin, out); err != nil {
 			return fmt.Errorf("network-HSM run: %w", err)
+		}
+	}
+
+	if o.parts["twonode"] {
+		fmt.Fprintln(out, "\n== two-node run ==")
+		if err := twoNodeRun(ctx, o, bin, out); err != nil {
+			return fmt.Errorf("two-node run: %w", err)
 		}
 	}
 

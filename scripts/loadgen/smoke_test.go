@@ -11,7 +11,7 @@ import (
 )
 
 // TestBenchSmoke runs the whole bench harness (raw ceiling, kmsd on a fresh
-// token, every operation, many-keys, soak) with tiny numbers so that make
+// token, every operation, many-keys, network HSM, two nodes, soak) with tiny numbers so that make
 // bench never rots. It asserts that every part ran without request errors,
 // never any timing.
 func TestBenchSmoke(t *testing.T) {
@@ -29,7 +29,7 @@ func TestBenchSmoke(t *testing.T) {
 		conc: []int{2}, size: 64,
 		manyKeys: 5, manyConc: 2,
 		soak: 300 * time.Millisecond, soakConc: 2,
-		parts: map[string]bool{"main": true, "manykeys": true, "network": true, "soak": true},
+		parts: map[string]bool{"main": true, "manykeys": true, "network": true, "twonode": true, "soak": true},
 	}, &out)
 	t.Logf("bench output:\n%s", out.String())
 	if err != nil {
@@ -41,6 +41,7 @@ func TestBenchSmoke(t *testing.T) {
 		"\nencrypt ", "\ndecrypt ", "\ngeneratedatakey ", "\nlegacy-encrypt ",
 		"created 5 CMKs", "kmsd start-up with 6 keys",
 		"network_hsm_ratio_to_ideal: ",
+		"two_node_ratio_to_one: ",
 		"soak RSS: start",
 	} {
 		if !strings.Contains(s, want) {

@@ -417,3 +417,30 @@ func (s *Server) remove() {
 	s.stop()
 	_ = os.RemoveAll(s.dir)
 }
+
+// StartServer is Start for programs that are not tests (the benchmark): a
+// throwaway cluster, or the KMS_TEST_POSTGRES_DSN server. The caller calls
+// Remove when done.
+func StartServer() (*Server, error) {
+	if dsn := os.Getenv(EnvDSN); dsn != "" {
+		return &Server{AdminDSN: dsn}, nil
+	}
+	s, err := startCluster()
+	if err != nil {
+		return nil, fmt.Errorf("pgtest: %v\n\n%s", err, Instructions)
+	}
+	return s, nil
+}
+
+// Remove stops a server made by StartServer and deletes its cluster (an
+// external server is left alone).
+func (s *Server) Remove() { s.remove() }
+
+// CreateDatabase creates an empty database named name and returns a DSN
+// connecting to it; the caller drops it (or removes the server).
+func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error) {
+	if err := s.admin(ctx, `CREATE DATABASE `+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", fmt.Errorf("pgtest: create database: %w", err)
+	}
+	return withDatabase(s.AdminDSN, name), nil
+}
