@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net"
 	"net/http"
 	"strconv"
@@ -318,12 +319,24 @@ func (c *nonceCache) UseNonce(_ context.Context, key string, expiry, now time.Ti
 // nonceCache remembers (SecretId, Nonce) pairs until their timestamp leaves
 // the signature window, so a replay inside the window is refused. It is
 // bounded: when full it refuses new requests rather than forget nonces.
+//
+// Memory: a pair is kept as a 128-bit keyed hash (two maphash values with
+// random seeds, so nobody can aim collisions at another caller's nonces),
+// about 50 bytes an entry with its expiry index, instead of the strings.
+// Expired entries are dropped by 10-second expiry buckets, so a sweep
+// touches only what expired, never the whole map under the lock.
 type nonceCache struct {
-	mu        sync.Mutex
-	seen      map[string]int64 // key -> expiry (unix seconds)
-	max       int
-	nextSweep int64
+	mu           sync.Mutex
+	seed1, seed2 maphash.Seed
+	seen         map[nonceKey]int64   // key -> expiry (unix seconds)
+	buckets      map[int64][]nonceKey // expiry/nonceBucket -> keys expiring then
+	swept        int64                // buckets before this one are swept
+	max          int
 }
+
+type nonceKey [2]uint64
+
+const nonceBucket = 10 // seconds per expiry bucket
 
 type nonceResult int
 
@@ -334,27 +347,39 @@ const (
 )
 
 func newNonceCache(max int) *nonceCache {
-	return &nonceCache{seen: make(map[string]int64), max: max}
+	return &nonceCache{seed1: maphash.MakeSeed(), seed2: maphash.MakeSeed(),
+		seen: make(map[nonceKey]int64), buckets: make(map[int64][]nonceKey), max: max}
 }
 
 func (c *nonceCache) use(key string, expiry, now time.Time) nonceResult {
+	k := nonceKey{maphash.String(c.seed1, key), maphash.String(c.seed2, key)}
+	n := now.Unix()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := now.Unix()
-	if n >= c.nextSweep || len(c.seen) >= c.max {
-		for k, exp := range c.seen {
-			if exp < n {
-				delete(c.seen, k)
+	if c.swept == 0 {
+		c.swept = n / nonceBucket
+	}
+	// Every key of a bucket before now's has expired: its expiry is
+	// below the bucket's end, which is at most now.
+	for b := c.swept; b < n/nonceBucket; b++ {
+		for _, old := range c.buckets[b] {
+			if exp, ok := c.seen[old]; ok && exp < n {
+				delete(c.seen, old)
 			}
 		}
-		c.nextSweep = n + 10
+		delete(c.buckets, b)
 	}
-	if exp, ok := c.seen[key]; ok && exp >= n {
+	if b := n / nonceBucket; b > c.swept {
+		c.swept = b
+	}
+	if exp, ok := c.seen[k]; ok && exp >= n {
 		return nonceReplayed
 	}
 	if len(c.seen) >= c.max {
 		return nonceFull
 	}
-	c.seen[key] = expiry.Unix()
+	e := expiry.Unix()
+	c.seen[k] = e
+	c.buckets[e/nonceBucket] = append(c.buckets[e/nonceBucket], k)
 	return nonceFresh
 }
