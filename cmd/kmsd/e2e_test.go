@@ -140,7 +140,7 @@ func launch(t *testing.T, bin string, env []string, args ...string) (s *server, 
 	cmd.Env = env
 	pr, pw := io.Pipe()
 	buf := &syncBuffer{}
-	cmd.Stderr = io.MultiWriter(pw, buf)
+	cmd.Stderr = io.MultiWriter(buf, pw) // buf first: once the scanner sees a line, buf has it
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
