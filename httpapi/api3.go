@@ -320,8 +320,8 @@ type createKeyResponse struct {
 }
 
 func (s *Server) createKey3(ctx context.Context, req *createKeyRequest) (*createKeyResponse, error) {
-	if req.Alias == nil || *req.Alias == "" {
-		return nil, apiErrorf("MissingParameter", "the Alias parameter is missing")
+	if _, err := requireString("Alias", req.Alias); err != nil {
+		return nil, err
 	}
 	if req.Type != nil && *req.Type != 1 {
 		return nil, apiErrorf("InvalidParameterValue.InvalidType", "only Type 1 (a CMK created by KMS) is supported")
@@ -358,11 +358,11 @@ type encryptResponse struct {
 }
 
 func (s *Server) encrypt3(ctx context.Context, req *encryptRequest) (*encryptResponse, error) {
-	if req.KeyId == nil || *req.KeyId == "" {
-		return nil, apiErrorf("MissingParameter", "the KeyId parameter is missing")
+	if _, err := requireString("KeyId", req.KeyId); err != nil {
+		return nil, err
 	}
-	if req.Plaintext == nil || *req.Plaintext == "" {
-		return nil, apiErrorf("MissingParameter", "the Plaintext parameter is missing")
+	if _, err := requireString("Plaintext", req.Plaintext); err != nil {
+		return nil, err
 	}
 	pt, err := decodeBase64(*req.Plaintext)
 	if err != nil {
@@ -393,8 +393,8 @@ type decryptResponse struct {
 }
 
 func (s *Server) decrypt3(ctx context.Context, req *decryptRequest) (*decryptResponse, error) {
-	if req.CiphertextBlob == nil || *req.CiphertextBlob == "" {
-		return nil, apiErrorf("MissingParameter", "the CiphertextBlob parameter is missing")
+	if _, err := requireString("CiphertextBlob", req.CiphertextBlob); err != nil {
+		return nil, err
 	}
 	if deref(req.EncryptionPublicKey) != "" || deref(req.EncryptionAlgorithm) != "" {
 		return nil, apiErrorf("UnsupportedOperation", "EncryptionPublicKey is not supported")
@@ -405,6 +405,15 @@ func (s *Server) decrypt3(ctx context.Context, req *decryptRequest) (*decryptRes
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
 	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
+}
+
+// requireString returns the value of a required string parameter, or
+// MissingParameter if it is absent or empty.
+func requireString(name string, v *string) (string, error) {
+	if v == nil || *v == "" {
+		return "", apiErrorf("MissingParameter", "the "+name+" parameter is missing")
+	}
+	return *v, nil
 }
 
 func deref(p *string) string {

@@ -76,16 +76,9 @@ func parsePolicyParam(p *string) (kms.Policy, error) {
 	return pol, nil
 }
 
-func requireSecretID(req *credentialRequest) (string, error) {
-	if req.SecretId == nil || *req.SecretId == "" {
-		return "", apiErrorf("MissingParameter", "the SecretId parameter is missing")
-	}
-	return *req.SecretId, nil
-}
-
 func (s *Server) createCredential3(ctx context.Context, req *credentialRequest) (*createCredentialResponse, error) {
-	if req.Name == nil || *req.Name == "" {
-		return nil, apiErrorf("MissingParameter", "the Name parameter is missing")
+	if _, err := requireString("Name", req.Name); err != nil {
+		return nil, err
 	}
 	if req.SecretId != nil {
 		return nil, apiErrorf("UnknownParameter", "the parameter SecretId is not recognized")
@@ -126,7 +119,7 @@ func (s *Server) disableCredential3(ctx context.Context, req *credentialRequest)
 }
 
 func (s *Server) setCredentialEnabled(ctx context.Context, req *credentialRequest, enabled bool) (*emptyResponse, error) {
-	id, err := requireSecretID(req)
+	id, err := requireString("SecretId", req.SecretId)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +130,7 @@ func (s *Server) setCredentialEnabled(ctx context.Context, req *credentialReques
 }
 
 func (s *Server) updateCredentialPolicy3(ctx context.Context, req *credentialRequest) (*emptyResponse, error) {
-	id, err := requireSecretID(req)
+	id, err := requireString("SecretId", req.SecretId)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +145,7 @@ func (s *Server) updateCredentialPolicy3(ctx context.Context, req *credentialReq
 }
 
 func (s *Server) deleteCredential3(ctx context.Context, req *credentialRequest) (*emptyResponse, error) {
-	id, err := requireSecretID(req)
+	id, err := requireString("SecretId", req.SecretId)
 	if err != nil {
 		return nil, err
 	}

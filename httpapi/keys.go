@@ -467,8 +467,8 @@ func (s *Server) updateAlias3(ctx context.Context, req *updateAliasRequest) (*em
 	if err != nil {
 		return nil, err
 	}
-	if req.Alias == nil || *req.Alias == "" {
-		return nil, apiErrorf("MissingParameter", "the Alias parameter is missing")
+	if _, err := requireString("Alias", req.Alias); err != nil {
+		return nil, err
 	}
 	return &emptyResponse{}, s.kms.UpdateAlias(ctx, id, *req.Alias)
 }
@@ -685,8 +685,8 @@ type reEncryptResponse struct {
 }
 
 func (s *Server) reEncrypt3(ctx context.Context, req *reEncryptRequest) (*reEncryptResponse, error) {
-	if req.CiphertextBlob == nil || *req.CiphertextBlob == "" {
-		return nil, apiErrorf("MissingParameter", "the CiphertextBlob parameter is missing")
+	if _, err := requireString("CiphertextBlob", req.CiphertextBlob); err != nil {
+		return nil, err
 	}
 	res, err := s.kms.ReEncrypt(ctx, kms.ReEncryptInput{
 		CiphertextBlob: *req.CiphertextBlob, DestinationKeyID: deref(req.DestinationKeyId),
