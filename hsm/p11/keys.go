@@ -116,6 +116,24 @@ func (t *Token) find(s pkcs11.SessionHandle, objectID []byte, max int) ([]pkcs11
 	return hs, nil
 }
 
+// findSettled is find(s, objectID, 2) that waits out working copies being
+// made. SoftHSM2's C_CopyObject is not atomic: the new session object first
+// gets every attribute of the original, CKA_ID included, and only then the
+// template's, so for a few microseconds a copy in progress on another
+// session matches objectID too. Two matches are therefore looked at again,
+// a few times over a few milliseconds, before they count as a real
+// duplicate.
+func (t *Token) findSettled(s pkcs11.SessionHandle, objectID []byte) ([]pkcs11.ObjectHandle, error) {
+	const tries = 5
+	for i := 1; ; i++ {
+		hs, err := t.find(s, objectID, 2)
+		if err != nil || len(hs) < 2 || i == tries {
+			return hs, err
+		}
+		time.Sleep(time.Duration(i) * 500 * time.Microsecond)
+	}
+}
+
 // resolve returns the handle of objectID, from the cache or from the token.
 // cached reports whether it came from the cache (and may be stale).
 func (t *Token) resolve(s pkcs11.SessionHandle, objectID []byte) (h pkcs11.ObjectHandle, cached bool, err error) {
@@ -125,7 +143,7 @@ func (t *Token) resolve(s pkcs11.SessionHandle, objectID []byte) (h pkcs11.Objec
 	if ok {
 		return h, true, nil
 	}
-	hs, err := t.find(s, objectID, 2)
+	hs, err := t.findSettled(s, objectID)
 	if err != nil {
 		return 0, false, err
 	}
