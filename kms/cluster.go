@@ -258,6 +258,7 @@ func (s *Service) adopt(r store.Key, newerOnly bool) (*keyEntry, error) {
 		}
 		s.swapLocked(nk)
 		s.mu.Unlock()
+		s.dropStaleCopies(cur, nk)
 		if cur != nil && cur.meta.KeyState != nk.meta.KeyState {
 			s.log.Info("kms: key changed by another node", "key_id", r.ID, "from", cur.meta.KeyState, "to", nk.meta.KeyState)
 		}

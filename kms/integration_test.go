@@ -504,3 +504,61 @@ func TestIntegrationConcurrent(t *testing.T) {
 func adminCtx() context.Context {
 	return kms.WithPrincipal(context.Background(), &kms.Principal{SecretID: "AKIDtestadmin", Name: "test", Policy: kms.AdminPolicy()})
 }
+
+// Working copies of a key (session objects hsm/p11 makes per session) are
+// dropped when the key is disabled (which scheduling its deletion needs
+// first), and the
+// previous version's when it is rotated; other keys' copies stay.
+func TestIntegrationWorkingCopiesDropped(t *testing.T) {
+	r := newRig(t, kms.Config{})
+	ctx := adminCtx()
+	copies := func() int { return r.h.Stats().WorkingCopies }
+	a, b := r.create("copies-a"), r.create("copies-b")
+	r.encrypt(b.KeyID, []byte("b"), "")
+	if n := copies(); n != 1 {
+		t.Fatalf("%d copies after one Encrypt, want 1", n)
+	}
+	useA := func() {
+		t.Helper()
+		for range 4 {
+			if _, err := r.svc.Encrypt(ctx, kms.EncryptInput{KeyID: a.KeyID, Plaintext: []byte("a")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := copies(); n < 2 {
+			t.Fatalf("%d copies after using both keys, want >= 2", n)
+		}
+	}
+	useA()
+	if err := r.svc.DisableKey(ctx, a.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	if n := copies(); n != 1 {
+		t.Fatalf("%d copies after DisableKey, want 1 (the other key's)", n)
+	}
+	if err := r.svc.EnableKey(ctx, a.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	useA()
+	old := r.encrypt(a.KeyID, []byte("v1"), "")
+	if _, err := r.svc.RotateKey(ctx, a.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	if n := copies(); n != 1 {
+		t.Fatalf("%d copies after RotateKey, want 1 (version 1's dropped)", n)
+	}
+	useA() // version 2
+	before := copies()
+	if pt, err := r.decrypt(old, ""); err != nil || string(pt) != "v1" {
+		t.Fatalf("Decrypt of a version-1 blob: %q %v", pt, err)
+	}
+	if n := copies(); n != before+1 {
+		t.Fatalf("%d copies after decrypting under version 1, want %d (a fresh copy)", n, before+1)
+	}
+	if err := r.svc.DisableKey(ctx, a.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	if n := copies(); n != 1 {
+		t.Fatalf("%d copies after DisableKey of a rotated key, want 1", n)
+	}
+}

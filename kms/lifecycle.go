@@ -371,11 +371,16 @@ func sameMetadata(a, b store.Key) bool {
 }
 
 // replace publishes nk in place of old, keeping the alias index and the
-// count of live keys right.
+// count of live keys right, then drops the working copies the change made
+// useless.
 func (s *Service) replace(old, nk *keyEntry) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.swapLocked(nk)
+	prev := s.swapLocked(nk)
+	s.mu.Unlock()
+	if prev == nil {
+		prev = old
+	}
+	s.dropStaleCopies(prev, nk)
 }
 
 // EnableKey makes a Disabled key Enabled (an Enabled key stays so).

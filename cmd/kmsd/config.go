@@ -40,6 +40,10 @@ type fileConfig struct {
 		Sessions       int      `yaml:"sessions"`
 		AcquireTimeout duration `yaml:"acquire_timeout"`
 		IVMode         string   `yaml:"iv_mode"`
+		// WorkingCopies is a pointer so that an absent key keeps the
+		// default (on) while "false" turns copies off.
+		WorkingCopies     *bool    `yaml:"working_copies"`
+		CopyCheckInterval duration `yaml:"copy_check_interval"`
 	} `yaml:"pkcs11"`
 	Store struct {
 		DataDir string `yaml:"data_dir"`

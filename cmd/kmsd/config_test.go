@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func envOf(m map[string]string) func(string) (string, bool) {
@@ -35,7 +36,8 @@ func TestConfigFile(t *testing.T) {
 	}{
 		{name: "example file", file: "", args: []string{"-config", "../../kmsd.example.yaml", "-module", module}, env: map[string]string{"KMSD_PIN": "1"},
 			check: func(t *testing.T, c config) {
-				if c.tokenLabel != "hsmkms" || c.sessions != 2 || c.maxConcurrent != 1024 || c.usageLimit != 1<<30 || c.ivMode != "caller" {
+				if c.tokenLabel != "hsmkms" || c.sessions != 2 || c.maxConcurrent != 1024 || c.usageLimit != 1<<30 || c.ivMode != "caller" ||
+					!c.workingCopies || c.copyCheck != time.Minute {
 					t.Fatalf("%+v", c)
 				}
 			}},
@@ -63,6 +65,19 @@ func TestConfigFile(t *testing.T) {
 					t.Fatalf("label %q", c.tokenLabel)
 				}
 			}},
+		{name: "working copies off", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  working_copies: false\n  copy_check_interval: 10s\n",
+			check: func(t *testing.T, c config) {
+				if c.workingCopies || c.copyCheck != 10*time.Second {
+					t.Fatalf("working copies %v, check %v", c.workingCopies, c.copyCheck)
+				}
+			}},
+		{name: "working copies default on", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n", env: map[string]string{"KMSD_COPY_CHECK_INTERVAL": "2m"},
+			check: func(t *testing.T, c config) {
+				if !c.workingCopies || c.copyCheck != 2*time.Minute {
+					t.Fatalf("working copies %v, check %v", c.workingCopies, c.copyCheck)
+				}
+			}},
+		{name: "bad copy check interval", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  copy_check_interval: -1s\n", want: "copy-check-interval"},
 		{name: "unknown key", file: "pkcs11:\n  modul: module.so\n", want: "modul"},
 		{name: "PIN in the URI refused", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  token_uri: \"pkcs11:token=t?pin-value=1234\"\n", want: "pin-value"},
 		{name: "bad duration", file: "limits:\n  read_timeout: soon\n", want: "duration"},

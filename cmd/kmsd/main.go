@@ -64,6 +64,8 @@ type config struct {
 	sessions       int
 	acquireTimeout time.Duration
 	ivMode         string
+	workingCopies  bool
+	copyCheck      time.Duration
 	auditFile      string // "" when auditing is disabled
 	maxBody        int64
 	readHeader     time.Duration
@@ -181,6 +183,12 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	def("pin-file", "KMSD_PIN_FILE", str(fc.PKCS11.PINFile), "", "file holding the token user PIN; or set KMSD_PIN")
 	def("sessions", "KMSD_SESSIONS", num(int64(fc.PKCS11.Sessions)), "2", "PKCS#11 sessions, i.e. concurrent HSM calls")
 	def("acquire-timeout", "KMSD_ACQUIRE_TIMEOUT", dur(fc.PKCS11.AcquireTimeout), "5s", "longest wait for a free PKCS#11 session")
+	wc := ""
+	if fc.PKCS11.WorkingCopies != nil {
+		wc = strconv.FormatBool(*fc.PKCS11.WorkingCopies)
+	}
+	def("working-copies", "KMSD_WORKING_COPIES", wc, "true", "use per-session copies of CMKs (session objects) where the token allows it")
+	def("copy-check-interval", "KMSD_COPY_CHECK_INTERVAL", dur(fc.PKCS11.CopyCheckInterval), p11.DefaultCopyCheckInterval.String(), "how often a working copy's token object is checked to still exist")
 	def("iv-mode", "KMSD_IV_MODE", str(fc.PKCS11.IVMode), "caller", "GCM IVs made by kmsd (caller) or by the HSM (hsm)")
 	def("data-dir", "KMSD_DATA_DIR", str(fc.Store.DataDir), "var", "directory of the metadata store")
 	def("postgres-dsn-file", "KMSD_POSTGRES_DSN_FILE", str(fc.Store.Postgres.DSNFile), "", "file holding the DSN of a PostgreSQL store shared by several nodes (replaces the SQLite store)")
@@ -293,6 +301,8 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		c.sessions = int(parseInt("sessions", 1, 1024))
 		c.acquireTimeout = parseDur("acquire-timeout")
 		c.ivMode = v("iv-mode")
+		c.workingCopies = parseBool("working-copies")
+		c.copyCheck = parseDur("copy-check-interval")
 		if c.ivMode != "caller" && c.ivMode != "hsm" {
 			bad("iv-mode", "%q: want caller or hsm", c.ivMode)
 		}
@@ -485,7 +495,7 @@ func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Obse
 	}
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	tok, err = p11.OpenToken(openCtx, p11.Config{ModulePath: cfg.module, TokenLabel: cfg.tokenLabel, PIN: cfg.pin, Sessions: cfg.sessions,
-		HSMGeneratedIV: cfg.ivMode == "hsm", Observer: obs})
+		HSMGeneratedIV: cfg.ivMode == "hsm", NoWorkingCopies: !cfg.workingCopies, CopyCheckInterval: cfg.copyCheck, Observer: obs})
 	cancel()
 	if err != nil {
 		st.Close()

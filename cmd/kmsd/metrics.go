@@ -82,6 +82,7 @@ func registerServiceMetrics(reg prometheus.Registerer, tok *p11.Token, svc *kms.
 	reg.MustRegister(
 		gauge("kmsd_hsm_sessions", "Size of the PKCS#11 session pool.", func(s p11.Stats) float64 { return float64(s.Sessions) }),
 		gauge("kmsd_hsm_sessions_in_use", "PKCS#11 sessions lent out now.", func(s p11.Stats) float64 { return float64(s.InUse) }),
+		gauge("kmsd_hsm_working_copies", "Per-session working copies of CMKs (session objects) in the token now.", func(s p11.Stats) float64 { return float64(s.WorkingCopies) }),
 		gauge("kmsd_hsm_available", "1 when the token serves, 0 while it is re-initialised.", func(s p11.Stats) float64 {
 			if s.Available {
 				return 1

@@ -222,6 +222,8 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		`kmsd_requests_total{action="Encrypt",code="0",protocol="legacy"} 1`,
 		`kmsd_request_duration_seconds_bucket{action="Encrypt",protocol="legacy"`,
 		`kmsd_requests_in_flight`,
+		"\nkmsd_hsm_working_copies 2\n", // the CMK used once, and the credential KEK used at start-up
+		`kmsd_hsm_call_duration_seconds_bucket{function="C_Encrypt"`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -62,6 +62,9 @@ type Stats struct {
 	WaitTime  time.Duration // total time those calls waited
 	Reinits   uint64        // successful re-initialisations
 	Available bool          // false while re-initialising
+	// WorkingCopies is the number of per-session working copies of CMKs
+	// (session objects in the token) in use now.
+	WorkingCopies int
 }
 
 // Stats returns a snapshot of the pool. Safe for concurrent use.
@@ -76,6 +79,11 @@ func (t *Token) Stats() Stats {
 	if !st.Available {
 		return st
 	}
+	t.cmu.Lock()
+	for _, m := range t.copies {
+		st.WorkingCopies += len(m)
+	}
+	t.cmu.Unlock()
 	st.InUse = t.cfg.Sessions - len(t.pool)
 	if st.InUse < 0 {
 		st.InUse = 0
