@@ -34,6 +34,8 @@ vet:
 
 test: setup vet
 	$(GO) test -race -count=1 ./...
+	# Allocation counts of the hot path, without -race (which makes sync.Pool drop items).
+	$(GO) test -count=1 -run 'Allocs' ./httpapi ./tcsign ./kms
 	@$(MAKE) --no-print-directory fuzz
 
 # Short fixed-time runs of every fuzz target, so they never rot.

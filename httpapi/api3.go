@@ -364,12 +364,13 @@ func (s *Server) encrypt3(ctx context.Context, req *encryptRequest) (*encryptRes
 	if _, err := requireString("Plaintext", req.Plaintext); err != nil {
 		return nil, err
 	}
-	pt, err := decodeBase64(*req.Plaintext)
+	pt, buf, err := decodePlaintext(*req.Plaintext)
 	if err != nil {
 		return nil, apiErrorf("InvalidParameterValue.InvalidPlaintext", "the Plaintext is not standard base64")
 	}
 	noteKey(ctx, *req.KeyId, 0)
 	res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: *req.KeyId, Plaintext: pt, EncryptionContext: deref(req.EncryptionContext)})
+	releasePlaintext(pt, buf)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,8 @@ package httpapi
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"hsmkms/kms"
 	"hsmkms/tcsign"
@@ -107,7 +110,8 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 	if err := s.checkTimestamp(ts); err != nil {
 		return nil, err
 	}
-	if a.date != time.Unix(ts, 0).UTC().Format("2006-01-02") {
+	var day [10]byte
+	if a.date != string(time.Unix(ts, 0).UTC().AppendFormat(day[:0], "2006-01-02")) {
 		return nil, errAuthSignature
 	}
 	if r.Header.Get("X-TC-Content-SHA256") != "" {
@@ -118,67 +122,113 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 		return nil, err
 	}
 
-	// Canonical headers, in SignedHeaders order; content-type and host
-	// must be signed.
-	names := strings.Split(a.signedHeaders, ";")
+	// The canonical request, in a pooled buffer: method, URI, query, the
+	// signed headers in SignedHeaders order (content-type and host must be
+	// among them), SignedHeaders, the body's hash. The host line is left
+	// out and filled in per candidate below.
+	bp := tc3Bufs.Get().(*[]byte)
+	defer tc3Bufs.Put(bp)
 	var hasHost, hasCT bool
-	hostIdx := -1
-	headers := make([]string, len(names))
-	for i, n := range names {
-		switch n {
-		case "host":
-			hasHost, hostIdx = true, i
-			continue
-		case "content-type":
-			hasCT = true
-		}
-		if n == "" || n != strings.ToLower(n) || (i > 0 && names[i-1] >= n) {
+	var head, tail []byte // canonical headers before and after host
+	headers := (*bp)[:0]
+	prev := ""
+	for rest := a.signedHeaders; ; {
+		n, more, found := strings.Cut(rest, ";")
+		if n == "" || (prev != "" && prev >= n) || !isLowerASCIIName(n) {
+			*bp = headers[:0]
 			return nil, errAuthMalformed
 		}
-		headers[i] = n + ":" + strings.TrimSpace(r.Header.Get(n))
+		prev = n
+		switch n {
+		case "host":
+			hasHost = true
+			head = headers
+		case "content-type":
+			hasCT = true
+			fallthrough
+		default:
+			headers = append(headers, n...)
+			headers = append(headers, ':')
+			headers = append(headers, strings.TrimSpace(r.Header.Get(n))...)
+			headers = append(headers, '\n')
+		}
+		if !found {
+			break
+		}
+		rest = more
 	}
 	if !hasHost || !hasCT {
+		*bp = headers[:0]
 		return nil, &authError{"AuthFailure.InvalidAuthorization", 4100, "SignedHeaders must include content-type and host"}
 	}
-	canon := tcsign.Canonical{
-		Method:        r.Method,
-		Query:         "",
-		Headers:       headers,
-		SignedHeaders: a.signedHeaders,
-		PayloadHash:   tcsign.SHA256Hex(body),
-	}
+	tail = headers[len(head):]
+	head = head[:len(head):len(head)] // appending below must not overwrite tail
+	var payloadHash [2 * sha256.Size]byte
+	sum := sha256.Sum256(body)
+	hex.Encode(payloadHash[:], sum[:])
+	query := ""
 	if r.Method == http.MethodGet {
-		canon.Query = r.URL.RawQuery
+		query = r.URL.RawQuery
 	}
 	key := s.tc3Keys.SigningKey(cred.SecretKey, a.date, a.service)
-	want := []byte(a.signature)
-	for _, host := range hostCandidates(r.Host) {
-		headers[hostIdx] = "host:" + host
-		for _, uri := range uriCandidates(r.URL.Path) {
-			canon.URI = uri
-			got := tcsign.Sign(key, tcsign.StringToSign(tsRaw, a.scope, canon.String()))
-			if hmac.Equal([]byte(got), want) {
+	want := unsafe.Slice(unsafe.StringData(a.signature), len(a.signature))
+	canon := headers[len(headers):] // the rest of the pooled buffer
+	var sig [2 * sha256.Size]byte
+	host := strings.ToLower(r.Host)
+	for hi := 0; hi < 2; hi++ {
+		if hi == 1 {
+			hn, _, err := net.SplitHostPort(host)
+			if err != nil {
+				break // no port: one candidate
+			}
+			host = hn
+		}
+		for ui := 0; ui < 2; ui++ {
+			uri := "/"
+			if ui == 1 {
+				if r.URL.Path == "" || r.URL.Path == "/" {
+					break
+				}
+				uri = r.URL.Path
+			}
+			c := append(canon[:0], r.Method...)
+			c = append(c, '\n')
+			c = append(c, uri...)
+			c = append(c, '\n')
+			c = append(c, query...)
+			c = append(c, '\n')
+			c = append(c, head...)
+			c = append(c, "host:"...)
+			c = append(c, host...)
+			c = append(c, '\n')
+			c = append(c, tail...)
+			c = append(c, '\n')
+			c = append(c, a.signedHeaders...)
+			c = append(c, '\n')
+			c = append(c, payloadHash[:]...)
+			canon = c
+			tcsign.SignCanonical(&sig, key, tsRaw, a.scope, c)
+			if hmac.Equal(sig[:], want) {
+				*bp = headers[:0]
 				return s.rateLimit(cred)
 			}
 		}
 	}
+	*bp = headers[:0]
 	return nil, errAuthSignature
 }
 
-// hostCandidates returns the Host as sent, then without its port.
-func hostCandidates(host string) []string {
-	h := strings.ToLower(host)
-	if hn, _, err := net.SplitHostPort(h); err == nil {
-		return []string{h, hn}
-	}
-	return []string{h}
-}
+// tc3Bufs holds authTC3's buffers (canonical requests: no secrets).
+var tc3Bufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
-func uriCandidates(path string) []string {
-	if path == "" || path == "/" {
-		return []string{"/"}
+// isLowerASCIIName reports whether n is a lower-case header name.
+func isLowerASCIIName(n string) bool {
+	for i := 0; i < len(n); i++ {
+		if c := n[i]; c <= ' ' || c >= 0x7f || ('A' <= c && c <= 'Z') {
+			return false
+		}
 	}
-	return []string{"/", path}
+	return true
 }
 
 type tc3Authorization struct {
@@ -194,7 +244,9 @@ func parseTC3Authorization(h string) (tc3Authorization, bool) {
 		return a, false
 	}
 	var cred string
-	for _, part := range strings.Split(rest, ",") {
+	for rest != "" {
+		var part string
+		part, rest, _ = strings.Cut(rest, ",")
 		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
 		if !ok {
 			return a, false
@@ -210,15 +262,16 @@ func parseTC3Authorization(h string) (tc3Authorization, bool) {
 			return a, false
 		}
 	}
-	f := strings.Split(cred, "/")
-	if len(f) != 4 || f[0] == "" || f[2] == "" || f[3] != "tc3_request" || a.signedHeaders == "" || len(a.signature) != 64 {
+	id, scope, ok1 := strings.Cut(cred, "/")
+	date, rest2, ok2 := strings.Cut(scope, "/")
+	service, term, ok3 := strings.Cut(rest2, "/")
+	if !ok1 || !ok2 || !ok3 || id == "" || service == "" || term != "tc3_request" || a.signedHeaders == "" || len(a.signature) != 64 {
 		return a, false
 	}
-	if _, err := time.Parse("2006-01-02", f[1]); err != nil {
+	if _, err := time.Parse("2006-01-02", date); err != nil {
 		return a, false
 	}
-	a.secretID, a.date, a.service = f[0], f[1], f[2]
-	a.scope = f[1] + "/" + f[2] + "/tc3_request"
+	a.secretID, a.date, a.service, a.scope = id, date, service, scope
 	return a, true
 }
 

@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/labstack/echo/v4"
 
@@ -181,12 +183,13 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 		if err != nil {
 			return nil, err
 		}
-		pt, err := decodeBase64(b64)
+		pt, buf, err := decodePlaintext(b64)
 		if err != nil {
 			return nil, &legacyError{code: codePlaintextBase64, message: "(10690)plaintext is not encoded with base64"}
 		}
 		noteKey(ctx, keyID, 0)
 		res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: p.get("encryptionContext")})
+		releasePlaintext(pt, buf)
 		if err != nil {
 			return nil, err
 		}
@@ -351,7 +354,45 @@ func parseParams(raw string) (params, error) {
 
 // decodeBase64 decodes standard, padded base64 strictly.
 func decodeBase64(s string) ([]byte, error) {
-	return base64.StdEncoding.Strict().DecodeString(s)
+	return strictBase64.DecodeString(s)
+}
+
+// strictBase64 is base64.StdEncoding refusing non-zero padding bits (made
+// once: Strict returns a new Encoding on every call).
+var strictBase64 = base64.StdEncoding.Strict()
+
+// plaintextBufs holds buffers for decoded Encrypt plaintexts, which the
+// service reads only during the call (kms.EncryptInput). They are cleared
+// before they go back, so no plaintext outlives its request in them.
+var plaintextBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledPlaintext bounds the buffers kept in plaintextBufs.
+const maxPooledPlaintext = 8 << 10
+
+// decodePlaintext decodes the standard base64 s (as decodeBase64) into a
+// pooled buffer; the caller must give buf to releasePlaintext once the
+// plaintext is no longer used.
+func decodePlaintext(s string) (pt []byte, buf *[]byte, err error) {
+	buf = plaintextBufs.Get().(*[]byte)
+	// The decoder only reads the string's bytes.
+	pt, err = strictBase64.AppendDecode((*buf)[:0], unsafe.Slice(unsafe.StringData(s), len(s)))
+	if err != nil {
+		releasePlaintext(pt, buf)
+		return nil, nil, err
+	}
+	return pt, buf, nil
+}
+
+// releasePlaintext clears pt and returns its buffer to the pool.
+func releasePlaintext(pt []byte, buf *[]byte) {
+	if buf == nil {
+		return
+	}
+	clear(pt[:cap(pt)])
+	if cap(pt) <= maxPooledPlaintext {
+		*buf = pt[:0]
+		plaintextBufs.Put(buf)
+	}
 }
 
 // truncate shortens a caller-supplied value before it is echoed in a message.

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,6 +73,7 @@ func (f *fakeKMS) CreateKey(_ context.Context, in kms.CreateKeyInput) (kms.KeyMe
 
 func (f *fakeKMS) Encrypt(_ context.Context, in kms.EncryptInput) (kms.EncryptResult, error) {
 	f.lastEnc = in
+	f.lastEnc.Plaintext = bytes.Clone(in.Plaintext) // the caller reuses the buffer (kms.EncryptInput)
 	if f.err != nil {
 		return kms.EncryptResult{}, f.err
 	}

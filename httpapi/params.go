@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // This file decodes API 3.0 business parameters into request structs,
@@ -63,7 +64,8 @@ func fieldsOf(t reflect.Type) map[string]fieldInfo {
 }
 
 // decodeJSONParams decodes a JSON object body into dst (a pointer to a
-// struct). An empty body is an empty object.
+// struct). An empty body is an empty object. The strings it stores may
+// share body's bytes: body must not be modified afterwards.
 //
 // The common shape (an object whose values are plain strings or null, into
 // string or *string fields) takes decodeJSONFast, which allocates only the
@@ -85,6 +87,11 @@ const maxFastParams = 8
 // distinct known names without escapes whose values are null or strings
 // (valid UTF-8, no \u escapes), each into a string or *string field,
 // followed only by white space. Otherwise it reports false and leaves dst untouched.
+//
+// Strings without escapes are stored without a copy: they share body's
+// bytes, so body must not be modified once decodeJSONFast has returned
+// (request bodies are read into a fresh buffer per request and never
+// written again).
 func decodeJSONFast(body []byte, dst any) bool {
 	rv := reflect.ValueOf(dst)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
@@ -170,7 +177,8 @@ func decodeJSONFast(body []byte, dst any) bool {
 		if m.escaped {
 			str = unescapeSimple(m.value)
 		} else {
-			str = string(m.value)
+			// No copy: the string shares body's bytes (see the contract).
+			str = unsafe.String(unsafe.SliceData(m.value), len(m.value))
 		}
 		if f.Kind() == reflect.String {
 			f.SetString(str)

@@ -10,6 +10,9 @@ import (
 // implements it; errors wrap the sentinels of package hsm.
 //
 // Implementations must be safe for concurrent use.
+//
+// Implementations keep no reference to the byte slices they are given
+// (object ids, plaintexts, AAD) once a call returns: callers reuse them.
 type HSM interface {
 	// GenerateKey creates a non-extractable AES-256 token object whose
 	// CKA_ID is objectID and whose CKA_LABEL is label.

@@ -82,7 +82,9 @@ type KeyMetadata struct {
 	NextRotateTime     time.Time // zero unless KeyRotationEnabled
 }
 
-// EncryptInput is the request of Encrypt.
+// EncryptInput is the request of Encrypt. Encrypt reads Plaintext only
+// while it runs and keeps no reference to it: callers may clear and reuse
+// the buffer once it returns.
 type EncryptInput struct {
 	KeyID             string
 	Plaintext         []byte // raw bytes, 1..MaxPlaintext
@@ -888,6 +890,17 @@ func (s *Service) Encrypt(ctx context.Context, in EncryptInput) (EncryptResult, 
 // counts the encryption against the version (see usage) and, when the
 // version reached the usage limit, makes a new version first. It never
 // writes the store except for one usage reservation per batch.
+// sealScratch holds seal's scratch buffers (AAD, then envelope; no secret
+// is ever in them: the envelope is ciphertext).
+var sealScratch = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+func putSealScratch(p *[]byte, b []byte) {
+	if cap(b) <= 2*MaxEnvelopeBytes {
+		*p = b[:0]
+		sealScratch.Put(p)
+	}
+}
+
 func (s *Service) seal(ctx context.Context, k *keyEntry, plaintext []byte, ec EncryptionContext, op string) (string, uint32, error) {
 	if err := s.checkFresh(); err != nil {
 		return "", 0, err
@@ -920,24 +933,29 @@ func (s *Service) seal(ctx context.Context, k *keyEntry, plaintext []byte, ec En
 			continue
 		}
 
-		aad := make([]byte, 0, HeaderLen+ec.CanonicalLen())
-		aad = append(aad, v.header[:]...)
+		// One scratch buffer holds the AAD, then the envelope: neither
+		// outlives this call (the HSM keeps no reference to its inputs and
+		// the envelope is copied into the base64 string).
+		sp := sealScratch.Get().(*[]byte)
+		aad := append((*sp)[:0], v.header[:]...)
 		aad = ec.AppendCanonical(aad)
 		iv, sealed, err := s.hsm.Seal(ctx, v.objectID, plaintext, aad)
 		if err != nil {
+			putSealScratch(sp, aad)
 			return "", 0, s.hsmErr(s.versionLog(k, v), op, err)
 		}
 		if len(iv) != hsm.IVBytes || len(sealed) != len(plaintext)+hsm.TagBytes {
+			putSealScratch(sp, aad)
 			s.versionLog(k, v).Error("kms: HSM returned a malformed seal", "iv_len", len(iv), "sealed_len", len(sealed))
 			return "", 0, fmt.Errorf("%w: kms: %s: malformed HSM output", ErrInternal, op)
 		}
-
-		buf := make([]byte, 0, HeaderLen+1+len(iv)+len(sealed))
-		buf = append(buf, v.header[:]...)
+		buf := append(aad[:0], v.header[:]...)
 		buf = append(buf, byte(len(iv)))
 		buf = append(buf, iv...)
 		buf = append(buf, sealed...)
-		return blobEncoding.EncodeToString(buf), v.number, nil
+		blob := blobEncoding.EncodeToString(buf)
+		putSealScratch(sp, buf)
+		return blob, v.number, nil
 	}
 }
 

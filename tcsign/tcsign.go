@@ -95,6 +95,37 @@ func Sign(signingKey []byte, stringToSign string) string {
 	return string(h[:])
 }
 
+// SignCanonical writes to sig the lowercase hex TC3 signature of the
+// canonical request canonical (rendered as Canonical.String renders it)
+// sent at timestamp (decimal UNIX seconds) with the credential scope
+// scope (DATE/SERVICE/tc3_request), under signingKey: the same as
+// Sign(signingKey, StringToSign(timestamp, scope, string(canonical))),
+// without allocating once the key's HMAC state is pooled. Safe for
+// concurrent use.
+func SignCanonical(sig *[2 * sha256.Size]byte, signingKey []byte, timestamp, scope string, canonical []byte) {
+	sc := signScratches.Get().(*signScratch)
+	defer signScratches.Put(sc)
+	b := sc.sts[:0]
+	b = append(b, Algorithm...)
+	b = append(b, '\n')
+	b = append(b, timestamp...)
+	b = append(b, '\n')
+	b = append(b, scope...)
+	b = append(b, '\n')
+	sum := sha256.Sum256(canonical)
+	b = hex.AppendEncode(b, sum[:])
+	hex.Encode(sig[:], pooledHMAC(&hmacSHA256s, sha256.New, signingKey, b, sc.mac[:0]))
+}
+
+// signScratch is SignCanonical's scratch space (it escapes through the
+// hash.Hash interface, so it is pooled rather than on the stack).
+type signScratch struct {
+	sts [256]byte
+	mac [sha256.Size]byte
+}
+
+var signScratches = sync.Pool{New: func() any { return new(signScratch) }}
+
 // hmacTable pools keyed HMAC states of one hash by key.
 type hmacTable struct {
 	mu sync.RWMutex
@@ -106,7 +137,7 @@ var hmacSHA256s, hmacSHA1s hmacTable
 // pooledHMAC appends HMAC(key, msg) to dst, with a pooled keyed state of
 // t when there is one. t holds at most MaxEntries keys and is emptied when
 // full.
-func pooledHMAC(t *hmacTable, h func() hash.Hash, key []byte, msg string, dst []byte) []byte {
+func pooledHMAC[S string | []byte](t *hmacTable, h func() hash.Hash, key []byte, msg S, dst []byte) []byte {
 	t.mu.RLock()
 	p := t.m[string(key)]
 	t.mu.RUnlock()

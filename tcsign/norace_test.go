@@ -1,0 +1,5 @@
+//go:build !race
+
+package tcsign
+
+const raceEnabled = false
