@@ -80,8 +80,9 @@ func (s *Server) api3(c echo.Context) error {
 	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "api3"}
 	r := c.Request()
 	c.Response().Header().Set(RequestIDHeader, rid)
-	ctx, cancel := context.WithTimeout(withInfo(r.Context(), info), s.cfg.RequestTimeout)
+	tctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()
+	ctx := withInfo(tctx, info)
 
 	failure := func() any {
 		return api3Envelope{Response: api3ErrorBody{Error: apiErrorf("InternalError", "the audit trail is unavailable; the request was not served (RequestId "+rid+")"), RequestID: rid}}

@@ -104,7 +104,8 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 	}
 	tsRaw := r.Header.Get("X-TC-Timestamp")
 	ts, err := strconv.ParseInt(tsRaw, 10, 64)
-	if err != nil || tsRaw != strconv.FormatInt(ts, 10) {
+	var canonTS [20]byte
+	if err != nil || tsRaw != string(strconv.AppendInt(canonTS[:0], ts, 10)) {
 		return nil, &authError{"MissingParameter", 4000, "X-TC-Timestamp is missing or not a UNIX time in seconds"}
 	}
 	if err := s.checkTimestamp(ts); err != nil {

@@ -110,8 +110,9 @@ func (s *Server) legacy(c echo.Context) error {
 	rid := newRequestID()
 	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "legacy"}
 	c.Response().Header().Set(RequestIDHeader, rid)
-	ctx, cancel := context.WithTimeout(withInfo(c.Request().Context(), info), s.cfg.RequestTimeout)
+	tctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.RequestTimeout)
 	defer cancel()
+	ctx := withInfo(tctx, info)
 
 	failure := func() any {
 		return legacyReply{Code: codeInternal, Message: "the audit trail is unavailable; the request was not served", RequestID: rid}

@@ -2,11 +2,18 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"hsmkms/kms"
 )
 
 // Tests of the allocation-lean paths of the request hot path. They assert
@@ -148,5 +155,56 @@ func TestDecodePlaintextAllocs(t *testing.T) {
 		releasePlaintext(pt, buf)
 	}); n > 0 {
 		t.Fatalf("decodePlaintext: %.0f allocations, want 0", n)
+	}
+}
+
+func TestNewRequestIDAllocs(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		id := newRequestID()
+		u, err := uuid.Parse(id)
+		if err != nil || u.Version() != 4 || u.Variant() != uuid.RFC4122 || u.String() != id {
+			t.Fatalf("%q: %v version %d variant %v", id, err, u.Version(), u.Variant())
+		}
+		if seen[id] {
+			t.Fatalf("%q twice", id)
+		}
+		seen[id] = true
+	}
+	if raceEnabled {
+		t.Log("allocations are counted by make test's run without -race")
+		return
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = newRequestID() }); n > 1 {
+		t.Fatalf("newRequestID: %.0f allocations, want 1", n)
+	}
+}
+
+// A context carrying a reqInfo keeps the cancellation, deadline and values
+// of the one below, for itself and for contexts derived from it.
+func TestWithInfo(t *testing.T) {
+	type otherKey struct{}
+	base, cancel := context.WithTimeout(context.WithValue(context.Background(), otherKey{}, "v"), time.Hour)
+	i := &reqInfo{requestID: "r"}
+	ctx := withInfo(base, i)
+	child, cancelChild := context.WithCancel(kms.WithPrincipal(ctx, &kms.Principal{}))
+	defer cancelChild()
+	if infoFrom(child) != i || child.Value(otherKey{}) != "v" {
+		t.Fatal("values lost")
+	}
+	if d, ok := child.Deadline(); !ok || time.Until(d) < 59*time.Minute {
+		t.Fatal("deadline lost")
+	}
+	cancel()
+	select {
+	case <-child.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("cancellation of the request context did not reach a derived context")
+	}
+	if !errors.Is(child.Err(), context.Canceled) {
+		t.Fatal(child.Err())
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = withInfo(base, i) }); n != 0 {
+		t.Fatalf("withInfo: %.0f allocations, want 0", n)
 	}
 }

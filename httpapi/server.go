@@ -19,6 +19,8 @@ package httpapi
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"log/slog"
 	"net/http"
 	"time"
@@ -151,8 +153,27 @@ func New(k KMS, cfg Config) *Server {
 // Handler returns the http.Handler serving every route.
 func (s *Server) Handler() http.Handler { return s.echo }
 
-// newRequestID returns a fresh random request id.
-func newRequestID() string { return uuid.NewString() }
+// newRequestID returns a fresh random request id: a version 4 UUID, as
+// uuid.NewString makes, with one allocation instead of three.
+func newRequestID() string {
+	var u uuid.UUID
+	if _, err := rand.Read(u[:]); err != nil {
+		return uuid.NewString() // crypto/rand does not fail on Linux; keep the shape if it does
+	}
+	u[6] = u[6]&0x0f | 0x40 // version 4
+	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
+	var b [36]byte
+	hex.Encode(b[0:8], u[0:4])
+	b[8] = '-'
+	hex.Encode(b[9:13], u[4:6])
+	b[13] = '-'
+	hex.Encode(b[14:18], u[6:8])
+	b[18] = '-'
+	hex.Encode(b[19:23], u[8:10])
+	b[23] = '-'
+	hex.Encode(b[24:], u[10:])
+	return string(b[:])
+}
 
 // handleHTTPError answers routing errors (unknown path, wrong method) and
 // anything a handler failed to answer itself, without internals.

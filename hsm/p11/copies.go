@@ -68,10 +68,11 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 	if t.noCopies.Load() {
 		return tokenH
 	}
-	key := string(objectID)
+	// Map lookups with string(objectID) in the index expression do not
+	// allocate; a string variable would.
 	t.cmu.Lock()
-	e, ok := t.copies[s][key]
-	gen := t.cgen[key]
+	e, ok := t.copies[s][string(objectID)]
+	gen := t.cgen[string(objectID)]
 	t.cmu.Unlock()
 	if ok && e.tokenH == tokenH {
 		if t.copyMaxAge > 0 && time.Since(e.checked) < t.copyMaxAge {
@@ -84,10 +85,10 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 		}
 		e.checked = time.Now()
 		t.cmu.Lock()
-		if t.cgen[key] == gen {
+		if t.cgen[string(objectID)] == gen {
 			if m := t.copies[s]; m != nil {
-				if _, still := m[key]; still {
-					m[key] = e
+				if _, still := m[string(objectID)]; still {
+					m[string(objectID)] = e
 				}
 			}
 		}
@@ -98,7 +99,7 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 		// A copy of an object that was re-created meanwhile.
 		t.dropCopies(s, objectID)
 		t.cmu.Lock()
-		gen = t.cgen[key]
+		gen = t.cgen[string(objectID)]
 		t.cmu.Unlock()
 	}
 	h, err := t.mod.CopyObject(s, tokenH, copyTemplate(objectID))
@@ -114,7 +115,7 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 		return tokenH
 	}
 	t.cmu.Lock()
-	if t.cgen[key] != gen {
+	if t.cgen[string(objectID)] != gen {
 		// Dropped while we copied: do not resurrect it.
 		t.cmu.Unlock()
 		_ = t.mod.DestroyObject(s, h)
@@ -125,7 +126,7 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 		m = make(map[string]workCopy)
 		t.copies[s] = m
 	}
-	m[key] = workCopy{h: h, tokenH: tokenH, checked: time.Now()}
+	m[string(objectID)] = workCopy{h: h, tokenH: tokenH, checked: time.Now()}
 	t.cmu.Unlock()
 	return h
 }

@@ -113,6 +113,9 @@ const (
 
 // rvOf returns the PKCS#11 return value recorded in err, or 0.
 func rvOf(err error) uint {
+	if err == nil {
+		return 0
+	}
 	var pe *p11Error
 	if errors.As(err, &pe) {
 		return pe.rv

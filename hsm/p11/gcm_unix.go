@@ -49,18 +49,23 @@ static int gcm_fns(void *h, void **fns) {
 }
 
 // gcm_run runs C_xInit(CKM_AES_GCM, params) and then C_x on session s with
-// key k, in one call from Go. *stage is 1 if the init failed, 2 if the
-// operation did. The parameters live on this stack frame: nothing to free.
-static gcm_ulong gcm_run(void *initfn, void *cryptfn, gcm_ulong s, gcm_ulong k,
+// key k, in one call from Go, with outcap bytes of room at out. It returns
+// the return value, the output length and the stage that failed (1 init, 2
+// operation) by value, so that no Go variable's address crosses into C
+// (which would move it to the heap). The parameters live on this stack
+// frame: nothing to free.
+struct gcm_result { gcm_ulong rv; gcm_ulong outlen; int stage; };
+static struct gcm_result gcm_run(void *initfn, void *cryptfn, gcm_ulong s, gcm_ulong k,
 		unsigned char *iv, gcm_ulong ivlen, unsigned char *aad, gcm_ulong aadlen, gcm_ulong tagbits,
-		unsigned char *in, gcm_ulong inlen, unsigned char *out, gcm_ulong *outlen, int *stage) {
+		unsigned char *in, gcm_ulong inlen, unsigned char *out, gcm_ulong outcap) {
 	struct gcm_params p = { iv, ivlen, ivlen * 8, aad, aadlen, tagbits };
 	struct gcm_mechanism m = { 0x1087, &p, sizeof p }; // CKM_AES_GCM
-	*stage = 1;
-	gcm_ulong rv = ((gcm_init)initfn)(s, &m, k);
-	if (rv != 0) return rv;
-	*stage = 2;
-	return ((gcm_crypt)cryptfn)(s, in, inlen, out, outlen);
+	struct gcm_result r = { 0, outcap, 1 };
+	r.rv = ((gcm_init)initfn)(s, &m, k);
+	if (r.rv != 0) return r;
+	r.stage = 2;
+	r.rv = ((gcm_crypt)cryptfn)(s, in, inlen, out, &r.outlen);
+	return r;
 }
 */
 import "C"
@@ -121,20 +126,21 @@ func (d *directGCM) run(decrypt bool, s pkcs11.SessionHandle, k pkcs11.ObjectHan
 		initfn, fn = d.fns[2], d.fns[3]
 	}
 	// Neither data pointer may be NULL, even for zero bytes (a NULL output
-	// asks for the length; SoftHSM2 refuses a NULL input).
-	var dummy [2]byte
+	// asks for the length; SoftHSM2 refuses a NULL input). Zero-length
+	// buffers point at gcmEmpty, which nothing writes (no room).
 	op := ptr(out)
 	if op == nil {
-		op = (*C.uchar)(unsafe.Pointer(&dummy[0]))
+		op = (*C.uchar)(unsafe.Pointer(&gcmEmpty[0]))
 	}
 	ip := ptr(in)
 	if ip == nil {
-		ip = (*C.uchar)(unsafe.Pointer(&dummy[1]))
+		ip = (*C.uchar)(unsafe.Pointer(&gcmEmpty[1]))
 	}
-	outlen := C.gcm_ulong(len(out))
-	var cstage C.int
 	r := C.gcm_run(initfn, fn, C.gcm_ulong(s), C.gcm_ulong(k),
 		ptr(iv), C.gcm_ulong(len(iv)), ptr(aad), C.gcm_ulong(len(aad)), C.gcm_ulong(tagBits),
-		ip, C.gcm_ulong(len(in)), op, &outlen, &cstage)
-	return int(outlen), int(cstage), uint(r)
+		ip, C.gcm_ulong(len(in)), op, C.gcm_ulong(len(out)))
+	return int(r.outlen), int(r.stage), uint(r.rv)
 }
+
+// gcmEmpty backs the pointers of zero-length buffers.
+var gcmEmpty [2]byte
