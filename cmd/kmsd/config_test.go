@@ -114,3 +114,20 @@ func TestConfigFile(t *testing.T) {
 		})
 	}
 }
+
+func TestSchedulerProcs(t *testing.T) {
+	for _, tt := range []struct {
+		env  map[string]string
+		def  int
+		want int
+	}{
+		{nil, 2, 4},
+		{nil, 1, 2},
+		{map[string]string{"GOMAXPROCS": "3"}, 3, 3}, // the operator's value, as the runtime applied it
+		{map[string]string{"GOMAXPROCS": ""}, 2, 4},
+	} {
+		if got := schedulerProcs(envOf(tt.env), tt.def); got != tt.want {
+			t.Errorf("env %v, default %d: %d, want %d", tt.env, tt.def, got, tt.want)
+		}
+	}
+}
