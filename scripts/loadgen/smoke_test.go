@@ -42,7 +42,7 @@ func TestBenchSmoke(t *testing.T) {
 		"created 5 CMKs", "kmsd start-up with 6 keys",
 		"network_hsm_ratio_to_ideal: ",
 		"two_node_ratio_to_one: ",
-		"soak RSS: start",
+		"soak RSS: before load",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("output lacks %q", want)
