@@ -2,6 +2,7 @@ package kms
 
 import (
 	"context"
+	"time"
 )
 
 // copyDropper is the optional part of an HSM that keeps per-session working
@@ -13,8 +14,12 @@ type copyDropper interface {
 	DropWorkingCopies(ctx context.Context, objectID []byte) error
 }
 
-// dropTimeout bounds dropping the copies of one key after a change.
-const dropTimeout = cleanupTimeout
+// dropTimeout bounds dropping the copies of one key after a change. It is
+// short because the caller may hold writeMu (a saturated or hung HSM must
+// not stall management actions) and a drop that does not happen is
+// harmless: the key's state refuses it, and its copies die with their
+// sessions or at their next check (hsm/p11 Config.CopyCheckInterval).
+const dropTimeout = 2 * time.Second
 
 // dropStaleCopies drops the working copies that the change from old to nk
 // leaves without a use: every version's when the key stops serving any
