@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,6 +126,28 @@ func sdkCreateKey(t *testing.T, c *tckms.Client, alias string) string {
 	return *resp.Response.KeyId
 }
 
+// workingCopies reads kmsd_hsm_working_copies from a node's /metrics.
+func workingCopies(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, "kmsd_hsm_working_copies "); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				t.Fatalf("kmsd_hsm_working_copies %q", v)
+			}
+			return n
+		}
+	}
+	t.Fatal("/metrics lacks kmsd_hsm_working_copies")
+	return 0
+}
+
 // within polls f every 10 ms until it returns true and fails the test if
 // that takes longer than bound; it returns the time it took.
 func within(t *testing.T, bound time.Duration, what string, f func() bool) time.Duration {
@@ -154,7 +177,9 @@ func TestClusterConsistency(t *testing.T) {
 		t.Fatalf("decrypt on C: %q, %v", pt, err)
 	}
 
-	// Disabled on A: refused on B within 1 s.
+	// Disabled on A: refused on B within 1 s, and B drops its working
+	// copy of the key (the one its Encrypt made) as well.
+	copiesB := workingCopies(t, b.url)
 	dis := tckms.NewDisableKeyRequest()
 	dis.KeyId = common.StringPtr(keyID)
 	if _, err := ca.DisableKey(dis); err != nil {
@@ -165,6 +190,9 @@ func TestClusterConsistency(t *testing.T) {
 		return sdkCode(err) == "ResourceUnavailable.CmkDisabled"
 	})
 	t.Logf("disable enforced on B after %s", took)
+	within(t, time.Second, "B drops its working copy of the disabled key", func() bool {
+		return workingCopies(t, b.url) == copiesB-1
+	})
 	if _, err := sdkDecrypt(ccc, blob); sdkCode(err) != "ResourceUnavailable.CmkDisabled" {
 		t.Fatalf("decrypt on C of a disabled key: %v", err)
 	}
