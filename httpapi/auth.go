@@ -128,15 +128,17 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 	// among them), SignedHeaders, the body's hash. The host line is left
 	// out and filled in per candidate below.
 	bp := tc3Bufs.Get().(*[]byte)
-	defer tc3Bufs.Put(bp)
 	var hasHost, hasCT bool
 	var head, tail []byte // canonical headers before and after host
 	headers := (*bp)[:0]
+	defer func() { // keep the buffer as it grew
+		*bp = headers[:0]
+		tc3Bufs.Put(bp)
+	}()
 	prev := ""
 	for rest := a.signedHeaders; ; {
 		n, more, found := strings.Cut(rest, ";")
 		if n == "" || (prev != "" && prev >= n) || !isLowerASCIIName(n) {
-			*bp = headers[:0]
 			return nil, errAuthMalformed
 		}
 		prev = n
@@ -159,7 +161,6 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 		rest = more
 	}
 	if !hasHost || !hasCT {
-		*bp = headers[:0]
 		return nil, &authError{"AuthFailure.InvalidAuthorization", 4100, "SignedHeaders must include content-type and host"}
 	}
 	tail = headers[len(head):]
@@ -210,12 +211,10 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 			canon = c
 			tcsign.SignCanonical(&sig, key, tsRaw, a.scope, c)
 			if hmac.Equal(sig[:], want) {
-				*bp = headers[:0]
 				return s.rateLimit(cred)
 			}
 		}
 	}
-	*bp = headers[:0]
 	return nil, errAuthSignature
 }
 
