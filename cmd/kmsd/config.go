@@ -25,6 +25,7 @@ type fileConfig struct {
 	Listen struct {
 		Address        string `yaml:"address"`
 		AllowPlainHTTP bool   `yaml:"allow_plain_http"`
+		HTTPServer     string `yaml:"http_server"`
 	} `yaml:"listen"`
 	TLS struct {
 		CertFile     string `yaml:"cert_file"`

@@ -13,13 +13,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -69,6 +69,7 @@ func schedulerProcs(env func(string) (string, bool), def int) int {
 type config struct {
 	addr           string
 	allowPlainHTTP bool
+	httpServer     string // "h1" or "stdlib"
 	tlsCert        string
 	tlsKey         string
 	clientCA       string
@@ -193,6 +194,7 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	fs.String("config", "", "configuration file (env KMSD_CONFIG); see kmsd.example.yaml")
 	def("addr", "KMSD_ADDR", str(fc.Listen.Address), "127.0.0.1:8080", "listen address")
 	def("allow-plain-http", "KMSD_ALLOW_PLAIN_HTTP", boolean(fc.Listen.AllowPlainHTTP), "false", "serve plain HTTP on a non-loopback address")
+	def("http-server", "KMSD_HTTP_SERVER", str(fc.Listen.HTTPServer), "h1", "HTTP server: h1 (kmsd's lean HTTP/1.1 server) or stdlib (Go's net/http, also HTTP/2 over TLS)")
 	def("tls-cert", "KMSD_TLS_CERT_FILE", str(fc.TLS.CertFile), "", "TLS certificate chain (PEM); enables HTTPS")
 	def("tls-key", "KMSD_TLS_KEY_FILE", str(fc.TLS.KeyFile), "", "TLS private key (PEM)")
 	def("tls-client-ca", "KMSD_TLS_CLIENT_CA_FILE", str(fc.TLS.ClientCAFile), "", "CA certificates (PEM) clients must present a certificate from (mTLS)")
@@ -262,6 +264,10 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		}
 		c := config{addr: v("addr"), module: v("module"), dataDir: v("data-dir"), tlsCert: v("tls-cert"), tlsKey: v("tls-key"), clientCA: v("tls-client-ca")}
 		c.allowPlainHTTP = parseBool("allow-plain-http")
+		c.httpServer = v("http-server")
+		if c.httpServer != "h1" && c.httpServer != "stdlib" {
+			bad("http-server", "%q: want h1 or stdlib", c.httpServer)
+		}
 		if _, _, err := net.SplitHostPort(c.addr); err != nil {
 			bad("addr", "%q: %v", c.addr, err)
 		}
@@ -464,30 +470,17 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           api.Handler(),
-		ReadHeaderTimeout: cfg.readHeader,
-		ReadTimeout:       cfg.readTimeout,
-		WriteTimeout:      cfg.writeTimeout,
-		IdleTimeout:       cfg.idleTimeout,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := newHTTPServer(cfg, api.Handler(), log)
 	scheme := "http"
+	var tlsConfig *tls.Config
 	if certs != nil {
 		scheme = "https"
-		srv.TLSConfig = certs.config()
+		tlsConfig = certs.config()
 		watchSIGHUP(ctx, certs, log)
 	}
 	serveErr := make(chan error, 1)
-	go func() {
-		if certs != nil {
-			serveErr <- srv.ServeTLS(ln, "", "")
-		} else {
-			serveErr <- srv.Serve(ln)
-		}
-	}()
-	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenLabel, "sessions", cfg.sessions, "audit", cfg.auditFile, "gomaxprocs", procs)
+	go func() { serveErr <- srv.serve(ln, tlsConfig) }()
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenLabel, "sessions", cfg.sessions, "audit", cfg.auditFile, "gomaxprocs", procs, "http_server", cfg.httpServer)
 
 	select {
 	case err := <-serveErr:

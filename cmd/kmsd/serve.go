@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -18,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"hsmkms/audit"
+	"hsmkms/httpapi/h1"
 )
 
 // certReloader serves the TLS certificate (and the client CA pool of mTLS)
@@ -161,4 +164,51 @@ func checkConfig(args []string, env func(string) (string, bool), stdout, stderr 
 		cfg.addr, tlsMode, cfg.module, cfg.tokenLabel, cfg.sessions, cfg.ivMode, cfg.dataDir, auditMode,
 		cfg.maxBody, cfg.requestTimeout, cfg.maxConcurrent, cfg.ratePerCred)
 	return nil
+}
+
+// httpServer is the API listener's server: httpapi/h1 (default) or
+// net/http (-http-server stdlib).
+type httpServer interface {
+	serve(ln net.Listener, tlsConfig *tls.Config) error
+	Shutdown(ctx context.Context) error
+}
+
+func newHTTPServer(cfg config, h http.Handler, log *slog.Logger) httpServer {
+	if cfg.httpServer == "stdlib" {
+		return &stdlibServer{http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: cfg.readHeader,
+			ReadTimeout:       cfg.readTimeout,
+			WriteTimeout:      cfg.writeTimeout,
+			IdleTimeout:       cfg.idleTimeout,
+			MaxHeaderBytes:    16 << 10,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}}
+	}
+	return &h1Server{h1.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.readHeader,
+		ReadTimeout:       cfg.readTimeout,
+		WriteTimeout:      cfg.writeTimeout,
+		IdleTimeout:       cfg.idleTimeout,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          log,
+	}}
+}
+
+type stdlibServer struct{ http.Server }
+
+func (s *stdlibServer) serve(ln net.Listener, tlsConfig *tls.Config) error {
+	if tlsConfig != nil {
+		s.TLSConfig = tlsConfig
+		return s.ServeTLS(ln, "", "")
+	}
+	return s.Serve(ln)
+}
+
+type h1Server struct{ h1.Server }
+
+func (s *h1Server) serve(ln net.Listener, tlsConfig *tls.Config) error {
+	s.TLSConfig = tlsConfig
+	return s.Serve(ln)
 }
