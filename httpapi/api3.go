@@ -119,10 +119,10 @@ func (s *Server) readAPI3(r *http.Request) (*api3Request, error) {
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		return nil, apiErrorf("UnsupportedProtocol", "only GET and POST are supported")
 	}
-	if action := r.Header.Get("X-TC-Action"); action != "" || strings.HasPrefix(r.Header.Get("Authorization"), tcsign.Algorithm) {
-		req := &api3Request{action: action, version: r.Header.Get("X-TC-Version"), tc3: true, body: body}
+	if action := hget(r.Header, "X-Tc-Action"); action != "" || strings.HasPrefix(hget(r.Header, "Authorization"), tcsign.Algorithm) {
+		req := &api3Request{action: action, version: hget(r.Header, "X-Tc-Version"), tc3: true, body: body}
 		if r.Method == http.MethodPost {
-			ct := strings.ToLower(r.Header.Get("Content-Type"))
+			ct := strings.ToLower(hget(r.Header, "Content-Type"))
 			if !strings.HasPrefix(ct, "application/json") {
 				return nil, apiErrorf("InvalidParameter", "TC3 POST requests must be application/json")
 			}
@@ -406,7 +406,7 @@ func (s *Server) decrypt3(ctx context.Context, req *decryptRequest) (*decryptRes
 		return nil, err
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
+	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64String(base64.StdEncoding, res.Plaintext)}, nil
 }
 
 // requireString returns the value of a required string parameter, or

@@ -91,7 +91,7 @@ func (s *Server) lookup(ctx context.Context, secretID string) (*kms.Credential, 
 // host is tried as sent, then without its port; the canonical URI is "/",
 // then the real path if it differs.
 func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*kms.Principal, error) {
-	authz := r.Header.Get("Authorization")
+	authz := hget(r.Header, "Authorization")
 	if authz == "" {
 		return nil, errAuthMissing
 	}
@@ -99,10 +99,10 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 	if !ok {
 		return nil, errAuthMalformed
 	}
-	if r.Header.Get("X-TC-Token") != "" {
+	if hget(r.Header, "X-Tc-Token") != "" {
 		return nil, errAuthToken
 	}
-	tsRaw := r.Header.Get("X-TC-Timestamp")
+	tsRaw := hget(r.Header, "X-Tc-Timestamp")
 	ts, err := strconv.ParseInt(tsRaw, 10, 64)
 	var canonTS [20]byte
 	if err != nil || tsRaw != string(strconv.AppendInt(canonTS[:0], ts, 10)) {
@@ -115,7 +115,7 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 	if a.date != string(time.Unix(ts, 0).UTC().AppendFormat(day[:0], "2006-01-02")) {
 		return nil, errAuthSignature
 	}
-	if r.Header.Get("X-TC-Content-SHA256") != "" {
+	if hget(r.Header, "X-Tc-Content-Sha256") != "" {
 		return nil, &authError{"AuthFailure.SignatureFailure", 4100, "unsigned payloads (X-TC-Content-SHA256) are not accepted: the body must be signed"}
 	}
 	cred, err := s.lookup(ctx, a.secretID)
@@ -152,7 +152,7 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 		default:
 			headers = append(headers, n...)
 			headers = append(headers, ':')
-			headers = append(headers, strings.TrimSpace(r.Header.Get(n))...)
+			headers = append(headers, strings.TrimSpace(signedHeader(r.Header, n))...)
 			headers = append(headers, '\n')
 		}
 		if !found {

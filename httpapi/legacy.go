@@ -207,7 +207,7 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 			return nil, err
 		}
 		noteKey(ctx, res.KeyID, res.KeyVersion)
-		return legacyDecryptReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
+		return legacyDecryptReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64String(base64.StdEncoding, res.Plaintext)}, nil
 	}
 	return s.legacyKeyAction(ctx, action, p, ok200)
 }

@@ -953,7 +953,7 @@ func (s *Service) seal(ctx context.Context, k *keyEntry, plaintext []byte, ec En
 		buf = append(buf, byte(len(iv)))
 		buf = append(buf, iv...)
 		buf = append(buf, sealed...)
-		blob := blobEncoding.EncodeToString(buf)
+		blob := encodeBlob(buf)
 		putSealScratch(sp, buf)
 		return blob, v.number, nil
 	}

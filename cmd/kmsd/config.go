@@ -79,6 +79,9 @@ type fileConfig struct {
 	Log struct {
 		Level string `yaml:"level"`
 	} `yaml:"log"`
+	Runtime struct {
+		GCHeapFloorBytes *int64 `yaml:"gc_heap_floor_bytes"`
+	} `yaml:"runtime"`
 }
 
 // duration is a time.Duration written as "5s", "100ms"...

@@ -70,6 +70,7 @@ type config struct {
 	addr           string
 	allowPlainHTTP bool
 	httpServer     string // "h1" or "stdlib"
+	gcHeapFloor    uint64 // 0: GOGC untouched
 	tlsCert        string
 	tlsKey         string
 	clientCA       string
@@ -230,6 +231,11 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	def("key-limit", "KMSD_KEY_LIMIT", num(int64(fc.Keys.Limit)), strconv.Itoa(kms.DefaultKeyLimit), "maximum number of CMKs")
 	def("usage-limit", "KMSD_USAGE_LIMIT", unsigned(fc.Keys.UsageLimitPerVersion), "1073741824", "encryptions per key version before it is rotated")
 	def("log-level", "KMSD_LOG_LEVEL", str(fc.Log.Level), "info", "debug, info, warn or error")
+	floor := ""
+	if fc.Runtime.GCHeapFloorBytes != nil {
+		floor = strconv.FormatInt(*fc.Runtime.GCHeapFloorBytes, 10)
+	}
+	def("gc-heap-floor", "KMSD_GC_HEAP_FLOOR", floor, strconv.Itoa(defaultGCHeapFloor), "heap size (bytes) below which the garbage collector does not run; 0 leaves GOGC alone (so does a GOGC environment variable)")
 	pinEnv := fc.PKCS11.PINEnv
 	if pinEnv == "" {
 		pinEnv = "KMSD_PIN"
@@ -344,6 +350,7 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		c.idleTimeout = parseDur("idle-timeout")
 		c.requestTimeout = parseDur("request-timeout")
 		c.maxConcurrent = int(parseInt("max-concurrent", 1, 1<<20))
+		c.gcHeapFloor = uint64(parseInt("gc-heap-floor", 0, 1<<40))
 		rate, err := strconv.ParseFloat(v("rate-per-credential"), 64)
 		if err != nil || rate < 0 {
 			bad("rate-per-credential", "%q: want a number >= 0", v("rate-per-credential"))
@@ -409,6 +416,10 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
 	procs := schedulerProcs(env, runtime.GOMAXPROCS(0))
 	runtime.GOMAXPROCS(procs)
+	if v, ok := env("GOGC"); cfg.gcHeapFloor > 0 && (!ok || v == "") {
+		stopGC := tuneGC(ctx, cfg.gcHeapFloor, time.Second)
+		defer stopGC()
+	}
 
 	var certs *certReloader
 	if cfg.tlsCert != "" {
