@@ -31,8 +31,8 @@ func (s *Server) writeReply(c echo.Context, reply any) error {
 		return c.JSON(http.StatusOK, reply)
 	}
 	resp := c.Response()
-	if h := resp.Header(); h.Get(echo.HeaderContentType) == "" {
-		h.Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
+	if h := resp.Header(); len(h[echo.HeaderContentType]) == 0 {
+		h[echo.HeaderContentType] = jsonContentType
 	}
 	resp.WriteHeader(http.StatusOK)
 	_, err := resp.Write(b)
@@ -42,6 +42,10 @@ func (s *Server) writeReply(c echo.Context, reply any) error {
 	}
 	return err
 }
+
+// jsonContentType is shared by every reply's header: header values are
+// never modified in place (appending to it makes a new array).
+var jsonContentType = []string{echo.MIMEApplicationJSON}
 
 // appendReply appends the JSON of the hot replies and a newline; ok is
 // false for any other type.

@@ -248,9 +248,10 @@ var bufioReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4
 
 func (c *conn) serve() {
 	s := c.srv
-	ctx, cancel := context.WithCancel(context.Background())
+	// Request contexts derive from Background: a cancellable connection
+	// context would make every per-request timeout register with it.
+	ctx := context.Background()
 	defer func() {
-		cancel()
 		c.nc.Close()
 		s.forget(c)
 		if c.br != nil {
