@@ -107,9 +107,19 @@ func parseHead(text string, req *http.Request) (head, error) {
 		return h, badRequest("malformed request line")
 	}
 	req.Method, req.RequestURI, req.Proto, req.ProtoMajor = method, target, proto, 1
-	if target == "/" {
+	switch {
+	case target == "/":
 		req.URL = &url.URL{Path: "/"}
-	} else {
+	case method == http.MethodConnect && target[0] != '/':
+		// The authority-form ("CONNECT host:port"), read as net/http
+		// does; url.ParseRequestURI alone would take "host" for a scheme.
+		u, err := url.ParseRequestURI("http://" + target)
+		if err != nil {
+			return h, badRequest("malformed request target")
+		}
+		u.Scheme = ""
+		req.URL = u
+	default:
 		u, err := url.ParseRequestURI(target)
 		if err != nil {
 			return h, badRequest("malformed request target")
@@ -381,9 +391,13 @@ func (b *body) Read(p []byte) (int, error) {
 	}
 	if b.expect {
 		b.expect = false
-		if _, err := b.c.nc.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
-			b.err = err
-			return 0, err
+		// Not once the final response's header is out: the 100 would
+		// land in its body.
+		if !b.c.resp.streaming {
+			if _, err := b.c.nc.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
+				b.err = err
+				return 0, err
+			}
 		}
 	}
 	if b.chunked != nil {

@@ -16,6 +16,7 @@ import (
 type response struct {
 	c           *conn
 	req         *http.Request
+	body        *body // the request body as the server made it, nil if none
 	header      http.Header
 	status      int
 	wroteHeader bool
@@ -35,7 +36,8 @@ func (w *response) reset(c *conn, req *http.Request) {
 	} else {
 		clear(h)
 	}
-	*w = response{c: c, req: req, header: h, buf: w.buf[:0], declared: -1}
+	b, _ := req.Body.(*body)
+	*w = response{c: c, req: req, body: b, header: h, buf: w.buf[:0], declared: -1}
 	w.closeAfter = req.Close
 }
 
@@ -79,7 +81,7 @@ func (w *response) Write(p []byte) (int, error) {
 			w.buf = append(w.buf, p...)
 			return len(p), nil
 		}
-		w.startStreaming()
+		w.startStreaming(p)
 		if w.err != nil {
 			return 0, w.err
 		}
@@ -96,13 +98,28 @@ func (w *response) Flush() {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !w.streaming && bodyAllowed(w.status) && w.err == nil {
-		w.startStreaming()
+		w.startStreaming(nil)
 	}
 }
 
-// startStreaming writes the header and the buffered body.
-func (w *response) startStreaming() {
+// startStreaming writes the header and the buffered body; p is the data
+// about to be written, for sniffing the Content-Type if nothing is buffered.
+func (w *response) startStreaming(p []byte) {
 	w.streaming = true
+	if _, ok := w.header["Content-Type"]; !ok {
+		if len(w.buf) > 0 {
+			p = w.buf
+		}
+		if len(p) > 0 {
+			w.header.Set("Content-Type", http.DetectContentType(p))
+		}
+	}
+	if w.body != nil && w.body.expect {
+		// The final response goes out before the client was asked for
+		// the body: it may or may not send it now, so the connection
+		// cannot continue (and body.Read no longer sends 100 Continue).
+		w.closeAfter = true
+	}
 	if cl := w.header.Get("Content-Length"); cl != "" {
 		if n, ok := parseLength(cl); ok {
 			w.declared = n
@@ -163,16 +180,24 @@ func (w *response) finish() error {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
-	if b, ok := w.req.Body.(*body); ok && b.expect {
-		// The handler never read a body it was offered: the client may
-		// or may not send it now, so the connection cannot continue.
-		w.closeAfter = true
+	if b := w.body; b != nil && !b.eof {
+		switch {
+		case b.expect:
+			// The handler never read a body it was offered: the client
+			// may or may not send it now, so the connection cannot
+			// continue.
+			w.closeAfter = true
+		case b.err != nil, b.chunked == nil && b.remaining > maxDrain:
+			// What is left of the body cannot be read, or is more than
+			// will be drained: say now that the connection closes.
+			w.closeAfter = true
+		}
 	}
 	if w.c.srv.shutting.Load() {
 		w.closeAfter = true
 	}
 	if w.streaming {
-		if w.chunked && w.err == nil {
+		if w.chunked && w.err == nil && w.req.Method != http.MethodHead {
 			_ = w.writeRaw([]byte("0\r\n\r\n"))
 		}
 		if w.declared >= 0 && w.written != w.declared && w.req.Method != http.MethodHead {
@@ -201,7 +226,7 @@ func (w *response) appendHeader(b []byte, length int) []byte {
 	b = append(b, ' ')
 	b = append(b, http.StatusText(w.status)...)
 	b = append(b, "\r\n"...)
-	if length > 0 && w.req.Method != http.MethodHead {
+	if length > 0 { // a HEAD response's too, to match the GET's
 		if _, ok := w.header["Content-Type"]; !ok {
 			w.header.Set("Content-Type", http.DetectContentType(w.buf))
 		}

@@ -181,7 +181,7 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		c.nc.Close()
+		c.raw.Close()
 	}
 	return nil
 }
@@ -203,7 +203,7 @@ func (s *Server) nudgeIdle() int {
 	defer s.mu.Unlock()
 	for c := range s.conns {
 		if c.idle.Load() {
-			_ = c.nc.SetReadDeadline(aLongTimeAgo)
+			_ = c.raw.SetReadDeadline(aLongTimeAgo)
 		}
 	}
 	return len(s.conns)
@@ -212,7 +212,7 @@ func (s *Server) nudgeIdle() int {
 var aLongTimeAgo = time.Unix(1, 0)
 
 func (s *Server) newConn(nc net.Conn) *conn {
-	c := &conn{srv: s, nc: nc}
+	c := &conn{srv: s, nc: nc, raw: nc}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shutting.Load() {
@@ -229,10 +229,11 @@ func (s *Server) forget(c *conn) {
 }
 
 // conn is one client connection; its fields are used by its own goroutine
-// only, except idle and nc (Shutdown).
+// only, except idle and raw (Shutdown, Close).
 type conn struct {
 	srv  *Server
-	nc   net.Conn
+	nc   net.Conn // raw, or the TLS connection over it
+	raw  net.Conn // as accepted; never changes, so Close may use it at any time
 	br   *bufio.Reader
 	idle atomic.Bool
 
@@ -285,14 +286,21 @@ func (c *conn) serve() {
 	c.tmpl = tmpl.WithContext(ctx)
 	c.br = bufioReaders.Get().(*bufio.Reader)
 	c.br.Reset(c.nc)
+	// The wait for a connection's first request is bounded like its
+	// header (as in net/http): a client that connects and sends nothing
+	// must not hold the connection forever when there is no IdleTimeout.
+	wait := idleTimeout
+	if hdrTimeout > 0 {
+		wait = hdrTimeout
+	}
 	for {
 		if c.br.Buffered() == 0 {
 			c.idle.Store(true)
 			if s.shutting.Load() {
 				return
 			}
-			if idleTimeout > 0 {
-				_ = c.nc.SetReadDeadline(time.Now().Add(idleTimeout))
+			if wait > 0 {
+				_ = c.nc.SetReadDeadline(time.Now().Add(wait))
 			} else {
 				_ = c.nc.SetReadDeadline(time.Time{})
 			}
@@ -301,6 +309,7 @@ func (c *conn) serve() {
 			}
 			c.idle.Store(false)
 		}
+		wait = idleTimeout
 		t0 := time.Now()
 		if hdrTimeout > 0 {
 			_ = c.nc.SetReadDeadline(t0.Add(hdrTimeout))
@@ -312,8 +321,14 @@ func (c *conn) serve() {
 			c.refuse(err)
 			return
 		}
-		if s.ReadTimeout > 0 && (req.ContentLength < 0 || req.ContentLength > int64(c.br.Buffered())) {
-			_ = c.nc.SetReadDeadline(t0.Add(s.ReadTimeout))
+		// A body still to come is bounded by ReadTimeout, or not at all:
+		// the header's deadline must not cut it short.
+		if req.ContentLength < 0 || req.ContentLength > int64(c.br.Buffered()) {
+			if s.ReadTimeout > 0 {
+				_ = c.nc.SetReadDeadline(t0.Add(s.ReadTimeout))
+			} else if hdrTimeout > 0 {
+				_ = c.nc.SetReadDeadline(time.Time{})
+			}
 		}
 		if s.WriteTimeout > 0 {
 			_ = c.nc.SetWriteDeadline(time.Now().Add(s.WriteTimeout))
@@ -349,7 +364,10 @@ func (c *conn) serveOne(req *http.Request) (keep bool) {
 	}
 	// The rest of the body, if the handler left some: read it off the
 	// connection (a bounded amount) to reach the next request.
-	if b, ok := req.Body.(*body); ok && !b.done() {
+	// The handler may have replaced req.Body (http.MaxBytesReader does):
+	// drain the body the server made, or the next "request" would be read
+	// from the middle of this one's body.
+	if b := w.body; b != nil && !b.done() {
 		if !b.drain(maxDrain) {
 			return false
 		}
