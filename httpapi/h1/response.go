@@ -41,8 +41,9 @@ func (w *response) reset(c *conn, req *http.Request) {
 	w.closeAfter = req.Close
 }
 
-// Header returns the response header map; changes after WriteHeader (or
-// the first Write) have no effect.
+// Header returns the response header map. Changes after the header is on
+// the wire (streaming, Flush) have no effect; unlike net/http, changes
+// after WriteHeader still apply to a buffered response.
 func (w *response) Header() http.Header { return w.header }
 
 // WriteHeader records the status. Informational statuses are ignored; a

@@ -62,8 +62,8 @@ type Server struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes bounds the request line and header; 0 means 16 KiB.
 	MaxHeaderBytes int
-	// ErrorLog receives handler panics and TLS handshake errors; nil means
-	// slog.Default().
+	// ErrorLog receives handler panics (level Error) and TLS handshake
+	// errors (level Debug: scanners make many); nil means slog.Default().
 	ErrorLog *slog.Logger
 
 	mu        sync.Mutex
@@ -360,6 +360,11 @@ func (c *conn) serveOne(req *http.Request) (keep bool) {
 		return false
 	}
 	if w.closeAfter || c.srv.shutting.Load() {
+		if b := w.body; b != nil && !b.done() && b.err == nil {
+			// Input is still coming: close gently, or the reset could
+			// destroy the response in flight.
+			c.linger()
+		}
 		return false
 	}
 	// The rest of the body, if the handler left some: read it off the
@@ -393,13 +398,17 @@ func (c *conn) refuse(err error) {
 	if _, err := c.nc.Write(b); err != nil {
 		return
 	}
-	// Let the client read the answer before the close: closing with unread
-	// input would reset the connection and could destroy the answer in
-	// flight. Stop sending, then read what the client still sends (bounded
-	// in time and bytes), as net/http does.
+	c.linger()
+}
+
+// linger prepares a close with unread input: closing at once would reset
+// the connection and could destroy the answer in flight. It stops sending,
+// then reads what the client still sends (at most 256 KiB, for at most
+// 500 ms), as net/http does.
+func (c *conn) linger() {
 	if tc, ok := c.nc.(interface{ CloseWrite() error }); ok {
 		_ = tc.CloseWrite()
 		_ = c.nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, 256<<10))
+		_, _ = io.Copy(io.Discard, io.LimitReader(c.br, 256<<10))
 	}
 }
