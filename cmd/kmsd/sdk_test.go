@@ -25,6 +25,7 @@ import (
 	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common/profile"
 	tckms "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/kms/v20190118"
 
+	"hsmkms/softhsm"
 	"hsmkms/tcsign"
 )
 
@@ -54,8 +55,24 @@ func sdkCode(err error) string {
 	return ""
 }
 
+// TestOfficialGoSDK runs the official SDK against both HTTP servers kmsd
+// can use (httpapi/h1, the default, and net/http).
 func TestOfficialGoSDK(t *testing.T) {
-	s, _, _ := newServer(t)
+	for _, server := range []string{"h1", "stdlib"} {
+		t.Run(server, func(t *testing.T) {
+			tok := softhsm.NewTokenNoEnv(t)
+			env := append(kmsdEnv(tok, t.TempDir()), "KMSD_HTTP_SERVER="+server)
+			bootstrap(t, env)
+			s := startKMSD(t, env)
+			if want := `"http_server":"` + server + `"`; !strings.Contains(s.stderr.String(), want) {
+				t.Fatalf("kmsd's start-up line does not say %s:\n%s", want, s.stderr.String())
+			}
+			testOfficialGoSDK(t, s)
+		})
+	}
+}
+
+func testOfficialGoSDK(t *testing.T, s *server) {
 	for _, tc := range []struct{ sign, method string }{
 		{"TC3-HMAC-SHA256", "POST"},
 		{"TC3-HMAC-SHA256", "GET"},

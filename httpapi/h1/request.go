@@ -64,17 +64,28 @@ func (c *conn) readRequest() (*http.Request, error) {
 		lines++
 	}
 	c.hdr = hdr
-	req := new(http.Request)
+	// The request, its header map, URL and body are the connection's,
+	// reused for each request (a handler may not retain them); the
+	// header's text is a new string, so values handed out stay valid.
+	req := &c.req
 	*req = *c.tmpl
-	h, err := parseHead(string(hdr), req)
+	if c.hmap == nil {
+		c.hmap = make(http.Header, 16)
+	}
+	clear(c.hmap)
+	req.Header = c.hmap
+	c.url = url.URL{}
+	h, err := parseHeadInto(string(hdr), req, &c.url, &c.vals)
 	if err != nil {
 		return nil, err
 	}
 	switch {
 	case h.chunked:
-		req.Body = &body{c: c, chunked: httputil.NewChunkedReader(c.br), expect: h.expectContinue}
+		c.rbody = body{c: c, chunked: httputil.NewChunkedReader(c.br), expect: h.expectContinue}
+		req.Body = &c.rbody
 	case req.ContentLength > 0:
-		req.Body = &body{c: c, remaining: req.ContentLength, expect: h.expectContinue}
+		c.rbody = body{c: c, remaining: req.ContentLength, expect: h.expectContinue}
+		req.Body = &c.rbody
 	default:
 		req.Body = http.NoBody
 	}
@@ -86,6 +97,14 @@ func (c *conn) readRequest() (*http.Request, error) {
 // Proto*, Header, Host, ContentLength (-1 when chunked), TransferEncoding
 // and Close. Its errors are *protocolError.
 func parseHead(text string, req *http.Request) (head, error) {
+	var vals []string
+	return parseHeadInto(text, req, nil, &vals)
+}
+
+// parseHeadInto is parseHead with scratch space: req.Header, if not nil,
+// is an empty map to fill; u, if not nil, receives the URL of a "/" target;
+// *vals is reused for the header's values.
+func parseHeadInto(text string, req *http.Request, u *url.URL, valsp *[]string) (head, error) {
 	var h head
 	line, rest, ok := cutLine(text)
 	if !ok {
@@ -109,7 +128,11 @@ func parseHead(text string, req *http.Request) (head, error) {
 	req.Method, req.RequestURI, req.Proto, req.ProtoMajor = method, target, proto, 1
 	switch {
 	case target == "/":
-		req.URL = &url.URL{Path: "/"}
+		if u == nil {
+			u = new(url.URL)
+		}
+		u.Path = "/"
+		req.URL = u
 	case method == http.MethodConnect && target[0] != '/':
 		// The authority-form ("CONNECT host:port"), read as net/http
 		// does; url.ParseRequestURI alone would take "host" for a scheme.
@@ -129,8 +152,14 @@ func parseHead(text string, req *http.Request) (head, error) {
 
 	// Count the header lines to size the map and its values at once.
 	n := strings.Count(rest, "\n") - 1
-	hdr := make(http.Header, max(n, 0))
-	vals := make([]string, max(n, 0))
+	hdr := req.Header
+	if hdr == nil {
+		hdr = make(http.Header, max(n, 0))
+	}
+	if cap(*valsp) < n {
+		*valsp = make([]string, max(n, 16))
+	}
+	vals := (*valsp)[:cap(*valsp)]
 	var hosts, lengths, codings int
 	var host, length, coding string
 	for {

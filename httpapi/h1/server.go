@@ -24,6 +24,7 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -32,6 +33,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -237,12 +239,20 @@ type conn struct {
 	br   *bufio.Reader
 	idle atomic.Bool
 
-	tmpl    *http.Request // per-connection fields of every request (context, TLS, addresses)
-	hdr     []byte        // request header scratch
-	out     []byte        // response scratch
-	keys    []string      // response header names, sorted
-	resp    response
-	closing bool
+	tmpl *http.Request // per-connection fields of every request (context, TLS, addresses)
+	hdr  []byte        // request header scratch
+	out  []byte        // response scratch
+	keys []string      // response header names, sorted
+	resp response
+	rdl  time.Time // read deadline set (zero: none)
+	wdl  time.Time // write deadline set (zero: none)
+
+	// Per-request objects, reused: a handler may not retain them.
+	req   http.Request
+	url   url.URL
+	hmap  http.Header
+	vals  []string
+	rbody body
 }
 
 var bufioReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
@@ -299,11 +309,7 @@ func (c *conn) serve() {
 			if s.shutting.Load() {
 				return
 			}
-			if wait > 0 {
-				_ = c.nc.SetReadDeadline(time.Now().Add(wait))
-			} else {
-				_ = c.nc.SetReadDeadline(time.Time{})
-			}
+			c.setReadDeadline(wait)
 			if _, err := c.br.Peek(1); err != nil {
 				return
 			}
@@ -311,10 +317,10 @@ func (c *conn) serve() {
 		}
 		wait = idleTimeout
 		t0 := time.Now()
-		if hdrTimeout > 0 {
-			_ = c.nc.SetReadDeadline(t0.Add(hdrTimeout))
-		} else {
-			_ = c.nc.SetReadDeadline(time.Time{})
+		// A header already buffered whole is read without a system call:
+		// no deadline to set (the common case, one segment per request).
+		if !c.headerBuffered() {
+			c.setReadDeadline(hdrTimeout)
 		}
 		req, err := c.readRequest()
 		if err != nil {
@@ -325,19 +331,58 @@ func (c *conn) serve() {
 		// the header's deadline must not cut it short.
 		if req.ContentLength < 0 || req.ContentLength > int64(c.br.Buffered()) {
 			if s.ReadTimeout > 0 {
-				_ = c.nc.SetReadDeadline(t0.Add(s.ReadTimeout))
-			} else if hdrTimeout > 0 {
-				_ = c.nc.SetReadDeadline(time.Time{})
+				c.rdl = t0.Add(s.ReadTimeout)
+				_ = c.nc.SetReadDeadline(c.rdl)
+			} else {
+				c.setReadDeadline(0)
 			}
 		}
 		if s.WriteTimeout > 0 {
-			_ = c.nc.SetWriteDeadline(time.Now().Add(s.WriteTimeout))
+			if now := time.Now(); !nearDeadline(c.wdl, now.Add(s.WriteTimeout), s.WriteTimeout) {
+				c.wdl = now.Add(s.WriteTimeout)
+				_ = c.nc.SetWriteDeadline(c.wdl)
+			}
 		}
 		if !c.serveOne(req) {
 			return
 		}
 	}
 }
+
+// setReadDeadline makes the read deadline now+d (none when d is 0). A
+// deadline already set up to 1 % of d (at least 10 ms) earlier is kept:
+// re-arming the runtime's timer for every request of a busy connection
+// costs more than the slightly shorter wait.
+func (c *conn) setReadDeadline(d time.Duration) {
+	var want time.Time
+	if d > 0 {
+		want = time.Now().Add(d)
+		if nearDeadline(c.rdl, want, d) {
+			return
+		}
+	} else if c.rdl.IsZero() {
+		return
+	}
+	c.rdl = want
+	_ = c.nc.SetReadDeadline(want)
+}
+
+// nearDeadline reports whether the deadline set is at most 1 % of d (at
+// least 10 ms) before want, and not after it.
+func nearDeadline(set, want time.Time, d time.Duration) bool {
+	if set.IsZero() || set.After(want) {
+		return false
+	}
+	return want.Sub(set) <= max(d/100, 10*time.Millisecond)
+}
+
+// headerBuffered reports whether the reader holds a whole request header.
+func (c *conn) headerBuffered() bool {
+	b, _ := c.br.Peek(c.br.Buffered())
+	return bytes.Contains(b, crlfcrlf) || bytes.Contains(b, lflf)
+}
+
+var crlfcrlf, lflf = []byte("\r\n\r\n"), []byte("\n\n")
 
 // serveOne runs the handler for req and finishes its response; it reports
 // whether the connection can serve another request.
