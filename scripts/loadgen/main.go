@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -72,7 +73,19 @@ func main() {
 	flag.DurationVar(&o.soakWarm, "soak-warm", 0, "uncounted load before the soak's start RSS, in addition to -soak (0: the first 10% of -soak); e.g. 310s lets the legacy replay window (300 s) fill first")
 	flag.StringVar(&parts, "parts", "main,manykeys,network,twonode,soak", "parts to run")
 	flag.StringVar(&opsFlag, "ops", "", "main run: comma-separated operations to drive (encrypt, decrypt, generatedatakey, legacy-encrypt; default all)")
+	cpuProfile := flag.String("cpuprofile", "", "write the load generator's own CPU profile to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen: -cpuprofile:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	for _, c := range strings.Split(conc, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(c))
 		if err != nil || n < 1 {
