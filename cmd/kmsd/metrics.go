@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +19,7 @@ type hsmMetrics struct {
 	calls   *prometheus.HistogramVec
 	errors  *prometheus.CounterVec
 	reinits *prometheus.CounterVec
+	byFn    sync.Map // function name -> prometheus.Observer of calls
 }
 
 func newHSMMetrics(reg prometheus.Registerer) *hsmMetrics {
@@ -38,8 +40,14 @@ func newHSMMetrics(reg prometheus.Registerer) *hsmMetrics {
 }
 
 // Call implements p11.Observer.
+// The observer of each function (a handful of names) is looked up once:
+// WithLabelValues hashes the label on every call.
 func (m *hsmMetrics) Call(fn string, d time.Duration, err error) {
-	m.calls.WithLabelValues(fn).Observe(d.Seconds())
+	o, ok := m.byFn.Load(fn)
+	if !ok {
+		o, _ = m.byFn.LoadOrStore(fn, m.calls.WithLabelValues(fn))
+	}
+	o.(prometheus.Observer).Observe(d.Seconds())
 	if err != nil {
 		m.errors.WithLabelValues(fn, errorKind(err)).Inc()
 	}
