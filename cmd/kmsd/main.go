@@ -195,7 +195,7 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	fs.String("config", "", "configuration file (env KMSD_CONFIG); see kmsd.example.yaml")
 	def("addr", "KMSD_ADDR", str(fc.Listen.Address), "127.0.0.1:8080", "listen address")
 	def("allow-plain-http", "KMSD_ALLOW_PLAIN_HTTP", boolean(fc.Listen.AllowPlainHTTP), "false", "serve plain HTTP on a non-loopback address")
-	def("http-server", "KMSD_HTTP_SERVER", str(fc.Listen.HTTPServer), "h1", "HTTP server: h1 (kmsd's lean HTTP/1.1 server) or stdlib (Go's net/http, also HTTP/2 over TLS)")
+	def("http-server", "KMSD_HTTP_SERVER", str(fc.Listen.HTTPServer), "h1", "HTTP server of the API listener: h1 (kmsd's lean HTTP/1.1 server) or stdlib (Go's net/http)")
 	def("tls-cert", "KMSD_TLS_CERT_FILE", str(fc.TLS.CertFile), "", "TLS certificate chain (PEM); enables HTTPS")
 	def("tls-key", "KMSD_TLS_KEY_FILE", str(fc.TLS.KeyFile), "", "TLS private key (PEM)")
 	def("tls-client-ca", "KMSD_TLS_CLIENT_CA_FILE", str(fc.TLS.ClientCAFile), "", "CA certificates (PEM) clients must present a certificate from (mTLS)")
