@@ -374,22 +374,25 @@ func (c *nonceCache) UseNonce(_ context.Context, key string, expiry, now time.Ti
 // bounded: when full it refuses new requests rather than forget nonces.
 //
 // Memory: a pair is kept as a 128-bit keyed hash (two maphash values with
-// random seeds, so nobody can aim collisions at another caller's nonces),
-// about 50 bytes an entry with its expiry index, instead of the strings.
-// Expired entries are dropped by 10-second expiry buckets, so a sweep
-// touches only what expired, never the whole map under the lock.
+// random seeds, so nobody can aim collisions at another caller's nonces)
+// and its expiry, in one map per minute of expiry; a minute's map is
+// dropped whole once every expiry in it has passed. Nothing is ever
+// deleted from a map: Go's maps do not reuse deleted slots, and one map
+// with a delete per expired nonce grew without bound under steady traffic.
+// A lookup checks every minute still open (at most 11, as expiries are at
+// most 600 s ahead).
 type nonceCache struct {
 	mu           sync.Mutex
 	seed1, seed2 maphash.Seed
-	seen         map[nonceKey]int64   // key -> expiry (unix seconds)
-	buckets      map[int64][]nonceKey // expiry/nonceBucket -> keys expiring then
-	swept        int64                // buckets before this one are swept
+	slots        map[int64]map[nonceKey]int64 // expiry/nonceSlot -> key -> expiry (unix seconds)
+	count        int                          // entries in slots
+	swept        int64                        // slots before this one are dropped
 	max          int
 }
 
 type nonceKey [2]uint64
 
-const nonceBucket = 10 // seconds per expiry bucket
+const nonceSlot = 60 // seconds of expiry per map
 
 type nonceResult int
 
@@ -401,7 +404,7 @@ const (
 
 func newNonceCache(max int) *nonceCache {
 	return &nonceCache{seed1: maphash.MakeSeed(), seed2: maphash.MakeSeed(),
-		seen: make(map[nonceKey]int64), buckets: make(map[int64][]nonceKey), max: max}
+		slots: make(map[int64]map[nonceKey]int64), max: max}
 }
 
 func (c *nonceCache) use(key string, expiry, now time.Time) nonceResult {
@@ -409,30 +412,38 @@ func (c *nonceCache) use(key string, expiry, now time.Time) nonceResult {
 	n := now.Unix()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.swept == 0 {
-		c.swept = n / nonceBucket
-	}
-	// Every key of a bucket before now's has expired: its expiry is
-	// below the bucket's end, which is at most now.
-	for b := c.swept; b < n/nonceBucket; b++ {
-		for _, old := range c.buckets[b] {
-			if exp, ok := c.seen[old]; ok && exp < n {
-				delete(c.seen, old)
+	// Every expiry of a slot before now's is below the slot's end, which
+	// is at most now: those slots hold only expired entries.
+	if cur := n / nonceSlot; cur > c.swept {
+		for s, m := range c.slots {
+			if s < cur {
+				c.count -= len(m)
+				delete(c.slots, s)
 			}
 		}
-		delete(c.buckets, b)
+		c.swept = cur
 	}
-	if b := n / nonceBucket; b > c.swept {
-		c.swept = b
-	}
-	if exp, ok := c.seen[k]; ok && exp >= n {
-		return nonceReplayed
-	}
-	if len(c.seen) >= c.max {
-		return nonceFull
+	for _, m := range c.slots {
+		if exp, ok := m[k]; ok && exp >= n {
+			return nonceReplayed
+		}
 	}
 	e := expiry.Unix()
-	c.seen[k] = e
-	c.buckets[e/nonceBucket] = append(c.buckets[e/nonceBucket], k)
+	if e < n {
+		return nonceFresh // expired already: nothing to remember
+	}
+	if c.count >= c.max {
+		return nonceFull
+	}
+	s := e / nonceSlot
+	m := c.slots[s]
+	if m == nil {
+		m = make(map[nonceKey]int64)
+		c.slots[s] = m
+	}
+	if _, ok := m[k]; !ok {
+		c.count++
+	}
+	m[k] = e
 	return nonceFresh
 }
