@@ -70,7 +70,7 @@ func main() {
 	flag.IntVar(&o.manyConc, "many-create-conc", 4, "concurrent CreateKey clients")
 	flag.DurationVar(&o.soak, "soak", time.Minute, "mixed-load soak duration (0: skip)")
 	flag.IntVar(&o.soakConc, "soak-conc", 16, "soak clients")
-	flag.DurationVar(&o.soakWarm, "soak-warm", 0, "uncounted load before the soak's start RSS, in addition to -soak (0: the first 10% of -soak); e.g. 310s lets the legacy replay window (300 s) fill first")
+	flag.DurationVar(&o.soakWarm, "soak-warm", 0, "uncounted load before the soak's start RSS, in addition to -soak (0: the first 10% of -soak); e.g. 400s lets the legacy replay cache (300 s window, kept by the minute) fill first")
 	flag.StringVar(&parts, "parts", "main,manykeys,network,twonode,soak", "parts to run")
 	flag.StringVar(&opsFlag, "ops", "", "main run: comma-separated operations to drive (encrypt, decrypt, generatedatakey, legacy-encrypt; default all)")
 	cpuProfile := flag.String("cpuprofile", "", "write the load generator's own CPU profile to this file")
