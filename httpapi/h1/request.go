@@ -439,10 +439,7 @@ func (b *body) Read(p []byte) (int, error) {
 			}
 		}
 		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			b.err = err
+			err = b.fail(err)
 		}
 		return n, err
 	}
@@ -456,12 +453,19 @@ func (b *body) Read(p []byte) (int, error) {
 		return n, io.EOF
 	}
 	if err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		b.err = err
+		err = b.fail(err)
 	}
 	return n, err
+}
+
+// fail makes err the body's sticky error (an EOF before the body's end is
+// unexpected) and returns it.
+func (b *body) fail(err error) error {
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	b.err = err
+	return err
 }
 
 func (b *body) readTrailer() error {
