@@ -80,9 +80,8 @@ func (s *Server) api3(c echo.Context) error {
 	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "api3"}
 	r := c.Request()
 	c.Response().Header().Set(RequestIDHeader, rid)
-	tctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
-	defer cancel()
-	ctx := withInfo(tctx, info)
+	ctx := withInfo(r.Context(), info, s.cfg.RequestTimeout)
+	defer info.ctx.stop()
 
 	failure := func() any {
 		return api3Envelope{Response: api3ErrorBody{Error: apiErrorf("InternalError", "the audit trail is unavailable; the request was not served (RequestId "+rid+")"), RequestID: rid}}

@@ -110,9 +110,8 @@ func (s *Server) legacy(c echo.Context) error {
 	rid := newRequestID()
 	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "legacy"}
 	c.Response().Header().Set(RequestIDHeader, rid)
-	tctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.RequestTimeout)
-	defer cancel()
-	ctx := withInfo(tctx, info)
+	ctx := withInfo(c.Request().Context(), info, s.cfg.RequestTimeout)
+	defer info.ctx.stop()
 
 	failure := func() any {
 		return legacyReply{Code: codeInternal, Message: "the audit trail is unavailable; the request was not served", RequestID: rid}

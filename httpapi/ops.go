@@ -38,33 +38,10 @@ type reqInfo struct {
 	keyVersion uint32
 	code       string // "0" or the error code
 
-	ctx infoCtx // the request's context carrying this reqInfo (withInfo)
+	ctx reqCtx // the request's context carrying this reqInfo (withInfo)
 }
 
 type reqInfoKey struct{}
-
-// withInfo returns ctx carrying i (infoFrom finds it). The context lives
-// inside i, so attaching costs no allocation beyond i itself; it keeps
-// ctx's deadline, cancellation and values.
-func withInfo(ctx context.Context, i *reqInfo) context.Context {
-	i.ctx = infoCtx{Context: ctx, info: i}
-	return &i.ctx
-}
-
-// infoCtx is a context.Context that answers reqInfoKey with its reqInfo
-// and forwards everything else (Done, Err, Deadline and other values, so
-// contexts derived from it find the cancellation of the one below).
-type infoCtx struct {
-	context.Context
-	info *reqInfo
-}
-
-func (c *infoCtx) Value(key any) any {
-	if _, ok := key.(reqInfoKey); ok {
-		return c.info
-	}
-	return c.Context.Value(key)
-}
 
 func infoFrom(ctx context.Context) *reqInfo {
 	i, _ := ctx.Value(reqInfoKey{}).(*reqInfo)

@@ -186,7 +186,7 @@ func TestWithInfo(t *testing.T) {
 	type otherKey struct{}
 	base, cancel := context.WithTimeout(context.WithValue(context.Background(), otherKey{}, "v"), time.Hour)
 	i := &reqInfo{requestID: "r"}
-	ctx := withInfo(base, i)
+	ctx := withInfo(base, i, 2*time.Hour)
 	child, cancelChild := context.WithCancel(kms.WithPrincipal(ctx, &kms.Principal{}))
 	defer cancelChild()
 	if infoFrom(child) != i || child.Value(otherKey{}) != "v" {
@@ -204,7 +204,7 @@ func TestWithInfo(t *testing.T) {
 	if !errors.Is(child.Err(), context.Canceled) {
 		t.Fatal(child.Err())
 	}
-	if n := testing.AllocsPerRun(100, func() { _ = withInfo(base, i) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { _ = withInfo(base, i, time.Minute) }); n != 0 {
 		t.Fatalf("withInfo: %.0f allocations, want 0", n)
 	}
 }
