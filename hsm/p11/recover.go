@@ -93,18 +93,12 @@ func (t *Token) Stats() Stats {
 
 // health is the part of Token that recovery uses.
 type health struct {
-	down      atomic.Bool
-	downCh    atomic.Pointer[chan struct{}] // closed when the Token goes down
-	failures  atomic.Int32                  // consecutive unavailable calls
+	down      atomic.Bool  // set before waiting calls are woken (waiters.wakeAll)
+	failures  atomic.Int32 // consecutive unavailable calls
 	reinits   atomic.Uint64
 	waits     atomic.Uint64
 	waitNanos atomic.Int64
 	recovery  chan struct{} // closed when the recovery loop ends; nil when none ran
-}
-
-func (h *health) initHealth() {
-	ch := make(chan struct{})
-	h.downCh.Store(&ch)
 }
 
 // fatal reports whether a call's error means the token itself is gone.
@@ -145,7 +139,7 @@ func (t *Token) goDown() {
 	default:
 	}
 	t.down.Store(true)
-	close(*t.downCh.Load())
+	t.waiters.wakeAll()
 	done := make(chan struct{})
 	t.recovery = done
 	go t.recoverLoop(done)
@@ -177,8 +171,6 @@ func (t *Token) recoverLoop(done chan struct{}) {
 			for _, s := range sessions {
 				t.pool <- s
 			}
-			ch := make(chan struct{})
-			t.downCh.Store(&ch)
 			t.failures.Store(0)
 			t.reinits.Add(1)
 			t.down.Store(false)

@@ -34,7 +34,8 @@ type Token struct {
 	// write-locked by Close, which therefore waits for in-flight calls.
 	mu      sync.RWMutex
 	closed  bool
-	closing chan struct{} // closed when Close starts: wakes waiting acquirers
+	closing chan struct{} // closed when Close starts
+	waiters waiters       // calls waiting for a session (waiters.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -90,7 +91,6 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 		copyMaxAge: cfg.copyMaxAge(),
 	}
 	t.noCopies.Store(cfg.NoWorkingCopies)
-	t.initHealth()
 	defer func() {
 		if r := recover(); r != nil {
 			err = panicError("OpenToken", r)
@@ -239,14 +239,24 @@ func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
 	case s = <-t.pool:
 	default:
 		start := time.Now()
-		select {
-		case s = <-t.pool:
-		case <-ctx.Done():
-			return 0, fmt.Errorf("%w: %w", hsm.ErrBusy, ctx.Err())
-		case <-t.closing:
-			return 0, errClosed
-		case <-*t.downCh.Load():
-			return 0, errDown
+		w := t.waiters.add(ctx)
+		// goDown and Close set their state before they wake the waiters,
+		// so a waiter registered too late for their wake sees the state
+		// here.
+		err := t.waitErr(ctx)
+		for err == nil {
+			select {
+			case s = <-t.pool:
+			case <-w.wake:
+				if err = t.waitErr(ctx); err == nil {
+					continue // a stale wake
+				}
+			}
+			break
+		}
+		t.waiters.remove(w)
+		if err != nil {
+			return 0, err
 		}
 		t.waits.Add(1)
 		t.waitNanos.Add(int64(time.Since(start)))
@@ -265,6 +275,22 @@ func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
 		s = ns
 	}
 	return s, nil
+}
+
+// waitErr is why a call waiting for a session must stop waiting, or nil.
+func (t *Token) waitErr(ctx context.Context) error {
+	select {
+	case <-t.closing:
+		return errClosed
+	default:
+	}
+	if t.down.Load() {
+		return errDown
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", hsm.ErrBusy, err)
+	}
+	return nil
 }
 
 // release returns s to the pool according to f.
@@ -367,6 +393,7 @@ func (t *Token) Close() error {
 		first = true
 		t.recMu.Lock()
 		close(t.closing)
+		t.waiters.close()
 		recovery := t.recovery
 		t.recMu.Unlock()
 		if recovery != nil {
