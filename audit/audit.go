@@ -22,9 +22,13 @@
 //
 // # Failure
 //
-// Writer.Write returns only once the line is written to the file (one
-// write(2) per batch of concurrent requests, "group commit"), or with an
-// error; the caller then fails the request rather than serve it unrecorded.
+// Writer.Record and Writer.Write return only once the line is written to
+// the file (one write(2) per group of concurrent requests, "group
+// commit"), or with an error; the caller then fails the request rather
+// than serve it unrecorded. If the file system stops answering, every
+// request fails with ErrTimeout within the Writer's timeout, except the
+// one whose goroutine is itself in the stuck write(2), which waits for it
+// (a write to a regular file cannot be interrupted).
 package audit
 
 import (
@@ -57,42 +61,71 @@ type Event struct {
 	Latency    time.Duration
 }
 
-// ErrClosed is returned by Write after Close.
+// ErrClosed is returned by Write and Record after Close.
 var ErrClosed = errors.New("audit: closed")
+
+// ErrTimeout is returned by Record when its line was not written within
+// the Writer's timeout (the file system is stuck); the line may still be
+// written later.
+var ErrTimeout = errors.New("audit: the trail was not written in time")
+
+// DefaultTimeout is how long Record waits for a line with Open.
+const DefaultTimeout = 5 * time.Second
 
 const zeroHash = "0000000000000000000000000000000000000000000000000000000000000000"
 
-type pending struct {
-	e    Event
-	done chan error // buffered (1); answered once per Write
+// group is the lines of one write(2): the requests that queued while the
+// previous write was in progress.
+type group struct {
+	events  []Event
+	created time.Time     // when its first line queued
+	done    chan struct{} // closed once err is final
+	err     error         // written under Writer.mu before done is closed
+	ended   bool          // done is closed (under Writer.mu)
 }
 
-// pendingPool recycles the pendings of completed writes (a pending given up
-// on, after its context ended, may still be answered, so it is dropped).
-var pendingPool sync.Pool
-
 // Writer appends chained lines to a file. It is safe for concurrent use.
+//
+// Group commit without a writer goroutine: a request that finds no write in
+// progress writes its own line at once; requests that arrive during a write
+// queue their lines into the next group and wait. Whoever finishes a write
+// with a group queued starts a goroutine that writes the queued groups one
+// after the other until none is left. A watchdog fails every group whose
+// first line has waited longer than the timeout, so no request waits on a
+// stuck file system for longer, and no request needs a timer of its own.
 type Writer struct {
-	f    *os.File
-	ch   chan *pending
+	f       *os.File
+	timeout time.Duration
+
+	mu      sync.Mutex
+	idle    sync.Cond // signalled when a flush ends
+	cur     *group    // lines queued for the next write; nil when none
+	writing *group    // the group being written; nil when no write is in progress
+	closed  bool
+	seq     uint64 // the chain head: the last line written
+	prev    string
+	size    int64
+	spare   []Event // a drained events slice, for the next group
+
+	buf  []byte // the flusher's (only one at a time: writing != nil)
 	quit chan struct{}
 	wg   sync.WaitGroup
-
-	mu   sync.Mutex // guards seq, prev and size; held by the writer goroutine
-	seq  uint64
-	prev string
-	size int64
 }
 
 // Open opens (or creates, mode 0600) the audit file at path and continues
-// its chain. It refuses a file whose last line is not a well-formed audit
-// line: the operator must look at it before kmsd writes more.
-func Open(path string) (*Writer, error) {
+// its chain; Record waits at most DefaultTimeout for a line. It refuses a
+// file whose last line is not a well-formed audit line: the operator must
+// look at it before kmsd writes more.
+func Open(path string) (*Writer, error) { return OpenTimeout(path, DefaultTimeout) }
+
+// OpenTimeout is Open with the time Record waits for a line at most.
+func OpenTimeout(path string, timeout time.Duration) (*Writer, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	w := &Writer{f: f, ch: make(chan *pending, 4096), quit: make(chan struct{}), prev: zeroHash}
+	w := &Writer{f: f, timeout: timeout, quit: make(chan struct{}), prev: zeroHash}
+	w.idle.L = &w.mu
 	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
 		w.size = st.Size()
 		if w.size > 0 {
@@ -110,7 +143,7 @@ func Open(path string) (*Writer, error) {
 		}
 	}
 	w.wg.Add(1)
-	go w.loop()
+	go w.watch()
 	return w, nil
 }
 
@@ -121,162 +154,176 @@ func (w *Writer) Head() (uint64, string) {
 	return w.seq, w.prev
 }
 
-// Write records e and returns once its line is in the file. Errors: the
-// file could not be written (the line is not recorded), ctx ended first,
-// or ErrClosed.
+// Record records e and returns once its line is in the file. Errors: the
+// file could not be written (the line is not recorded), ErrTimeout (the
+// line was not written within the Writer's timeout; it may still be), or
+// ErrClosed. It needs no context and arms no timer: the Writer's watchdog
+// bounds the wait.
+func (w *Writer) Record(e Event) error {
+	g, lead, err := w.enqueue(e)
+	if err != nil {
+		return err
+	}
+	if lead {
+		w.flush(g, true)
+	}
+	<-g.done
+	return g.err
+}
+
+// Write is Record with a context: it also returns (with ctx.Err) when ctx
+// ends first; the line may then still be written.
 func (w *Writer) Write(ctx context.Context, e Event) error {
-	p, _ := pendingPool.Get().(*pending)
-	if p == nil {
-		p = &pending{done: make(chan error, 1)}
+	g, lead, err := w.enqueue(e)
+	if err != nil {
+		return err
 	}
-	p.e = e
+	if lead {
+		w.flush(g, true)
+	}
 	select {
-	case w.ch <- p:
-	case <-w.quit:
-		return ErrClosed
+	case <-g.done:
+		return g.err
 	case <-ctx.Done():
 		return fmt.Errorf("audit: %w", ctx.Err())
 	}
-	select {
-	case err := <-p.done:
-		// The writer is done with p and its channel is empty again.
-		p.e = Event{}
-		pendingPool.Put(p)
-		return err
-	case <-ctx.Done():
-		// The line may still be written; the request fails anyway.
-		return fmt.Errorf("audit: %w", ctx.Err())
-	}
 }
 
-// WriteTimeout is Write with a timeout instead of a context: it records e
-// and returns once its line is in the file, or with an error when the line
-// could not be written, after d, or after Close. It saves the context and
-// timer a caller would make per line.
-func (w *Writer) WriteTimeout(e Event, d time.Duration) error {
-	select {
-	case <-w.quit:
-		return ErrClosed
-	default:
+// enqueue adds e to the next group. lead means no write was in progress:
+// the caller must flush g itself.
+func (w *Writer) enqueue(e Event) (g *group, lead bool, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil, false, ErrClosed
 	}
-	p, _ := pendingPool.Get().(*pending)
-	if p == nil {
-		p = &pending{done: make(chan error, 1)}
+	g = w.cur
+	if g == nil {
+		g = &group{events: w.spare[:0], done: make(chan struct{})}
+		w.spare = nil
+		w.cur = g
+		// created is only read by the watchdog, which matters for a
+		// group that has waited; the clock is read once per group.
+		g.created = time.Now()
 	}
-	p.e = e
-	t := getTimer(d)
-	select {
-	case w.ch <- p:
-	case <-w.quit:
-		putTimer(t)
-		return ErrClosed
-	case <-t.C:
-		putTimer(t)
-		return fmt.Errorf("audit: %w", context.DeadlineExceeded)
+	g.events = append(g.events, e)
+	if w.writing == nil {
+		w.writing, w.cur = g, nil
+		return g, true, nil
 	}
-	select {
-	case err := <-p.done:
-		putTimer(t)
-		p.e = Event{}
-		pendingPool.Put(p)
-		return err
-	case <-t.C:
-		putTimer(t)
-		// The line may still be written; the request fails anyway.
-		return fmt.Errorf("audit: %w", context.DeadlineExceeded)
-	}
+	return g, false, nil
 }
 
-var timers sync.Pool
-
-func getTimer(d time.Duration) *time.Timer {
-	if t, ok := timers.Get().(*time.Timer); ok {
-		t.Reset(d)
-		return t
-	}
-	return time.NewTimer(d)
-}
-
-// putTimer stops t and pools it. Since Go 1.23 a stopped timer delivers no
-// stale value, so it can be Reset and reused.
-func putTimer(t *time.Timer) {
-	t.Stop()
-	timers.Put(t)
-}
-
-// Close stops the writer after the lines already queued are written.
-func (w *Writer) Close() error {
-	select {
-	case <-w.quit:
-		return nil
-	default:
-	}
-	close(w.quit)
-	w.wg.Wait()
-	return w.f.Close()
-}
-
-func (w *Writer) loop() {
-	defer w.wg.Done()
-	batch := make([]*pending, 0, 256)
-	var buf []byte
+// flush writes g, which the caller took as w.writing, then every group
+// queued meanwhile. A request flushing its own group (inline) writes only
+// that one and leaves the rest to a new goroutine, so that it can answer.
+func (w *Writer) flush(g *group, inline bool) {
 	for {
-		var first *pending
-		select {
-		case first = <-w.ch:
-		case <-w.quit:
-			// Drain what was queued before Close.
-			for {
-				select {
-				case p := <-w.ch:
-					w.commit([]*pending{p}, &buf)
-				default:
-					return
-				}
-			}
+		w.commit(g)
+		w.mu.Lock()
+		next := w.cur
+		if next == nil {
+			w.writing = nil
+			w.idle.Broadcast()
+			w.mu.Unlock()
+			return
 		}
-		batch = append(batch[:0], first)
-	drain:
-		for len(batch) < cap(batch) {
-			select {
-			case p := <-w.ch:
-				batch = append(batch, p)
-			default:
-				break drain
-			}
+		w.writing, w.cur = next, nil
+		w.mu.Unlock()
+		if inline {
+			go w.flush(next, false)
+			return
 		}
-		w.commit(batch, &buf)
+		g = next
 	}
 }
 
-// commit writes a batch of lines with one write(2) and answers each
-// waiting request. On failure it restores the file to its previous size and
-// the chain to its previous head, so the next batch continues a valid chain.
-func (w *Writer) commit(batch []*pending, buf *[]byte) {
+// commit writes a group's lines with one write(2) and ends the group. On
+// failure it restores the file to its previous size and the chain to its
+// previous head, so the next group continues a valid chain.
+func (w *Writer) commit(g *group) {
 	w.mu.Lock()
 	seq, prev, size := w.seq, w.prev, w.size
-	b := (*buf)[:0]
-	for _, p := range batch {
+	w.mu.Unlock()
+	b := w.buf[:0]
+	for _, e := range g.events {
 		seq++
 		var h string
-		b, h = appendLine(b, seq, prev, p.e)
+		b, h = appendLine(b, seq, prev, e)
 		prev = h
 	}
 	n, err := w.f.Write(b)
-	if err == nil {
-		w.seq, w.prev, w.size = seq, prev, size+int64(n)
-	} else if n > 0 {
-		// Best effort: cut the partial batch off so the chain stays valid.
+	if err != nil && n > 0 {
+		// Best effort: cut the partial group off so the chain stays valid.
 		_ = w.f.Truncate(size)
 	}
-	w.mu.Unlock()
-	*buf = b
+	w.buf = b
 	if err != nil {
 		err = fmt.Errorf("audit: write: %w", err)
 	}
-	for _, p := range batch {
-		p.done <- err
+	w.mu.Lock()
+	if err == nil {
+		w.seq, w.prev, w.size = seq, prev, size+int64(n)
 	}
+	w.end(g, err)
+	clear(g.events) // drop the strings; the slice serves a later group
+	w.spare = g.events[:0]
+	g.events = nil
+	w.mu.Unlock()
+}
+
+// end gives g its result unless the watchdog did first. w.mu is held.
+func (w *Writer) end(g *group, err error) {
+	if g.ended {
+		return
+	}
+	g.err, g.ended = err, true
+	close(g.done)
+}
+
+// watch fails the groups that have waited longer than the timeout: the one
+// being written (its write is stuck) and the queued one, which is then
+// dropped so its lines are never written for requests already refused.
+func (w *Writer) watch() {
+	defer w.wg.Done()
+	tick := max(w.timeout/20, time.Millisecond)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.quit:
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		now := time.Now()
+		if g := w.writing; g != nil && !g.ended && now.Sub(g.created) > w.timeout {
+			w.end(g, ErrTimeout)
+		}
+		if g := w.cur; g != nil && now.Sub(g.created) > w.timeout {
+			w.end(g, ErrTimeout)
+			w.cur = nil
+		}
+		w.mu.Unlock()
+	}
+}
+
+// Close stops the writer after the lines already queued are written (it
+// waits for a write in progress, however long it takes).
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.closed = true
+	for w.writing != nil {
+		w.idle.Wait()
+	}
+	w.mu.Unlock()
+	close(w.quit)
+	w.wg.Wait()
+	return w.f.Close()
 }
 
 // appendLine appends one line (with its newline) and returns its hash.

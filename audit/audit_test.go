@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -178,30 +179,165 @@ func TestAppendStringMatchesMarshal(t *testing.T) {
 	}
 }
 
-func TestWriteTimeout(t *testing.T) {
+func TestRecord(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	w, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Sequential (each leads its own write) and concurrent (groups).
 	for i := range 3 {
-		if err := w.WriteTimeout(Event{RequestID: fmt.Sprint("r", i), Code: "0"}, time.Second); err != nil {
+		if err := w.Record(event(i)); err != nil {
 			t.Fatal(err)
 		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- w.Record(event(3 + i))
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if seq, _ := w.Head(); seq != 203 {
+		t.Fatalf("head at seq %d, want 203", seq)
 	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.WriteTimeout(Event{}, time.Second); !errors.Is(err, ErrClosed) {
+	if err := w.Record(Event{}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after Close: %v", err)
 	}
-	f, err := os.Open(path)
+	n, problems := verifyFile(t, path)
+	if n != 203 || len(problems) != 0 {
+		t.Fatalf("Verify: %d lines, %v", n, problems)
+	}
+}
+
+// A stuck file system: the trail is a FIFO nobody reads, so write(2)
+// blocks once the pipe is full. Every request then fails with ErrTimeout
+// within about the Writer's timeout instead of waiting for ever, except
+// the one whose goroutine is itself in the stuck write(2) (a request that
+// found no write in progress writes its own line), which waits for it.
+// Once the pipe is drained the trail resumes and its chain is intact.
+func TestStuckWriteTimesOut(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.fifo")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 200 * time.Millisecond
+	w, err := OpenTimeout(path, timeout)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	n, problems, err := Verify(f)
-	if err != nil || n != 3 || len(problems) != 0 {
-		t.Fatalf("Verify: %d lines, %v, %v", n, problems, err)
+	// Fill the pipe (64 KiB on Linux; lines are about 400 bytes).
+	const n = 1000
+	results := make(chan error, n+1)
+	for i := range n {
+		go func() { results <- w.Record(event(i)) }()
+	}
+	var ok, timedOut int
+	deadline := time.After(20 * timeout)
+collect:
+	for ok+timedOut < n {
+		select {
+		case err := <-results:
+			switch {
+			case err == nil:
+				ok++
+			case errors.Is(err, ErrTimeout):
+				timedOut++
+			default:
+				t.Fatalf("unexpected error: %v", err)
+			}
+		case <-deadline:
+			break collect
+		}
+	}
+	if pending := n - ok - timedOut; pending > 1 {
+		t.Fatalf("%d requests still waiting after %v with a %v timeout", pending, 20*timeout, timeout)
+	}
+	if timedOut == 0 || ok == 0 {
+		t.Fatalf("%d written, %d timed out; want both (the pipe holds some lines, not all)", ok, timedOut)
+	}
+	// A request now, with the write still stuck, fails too.
+	if err := w.Record(event(n)); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("a request while the write is stuck: %v, want ErrTimeout", err)
+	}
+	// Drain the pipe: the stuck write completes, and new lines go through.
+	r, err := os.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var drained bytes.Buffer
+	readDone := make(chan error, 1)
+	go func() { _, err := drained.ReadFrom(r); readDone <- err }()
+	if pending := n - ok - timedOut; pending == 1 {
+		if err := <-results; err != nil && !errors.Is(err, ErrTimeout) {
+			t.Fatalf("the request in the stuck write: %v", err)
+		} else if err == nil {
+			ok++
+		}
+	}
+	if err := w.Record(event(n + 1)); err != nil {
+		t.Fatalf("a request after the pipe drained: %v", err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-readDone; err != nil { // EOF: the Writer's end is closed
+		t.Fatal(err)
+	}
+	r.Close()
+	lines, problems, err := Verify(&drained)
+	if err != nil || len(problems) != 0 {
+		t.Fatalf("Verify of what went through the pipe: %d lines, %v, %v", lines, problems, err)
+	}
+	if lines < ok+1 {
+		t.Fatalf("%d lines went through, want at least the %d acknowledged ones (%d timed out, head %v)", lines, ok+1, timedOut, fmt.Sprint(w.Head()))
+	}
+}
+
+// Close writes the lines already queued before it returns.
+func TestCloseWritesQueuedLines(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	w, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var acked sync.WaitGroup
+	acked.Add(50)
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := w.Record(event(i))
+			if err == nil {
+				acked.Done()
+			} else if !errors.Is(err, ErrClosed) {
+				t.Error(err)
+				acked.Done()
+			} else {
+				acked.Done()
+			}
+		}()
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	seq, _ := w.Head()
+	n, problems := verifyFile(t, path)
+	if uint64(n) != seq || len(problems) != 0 {
+		t.Fatalf("file has %d lines (%v), head says %d", n, problems, seq)
 	}
 }

@@ -103,8 +103,8 @@ func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func()
 		// The audit write gets its own short deadline: a request whose
 		// own deadline has passed must still be recorded.
 		var err error
-		if tw, ok := s.audit.(timeoutWriter); ok {
-			err = tw.WriteTimeout(ev, auditTimeout)
+		if rec, ok := s.audit.(recorder); ok {
+			err = rec.Record(ev)
 		} else {
 			actx, cancel := context.WithTimeout(context.Background(), auditTimeout)
 			err = s.audit.Write(actx, ev)
@@ -128,14 +128,15 @@ func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func()
 	return s.writeReply(c, reply)
 }
 
-// auditTimeout bounds the wait for a request's audit line.
-const auditTimeout = 5 * time.Second
+// auditTimeout bounds the wait for a request's audit line (for a sink
+// that is not a recorder), as audit.DefaultTimeout does for *audit.Writer.
+const auditTimeout = audit.DefaultTimeout
 
-// timeoutWriter is an AuditSink that can wait for a line with a timeout
-// and no context (*audit.Writer: it saves a context and a timer per
-// request).
-type timeoutWriter interface {
-	WriteTimeout(e audit.Event, d time.Duration) error
+// recorder is an AuditSink that bounds the wait for a line by itself,
+// without a context (*audit.Writer: its watchdog fails lines not written
+// within its timeout, audit.DefaultTimeout, so a request needs no timer).
+type recorder interface {
+	Record(e audit.Event) error
 }
 
 // labelMetrics are the request metrics of one (protocol, action, code).
