@@ -7,7 +7,9 @@
 //
 // Each line is a JSON object whose fields are, in order: seq (1, 2, 3...),
 // time (RFC 3339, UTC, nanoseconds), requestId, secretId, source, protocol,
-// action, keyId, keyVersion, code, latencyUs, prev, hash. prev is the hash
+// action, keyId, keyVersion, code, latencyUs, count (summary lines only),
+// prev, hash. A summary line (count present) stands for count refused
+// requests or connections of one kind from one source. prev is the hash
 // of the previous line (64 zeros for the first line of a file); hash is the
 // hex SHA-256 of the line's bytes up to, but excluding, the `,"hash":`
 // member. A line never holds plaintext, ciphertext, data keys, PINs or
@@ -59,6 +61,11 @@ type Event struct {
 	KeyVersion uint32
 	Code       string // "0" or the error code
 	Latency    time.Duration
+	// Count, when not 0, makes the line a summary: it stands for Count
+	// refused requests or connections of one kind from one source, the
+	// first of them at Time (see httpapi's refusal summaries). A line of
+	// one request leaves it 0, and the line then has no count member.
+	Count uint64
 }
 
 // ErrClosed is returned by Write and Record after Close.
@@ -353,6 +360,10 @@ func appendLine(b []byte, seq uint64, prev string, e Event) ([]byte, string) {
 	b = appendString(b, e.Code)
 	b = append(b, `,"latencyUs":`...)
 	b = strconv.AppendInt(b, e.Latency.Microseconds(), 10)
+	if e.Count > 0 {
+		b = append(b, `,"count":`...)
+		b = strconv.AppendUint(b, e.Count, 10)
+	}
 	b = append(b, `,"prev":"`...)
 	b = append(b, prev...)
 	b = append(b, '"')

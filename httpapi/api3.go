@@ -88,6 +88,7 @@ func (s *Server) api3(c echo.Context) error {
 	}
 	resp, err := s.api3Dispatch(ctx, r, rid)
 	if err != nil {
+		s.noteRefused(info, err)
 		ae := s.api3FromError(err, rid)
 		info.code = ae.Code
 		return s.finish(c, info, api3Envelope{Response: api3ErrorBody{Error: ae, RequestID: rid}}, failure)
@@ -166,6 +167,11 @@ func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) 
 	if err != nil {
 		return nil, err
 	}
+	release, err := s.admitted(infoFrom(ctx))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	ctx = kms.WithPrincipal(ctx, principal)
 	if req.action == "" {
 		return nil, apiErrorf("MissingParameter", "the Action parameter is missing")

@@ -118,6 +118,7 @@ func (s *Server) legacy(c echo.Context) error {
 	}
 	reply, err := s.legacyDispatch(ctx, c.Request(), rid)
 	if err != nil {
+		s.noteRefused(info, err)
 		var le *legacyError
 		var ae *authError
 		switch {
@@ -143,6 +144,11 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 	if err != nil {
 		return nil, err
 	}
+	release, err := s.admitted(infoFrom(ctx))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	ctx = kms.WithPrincipal(ctx, principal)
 	action := p.get("Action")
 	allowed, ok := legacyActionParams[action]

@@ -37,6 +37,7 @@ type reqInfo struct {
 	keyID      string
 	keyVersion uint32
 	code       string // "0" or the error code
+	served     bool   // authenticated and admitted (admitted): audited line by line
 
 	ctx reqCtx // the request's context carrying this reqInfo (withInfo)
 }
@@ -82,7 +83,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "kmsd_requests_in_flight", Help: "API requests being served.",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kmsd_requests_refused_total", Help: "Requests refused before being served, by reason (concurrency, rate).",
+			Name: "kmsd_requests_refused_total", Help: "Requests and connections refused before being served, by reason (auth, rate, concurrency, connections, connections_per_address).",
 		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.inFlight, m.refused)
@@ -94,23 +95,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 // the reply. failure builds the reply sent instead when the audit fails.
 func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func() any) error {
 	elapsed := time.Since(info.start)
-	if s.audit != nil {
+	if s.audit != nil && !info.served {
+		// Refused before being served: summarised (admission.go).
+		s.refusals.add(info.protocol, info.code, c.Request().RemoteAddr, info.start)
+	} else if s.audit != nil {
 		ev := audit.Event{
 			Time: info.start, RequestID: info.requestID, SecretID: info.secretID, Source: c.Request().RemoteAddr,
 			Protocol: info.protocol, Action: truncate(info.action, 64), KeyID: info.keyID, KeyVersion: info.keyVersion,
 			Code: info.code, Latency: elapsed,
 		}
-		// The audit write gets its own short deadline: a request whose
-		// own deadline has passed must still be recorded.
-		var err error
-		if rec, ok := s.audit.(recorder); ok {
-			err = rec.Record(ev)
-		} else {
-			actx, cancel := context.WithTimeout(context.Background(), auditTimeout)
-			err = s.audit.Write(actx, ev)
-			cancel()
-		}
-		if err != nil {
+		if err := recordAudit(s.audit, ev); err != nil {
 			s.log.Error("audit trail unavailable: request refused", "requestId", info.requestID, "err", err)
 			reply = failure()
 			info.code = "AuditFailure"
@@ -126,6 +120,17 @@ func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func()
 		m.duration.Observe(elapsed.Seconds())
 	}
 	return s.writeReply(c, reply)
+}
+
+// recordAudit writes ev to sink. The audit write gets its own short
+// deadline: a request whose own deadline has passed must still be recorded.
+func recordAudit(sink AuditSink, ev audit.Event) error {
+	if rec, ok := sink.(recorder); ok {
+		return rec.Record(ev)
+	}
+	actx, cancel := context.WithTimeout(context.Background(), auditTimeout)
+	defer cancel()
+	return sink.Write(actx, ev)
 }
 
 // auditTimeout bounds the wait for a request's audit line (for a sink
@@ -169,36 +174,6 @@ func (m *metrics) forLabels(protocol, action, code string) *labelMetrics {
 	return lm
 }
 
-// admit caps the requests served at once; over the cap a request is refused
-// at once, before any parsing, with the protocol's rate-limit answer.
-func (s *Server) admit(next echo.HandlerFunc, protocol string) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		select {
-		case s.slots <- struct{}{}:
-		default:
-			if s.metrics != nil {
-				s.metrics.refused.WithLabelValues("concurrency").Inc()
-			}
-			rid := newRequestID()
-			c.Response().Header().Set(RequestIDHeader, rid)
-			if protocol == "legacy" {
-				return c.JSON(http.StatusOK, legacyReply{Code: errRateLimited.legacy, Message: "too many requests in progress, please retry", RequestID: rid})
-			}
-			return c.JSON(http.StatusOK, api3Envelope{Response: api3ErrorBody{Error: &apiError{Code: errRateLimited.api3, Message: "too many requests in progress, please retry"}, RequestID: rid}})
-		}
-		if s.metrics != nil {
-			s.metrics.inFlight.Inc()
-		}
-		defer func() {
-			<-s.slots
-			if s.metrics != nil {
-				s.metrics.inFlight.Dec()
-			}
-		}()
-		return next(c)
-	}
-}
-
 var errRateLimited = &authError{"RequestLimitExceeded", 4400, "the request rate of this credential is over its limit, please retry later"}
 
 // rateLimiters holds one token bucket per SecretId.
@@ -227,8 +202,70 @@ func (s *Server) healthz(c echo.Context) error {
 // readyz answers whether kmsd can serve: every readiness check (the token
 // answers a cheap PKCS#11 call, the store is reachable) must pass within a
 // second. It tells which check failed, never why.
+//
+// The checks borrow an HSM session and a store connection, and /readyz is
+// unauthenticated: a result is reused for ReadyCacheTTL, and calls that
+// arrive while the checks run wait for that run instead of starting their
+// own, so /readyz takes at most one session per ReadyCacheTTL whatever the
+// rate of calls.
 func (s *Server) readyz(c echo.Context) error {
-	ctx, cancel := context.WithTimeout(c.Request().Context(), time.Second)
+	r, err := s.ready.get(c.Request().Context(), s.cfg.ReadyCacheTTL, s.runReadyChecks)
+	if err != nil {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "not ready"})
+	}
+	return c.JSON(r.status, r.body)
+}
+
+// readyResult is the outcome of one run of the readiness checks.
+type readyResult struct {
+	status int
+	body   map[string]string // never modified once made
+}
+
+// readyCache holds the last readiness result and the run in progress.
+type readyCache struct {
+	mu      sync.Mutex
+	last    readyResult
+	at      time.Time     // when last was made; zero before the first run
+	running chan struct{} // closed when the run in progress ends; nil if none
+}
+
+// get returns a result made less than ttl ago, waiting for the run in
+// progress or starting one (run) if there is none. It returns ctx's error
+// if ctx ends while waiting; the run goes on for the other callers.
+func (rc *readyCache) get(ctx context.Context, ttl time.Duration, run func() readyResult) (readyResult, error) {
+	for {
+		rc.mu.Lock()
+		if !rc.at.IsZero() && time.Since(rc.at) < ttl {
+			r := rc.last
+			rc.mu.Unlock()
+			return r, nil
+		}
+		wait := rc.running
+		if wait == nil {
+			done := make(chan struct{})
+			rc.running = done
+			rc.mu.Unlock()
+			r := run()
+			rc.mu.Lock()
+			rc.last, rc.at, rc.running = r, time.Now(), nil
+			rc.mu.Unlock()
+			close(done)
+			return r, nil
+		}
+		rc.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return readyResult{}, ctx.Err()
+		}
+	}
+}
+
+// runReadyChecks runs every readiness check at once, within a second. It
+// does not depend on any caller's context: its result is shared.
+func (s *Server) runReadyChecks() readyResult {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	type result struct {
 		name string
@@ -248,8 +285,11 @@ func (s *Server) readyz(c echo.Context) error {
 			out[r.name] = "ok"
 		}
 	}
-	out["status"] = map[bool]string{true: "ready", false: "not ready"}[status == http.StatusOK]
-	return c.JSON(status, out)
+	out["status"] = "ready"
+	if status != http.StatusOK {
+		out["status"] = "not ready"
+	}
+	return readyResult{status: status, body: out}
 }
 
 func metricsHandler(reg *prometheus.Registry) echo.HandlerFunc {

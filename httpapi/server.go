@@ -23,6 +23,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -78,7 +79,29 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Ready lists the readiness checks of /readyz by name.
 	Ready map[string]func(context.Context) error
+
+	// MaxConnections caps the connections the listener returned by
+	// Listener keeps open at once; more are closed when accepted. 0 means
+	// DefaultMaxConnections, < 0 no limit.
+	MaxConnections int
+	// MaxConnectionsPerAddress caps the connections from one client IP
+	// address; 0 means DefaultMaxConnectionsPerAddress, < 0 no limit.
+	MaxConnectionsPerAddress int
+	// RefusalAuditInterval is how often refused requests and connections
+	// are written to the audit trail as summary lines (one per protocol,
+	// code and client address); 0 means DefaultRefusalAuditInterval.
+	RefusalAuditInterval time.Duration
+	// ReadyCacheTTL is how long a /readyz result is reused (concurrent
+	// calls share one run of the checks); 0 means 1 s.
+	ReadyCacheTTL time.Duration
 }
+
+// Defaults of the admission limits.
+const (
+	DefaultMaxConnections           = 4096
+	DefaultMaxConnectionsPerAddress = 256
+	DefaultRefusalAuditInterval     = time.Minute
+)
 
 // RequestIDHeader carries the request id of every response.
 const RequestIDHeader = "X-Request-Id"
@@ -97,6 +120,10 @@ type Server struct {
 	log     *slog.Logger
 	echo    *echo.Echo
 	tc3Keys tcsign.KeyCache // derived TC3 signing keys (auth.go)
+
+	refusals  *refusalLog  // audit summaries of refusals; nil without an audit sink
+	connsOpen atomic.Int64 // connections open on the listeners of Listener
+	ready     readyCache   // the last /readyz result (ops.go)
 }
 
 // New returns a Server calling k. It is safe for concurrent use.
@@ -119,8 +146,25 @@ func New(k KMS, cfg Config) *Server {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = 1024
 	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.MaxConnectionsPerAddress == 0 {
+		cfg.MaxConnectionsPerAddress = DefaultMaxConnectionsPerAddress
+	}
+	if cfg.RefusalAuditInterval <= 0 {
+		cfg.RefusalAuditInterval = DefaultRefusalAuditInterval
+	}
+	if cfg.ReadyCacheTTL <= 0 {
+		cfg.ReadyCacheTTL = time.Second
+	}
 	s := &Server{kms: k, creds: k, admin: k, nonces: cfg.Nonces, cfg: cfg, log: cfg.Logger,
 		audit: cfg.Audit, slots: make(chan struct{}, cfg.MaxConcurrent)}
+	if cfg.Audit != nil {
+		s.refusals = &refusalLog{sink: cfg.Audit, interval: cfg.RefusalAuditInterval, onError: func(err error) {
+			cfg.Logger.Error("audit trail unavailable: refusal summary not recorded", "err", err)
+		}}
+	}
 	if s.nonces == nil {
 		s.nonces = newNonceCache(cfg.MaxNonces)
 	}
@@ -135,15 +179,17 @@ func New(k KMS, cfg Config) *Server {
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = s.handleHTTPError
-	legacy, api3 := s.admit(s.legacy, "legacy"), s.admit(s.api3, "api3")
-	e.GET(LegacyPath, legacy)
-	e.POST(LegacyPath, legacy)
-	e.GET("/", api3)
-	e.POST("/", api3)
+	e.GET(LegacyPath, s.legacy)
+	e.POST(LegacyPath, s.legacy)
+	e.GET("/", s.api3)
+	e.POST("/", s.api3)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	if cfg.Registry != nil {
 		s.metrics = newMetrics(cfg.Registry)
+		cfg.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kmsd_connections_open", Help: "Connections open on the API listener.",
+		}, func() float64 { return float64(s.connsOpen.Load()) }))
 		e.GET("/metrics", metricsHandler(cfg.Registry))
 	}
 	s.echo = e

@@ -58,8 +58,9 @@ type fileConfig struct {
 		} `yaml:"postgres"`
 	} `yaml:"store"`
 	Audit struct {
-		File     string `yaml:"file"`
-		Disabled bool   `yaml:"disabled"`
+		File            string   `yaml:"file"`
+		Disabled        bool     `yaml:"disabled"`
+		RefusalInterval duration `yaml:"refusal_interval"`
 	} `yaml:"audit"`
 	Limits struct {
 		MaxBodyBytes          int64    `yaml:"max_body_bytes"`
@@ -71,6 +72,9 @@ type fileConfig struct {
 		MaxConcurrentRequests int      `yaml:"max_concurrent_requests"`
 		RatePerCredential     float64  `yaml:"rate_per_credential"`
 		BurstPerCredential    int      `yaml:"burst_per_credential"`
+		// Pointers so that an explicit 0 (no limit) differs from absent.
+		MaxConnections           *int `yaml:"max_connections"`
+		MaxConnectionsPerAddress *int `yaml:"max_connections_per_address"`
 	} `yaml:"limits"`
 	Keys struct {
 		Limit                int    `yaml:"limit"`

@@ -95,6 +95,9 @@ type config struct {
 	idleTimeout    time.Duration
 	requestTimeout time.Duration
 	maxConcurrent  int
+	maxConns       int // 0: no limit
+	maxConnsPerIP  int // 0: no limit
+	refusalAudit   time.Duration
 	ratePerCred    float64
 	burstPerCred   int
 	keyLimit       int
@@ -226,6 +229,15 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	def("idle-timeout", "KMSD_IDLE_TIMEOUT", dur(fc.Limits.IdleTimeout), "120s", "keep-alive idle time")
 	def("request-timeout", "KMSD_REQUEST_TIMEOUT", dur(fc.Limits.RequestTimeout), "10s", "longest time spent serving one request")
 	def("max-concurrent", "KMSD_MAX_CONCURRENT", num(int64(fc.Limits.MaxConcurrentRequests)), "1024", "requests served at once; more are refused at once")
+	optInt := func(p *int, builtin int) string {
+		if p == nil {
+			return strconv.Itoa(builtin)
+		}
+		return strconv.Itoa(*p)
+	}
+	def("max-connections", "KMSD_MAX_CONNECTIONS", optInt(fc.Limits.MaxConnections, httpapi.DefaultMaxConnections), "", "connections open at once on the API listener, 0 for no limit; more are closed when accepted")
+	def("max-connections-per-address", "KMSD_MAX_CONNECTIONS_PER_ADDRESS", optInt(fc.Limits.MaxConnectionsPerAddress, httpapi.DefaultMaxConnectionsPerAddress), "", "connections open at once from one client IP address, 0 for no limit")
+	def("refusal-audit-interval", "KMSD_REFUSAL_AUDIT_INTERVAL", dur(fc.Audit.RefusalInterval), httpapi.DefaultRefusalAuditInterval.String(), "refused requests and connections are written to the audit trail as one summary line per protocol, code and client address per interval")
 	def("rate-per-credential", "KMSD_RATE_PER_CREDENTIAL", float(fc.Limits.RatePerCredential), "0", "requests per second per SecretId, 0 for no limit")
 	def("burst-per-credential", "KMSD_BURST_PER_CREDENTIAL", num(int64(fc.Limits.BurstPerCredential)), "0", "burst above the rate (default: one second's worth)")
 	def("key-limit", "KMSD_KEY_LIMIT", num(int64(fc.Keys.Limit)), strconv.Itoa(kms.DefaultKeyLimit), "maximum number of CMKs")
@@ -350,6 +362,9 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		c.idleTimeout = parseDur("idle-timeout")
 		c.requestTimeout = parseDur("request-timeout")
 		c.maxConcurrent = int(parseInt("max-concurrent", 1, 1<<20))
+		c.maxConns = int(parseInt("max-connections", 0, 1<<24))
+		c.maxConnsPerIP = int(parseInt("max-connections-per-address", 0, 1<<24))
+		c.refusalAudit = parseDur("refusal-audit-interval")
 		c.gcHeapFloor = uint64(parseInt("gc-heap-floor", 0, 1<<40))
 		rate, err := strconv.ParseFloat(v("rate-per-credential"), 64)
 		if err != nil || rate < 0 {
@@ -466,6 +481,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	apiCfg := httpapi.Config{
 		Logger: log, RequestTimeout: cfg.requestTimeout, MaxBodyBytes: cfg.maxBody, MaxConcurrent: cfg.maxConcurrent,
 		RatePerCredential: cfg.ratePerCred, BurstPerCredential: cfg.burstPerCred, Registry: reg, Ready: ready,
+		MaxConnections: noLimit(cfg.maxConns), MaxConnectionsPerAddress: noLimit(cfg.maxConnsPerIP), RefusalAuditInterval: cfg.refusalAudit,
 	}
 	if n, ok := svc.Store().(nonceStore); ok {
 		apiCfg.Nonces = sharedNonces{n} // legacy nonces remembered by every node
@@ -481,6 +497,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	if err != nil {
 		return err
 	}
+	ln = api.Listener(ln) // connection limits, total and per client address
 	srv := newHTTPServer(cfg, api.Handler(), log)
 	scheme := "http"
 	var tlsConfig *tls.Config
@@ -504,6 +521,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	if err := srv.Shutdown(shCtx); err != nil {
 		log.Error("shutdown", "err", err)
 	}
+	api.Close() // pending refusal summaries, before the audit file closes
 	log.Info("stopped")
 	return nil
 }

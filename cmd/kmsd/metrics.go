@@ -99,26 +99,50 @@ func registerServiceMetrics(reg prometheus.Registerer, tok *p11.Token, svc *kms.
 		}),
 		counter("kmsd_hsm_session_waits_total", "Calls that waited for a free session.", func(s p11.Stats) float64 { return float64(s.Waits) }),
 		counter("kmsd_hsm_session_wait_seconds_total", "Time calls spent waiting for a free session.", func(s p11.Stats) float64 { return s.WaitTime.Seconds() }),
-		&usageCollector{svc: svc, desc: prometheus.NewDesc("kmsd_key_version_usage_ratio",
-			"Encryptions under the current version of a key, as a fraction of the per-version limit (a new version is made at 1).",
-			[]string{"key_id", "version"}, nil)},
+		newUsageCollector(svc),
 	)
 }
 
-// usageCollector reports kms.Service.UsageReport at scrape time.
+// usageThresholds are the fractions of the per-version limit counted by
+// kmsd_key_versions_usage_over.
+var usageThresholds = []float64{0.5, 0.8, 0.95}
+
+// usageCollector reports kms.Service.UsageReport at scrape time, aggregated
+// over keys: /metrics is served on the API listener without
+// authentication, so it names no key (kms:ListKeys guards the key ids).
+// kmsctl (DescribeKey, ListKeys) tells which key is near its limit.
 type usageCollector struct {
-	svc  *kms.Service
-	desc *prometheus.Desc
+	svc       *kms.Service
+	max, over *prometheus.Desc
 }
 
-func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func newUsageCollector(svc *kms.Service) *usageCollector {
+	return &usageCollector{svc: svc,
+		max: prometheus.NewDesc("kmsd_key_version_usage_ratio_max",
+			"Highest usage, over all keys, of a key's current version as a fraction of the per-version limit (a new version is made at 1).", nil, nil),
+		over: prometheus.NewDesc("kmsd_key_versions_usage_over",
+			"Keys whose current version has used at least the given fraction of the per-version limit.", []string{"ratio"}, nil)}
+}
+
+func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.max; ch <- c.over }
 
 func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
+	highest := 0.0
+	over := make([]int, len(usageThresholds))
 	for _, u := range c.svc.UsageReport() {
 		ratio := 0.0
 		if u.Limit > 0 {
 			ratio = float64(u.Count) / float64(u.Limit)
 		}
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, ratio, u.KeyID, strconv.FormatUint(uint64(u.Version), 10))
+		highest = max(highest, ratio)
+		for i, t := range usageThresholds {
+			if ratio >= t {
+				over[i]++
+			}
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.max, prometheus.GaugeValue, highest)
+	for i, t := range usageThresholds {
+		ch <- prometheus.MustNewConstMetric(c.over, prometheus.GaugeValue, float64(over[i]), strconv.FormatFloat(t, 'f', -1, 64))
 	}
 }

@@ -56,13 +56,26 @@ func (r *certReloader) load() error {
 	return nil
 }
 
-// config returns the server's TLS configuration: TLS 1.2 or newer, and a
-// verified client certificate when a client CA is configured (mTLS, on top
-// of request signing).
+// tls12Suites are the TLS 1.2 cipher suites kmsd accepts: ECDHE key
+// exchange with an AEAD (AES-GCM, ChaCha20-Poly1305) only; no CBC, no
+// static RSA key exchange. TLS 1.3 suites are Go's (all AEAD, not
+// configurable).
+var tls12Suites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// config returns the server's TLS configuration: TLS 1.2 (AEAD suites
+// only, tls12Suites) or newer, and a verified client certificate when a
+// client CA is configured (mTLS, on top of request signing).
 func (r *certReloader) config() *tls.Config {
-	base := &tls.Config{MinVersion: tls.VersionTLS12}
+	base := &tls.Config{MinVersion: tls.VersionTLS12, CipherSuites: tls12Suites}
 	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		c := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*r.cert.Load()}}
+		c := &tls.Config{MinVersion: tls.VersionTLS12, CipherSuites: tls12Suites, Certificates: []tls.Certificate{*r.cert.Load()}}
 		if r.caFile != "" {
 			c.ClientAuth = tls.RequireAndVerifyClientCert
 			c.ClientCAs = r.pool.Load()
@@ -160,10 +173,19 @@ func checkConfig(args []string, env func(string) (string, bool), stdout, stderr 
 	if auditMode == "" {
 		auditMode = "disabled"
 	}
-	fmt.Fprintf(stdout, "configuration OK\n  listen   %s (TLS %s)\n  module   %s\n  token    %s (%d sessions, IV mode %s)\n  data dir %s\n  audit    %s\n  limits   body %d B, request %s, %d concurrent, %g req/s per credential\n",
+	fmt.Fprintf(stdout, "configuration OK\n  listen   %s (TLS %s)\n  module   %s\n  token    %s (%d sessions, IV mode %s)\n  data dir %s\n  audit    %s\n  limits   body %d B, request %s, %d concurrent, %g req/s per credential, %d connections (%d per address; 0 = no limit)\n",
 		cfg.addr, tlsMode, cfg.module, cfg.tokenLabel, cfg.sessions, cfg.ivMode, cfg.dataDir, auditMode,
-		cfg.maxBody, cfg.requestTimeout, cfg.maxConcurrent, cfg.ratePerCred)
+		cfg.maxBody, cfg.requestTimeout, cfg.maxConcurrent, cfg.ratePerCred, cfg.maxConns, cfg.maxConnsPerIP)
 	return nil
+}
+
+// noLimit maps a configured connection limit (0: none) to httpapi.Config's
+// convention (< 0: none, 0: the default).
+func noLimit(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // httpServer is the API listener's server: httpapi/h1 (default) or
