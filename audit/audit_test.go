@@ -166,6 +166,22 @@ func TestNoSecretFields(t *testing.T) {
 	}
 }
 
+func TestSummaryLineCount(t *testing.T) {
+	b, _ := appendLine(nil, 1, zeroHash, event(1))
+	if bytes.Contains(b, []byte(`"count"`)) {
+		t.Fatalf("a line of one request has a count: %s", b)
+	}
+	e := event(2)
+	e.Count = 37
+	b, _ = appendLine(nil, 1, zeroHash, e)
+	if !bytes.Contains(b, []byte(`"latencyUs":2,"count":37,"prev":"`)) {
+		t.Fatalf("summary line: %s", b)
+	}
+	if _, err := parseLine(bytes.TrimSuffix(b, []byte("\n"))); err != nil {
+		t.Fatalf("summary line does not verify: %v", err)
+	}
+}
+
 func TestAppendStringMatchesMarshal(t *testing.T) {
 	for _, s := range []string{"", "abc", "a\"b", "a\\b", "<&>", "\x00\x1f\x7f", "é", "\xff", "\u2028", "AKID/2019-02-25", "127.0.0.1:5555"} {
 		want, _ := json.Marshal(s)

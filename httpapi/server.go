@@ -64,8 +64,10 @@ type Config struct {
 	// Nonces, when set, remembers the legacy API's nonces instead of the
 	// in-memory cache (e.g. a store shared by several nodes).
 	Nonces NonceStore
-	// MaxConcurrent caps the API requests served at once; more are
-	// refused at once (RequestLimitExceeded / 4400). 0 means 1024.
+	// MaxConcurrent caps the authenticated API requests served at once
+	// (a slot is taken after the body is read and the signature verified,
+	// see admission.go); more are refused at once (RequestLimitExceeded /
+	// 4400). 0 means 1024.
 	MaxConcurrent int
 	// RatePerCredential limits each SecretId to this many requests per
 	// second (bursts of BurstPerCredential); 0 means no limit.
