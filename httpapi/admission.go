@@ -64,15 +64,15 @@ func (s *Server) release() {
 	}
 }
 
-// admitted ends admission for an authenticated request: it takes a
+// admit ends admission for an authenticated request: it takes a
 // concurrency slot and marks the request as served (audited line by line).
-// The caller defers the returned release; on error it serves nothing.
-func (s *Server) admitted(info *reqInfo) (release func(), err error) {
+// On success the caller defers s.release(); on error it serves nothing.
+func (s *Server) admit(info *reqInfo) error {
 	if !s.acquire() {
-		return nil, errConcurrency
+		return errConcurrency
 	}
 	info.served = true
-	return s.release, nil
+	return nil
 }
 
 func (s *Server) countRefusal(reason string) {

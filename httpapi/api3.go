@@ -167,11 +167,10 @@ func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) 
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.admitted(infoFrom(ctx))
-	if err != nil {
+	if err := s.admit(infoFrom(ctx)); err != nil {
 		return nil, err
 	}
-	defer release()
+	defer s.release()
 	ctx = kms.WithPrincipal(ctx, principal)
 	if req.action == "" {
 		return nil, apiErrorf("MissingParameter", "the Action parameter is missing")

@@ -144,11 +144,10 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.admitted(infoFrom(ctx))
-	if err != nil {
+	if err := s.admit(infoFrom(ctx)); err != nil {
 		return nil, err
 	}
-	defer release()
+	defer s.release()
 	ctx = kms.WithPrincipal(ctx, principal)
 	action := p.get("Action")
 	allowed, ok := legacyActionParams[action]

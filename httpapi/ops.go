@@ -37,7 +37,7 @@ type reqInfo struct {
 	keyID      string
 	keyVersion uint32
 	code       string // "0" or the error code
-	served     bool   // authenticated and admitted (admitted): audited line by line
+	served     bool   // authenticated and admitted (admit): audited line by line
 
 	ctx reqCtx // the request's context carrying this reqInfo (withInfo)
 }

@@ -179,3 +179,30 @@ func isLoopback(addr string) bool {
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }
+
+// readPIN takes the PIN from an environment variable (KMSD_PIN, or the
+// one named by pkcs11.pin_env) or from a file, never from a flag value or
+// the configuration file. Exactly one source must be given.
+func readPIN(file, envName string, env func(string) (string, bool)) (string, error) {
+	envPIN, hasEnv := env(envName)
+	switch {
+	case hasEnv && file != "":
+		return "", fmt.Errorf("the PIN is given twice: set either %s or -pin-file, not both", envName)
+	case hasEnv:
+		if envPIN == "" {
+			return "", fmt.Errorf("%s is empty", envName)
+		}
+		return envPIN, nil
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("-pin-file: %v", err)
+		}
+		pin := strings.TrimRight(string(b), "\r\n")
+		if pin == "" {
+			return "", fmt.Errorf("-pin-file %q is empty", file)
+		}
+		return pin, nil
+	}
+	return "", fmt.Errorf("no PIN: set %s or -pin-file (KMSD_PIN_FILE)", envName)
+}

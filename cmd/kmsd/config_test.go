@@ -37,7 +37,7 @@ func TestConfigFile(t *testing.T) {
 		{name: "example file", file: "", args: []string{"-config", "../../kmsd.example.yaml", "-module", module}, env: map[string]string{"KMSD_PIN": "1"},
 			check: func(t *testing.T, c config) {
 				if c.tokenLabel != "hsmkms" || c.sessions != 2 || c.maxConcurrent != 1024 || c.usageLimit != 1<<30 || c.ivMode != "caller" ||
-					!c.workingCopies || c.copyCheck != time.Minute {
+					!c.workingCopies || c.copyCheck != time.Minute || c.maxConns != 4096 || c.maxConnsPerIP != 256 || c.refusalAudit != time.Minute {
 					t.Fatalf("%+v", c)
 				}
 			}},
@@ -77,6 +77,20 @@ func TestConfigFile(t *testing.T) {
 					t.Fatalf("working copies %v, check %v", c.workingCopies, c.copyCheck)
 				}
 			}},
+		{name: "connection limits default", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n",
+			check: func(t *testing.T, c config) {
+				if c.maxConns != 4096 || c.maxConnsPerIP != 256 || c.refusalAudit != time.Minute {
+					t.Fatalf("connections %d, per address %d, refusal interval %v", c.maxConns, c.maxConnsPerIP, c.refusalAudit)
+				}
+			}},
+		{name: "connection limits off and set", file: "pkcs11:\n  module: module.so\n  pin_file: pin\nlimits:\n  max_connections: 0\n  max_connections_per_address: 32\naudit:\n  refusal_interval: 10s\n",
+			env: map[string]string{"KMSD_MAX_CONNECTIONS_PER_ADDRESS": "16"},
+			check: func(t *testing.T, c config) {
+				if c.maxConns != 0 || c.maxConnsPerIP != 16 || c.refusalAudit != 10*time.Second {
+					t.Fatalf("connections %d, per address %d, refusal interval %v", c.maxConns, c.maxConnsPerIP, c.refusalAudit)
+				}
+			}},
+		{name: "negative connection limit", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n", args: []string{"-max-connections", "-1"}, want: "max-connections"},
 		{name: "bad copy check interval", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  copy_check_interval: -1s\n", want: "copy-check-interval"},
 		{name: "unknown key", file: "pkcs11:\n  modul: module.so\n", want: "modul"},
 		{name: "PIN in the URI refused", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  token_uri: \"pkcs11:token=t?pin-value=1234\"\n", want: "pin-value"},
