@@ -83,19 +83,28 @@ func (s *Server) countRefusal(reason string) {
 
 // noteRefused counts a request refused before it was served under the
 // reason its error names: failed authentication; rate and concurrency
-// refusals are counted where they happen.
+// refusals are counted where they happen. Those come after the signature
+// was verified (RequestLimitExceeded: rate limit, replay cache full,
+// concurrency), so their SecretId is the caller's own and is kept in the
+// audit summary (info.verified); an unverified one is not, as anyone can
+// send any SecretId.
 func (s *Server) noteRefused(info *reqInfo, err error) {
 	if info.served {
 		return
 	}
 	var ae *authError
-	if errors.As(err, &ae) && ae.api3 != errRateLimited.api3 {
-		s.countRefusal(refusedAuth)
+	if errors.As(err, &ae) {
+		if ae.api3 == errRateLimited.api3 {
+			info.verified = true
+		} else {
+			s.countRefusal(refusedAuth)
+		}
 	}
 }
 
 // refusalLog aggregates refusals into audit summary lines: per interval,
-// one line per (protocol, code, client address) with a count, at most
+// one line per (protocol, code, client address, verified SecretId) with a
+// count, at most
 // maxRefusalSources distinct addresses per interval (the rest are summed
 // under the address "*"). The lines of an interval are written when it
 // ends, by a timer armed by its first refusal (no goroutine while there
@@ -112,7 +121,7 @@ type refusalLog struct {
 	closed  bool
 }
 
-type refusalKey struct{ protocol, code, source string }
+type refusalKey struct{ protocol, code, source, secretID string }
 
 type refusalCount struct {
 	first time.Time
@@ -124,8 +133,9 @@ type refusalCount struct {
 const maxRefusalSources = 256
 
 // add records one refusal of protocol ("api3", "legacy" or "tcp" for a
-// connection) with code from the client address remote (host:port or host).
-func (r *refusalLog) add(protocol, code, remote string, at time.Time) {
+// connection) with code from the client address remote (host:port or
+// host); secretID is the caller's verified SecretId, or "".
+func (r *refusalLog) add(protocol, code, remote, secretID string, at time.Time) {
 	if r == nil {
 		return
 	}
@@ -148,7 +158,7 @@ func (r *refusalLog) add(protocol, code, remote string, at time.Time) {
 		}
 		r.sources[src] = struct{}{}
 	}
-	k := refusalKey{protocol, code, src}
+	k := refusalKey{protocol, code, src, secretID}
 	c := r.pending[k]
 	if c == nil {
 		c = &refusalCount{first: at}
@@ -179,7 +189,7 @@ func (r *refusalLog) flush() {
 	})
 	for _, k := range keys {
 		c := p[k]
-		ev := audit.Event{Time: c.first, Source: k.source, Protocol: k.protocol, Action: "(refused)", Code: k.code, Count: c.n}
+		ev := audit.Event{Time: c.first, SecretID: k.secretID, Source: k.source, Protocol: k.protocol, Action: "(refused)", Code: k.code, Count: c.n}
 		if err := recordAudit(r.sink, ev); err != nil && r.onError != nil {
 			r.onError(err)
 		}
@@ -218,5 +228,5 @@ func (s *Server) refuseConn(reason string, remote net.Addr) {
 	if remote != nil {
 		addr = remote.String()
 	}
-	s.refusals.add("tcp", code, addr, time.Now())
+	s.refusals.add("tcp", code, addr, "", time.Now())
 }

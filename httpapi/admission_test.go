@@ -38,14 +38,14 @@ func TestRefusalLogSummarisesAndBounds(t *testing.T) {
 	r := &refusalLog{sink: sink, interval: time.Hour} // flushed by close below
 	t0 := time.Unix(1795881600, 0)
 	for i := 0; i < 1000; i++ {
-		r.add("api3", "AuthFailure.SignatureFailure", "10.0.0.1:40000", t0.Add(time.Duration(i)*time.Millisecond))
+		r.add("api3", "AuthFailure.SignatureFailure", "10.0.0.1:40000", "", t0.Add(time.Duration(i)*time.Millisecond))
 	}
 	for i := 0; i < 2*maxRefusalSources; i++ {
-		r.add("legacy", "4100", fmt.Sprintf("10.1.%d.%d:1234", i/256, i%256), t0)
+		r.add("legacy", "4100", fmt.Sprintf("10.1.%d.%d:1234", i/256, i%256), "", t0)
 	}
-	r.add("tcp", "ConnectionLimitExceeded", "[2001:db8::1]:443", t0)
+	r.add("tcp", "ConnectionLimitExceeded", "[2001:db8::1]:443", "", t0)
 	r.close()
-	r.add("api3", "AuthFailure", "10.0.0.9:1", t0) // after close: dropped
+	r.add("api3", "AuthFailure", "10.0.0.9:1", "", t0) // after close: dropped
 	ev := sink.snapshot()
 	counts := map[string]uint64{}
 	for _, e := range ev {
@@ -78,8 +78,8 @@ func TestRefusalLogSummarisesAndBounds(t *testing.T) {
 func TestRefusalLogFlushesPerInterval(t *testing.T) {
 	sink := &memSink{}
 	r := &refusalLog{sink: sink, interval: 20 * time.Millisecond}
-	r.add("api3", "AuthFailure", "127.0.0.1:1", time.Now())
-	r.add("api3", "AuthFailure", "127.0.0.1:2", time.Now())
+	r.add("api3", "AuthFailure", "127.0.0.1:1", "", time.Now())
+	r.add("api3", "AuthFailure", "127.0.0.1:2", "", time.Now())
 	deadline := time.Now().Add(5 * time.Second)
 	for len(sink.snapshot()) == 0 {
 		if time.Now().After(deadline) {

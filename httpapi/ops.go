@@ -38,6 +38,7 @@ type reqInfo struct {
 	keyVersion uint32
 	code       string // "0" or the error code
 	served     bool   // authenticated and admitted (admit): audited line by line
+	verified   bool   // refused after its signature was verified (noteRefused)
 
 	ctx reqCtx // the request's context carrying this reqInfo (withInfo)
 }
@@ -97,7 +98,11 @@ func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func()
 	elapsed := time.Since(info.start)
 	if s.audit != nil && !info.served {
 		// Refused before being served: summarised (admission.go).
-		s.refusals.add(info.protocol, info.code, c.Request().RemoteAddr, info.start)
+		secretID := ""
+		if info.verified {
+			secretID = info.secretID
+		}
+		s.refusals.add(info.protocol, info.code, c.Request().RemoteAddr, secretID, info.start)
 	} else if s.audit != nil {
 		ev := audit.Event{
 			Time: info.start, RequestID: info.requestID, SecretID: info.secretID, Source: c.Request().RemoteAddr,

@@ -260,7 +260,7 @@ func TestConnectionLimits(t *testing.T) {
 // Finding 5: failed authentication is counted and audited, in summary
 // lines so that a flood of bad requests cannot fill the disk.
 func TestFailedAuthenticationCountedAndAuditedBounded(t *testing.T) {
-	s, data := startEdgeServer(t, "KMSD_REFUSAL_AUDIT_INTERVAL=2s")
+	s, data := startEdgeServer(t, "KMSD_REFUSAL_AUDIT_INTERVAL=2s", "KMSD_RATE_PER_CREDENTIAL=0.01", "KMSD_BURST_PER_CREDENTIAL=3")
 	const bad, unknown = 40, 10
 	forger := sdkClient(t, s, "TC3-HMAC-SHA256", "POST", adminID, "not-the-admin-secret-key-0000000")
 	stranger := sdkClient(t, s, "TC3-HMAC-SHA256", "POST", "AKIDnobody0000000000000000000000000", "whatever-secret-key-000000000000")
@@ -307,6 +307,29 @@ func TestFailedAuthenticationCountedAndAuditedBounded(t *testing.T) {
 			}
 		}
 		return false
+	})
+	// Over its rate limit, a verified caller is summarised under its own
+	// SecretId (which the forged and unknown ones above are not).
+	limited := 0
+	for i := 0; i < 5; i++ {
+		if sdkCode(sdkEncrypt(c, key)) == "RequestLimitExceeded" {
+			limited++
+		}
+	}
+	if limited == 0 {
+		t.Fatal("no request over the rate limit")
+	}
+	if n, _ := metricSum(t, s.url, "kmsd_requests_refused_total", `reason="rate"`); n != float64(limited) {
+		t.Errorf("kmsd_requests_refused_total{reason=rate} = %v, want %d", n, limited)
+	}
+	within(t, 15*time.Second, "rate-limited requests summarised", func() bool {
+		sum := 0.0
+		for _, m := range auditLines(t, data) {
+			if c, ok := m["count"].(float64); ok && m["code"] == "RequestLimitExceeded" && m["secretId"] == adminID {
+				sum += c
+			}
+		}
+		return sum == float64(limited)
 	})
 }
 
