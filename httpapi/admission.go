@@ -24,9 +24,10 @@ import (
 // Refused requests (not authenticated, rate limited, over the concurrency
 // cap) and refused connections are counted in kmsd_requests_refused_total
 // by reason, and recorded in the audit trail as summary lines: one line per
-// (protocol, code, client address) per RefusalAuditInterval, with the
-// number of refusals, so that a flood cannot fill the disk (see
-// refusalLog). Authenticated requests keep one audit line each.
+// (protocol, code, client address, SecretId if verified) per
+// RefusalAuditInterval, with the number of refusals, so that a flood cannot
+// fill the disk (see refusalLog). Authenticated requests keep one audit
+// line each.
 
 // errConcurrency refuses an authenticated request over MaxConcurrent.
 var errConcurrency = &authError{"RequestLimitExceeded", 4400, "too many requests in progress, please retry"}
@@ -34,7 +35,7 @@ var errConcurrency = &authError{"RequestLimitExceeded", 4400, "too many requests
 // Reasons of kmsd_requests_refused_total.
 const (
 	refusedConcurrency    = "concurrency"
-	refusedRate           = "rate"
+	refusedRate           = "rate" // counted by rateLimit (auth.go)
 	refusedAuth           = "auth"
 	refusedConnections    = "connections"
 	refusedConnsPerSource = "connections_per_address"
