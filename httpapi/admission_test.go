@@ -164,6 +164,28 @@ func TestListenerLimits(t *testing.T) {
 	}
 }
 
+func TestRemoteIP(t *testing.T) {
+	for _, tt := range []struct{ addr, want string }{
+		{"192.0.2.7:443", "192.0.2.7"},
+		{"[::ffff:192.0.2.7]:443", "192.0.2.7"},
+		{"[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:443", "2001:db8:1:2::"},
+		{"[2001:db8:1:2::1]:1", "2001:db8:1:2::"},
+		{"[fe80::1%eth0]:1", "fe80::"},
+		{"[::1]:1", "::"},
+	} {
+		a, err := net.ResolveTCPAddr("tcp", tt.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := remoteIP(a).String(); got != tt.want {
+			t.Errorf("%s: %s, want %s", tt.addr, got, tt.want)
+		}
+	}
+	if remoteIP(&net.UnixAddr{Name: "/x"}).IsValid() {
+		t.Error("a unix address has an IP")
+	}
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()

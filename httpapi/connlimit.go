@@ -9,7 +9,7 @@ import (
 
 // Listener wraps ln, the API's TCP listener, with the connection limits of
 // the Config: at most MaxConnections open at once and MaxConnectionsPerAddress
-// from one client IP address. A connection over a limit is closed as soon
+// from one client IP address (IPv6: one /64). A connection over a limit is closed as soon
 // as it is accepted (before any TLS handshake or byte of HTTP), counted in
 // kmsd_requests_refused_total (reason connections or
 // connections_per_address) and summarised in the audit trail. It works
@@ -83,13 +83,21 @@ func (l *limitListener) done(ip netip.Addr) {
 	l.mu.Unlock()
 }
 
-// remoteIP is the IP address a connection comes from (the zero Addr for a
-// non-IP connection: all of those share one count).
+// remoteIP is the client address a connection is counted under: its IPv4
+// address, or the /64 prefix of its IPv6 address (one host or site
+// usually holds a whole /64, so counting single IPv6 addresses would let
+// it open 2^64 times the limit); the zero Addr for a non-IP connection
+// (all of those share one count).
 func remoteIP(a net.Addr) netip.Addr {
-	if t, ok := a.(*net.TCPAddr); ok {
-		return t.AddrPort().Addr().Unmap()
+	t, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}
 	}
-	return netip.Addr{}
+	ip := t.AddrPort().Addr().Unmap()
+	if ip.Is6() {
+		ip = netip.PrefixFrom(ip.WithZone(""), 64).Masked().Addr()
+	}
+	return ip
 }
 
 // limitedConn gives its place back when closed (once, however many times
