@@ -286,7 +286,7 @@ func validateResource(r string) error {
 		return nil
 	case !wildcard && validKeyID(id):
 		return nil
-	case validKeyID(strings.ToLower(id)) || validKeyIDPrefix(strings.ToLower(prefix)):
+	case validKeyID(strings.ToLower(id)) || wildcard && validKeyIDPrefix(strings.ToLower(prefix)):
 		return fmt.Errorf("resource %q: key ids are written in lower case", r)
 	case strings.HasSuffix(id, "/"):
 		return fmt.Errorf("resource %q: trailing /", r)
