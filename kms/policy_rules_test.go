@@ -453,3 +453,25 @@ func TestStoredPolicyUpgrade(t *testing.T) {
 		t.Fatalf("the upgrade was not logged:\n%s", log)
 	}
 }
+
+// The README's example policy is valid and means what the README says.
+func TestReadmePolicyExample(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "A policy has the shape of Tencent Cloud CAM.")
+	if !ok {
+		t.Fatal("the README has no policy section")
+	}
+	_, rest, _ = strings.Cut(rest, "```json\n")
+	doc, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("no example policy in the README")
+	}
+	p := mustPolicy(t, doc)
+	const k, denied = "2f0b1d7c-5a0e-4d0b-9a51-4f8e3c2b7a10", "9999aed0-4956-11e9-bc70-5254005e86b4"
+	if !p.Allows("kms:Decrypt", k) || !p.Allows("kms:DescribeKey", denied) || p.Allows("kms:Decrypt", denied) || p.Allows(actListCredentials, "*") {
+		t.Fatal("the README's example policy does not do what the README says")
+	}
+}
