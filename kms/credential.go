@@ -64,6 +64,8 @@ type credEntry struct {
 	info    CredentialInfo
 	enabled bool
 	sealed  []byte // the stored sealed SecretKey it was unsealed from
+	// policyDoc is the stored policy document info.Policy was read from.
+	policyDoc string
 }
 
 // loadCredentials makes sure the credentials KEK exists on the token and
@@ -120,10 +122,11 @@ func (s *Service) unsealCredential(ctx context.Context, r store.Credential) (*cr
 	}
 	info := CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol}
 	return &credEntry{
-		cred:    Credential{SecretID: r.SecretID, SecretKey: string(key), Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
-		info:    info,
-		enabled: r.Enabled,
-		sealed:  r.SealedKey,
+		cred:      Credential{SecretID: r.SecretID, SecretKey: string(key), Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
+		info:      info,
+		enabled:   r.Enabled,
+		sealed:    r.SealedKey,
+		policyDoc: r.Policy,
 	}, nil
 }
 
@@ -141,21 +144,27 @@ func (s *Service) storedPolicy(r store.Credential) (Policy, error) {
 }
 
 // credEntryFor makes the cache entry of the stored credential r, reusing
-// old's unsealed SecretKey when the sealed key did not change (no HSM call).
+// old's unsealed SecretKey when the sealed key did not change (no HSM call)
+// and old's policy when the stored document did not change (not parsed, nor
+// logged, again).
 func (s *Service) credEntryFor(ctx context.Context, r store.Credential, old *credEntry) (*credEntry, error) {
 	if old == nil || !bytes.Equal(old.sealed, r.SealedKey) {
 		return s.unsealCredential(ctx, r)
 	}
-	pol, err := s.storedPolicy(r)
-	if err != nil {
-		return nil, err
+	pol := old.info.Policy
+	if old.policyDoc != r.Policy {
+		var err error
+		if pol, err = s.storedPolicy(r); err != nil {
+			return nil, err
+		}
 	}
 	return &credEntry{
 		cred: Credential{SecretID: r.SecretID, SecretKey: old.cred.SecretKey,
 			Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
-		info:    CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol},
-		enabled: r.Enabled,
-		sealed:  r.SealedKey,
+		info:      CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol},
+		enabled:   r.Enabled,
+		sealed:    r.SealedKey,
+		policyDoc: r.Policy,
 	}, nil
 }
 
@@ -274,10 +283,11 @@ func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey s
 	}
 	info := CredentialInfo{SecretID: secretID, Name: name, Enabled: true, CreatedAt: rec.CreatedAt, Policy: policy}
 	e := &credEntry{
-		cred:    Credential{SecretID: secretID, SecretKey: secretKey, Principal: &Principal{SecretID: secretID, Name: name, Policy: policy}},
-		info:    info,
-		enabled: true,
-		sealed:  rec.SealedKey,
+		cred:      Credential{SecretID: secretID, SecretKey: secretKey, Principal: &Principal{SecretID: secretID, Name: name, Policy: policy}},
+		info:      info,
+		enabled:   true,
+		sealed:    rec.SealedKey,
+		policyDoc: doc,
 	}
 	s.credMu.Lock()
 	s.creds[secretID] = e
@@ -348,7 +358,7 @@ func (s *Service) UpdateCredentialPolicy(ctx context.Context, secretID string, p
 		if err := s.store.SetCredentialPolicy(ctx, secretID, doc); err != nil {
 			return e, err
 		}
-		e.info.Policy = policy
+		e.info.Policy, e.policyDoc = policy, doc
 		p := *e.cred.Principal
 		p.Policy = policy
 		e.cred.Principal = &p

@@ -452,6 +452,19 @@ func TestStoredPolicyUpgrade(t *testing.T) {
 	if log := e.log.String(); !strings.Contains(log, "predates the kms-admin: namespace") || !strings.Contains(log, `kms:Decrpyt`) {
 		t.Fatalf("the upgrade was not logged:\n%s", log)
 	}
+	// Re-reading an unchanged credential (a cluster resync every few
+	// seconds) neither parses nor logs it again.
+	logged := strings.Count(e.log.String(), "predates the kms-admin: namespace")
+	e.svc.credMu.RLock()
+	old := e.svc.creds[ids[2]]
+	e.svc.credMu.RUnlock()
+	again, err := e.svc.credEntryFor(adminCtx, e.st.creds[ids[2]], old)
+	if err != nil || again.cred.Principal.Policy.Allows("kms:Decrypt", keyB) {
+		t.Fatalf("re-read: %v", err)
+	}
+	if n := strings.Count(e.log.String(), "predates the kms-admin: namespace"); n != logged {
+		t.Fatalf("re-reading an unchanged credential logged %d more lines", n-logged)
+	}
 }
 
 // The README's example policy is valid and means what the README says.
