@@ -324,24 +324,36 @@ func cutPrefixFold(s, prefix string) (string, bool) {
 }
 
 // qcsParts splits "qcs:<project>:<service>:<region>:<account>:<resource>"
-// without allocating.
+// without allocating (it runs on every authorisation).
 func qcsParts(p string) (service, resource string, ok bool) {
-	rest, ok := strings.CutPrefix(p, "qcs:")
-	if !ok {
+	if !strings.HasPrefix(p, "qcs:") {
 		return "", "", false
 	}
-	parts := [4]string{}
-	for i := range parts {
-		var found bool
-		parts[i], rest, found = strings.Cut(rest, ":")
-		if !found {
-			return "", "", false
-		}
-	}
-	if strings.Contains(rest, ":") {
+	rest := p[4:]
+	i := strings.IndexByte(rest, ':') // end of project
+	if i < 0 {
 		return "", "", false
 	}
-	return parts[1], rest, true
+	rest = rest[i+1:]
+	j := strings.IndexByte(rest, ':') // end of service
+	if j < 0 {
+		return "", "", false
+	}
+	service, rest = rest[:j], rest[j+1:]
+	k := strings.IndexByte(rest, ':') // end of region
+	if k < 0 {
+		return "", "", false
+	}
+	rest = rest[k+1:]
+	l := strings.IndexByte(rest, ':') // end of account
+	if l < 0 {
+		return "", "", false
+	}
+	resource = rest[l+1:]
+	if strings.IndexByte(resource, ':') >= 0 {
+		return "", "", false
+	}
+	return service, resource, true
 }
 
 // Allows reports whether the policy allows action ("kms:Encrypt",
