@@ -401,7 +401,7 @@ func (s *Service) checkGrant(ctx context.Context, policy Policy) (string, error)
 		return "", fmt.Errorf("%w: %v", ErrExceedsCaller, err)
 	}
 	if !ok {
-		return "", fmt.Errorf("%w: the policy allows %s on %s", ErrExceedsCaller, action, resource)
+		return "", fmt.Errorf("%w: the policy allows %s on %s, which the caller's own policy does not", ErrExceedsCaller, action, resource)
 	}
 	return encodeStoredPolicy(policy)
 }
