@@ -302,6 +302,34 @@ func TestPolicyValidationThroughSDK(t *testing.T) {
 		t.Fatalf("credentials made anyway: %v", r)
 	}
 
+	// kmsctl: -admin makes a full administrator; a credential cannot
+	// disable itself.
+	kmsctl := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(binDir, "kmsctl"), append([]string{"-endpoint", s.url}, args...)...)
+		cmd.Env = append(os.Environ(), "TENCENTCLOUD_SECRET_ID="+adminID, "TENCENTCLOUD_SECRET_KEY="+adminKey)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := kmsctl("credentials", "create", "-admin", "-name", "ctl-admin")
+	if err != nil {
+		t.Fatalf("kmsctl credentials create -admin: %v\n%s", err, out)
+	}
+	var ctlID, ctlKey string
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "TENCENTCLOUD_SECRET_ID="); ok {
+			ctlID = v
+		}
+		if v, ok := strings.CutPrefix(line, "TENCENTCLOUD_SECRET_KEY="); ok {
+			ctlKey = secret(v)
+		}
+	}
+	ctlAdmin := s.sdkCred(t, ctlID, ctlKey)
+	ctlAdmin.mustCall("DisableCredential", map[string]any{"SecretId": app.id})
+	ctlAdmin.mustCall("EnableCredential", map[string]any{"SecretId": app.id})
+	if out, err := kmsctl("credentials", "disable", "-secret-id", adminID); err == nil || !strings.Contains(out, "UnauthorizedOperation") {
+		t.Fatalf("kmsctl credentials disable of itself: %v\n%s", err, out)
+	}
+
 	// The local CLI refuses them too.
 	s.stop()
 	file := filepath.Join(t.TempDir(), "bad.json")
