@@ -47,7 +47,7 @@ test: setup vet
 
 # Short fixed-count runs of every fuzz target, so they never rot
 # (e.g. make fuzz FUZZTIME=2000000x for a longer campaign).
-FUZZ_TARGETS := kms:FuzzParseBlob kms:FuzzParseContext kms:FuzzParsePolicy \
+FUZZ_TARGETS := kms:FuzzParseBlob kms:FuzzParseContext kms:FuzzParsePolicy kms:FuzzStoredPolicyNeverWidens \
 	httpapi:FuzzParseParams httpapi:FuzzDecodeJSONParams httpapi:FuzzDecodeFormParams \
 	httpapi:FuzzParseTC3Authorization httpapi:FuzzDecodeJSONParamsFast audit:FuzzVerify \
 	httpapi/h1:FuzzParseHead httpapi/h1:FuzzServeConn

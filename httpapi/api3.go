@@ -253,6 +253,8 @@ func (s *Server) api3FromError(err error, rid string) *apiError {
 		return apiErrorf("InvalidParameterValue", "the Description must be at most 1024 bytes of UTF-8")
 	case errors.Is(err, kms.ErrAliasExists):
 		return apiErrorf("InvalidParameterValue.AliasAlreadyExists", "the Alias already exists")
+	case errors.Is(err, kms.ErrSelfChange), errors.Is(err, kms.ErrExceedsCaller):
+		return apiErrorf("UnauthorizedOperation", strings.TrimPrefix(err.Error(), "kms: "))
 	case errors.Is(err, kms.ErrUnauthorized):
 		return apiErrorf("UnauthorizedOperation", "the credential is not authorized for this operation on this resource")
 	case errors.Is(err, kms.ErrCredentialNotFound):

@@ -3,15 +3,19 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"strings"
 
 	"hsmkms/kms"
 )
 
 // Credential management: API 3.0 actions of hsmkms's own (Tencent Cloud
 // manages credentials in CAM, which an on-prem KMS does not have). They are
-// authorised like any action: kms:CreateCredential, kms:ListCredentials,
-// kms:EnableCredential, kms:DisableCredential, kms:UpdateCredentialPolicy,
-// kms:DeleteCredential, on the resource "*".
+// administrative actions, authorised on the resource "*" under their own
+// namespace, which no kms: wildcard matches: kms-admin:CreateCredential,
+// kms-admin:ListCredentials, kms-admin:EnableCredential,
+// kms-admin:DisableCredential, kms-admin:UpdateCredentialPolicy,
+// kms-admin:DeleteCredential. The domain also refuses a change to the
+// caller itself and any grant beyond the caller's own policy.
 
 // CredentialAdmin is the part of the domain that manages credentials.
 // *kms.Service implements it.
@@ -71,7 +75,7 @@ func parsePolicyParam(p *string) (kms.Policy, error) {
 	}
 	pol, err := kms.ParsePolicy(*p)
 	if err != nil {
-		return kms.Policy{}, apiErrorf("InvalidParameterValue", err.Error())
+		return kms.Policy{}, apiErrorf("InvalidParameterValue", strings.TrimPrefix(err.Error(), "kms: "))
 	}
 	return pol, nil
 }

@@ -3,7 +3,6 @@ package kms
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -65,6 +64,8 @@ type credEntry struct {
 	info    CredentialInfo
 	enabled bool
 	sealed  []byte // the stored sealed SecretKey it was unsealed from
+	// policyDoc is the stored policy document info.Policy was read from.
+	policyDoc string
 }
 
 // loadCredentials makes sure the credentials KEK exists on the token and
@@ -108,7 +109,7 @@ func (s *Service) loadCredentials(ctx context.Context) error {
 }
 
 func (s *Service) unsealCredential(ctx context.Context, r store.Credential) (*credEntry, error) {
-	pol, err := ParsePolicy(r.Policy)
+	pol, err := s.storedPolicy(r)
 	if err != nil {
 		return nil, err
 	}
@@ -121,29 +122,49 @@ func (s *Service) unsealCredential(ctx context.Context, r store.Credential) (*cr
 	}
 	info := CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol}
 	return &credEntry{
-		cred:    Credential{SecretID: r.SecretID, SecretKey: string(key), Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
-		info:    info,
-		enabled: r.Enabled,
-		sealed:  r.SealedKey,
+		cred:      Credential{SecretID: r.SecretID, SecretKey: string(key), Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
+		info:      info,
+		enabled:   r.Enabled,
+		sealed:    r.SealedKey,
+		policyDoc: r.Policy,
 	}, nil
 }
 
+// storedPolicy reads the policy of a stored credential (parseStoredPolicy)
+// and logs, loudly, how a policy stored before the current format is read.
+func (s *Service) storedPolicy(r store.Credential) (Policy, error) {
+	pol, notes, err := parseStoredPolicy(r.Policy)
+	if err != nil {
+		return Policy{}, err
+	}
+	for _, n := range notes {
+		s.log.Error("kms: the credential's stored policy predates the kms-admin: namespace and policy validation; it is read as follows until its policy is updated", "secret_id", r.SecretID, "note", n)
+	}
+	return pol, nil
+}
+
 // credEntryFor makes the cache entry of the stored credential r, reusing
-// old's unsealed SecretKey when the sealed key did not change (no HSM call).
+// old's unsealed SecretKey when the sealed key did not change (no HSM call)
+// and old's policy when the stored document did not change (not parsed, nor
+// logged, again).
 func (s *Service) credEntryFor(ctx context.Context, r store.Credential, old *credEntry) (*credEntry, error) {
 	if old == nil || !bytes.Equal(old.sealed, r.SealedKey) {
 		return s.unsealCredential(ctx, r)
 	}
-	pol, err := ParsePolicy(r.Policy)
-	if err != nil {
-		return nil, err
+	pol := old.info.Policy
+	if old.policyDoc != r.Policy {
+		var err error
+		if pol, err = s.storedPolicy(r); err != nil {
+			return nil, err
+		}
 	}
 	return &credEntry{
 		cred: Credential{SecretID: r.SecretID, SecretKey: old.cred.SecretKey,
 			Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
-		info:    CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol},
-		enabled: r.Enabled,
-		sealed:  r.SealedKey,
+		info:      CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol},
+		enabled:   r.Enabled,
+		sealed:    r.SealedKey,
+		policyDoc: r.Policy,
 	}, nil
 }
 
@@ -202,9 +223,11 @@ func (s *Service) LookupCredential(ctx context.Context, secretID string) (*Crede
 
 // CreateCredential makes a credential with a fresh SecretId and SecretKey
 // (drawn from the HSM's random number generator) and returns the SecretKey
-// once; it is stored only sealed by the HSM. Requires kms:CreateCredential.
+// once; it is stored only sealed by the HSM. Requires
+// kms-admin:CreateCredential, and the caller's policy must allow everything
+// policy allows (ErrExceedsCaller).
 func (s *Service) CreateCredential(ctx context.Context, name string, policy Policy) (CredentialInfo, string, error) {
-	if err := authorize(ctx, "kms:CreateCredential", "*"); err != nil {
+	if err := authorize(ctx, actCreateCredential, "*"); err != nil {
 		return CredentialInfo{}, "", err
 	}
 	id, err := s.randomString(ctx, "AKID", 32)
@@ -221,9 +244,10 @@ func (s *Service) CreateCredential(ctx context.Context, name string, policy Poli
 
 // ImportCredential stores a credential whose SecretId and SecretKey the
 // caller chose (for example the TENCENTCLOUD_SECRET_ID/KEY of a
-// development machine). Requires kms:CreateCredential.
+// development machine). Requires kms-admin:CreateCredential, and the
+// caller's policy must allow everything policy allows (ErrExceedsCaller).
 func (s *Service) ImportCredential(ctx context.Context, name, secretID, secretKey string, policy Policy) (CredentialInfo, error) {
-	if err := authorize(ctx, "kms:CreateCredential", "*"); err != nil {
+	if err := authorize(ctx, actCreateCredential, "*"); err != nil {
 		return CredentialInfo{}, err
 	}
 	if !secretIDPattern.MatchString(secretID) {
@@ -239,12 +263,9 @@ func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey s
 	if !credNamePattern.MatchString(name) {
 		return CredentialInfo{}, fmt.Errorf("%w: the name must be 1-64 characters of A-Z a-z 0-9 _ . @ -, starting with a letter or digit", ErrInvalidCredential)
 	}
-	if err := policy.Validate(); err != nil {
-		return CredentialInfo{}, err
-	}
-	doc, err := json.Marshal(policy)
+	doc, err := s.checkGrant(ctx, policy)
 	if err != nil {
-		return CredentialInfo{}, fmt.Errorf("%w: %v", ErrInvalidPolicy, err)
+		return CredentialInfo{}, err
 	}
 	iv, sealed, err := s.hsm.Seal(ctx, credKEKObjectID, []byte(secretKey), credAAD(secretID))
 	if err != nil {
@@ -252,7 +273,7 @@ func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey s
 	}
 	rec := store.Credential{
 		SecretID: secretID, Name: name, SealedKey: append(iv, sealed...), KEKObjectID: credKEKObjectID,
-		Policy: string(doc), Enabled: true, CreatedAt: s.now().UTC(),
+		Policy: doc, Enabled: true, CreatedAt: s.now().UTC(),
 	}
 	if err := s.store.CreateCredential(ctx, rec); err != nil {
 		if errors.Is(err, store.ErrCredentialExists) {
@@ -262,10 +283,11 @@ func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey s
 	}
 	info := CredentialInfo{SecretID: secretID, Name: name, Enabled: true, CreatedAt: rec.CreatedAt, Policy: policy}
 	e := &credEntry{
-		cred:    Credential{SecretID: secretID, SecretKey: secretKey, Principal: &Principal{SecretID: secretID, Name: name, Policy: policy}},
-		info:    info,
-		enabled: true,
-		sealed:  rec.SealedKey,
+		cred:      Credential{SecretID: secretID, SecretKey: secretKey, Principal: &Principal{SecretID: secretID, Name: name, Policy: policy}},
+		info:      info,
+		enabled:   true,
+		sealed:    rec.SealedKey,
+		policyDoc: doc,
 	}
 	s.credMu.Lock()
 	s.creds[secretID] = e
@@ -276,9 +298,9 @@ func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey s
 }
 
 // ListCredentials lists every credential, without secrets, oldest first.
-// Requires kms:ListCredentials.
+// Requires kms-admin:ListCredentials.
 func (s *Service) ListCredentials(ctx context.Context) ([]CredentialInfo, error) {
-	if err := authorize(ctx, "kms:ListCredentials", "*"); err != nil {
+	if err := authorize(ctx, actListCredentials, "*"); err != nil {
 		return nil, err
 	}
 	s.credMu.RLock()
@@ -297,12 +319,15 @@ func (s *Service) ListCredentials(ctx context.Context) ([]CredentialInfo, error)
 }
 
 // SetCredentialEnabled enables or disables a credential; a disabled
-// credential stops authenticating at once. Requires kms:EnableCredential or
-// kms:DisableCredential. ErrCredentialNotFound if it does not exist.
+// credential stops authenticating at once. Requires
+// kms-admin:EnableCredential or kms-admin:DisableCredential; the caller
+// cannot change itself (ErrSelfChange) nor a credential whose policy allows
+// something its own does not (ErrExceedsCaller). ErrCredentialNotFound if
+// it does not exist.
 func (s *Service) SetCredentialEnabled(ctx context.Context, secretID string, enabled bool) error {
-	action := "kms:DisableCredential"
+	action := actDisableCredential
 	if enabled {
-		action = "kms:EnableCredential"
+		action = actEnableCredential
 	}
 	if err := authorize(ctx, action, "*"); err != nil {
 		return err
@@ -317,23 +342,23 @@ func (s *Service) SetCredentialEnabled(ctx context.Context, secretID string, ena
 }
 
 // UpdateCredentialPolicy replaces a credential's policy, effective at once.
-// Requires kms:UpdateCredentialPolicy.
+// Requires kms-admin:UpdateCredentialPolicy; the caller cannot change its
+// own policy (ErrSelfChange), nor change a credential whose current policy
+// allows something its own does not, nor give one a policy that does
+// (ErrExceedsCaller). Errors: ErrInvalidPolicy, ErrCredentialNotFound.
 func (s *Service) UpdateCredentialPolicy(ctx context.Context, secretID string, policy Policy) error {
-	if err := authorize(ctx, "kms:UpdateCredentialPolicy", "*"); err != nil {
+	if err := authorize(ctx, actUpdateCredentialPolicy, "*"); err != nil {
 		return err
 	}
-	if err := policy.Validate(); err != nil {
-		return err
-	}
-	doc, err := json.Marshal(policy)
+	doc, err := s.checkGrant(ctx, policy)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidPolicy, err)
+		return err
 	}
 	return s.changeCredential(ctx, secretID, func(e credEntry) (credEntry, error) {
-		if err := s.store.SetCredentialPolicy(ctx, secretID, string(doc)); err != nil {
+		if err := s.store.SetCredentialPolicy(ctx, secretID, doc); err != nil {
 			return e, err
 		}
-		e.info.Policy = policy
+		e.info.Policy, e.policyDoc = policy, doc
 		p := *e.cred.Principal
 		p.Policy = policy
 		e.cred.Principal = &p
@@ -342,47 +367,112 @@ func (s *Service) UpdateCredentialPolicy(ctx context.Context, secretID string, p
 }
 
 // DeleteCredential removes a credential; it stops authenticating at once.
-// Requires kms:DeleteCredential.
+// Requires kms-admin:DeleteCredential; the caller cannot delete itself
+// (ErrSelfChange) nor a credential whose policy allows something its own
+// does not (ErrExceedsCaller). ErrCredentialNotFound if it does not exist.
 func (s *Service) DeleteCredential(ctx context.Context, secretID string) error {
-	if err := authorize(ctx, "kms:DeleteCredential", "*"); err != nil {
+	if err := authorize(ctx, actDeleteCredential, "*"); err != nil {
 		return err
 	}
-	s.syncCredential(ctx, secretID)
-	s.credMu.Lock()
-	defer s.credMu.Unlock()
-	if _, ok := s.creds[secretID]; !ok {
-		return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
+	return s.manageCredential(ctx, secretID, func(*credEntry) error {
+		if err := s.store.DeleteCredential(ctx, secretID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return storeErr("delete credential", err)
+		}
+		delete(s.creds, secretID)
+		s.credGen++
+		s.log.Info("kms: credential deleted", "secret_id", secretID)
+		return nil
+	})
+}
+
+// checkGrant validates a policy the caller wants to give a credential and
+// checks that the caller's own policy allows everything it allows. It
+// returns the policy's stored form.
+func (s *Service) checkGrant(ctx context.Context, policy Policy) (string, error) {
+	if err := policy.Validate(); err != nil {
+		return "", err
 	}
-	if err := s.store.DeleteCredential(ctx, secretID); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return storeErr("delete credential", err)
+	caller := PrincipalFrom(ctx)
+	if caller == nil {
+		return "", fmt.Errorf("%w: no authenticated caller", ErrUnauthorized)
 	}
-	delete(s.creds, secretID)
-	s.credGen++
-	s.log.Info("kms: credential deleted", "secret_id", secretID)
+	action, resource, ok, err := covers(caller.Policy, policy)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrExceedsCaller, err)
+	}
+	if !ok {
+		return "", fmt.Errorf("%w: the policy allows %s on %s, which the caller's own policy does not", ErrExceedsCaller, action, resource)
+	}
+	return encodeStoredPolicy(policy)
+}
+
+// checkManage checks that the caller in ctx may change or delete the
+// credential e: it is not the caller, and the caller's policy allows
+// everything e's policy allows.
+func checkManage(ctx context.Context, e *credEntry) error {
+	caller := PrincipalFrom(ctx)
+	if caller == nil {
+		return fmt.Errorf("%w: no authenticated caller", ErrUnauthorized)
+	}
+	if caller.SecretID != "" && caller.SecretID == e.cred.SecretID {
+		return ErrSelfChange
+	}
+	_, _, ok, err := covers(caller.Policy, e.info.Policy)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrExceedsCaller, err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: the credential %s holds rights the caller does not", ErrExceedsCaller, e.cred.SecretID)
+	}
 	return nil
 }
 
-// changeCredential applies f to a copy of the cached entry under the lock
-// and publishes the result, so a change is visible to the next request.
-func (s *Service) changeCredential(ctx context.Context, secretID string, f func(credEntry) (credEntry, error)) error {
+// manageCredential checks (checkManage) the credential secretID as cached
+// and runs f under the credentials lock if the entry is still the one
+// checked. The check runs outside the lock, which LookupCredential takes
+// on every request; a concurrent change to the same credential makes it
+// check again, a few times, then fail with ErrBusy.
+func (s *Service) manageCredential(ctx context.Context, secretID string, f func(*credEntry) error) error {
 	s.syncCredential(ctx, secretID)
-	s.credMu.Lock()
-	defer s.credMu.Unlock()
-	e, ok := s.creds[secretID]
-	if !ok {
-		return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
-	}
-	ne, err := f(*e)
-	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
+	for range 3 {
+		s.credMu.RLock()
+		e := s.creds[secretID]
+		s.credMu.RUnlock()
+		if e == nil {
 			return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
 		}
-		return storeErr("change credential", err)
+		if err := checkManage(ctx, e); err != nil {
+			return err
+		}
+		s.credMu.Lock()
+		if s.creds[secretID] != e {
+			s.credMu.Unlock()
+			continue
+		}
+		err := f(e)
+		s.credMu.Unlock()
+		return err
 	}
-	s.creds[secretID] = &ne
-	s.credGen++
-	s.log.Info("kms: credential changed", "secret_id", secretID, "enabled", ne.enabled)
-	return nil
+	return fmt.Errorf("%w: the credential %s is being changed concurrently; retry", ErrBusy, secretID)
+}
+
+// changeCredential applies f to a copy of the cached entry (see
+// manageCredential) and publishes the result, so a change is visible to
+// the next request.
+func (s *Service) changeCredential(ctx context.Context, secretID string, f func(credEntry) (credEntry, error)) error {
+	return s.manageCredential(ctx, secretID, func(e *credEntry) error {
+		ne, err := f(*e)
+		if err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
+			}
+			return storeErr("change credential", err)
+		}
+		s.creds[secretID] = &ne
+		s.credGen++
+		s.log.Info("kms: credential changed", "secret_id", secretID, "enabled", ne.enabled)
+		return nil
+	})
 }
 
 // syncCredential re-reads a credential before a change on a shared store,

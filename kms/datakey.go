@@ -139,7 +139,9 @@ type ReEncryptResult struct {
 // ReEncrypt opens a blob and seals its plaintext again, under the newest
 // version of the destination key and the destination context. The
 // plaintext never leaves the service and is wiped after use. The caller
-// needs kms:ReEncrypt on the source and on the destination key.
+// needs kms:ReEncrypt and kms:Decrypt on the source key, and kms:ReEncrypt
+// and kms:Encrypt on the destination key (the same key when the blob is
+// re-encrypted under its own key).
 //
 // Errors: ErrInvalidCiphertext, ErrInvalidKeyID, ErrInvalidContext,
 // ErrUnauthorized; the source key must allow Decrypt and the destination
@@ -159,11 +161,14 @@ func (s *Service) ReEncrypt(ctx context.Context, in ReEncryptInput) (ReEncryptRe
 	if !ok {
 		return ReEncryptResult{}, ErrInvalidKeyID
 	}
-	if err := authorize(ctx, "kms:ReEncrypt", srcID); err != nil {
-		return ReEncryptResult{}, err
-	}
-	if dstID != srcID {
-		if err := authorize(ctx, "kms:ReEncrypt", dstID); err != nil {
+	// ReEncrypt decrypts under the source and encrypts under the
+	// destination: it needs what Decrypt and Encrypt need, so that it is
+	// no way around a deny on either.
+	for _, c := range [...]struct{ action, key string }{
+		{"kms:ReEncrypt", srcID}, {"kms:Decrypt", srcID},
+		{"kms:ReEncrypt", dstID}, {"kms:Encrypt", dstID},
+	} {
+		if err := authorize(ctx, c.action, c.key); err != nil {
 			return ReEncryptResult{}, err
 		}
 	}

@@ -36,7 +36,7 @@ func TestPolicyAllows(t *testing.T) {
 			t.Errorf("Allows(%s, %s) = %v, want %v", tt.action, tt.resource, got, tt.want)
 		}
 	}
-	if !AdminPolicy().Allows("kms:CreateCredential", "*") {
+	if !AdminPolicy().Allows("kms-admin:CreateCredential", "*") || !AdminPolicy().Allows("kms:Decrypt", "11111111-1111-4111-8111-111111111111") {
 		t.Error("admin policy refuses a management action")
 	}
 }

@@ -21,7 +21,7 @@ func credentials(ctx context.Context, c *client, args []string, stdout, stderr i
 	fs := flag.NewFlagSet("credentials "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	name := fs.String("name", "", "name of the credential")
-	admin := fs.Bool("admin", false, "grant every action on every resource")
+	admin := fs.Bool("admin", false, "grant every key and administrative action on every resource (kms:* and kms-admin:* on *)")
 	policyFile := fs.String("policy-file", "", "file holding the policy document")
 	secretID := fs.String("secret-id", "", "SecretId of the credential")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -33,7 +33,7 @@ func credentials(ctx context.Context, c *client, args []string, stdout, stderr i
 		case *admin && *policyFile != "":
 			return "", errors.New("give -admin or -policy-file, not both")
 		case *admin:
-			return `{"version":"2.0","statement":[{"effect":"allow","action":["kms:*"],"resource":["*"]}]}`, nil
+			return `{"version":"2.0","statement":[{"effect":"allow","action":["kms:*","kms-admin:*"],"resource":["*"]}]}`, nil
 		case *policyFile != "":
 			b, err := os.ReadFile(*policyFile)
 			return string(b), err

@@ -36,7 +36,7 @@ func credentialsCmd(ctx context.Context, args []string, env func(string) (string
 		return err
 	}
 	name := fs.String("name", "", "name of the credential (required)")
-	admin := fs.Bool("admin", false, "grant every action on every resource (kms:* on *)")
+	admin := fs.Bool("admin", false, "grant every key and administrative action on every resource (kms:* and kms-admin:* on *)")
 	policyFile := fs.String("policy-file", "", "file holding the policy document")
 	ifNone := fs.Bool("if-none", false, "create: do nothing if any credential exists; import: do nothing if the SecretId exists")
 	if err := fs.Parse(args[1:]); err != nil {
