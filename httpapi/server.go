@@ -21,6 +21,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"hash/maphash"
 	"log/slog"
 	"net/http"
 	"time"
@@ -78,6 +79,25 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Ready lists the readiness checks of /readyz by name.
 	Ready map[string]func(context.Context) error
+	// RequireSignedAction refuses TC3 requests whose SignedHeaders do not
+	// include x-tc-action (the official SDKs' requests among them).
+	RequireSignedAction bool
+	// AllowedHosts, when not empty, lists the host names (without port,
+	// any case) a request's Host may name; others are refused before
+	// their signature is checked. Empty means any.
+	AllowedHosts []string
+	// TC3Services, when not empty, lists the services a TC3 credential
+	// scope may name. Empty means "kms", plus the service the official
+	// Node.js SDK derives from an endpoint that is an IP address or a
+	// name without a dot (see serviceAllowed).
+	TC3Services []string
+	// Signatures, when set, shares the TC3 signatures accepted with an
+	// unsigned action with the other nodes of a cluster (see
+	// SignatureLedger); New then starts a goroutine that Close stops.
+	Signatures SignatureLedger
+	// SignatureSync is how often signatures are published to and read
+	// from Signatures; 0 means DefaultSignatureSync.
+	SignatureSync time.Duration
 }
 
 // RequestIDHeader carries the request id of every response.
@@ -97,6 +117,12 @@ type Server struct {
 	log     *slog.Logger
 	echo    *echo.Echo
 	tc3Keys tcsign.KeyCache // derived TC3 signing keys (auth.go)
+
+	sigs       *nonceCache // TC3 signatures accepted with an unsigned action (bind.go)
+	actionSeed maphash.Seed
+	sigSync    *sigSync // nil unless Config.Signatures is set
+	hosts      map[string]bool
+	services   map[string]bool
 }
 
 // New returns a Server calling k. It is safe for concurrent use.
@@ -124,6 +150,25 @@ func New(k KMS, cfg Config) *Server {
 	if s.nonces == nil {
 		s.nonces = newNonceCache(cfg.MaxNonces)
 	}
+	s.sigs, s.actionSeed = newNonceCache(cfg.MaxNonces), maphash.MakeSeed()
+	s.hosts, s.services = set(cfg.AllowedHosts, true), set(cfg.TC3Services, false)
+	if cfg.Signatures != nil {
+		if cfg.SignatureSync <= 0 {
+			cfg.SignatureSync = DefaultSignatureSync
+			s.cfg.SignatureSync = cfg.SignatureSync
+		}
+		s.sigSync = &sigSync{ledger: cfg.Signatures, interval: cfg.SignatureSync, cache: s.sigs,
+			tag: func(a string) uint64 { return maphash.String(s.actionSeed, a) },
+			onError: func(what string, err error) {
+				s.log.Warn("signature ledger: "+what+" failed", "err", err)
+			},
+			onClash: func(mine, theirs SignatureUse) {
+				s.log.Error("a TC3 signature was accepted with two actions on two nodes (a request captured and re-sent with another action within the publication interval)",
+					"signature", truncate(theirs.Signature, 8), "here", truncate(mine.Action, 64), "other", truncate(theirs.Action, 64))
+			},
+			stop: make(chan struct{}), done: make(chan struct{})}
+		go s.sigSync.run(s.now)
+	}
 	if cfg.RatePerCredential > 0 {
 		burst := cfg.BurstPerCredential
 		if burst <= 0 {
@@ -148,6 +193,15 @@ func New(k KMS, cfg Config) *Server {
 	}
 	s.echo = e
 	return s
+}
+
+// Close stops the background work New started (publishing TC3
+// signatures), after one last publication. The Server must not serve
+// requests afterwards.
+func (s *Server) Close() {
+	if s.sigSync != nil {
+		s.sigSync.close()
+	}
 }
 
 // Handler returns the http.Handler serving every route.
