@@ -161,9 +161,9 @@ type SignatureLedger interface {
 	// Of concurrent claims of one signature, all return the same action.
 	ClaimSignature(ctx context.Context, use SignatureUse) (action string, err error)
 	// SignaturesSince returns the uses recorded by other nodes after
-	// cursor (an opaque position; 0 means from now on: it returns none
-	// and the current position), at most limit of them, and the position
-	// to ask from next.
+	// cursor (an opaque position; a negative cursor means from now on: it
+	// returns none and the current position), at most limit of them, and
+	// the position to ask from next.
 	SignaturesSince(ctx context.Context, cursor int64, limit int) (uses []SignatureUse, next int64, err error)
 }
 
@@ -226,7 +226,7 @@ func (p *sigSync) run(now func() time.Time) {
 		}
 		p.flush(ctx, &batch)
 		if !started {
-			_, c, err := p.ledger.SignaturesSince(ctx, 0, 0)
+			_, c, err := p.ledger.SignaturesSince(ctx, -1, 0)
 			if err != nil {
 				p.onError("reading the other nodes' TC3 signatures", err)
 				continue
