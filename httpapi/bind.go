@@ -75,6 +75,8 @@ func (s *Server) bindTC3(ctx context.Context, sig, action string, ts int64) erro
 		return fmt.Errorf("%w: signature ledger: %w", kms.ErrUnavailable, err)
 	}
 	if got != action {
+		// This node now knows the action the cluster holds.
+		s.sigs.retag(sig, maphash.String(s.actionSeed, got), expiry, s.now())
 		s.log.Error("a TC3 signature was presented with two actions: the second is refused", "signature", sig[:8], "first", truncate(got, 64), "refused", action)
 		return errAuthReused
 	}

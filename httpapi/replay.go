@@ -94,6 +94,16 @@ func newNonceCache(max int) *nonceCache {
 // use records key with tag until expiry unless it is recorded already
 // (with an expiry at or after now), and says which.
 func (c *nonceCache) use(key string, tag uint64, expiry, now time.Time) nonceResult {
+	return c.record(key, tag, expiry, now, false)
+}
+
+// retag records key with tag in place of whatever tag it had (the action
+// the cluster's ledger holds for a signature).
+func (c *nonceCache) retag(key string, tag uint64, expiry, now time.Time) {
+	c.record(key, tag, expiry, now, true)
+}
+
+func (c *nonceCache) record(key string, tag uint64, expiry, now time.Time, replace bool) nonceResult {
 	k := nonceKey{maphash.String(c.seed1, key), maphash.String(c.seed2, key)}
 	n := now.Unix()
 	c.mu.Lock()
@@ -111,6 +121,10 @@ func (c *nonceCache) use(key string, tag uint64, expiry, now time.Time) nonceRes
 	}
 	for _, m := range c.slots {
 		if e, ok := m[k]; ok && e.expiry >= n {
+			if replace {
+				m[k] = nonceEntry{expiry: e.expiry, tag: tag}
+				return nonceReplayed
+			}
 			if e.tag != tag {
 				return nonceConflict
 			}
