@@ -203,6 +203,8 @@ type sigSync struct {
 	mu      sync.Mutex
 	pending []SignatureUse
 
+	failing map[string]bool // what is failing now (run's goroutine only)
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -242,7 +244,7 @@ func (p *sigSync) run(now func() time.Time) {
 		if !started {
 			_, c, err := p.ledger.SignaturesSince(ctx, -1, 0)
 			if err != nil {
-				p.onError("reading the other nodes' TC3 signatures", err)
+				p.failed("reading the other nodes' TC3 signatures", err)
 				continue
 			}
 			from, last, started = c, c, true
@@ -251,9 +253,10 @@ func (p *sigSync) run(now func() time.Time) {
 		for {
 			uses, next, err := p.ledger.SignaturesSince(ctx, cursor, sigPage)
 			if err != nil {
-				p.onError("reading the other nodes' TC3 signatures", err)
+				p.failed("reading the other nodes' TC3 signatures", err)
 				break
 			}
+			p.failed("reading the other nodes' TC3 signatures", nil)
 			cursor = next
 			n := now()
 			for _, u := range uses {
@@ -286,12 +289,13 @@ func (p *sigSync) flush(ctx context.Context, batch *[]SignatureUse) {
 	conflicts, err := p.ledger.PublishSignatures(cctx, *batch)
 	cancel()
 	if err != nil {
-		p.onError("publishing TC3 signatures", err)
+		p.failed("publishing TC3 signatures", err)
 		if len(*batch) > maxPendingSignatures {
 			*batch = (*batch)[len(*batch)-maxPendingSignatures:]
 		}
 		return
 	}
+	p.failed("publishing TC3 signatures", nil)
 	if len(conflicts) > 0 {
 		mine := make(map[string]SignatureUse, len(conflicts))
 		for _, u := range *batch {
@@ -302,6 +306,19 @@ func (p *sigSync) flush(ctx context.Context, batch *[]SignatureUse) {
 		}
 	}
 	*batch = (*batch)[:0]
+}
+
+// failed reports the outcome of what (err nil: it worked) to onError when
+// it starts failing and when it works again, not at every attempt.
+func (p *sigSync) failed(what string, err error) {
+	if p.failing == nil {
+		p.failing = map[string]bool{}
+	}
+	if (err != nil) == p.failing[what] {
+		return
+	}
+	p.failing[what] = err != nil
+	p.onError(what, err)
 }
 
 func (p *sigSync) close() {

@@ -160,7 +160,11 @@ func New(k KMS, cfg Config) *Server {
 		s.sigSync = &sigSync{ledger: cfg.Signatures, interval: cfg.SignatureSync, cache: s.sigs,
 			tag: func(a string) uint64 { return maphash.String(s.actionSeed, a) },
 			onError: func(what string, err error) {
-				s.log.Warn("signature ledger: "+what+" failed", "err", err)
+				if err == nil {
+					s.log.Info("signature ledger: " + what + " works again")
+					return
+				}
+				s.log.Warn("signature ledger: "+what+" failed; retrying every interval (TC3 signatures are checked against this node's memory meanwhile)", "err", err)
 			},
 			onClash: func(mine, theirs SignatureUse) {
 				s.log.Error("a TC3 signature was accepted with two actions on two nodes (a request captured and re-sent with another action within the publication interval)",

@@ -22,7 +22,7 @@ func BenchmarkTC3Encrypt(b *testing.B) {
 	s := New(&fakeKMS{}, Config{Logger: discardLogger(), Clock: func() time.Time { return now }})
 	const host = "kms.example:8080"
 	type signed struct{ body, auth string }
-	pool := make([]signed, 1<<16)
+	pool := make([]signed, 1<<18)
 	ts := now.Unix()
 	for i := range pool {
 		body := `{"KeyId":"9999aed0-4956-11e9-bc70-5254005e86b4","Plaintext":"` + base64.StdEncoding.EncodeToString([]byte("plaintext "+strconv.Itoa(i))) + `"}`

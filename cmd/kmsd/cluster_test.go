@@ -198,6 +198,7 @@ func TestClusterConsistency(t *testing.T) {
 	}
 	en := tckms.NewEnableKeyRequest()
 	en.KeyId = common.StringPtr(keyID)
+	nextSecond() // one body, another action: see nextSecond
 	if _, err := cb.EnableKey(en); err != nil {
 		t.Fatal(err)
 	}
@@ -210,6 +211,7 @@ func TestClusterConsistency(t *testing.T) {
 	// C decrypts them at once.
 	rk := tckms.NewRotateKeyRequest()
 	rk.KeyId = common.StringPtr(keyID)
+	nextSecond() // one body, another action: see nextSecond
 	if _, err := cb.RotateKey(rk); err != nil {
 		t.Fatal(err)
 	}
@@ -382,6 +384,7 @@ func TestClusterNodeDeathMovesThePurge(t *testing.T) {
 	if _, err := cb.ScheduleKeyDeletion(sk); err != nil {
 		t.Fatal(err)
 	}
+	nextSecond() // one body, another action: see nextSecond
 	state := func(client *tckms.Client, id string) string {
 		dk := tckms.NewDescribeKeyRequest()
 		dk.KeyId = common.StringPtr(id)
