@@ -56,8 +56,9 @@ func (c *nonceCache) UseNonce(_ context.Context, key string, expiry, now time.Ti
 // is dropped whole once every expiry in it has passed. Nothing is ever
 // deleted from a map: Go's maps do not reuse deleted slots, and one map
 // with a delete per expired nonce grew without bound under steady traffic.
-// A lookup checks every minute still open (at most 11, as expiries are at
-// most 600 s ahead). Entries hold no pointers, so the garbage collector
+// A key's expiry must be a function of the key (the v1 key holds its
+// Timestamp; a TC3 signature signs its own): a lookup then checks one
+// minute's map only. Entries hold no pointers, so the garbage collector
 // does not scan them.
 type nonceCache struct {
 	mu           sync.Mutex
@@ -119,29 +120,36 @@ func (c *nonceCache) record(key string, tag uint64, expiry, now time.Time, repla
 		}
 		c.swept = cur
 	}
-	for _, m := range c.slots {
-		if e, ok := m[k]; ok && e.expiry >= n {
-			if replace {
-				m[k] = nonceEntry{expiry: e.expiry, tag: tag}
-				return nonceReplayed
-			}
-			if e.tag != tag {
-				return nonceConflict
-			}
-			return nonceReplayed
-		}
-	}
 	e := expiry.Unix()
 	if e < n {
 		return nonceFresh // expired already: nothing to remember
 	}
+	// A key's expiry is a function of the key (its timestamp is part of
+	// it, or signed by it), so a key can only be in its expiry's slot.
+	s := e / nonceSlot
+	m := c.slots[s]
+	if old, ok := m[k]; ok && old.expiry >= n {
+		if replace {
+			m[k] = nonceEntry{expiry: old.expiry, tag: tag}
+			return nonceReplayed
+		}
+		if old.tag != tag {
+			return nonceConflict
+		}
+		return nonceReplayed
+	}
 	if c.count >= c.max {
 		return nonceFull
 	}
-	s := e / nonceSlot
-	m := c.slots[s]
 	if m == nil {
-		m = make(map[nonceKey]nonceEntry)
+		// Sized as the fullest open minute: under steady traffic a
+		// minute's map then never grows (rehashing a map of a million
+		// entries costs more than the entries themselves).
+		hint := 0
+		for _, o := range c.slots {
+			hint = max(hint, len(o))
+		}
+		m = make(map[nonceKey]nonceEntry, hint)
 		c.slots[s] = m
 	}
 	if _, ok := m[k]; !ok {
