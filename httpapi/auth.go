@@ -49,7 +49,7 @@ var (
 	errAuthToken      = &authError{"AuthFailure.TokenFailure", 4105, "temporary credentials (Token) are not supported"}
 	errAuthReplay     = &authError{"AuthFailure.SignatureFailure", 4500, "replayed request: this Nonce and Timestamp were already used"}
 	errAuthNoncesFull = &authError{"RequestLimitExceeded", 4400, "too many signed requests in the replay window, please retry"}
-	errAuthReused     = &authError{"AuthFailure.SignatureFailure", 4100, "this signature was already used with another action: sign the action (x-tc-action in SignedHeaders) or sign each request anew"}
+	errAuthReused     = &authError{"AuthFailure.SignatureFailure", 4100, "this signature was already used with another action (a call with the same body and another action within the same second carries the same signature: call again in the next second, or sign the action with x-tc-action in SignedHeaders)"}
 	errAuthNoAction   = &authError{"AuthFailure.InvalidAuthorization", 4100, "this server requires the action to be signed: SignedHeaders must include x-tc-action"}
 	errAuthHost       = &authError{"AuthFailure.InvalidAuthorization", 4100, "the request's Host is not one this server answers to"}
 )

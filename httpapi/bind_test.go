@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"hash/maphash"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -291,6 +292,7 @@ type fakeLedger struct {
 	rows  []SignatureUse // position i+1
 	owner []int          // node of each row
 	by    map[string]int // signature -> index
+	blind bool           // SignaturesSince returns nothing new
 }
 
 type nodeLedger struct {
@@ -330,8 +332,8 @@ func (n nodeLedger) ClaimSignature(_ context.Context, u SignatureUse) (string, e
 func (n nodeLedger) SignaturesSince(_ context.Context, cursor int64, limit int) ([]SignatureUse, int64, error) {
 	n.l.mu.Lock()
 	defer n.l.mu.Unlock()
-	if cursor < 0 {
-		return nil, int64(len(n.l.rows)), nil
+	if cursor < 0 || n.l.blind {
+		return nil, max(cursor, int64(len(n.l.rows))), nil
 	}
 	var out []SignatureUse
 	next := cursor
@@ -431,4 +433,61 @@ func (s *Server) sigSeen(sig string) bool {
 		}
 	}
 	return false
+}
+
+// TestSignatureLedgerDetectsDoubleUse: inside the residual window (B has
+// not read A's signatures yet), B accepts A's signature with another
+// action that changes nothing; when B publishes it, the double use is
+// logged as an error.
+func TestSignatureLedgerDetectsDoubleUse(t *testing.T) {
+	l := &fakeLedger{by: map[string]int{}, blind: true}
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	node := func(i int) *Server {
+		s := New(&fakeKMS{}, Config{Logger: logger, Signatures: nodeLedger{l, i}, SignatureSync: 10 * time.Millisecond})
+		t.Cleanup(s.Close)
+		return s
+	}
+	a, b := node(1), node(2)
+	c := tc3Call{action: "Decrypt", body: `{"CiphertextBlob":"blob"}`}
+	if got := c.send(t, a); got != "" {
+		t.Fatal(got)
+	}
+	for !l.published(signatureOf(c.auth)) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	f := c
+	f.action = "Encrypt"
+	// Accepted by B, which is blind to A's uses (then refused as
+	// UnknownParameter: the body is Decrypt's).
+	if got := f.send(t, b); got != "UnknownParameter" {
+		t.Fatalf("B: %q", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "accepted with two actions on two nodes") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no error logged:\n%s", logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "here=Encrypt other=Decrypt") {
+		t.Fatalf("the log does not name both actions:\n%s", logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
