@@ -58,8 +58,10 @@ type Config struct {
 	MaxBodyBytes int64
 	// Clock returns the current time (signature windows); nil means time.Now.
 	Clock func() time.Time
-	// MaxNonces bounds the legacy API's replay cache; 0 means 4,000,000.
-	// It applies to the default in-memory cache only.
+	// MaxNonces bounds each in-memory replay cache: the signature v1
+	// nonces (unless Nonces is set) and the TC3 signatures accepted with an
+	// unsigned action; 0 means 4,000,000 (about 50 bytes each). A full
+	// cache refuses new requests (RequestLimitExceeded / 4400).
 	MaxNonces int
 	// Nonces, when set, remembers the legacy API's nonces instead of the
 	// in-memory cache (e.g. a store shared by several nodes).
