@@ -175,9 +175,6 @@ func TestCapturedTC3RequestKeepsItsAction(t *testing.T) {
 	if _, err := sdkClient(t, s, "TC3-HMAC-SHA256", "POST", victimID, victimKey).Encrypt(enc); sdkCode(err) != "AuthFailure.SecretIdNotFound" {
 		t.Fatalf("the disabled credential works again: %v", err)
 	}
-	// The refusals are in the audit trail's counts of failed requests,
-	// not as the administrator's DisableKey/EnableCredential successes:
-	// the key is enabled and the credential disabled, checked above.
 }
 
 // TestSignedActionRequired: with require_signed_action, the official SDKs'
