@@ -41,25 +41,26 @@ func (s *Server) bindTC3(ctx context.Context, sig, action string, ts int64) erro
 	}
 	expiry := time.Unix(ts, 0).Add(SignatureWindow)
 	tag := maphash.String(s.actionSeed, action)
-	fresh := false
-	switch s.sigs.use(sig, tag, expiry, s.now()) {
+	res := s.sigs.use(sig, tag, expiry, s.now())
+	switch res {
 	case nonceConflict:
 		return errAuthReused
 	case nonceFull:
 		return errAuthNoncesFull
-	case nonceFresh:
-		fresh = true
 	}
-	if s.sigSync == nil || !fresh {
+	if s.sigSync == nil {
 		return nil
 	}
 	use := SignatureUse{Signature: sig, Action: action, Expiry: expiry}
 	if syncFreeActions[action] {
-		if !s.sigSync.add(use) {
+		if res == nonceFresh && !s.sigSync.add(use) {
 			return errAuthNoncesFull
 		}
 		return nil
 	}
+	// A state-changing action claims its signature every time, even one
+	// this node has seen with the same action: that earlier claim may have
+	// failed (the store unreachable).
 	// A signature another node accepted before this request arrived is
 	// in the ledger within one publication interval (plus the time its
 	// batch takes to commit): wait two, then claim it.

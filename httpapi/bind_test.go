@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"hash/maphash"
 	"log/slog"
 	"net/http"
@@ -293,6 +294,7 @@ type fakeLedger struct {
 	owner []int          // node of each row
 	by    map[string]int // signature -> index
 	blind bool           // SignaturesSince returns nothing new
+	down  bool           // ClaimSignature fails
 }
 
 type nodeLedger struct {
@@ -325,6 +327,9 @@ func (n nodeLedger) PublishSignatures(_ context.Context, uses []SignatureUse) ([
 func (n nodeLedger) ClaimSignature(_ context.Context, u SignatureUse) (string, error) {
 	n.l.mu.Lock()
 	defer n.l.mu.Unlock()
+	if n.l.down {
+		return "", errors.New("ledger unreachable")
+	}
 	got, _ := n.add(u)
 	return got, nil
 }
@@ -490,4 +495,36 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestSignatureClaimRetried: a state-changing action whose claim failed
+// (ledger unreachable) claims again when re-sent, rather than pass on this
+// node's memory of its first attempt.
+func TestSignatureClaimRetried(t *testing.T) {
+	l := &fakeLedger{by: map[string]int{}, blind: true}
+	node := func(i int) *Server {
+		s := New(&fakeKMS{}, Config{Logger: discardLogger(), Signatures: nodeLedger{l, i}, SignatureSync: 10 * time.Millisecond})
+		t.Cleanup(s.Close)
+		return s
+	}
+	a, b := node(1), node(2)
+	c := tc3Call{action: "Encrypt", body: `{"Alias":"x"}`}
+	c.send(t, a) // accepted (then UnknownParameter: the body is CreateKey's)
+	for !l.published(signatureOf(c.auth)) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	f := c
+	f.action = "CreateKey"
+	l.mu.Lock()
+	l.down = true
+	l.mu.Unlock()
+	if got := f.send(t, b); got != "UnsupportedOperation.ServiceTemporaryUnavailable" {
+		t.Fatalf("ledger down: %q", got)
+	}
+	l.mu.Lock()
+	l.down = false
+	l.mu.Unlock()
+	if got := f.send(t, b); got != "AuthFailure.SignatureFailure" {
+		t.Fatalf("ledger back: %q", got)
+	}
 }
