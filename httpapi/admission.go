@@ -213,10 +213,6 @@ func (r *refusalLog) close() {
 	r.mu.Unlock()
 }
 
-// Close writes the audit summaries of the refusals not yet recorded. Call
-// it once the HTTP server has stopped, before closing the audit sink.
-func (s *Server) Close() { s.refusals.close() }
-
 // refuseConn counts and records a connection refused by the connection
 // limits.
 func (s *Server) refuseConn(reason string, remote net.Addr) {

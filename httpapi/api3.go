@@ -160,9 +160,9 @@ func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) 
 	}
 	var principal *kms.Principal
 	if req.tc3 {
-		principal, err = s.authTC3(ctx, r, req.body)
+		principal, err = s.authTC3(ctx, r, req.body, req.action)
 	} else {
-		principal, err = s.authV1(ctx, r, "/", req.all, false)
+		principal, err = s.authV1(ctx, r, "/", req.all)
 	}
 	if err != nil {
 		return nil, err

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"net"
 	"net/http"
 	"strconv"
@@ -48,8 +47,11 @@ var (
 	errAuthSecretID   = &authError{"AuthFailure.SecretIdNotFound", 4104, "the SecretId does not exist or is disabled"}
 	errAuthSignature  = &authError{"AuthFailure.SignatureFailure", 4100, "the signature does not match"}
 	errAuthToken      = &authError{"AuthFailure.TokenFailure", 4105, "temporary credentials (Token) are not supported"}
-	errAuthReplay     = &authError{"AuthFailure.SignatureFailure", 4500, "replayed request: this Nonce was already used"}
+	errAuthReplay     = &authError{"AuthFailure.SignatureFailure", 4500, "replayed request: this Nonce and Timestamp were already used"}
 	errAuthNoncesFull = &authError{"RequestLimitExceeded", 4400, "too many signed requests in the replay window, please retry"}
+	errAuthReused     = &authError{"AuthFailure.SignatureFailure", 4100, "this signature was already used with another action (a call with the same body and another action within the same second carries the same signature: call again in the next second, or sign the action with x-tc-action in SignedHeaders)"}
+	errAuthNoAction   = &authError{"AuthFailure.InvalidAuthorization", 4100, "this server requires the action to be signed: SignedHeaders must include x-tc-action"}
+	errAuthHost       = &authError{"AuthFailure.InvalidAuthorization", 4100, "the request's Host is not one this server answers to"}
 )
 
 // SignatureWindow is how far a request's timestamp may be from the server's
@@ -81,7 +83,8 @@ func (s *Server) lookup(ctx context.Context, secretID string) (*kms.Credential, 
 	return cred, nil
 }
 
-// authTC3 verifies a TC3-HMAC-SHA256 request and returns its caller.
+// authTC3 verifies a TC3-HMAC-SHA256 request for action (its X-TC-Action)
+// and returns its caller.
 //
 // Real SDKs sign differently against a custom endpoint: the Go SDK signs
 // the host with its port and the service "kms"; the Node.js SDK signs the
@@ -89,8 +92,20 @@ func (s *Server) lookup(ctx context.Context, secretID string) (*kms.Credential, 
 // for 127.0.0.1:PORT), with the URL path as canonical URI. So the signing
 // key is derived from the service named in the Credential scope, and the
 // host is tried as sent, then without its port; the canonical URI is "/",
-// then the real path if it differs.
-func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*kms.Principal, error) {
+// then the real path if it differs. The credential scope's service must be
+// one this server accepts (serviceAllowed).
+//
+// The action is bound to the signature: when x-tc-action is among the
+// SignedHeaders it is verified like any signed header (its value lower
+// case, as Tencent's documentation signs it, or as sent); when it is not
+// (the official SDKs sign only content-type;host), the signature is
+// remembered with the action until it expires and refused with any other
+// (bindTC3). Config.RequireSignedAction refuses requests that do not sign
+// it.
+func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte, action string) (*kms.Principal, error) {
+	if !s.hostAllowed(r.Host) {
+		return nil, errAuthHost
+	}
 	authz := hget(r.Header, "Authorization")
 	if authz == "" {
 		return nil, errAuthMissing
@@ -101,6 +116,9 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 	}
 	if hget(r.Header, "X-Tc-Token") != "" {
 		return nil, errAuthToken
+	}
+	if !s.serviceAllowed(a.service, r.Host) {
+		return nil, &authError{"AuthFailure.InvalidAuthorization", 4100, "the credential scope's service " + strconv.Quote(truncate(a.service, 32)) + " is not accepted by this server (sign for the service kms)"}
 	}
 	tsRaw := hget(r.Header, "X-Tc-Timestamp")
 	ts, err := strconv.ParseInt(tsRaw, 10, 64)
@@ -128,7 +146,8 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 	// among them), SignedHeaders, the body's hash. The host line is left
 	// out and filled in per candidate below.
 	bp := tc3Bufs.Get().(*[]byte)
-	var hasHost, hasCT bool
+	var hasHost, hasCT, hasAction, actionUpper bool
+	var actionAt int      // offset of the x-tc-action value in headers
 	var head, tail []byte // canonical headers before and after host
 	headers := (*bp)[:0]
 	defer func() { // keep the buffer as it grew
@@ -146,6 +165,20 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 		case "host":
 			hasHost = true
 			head = headers
+		case "x-tc-action":
+			hasAction = true
+			v := strings.TrimSpace(signedHeader(r.Header, n))
+			headers = append(headers, "x-tc-action:"...)
+			actionAt = len(headers)
+			for i := 0; i < len(v); i++ {
+				c := v[i]
+				if 'A' <= c && c <= 'Z' {
+					c += 'a' - 'A'
+					actionUpper = true
+				}
+				headers = append(headers, c)
+			}
+			headers = append(headers, '\n')
 		case "content-type":
 			hasCT = true
 			fallthrough
@@ -163,6 +196,9 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 	if !hasHost || !hasCT {
 		return nil, &authError{"AuthFailure.InvalidAuthorization", 4100, "SignedHeaders must include content-type and host"}
 	}
+	if !hasAction && s.cfg.RequireSignedAction {
+		return nil, errAuthNoAction
+	}
 	tail = headers[len(head):]
 	head = head[:len(head):len(head)] // appending below must not overwrite tail
 	var payloadHash [2 * sha256.Size]byte
@@ -176,42 +212,59 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte) (*km
 	want := unsafe.Slice(unsafe.StringData(a.signature), len(a.signature))
 	canon := headers[len(headers):] // the rest of the pooled buffer
 	var sig [2 * sha256.Size]byte
-	host := strings.ToLower(r.Host)
-	for hi := 0; hi < 2; hi++ {
-		if hi == 1 {
-			hn, _, err := net.SplitHostPort(host)
-			if err != nil {
-				break // no port: one candidate
+	host0 := strings.ToLower(r.Host)
+	// The signed action's value: lower case first (Tencent's
+	// documentation), then as sent if that differs. Both have one length,
+	// so the second is written over the first in place.
+	for ai := 0; ai < 2; ai++ {
+		if ai == 1 {
+			if !actionUpper {
+				break
 			}
-			host = hn
+			copy(headers[actionAt:], strings.TrimSpace(signedHeader(r.Header, "x-tc-action")))
 		}
-		for ui := 0; ui < 2; ui++ {
-			uri := "/"
-			if ui == 1 {
-				if r.URL.Path == "" || r.URL.Path == "/" {
-					break
+		host := host0
+		for hi := 0; hi < 2; hi++ {
+			if hi == 1 {
+				hn, _, err := net.SplitHostPort(host)
+				if err != nil {
+					break // no port: one candidate
 				}
-				uri = r.URL.Path
+				host = hn
 			}
-			c := append(canon[:0], r.Method...)
-			c = append(c, '\n')
-			c = append(c, uri...)
-			c = append(c, '\n')
-			c = append(c, query...)
-			c = append(c, '\n')
-			c = append(c, head...)
-			c = append(c, "host:"...)
-			c = append(c, host...)
-			c = append(c, '\n')
-			c = append(c, tail...)
-			c = append(c, '\n')
-			c = append(c, a.signedHeaders...)
-			c = append(c, '\n')
-			c = append(c, payloadHash[:]...)
-			canon = c
-			tcsign.SignCanonical(&sig, key, tsRaw, a.scope, c)
-			if hmac.Equal(sig[:], want) {
-				return s.rateLimit(cred)
+			for ui := 0; ui < 2; ui++ {
+				uri := "/"
+				if ui == 1 {
+					if r.URL.Path == "" || r.URL.Path == "/" {
+						break
+					}
+					uri = r.URL.Path
+				}
+				c := append(canon[:0], r.Method...)
+				c = append(c, '\n')
+				c = append(c, uri...)
+				c = append(c, '\n')
+				c = append(c, query...)
+				c = append(c, '\n')
+				c = append(c, head...)
+				c = append(c, "host:"...)
+				c = append(c, host...)
+				c = append(c, '\n')
+				c = append(c, tail...)
+				c = append(c, '\n')
+				c = append(c, a.signedHeaders...)
+				c = append(c, '\n')
+				c = append(c, payloadHash[:]...)
+				canon = c
+				tcsign.SignCanonical(&sig, key, tsRaw, a.scope, c)
+				if hmac.Equal(sig[:], want) {
+					if !hasAction {
+						if err := s.bindTC3(ctx, a.signature, action, ts); err != nil {
+							return nil, err
+						}
+					}
+					return s.rateLimit(cred)
+				}
 			}
 		}
 	}
@@ -277,8 +330,14 @@ func parseTC3Authorization(h string) (tc3Authorization, bool) {
 
 // authV1 verifies a HmacSHA1/HmacSHA256 request whose parameters (common
 // and business, raw values) are ps, against path ("/" or the legacy path),
-// and returns its caller. legacy enables Nonce replay protection.
-func (s *Server) authV1(ctx context.Context, r *http.Request, path string, ps map[string]string, legacy bool) (*kms.Principal, error) {
+// and returns its caller. A replay inside the signature window is refused:
+// the key is (SecretId, Nonce, Timestamp), as Tencent pairs them, so two
+// different requests that draw the same small Nonce (qcloudapi-sdk draws
+// 0..65535) both pass.
+func (s *Server) authV1(ctx context.Context, r *http.Request, path string, ps map[string]string) (*kms.Principal, error) {
+	if !s.hostAllowed(r.Host) {
+		return nil, errAuthHost
+	}
 	sig, hasSig := ps["Signature"]
 	if !hasSig || sig == "" {
 		return nil, errAuthMissing
@@ -312,18 +371,16 @@ func (s *Server) authV1(ctx context.Context, r *http.Request, path string, ps ma
 	}
 	// Only a correctly signed request consumes its nonce, so nobody can
 	// burn another caller's nonces.
-	if legacy {
-		fresh, err := s.nonces.UseNonce(ctx, cred.SecretID+"\x00"+nonce, time.Unix(ts, 0).Add(SignatureWindow), s.now())
-		switch {
-		case errors.Is(err, ErrNoncesFull):
-			return nil, errAuthNoncesFull
-		case err != nil:
-			// The shared nonce store is unreachable: refuse rather than
-			// risk accepting a replay.
-			return nil, fmt.Errorf("%w: nonce store: %w", kms.ErrUnavailable, err)
-		case !fresh:
-			return nil, errAuthReplay
-		}
+	fresh, err := s.nonces.UseNonce(ctx, cred.SecretID+"\x00"+nonce+"\x00"+strconv.FormatInt(ts, 10), time.Unix(ts, 0).Add(SignatureWindow), s.now())
+	switch {
+	case errors.Is(err, ErrNoncesFull):
+		return nil, errAuthNoncesFull
+	case err != nil:
+		// The shared nonce store is unreachable: refuse rather than
+		// risk accepting a replay.
+		return nil, fmt.Errorf("%w: nonce store: %w", kms.ErrUnavailable, err)
+	case !fresh:
+		return nil, errAuthReplay
 	}
 	return s.rateLimit(cred)
 }
@@ -338,112 +395,4 @@ func (s *Server) rateLimit(cred *kms.Credential) (*kms.Principal, error) {
 		return nil, errRateLimited
 	}
 	return cred.Principal, nil
-}
-
-// NonceStore remembers the legacy API's (SecretId, Nonce) pairs, so that a
-// replay inside the signature window is refused. The default is an
-// in-memory cache of one process; nodes behind one load balancer share one
-// store (kmsd plugs in its PostgreSQL store), so a replay sent to another
-// node is refused too. Implementations must be safe for concurrent use.
-type NonceStore interface {
-	// UseNonce records key as used until expiry and reports whether it
-	// was fresh: not recorded with an expiry at or after now. Of
-	// concurrent uses of one key exactly one is fresh. It returns
-	// ErrNoncesFull when it cannot remember more, and any other error
-	// when it cannot answer (the request is then refused as temporarily
-	// unavailable).
-	UseNonce(ctx context.Context, key string, expiry, now time.Time) (fresh bool, err error)
-}
-
-// ErrNoncesFull: the nonce store is full (legacy 4400, RequestLimitExceeded).
-var ErrNoncesFull = errors.New("httpapi: too many nonces in the replay window")
-
-// UseNonce implements NonceStore.
-func (c *nonceCache) UseNonce(_ context.Context, key string, expiry, now time.Time) (bool, error) {
-	switch c.use(key, expiry, now) {
-	case nonceReplayed:
-		return false, nil
-	case nonceFull:
-		return false, ErrNoncesFull
-	}
-	return true, nil
-}
-
-// nonceCache remembers (SecretId, Nonce) pairs until their timestamp leaves
-// the signature window, so a replay inside the window is refused. It is
-// bounded: when full it refuses new requests rather than forget nonces.
-//
-// Memory: a pair is kept as a 128-bit keyed hash (two maphash values with
-// random seeds, so nobody can aim collisions at another caller's nonces)
-// and its expiry, in one map per minute of expiry; a minute's map is
-// dropped whole once every expiry in it has passed. Nothing is ever
-// deleted from a map: Go's maps do not reuse deleted slots, and one map
-// with a delete per expired nonce grew without bound under steady traffic.
-// A lookup checks every minute still open (at most 11, as expiries are at
-// most 600 s ahead).
-type nonceCache struct {
-	mu           sync.Mutex
-	seed1, seed2 maphash.Seed
-	slots        map[int64]map[nonceKey]int64 // expiry/nonceSlot -> key -> expiry (unix seconds)
-	count        int                          // entries in slots
-	swept        int64                        // slots before this one are dropped
-	max          int
-}
-
-type nonceKey [2]uint64
-
-const nonceSlot = 60 // seconds of expiry per map
-
-type nonceResult int
-
-const (
-	nonceFresh nonceResult = iota
-	nonceReplayed
-	nonceFull
-)
-
-func newNonceCache(max int) *nonceCache {
-	return &nonceCache{seed1: maphash.MakeSeed(), seed2: maphash.MakeSeed(),
-		slots: make(map[int64]map[nonceKey]int64), max: max}
-}
-
-func (c *nonceCache) use(key string, expiry, now time.Time) nonceResult {
-	k := nonceKey{maphash.String(c.seed1, key), maphash.String(c.seed2, key)}
-	n := now.Unix()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	// Every expiry of a slot before now's is below the slot's end, which
-	// is at most now: those slots hold only expired entries.
-	if cur := n / nonceSlot; cur > c.swept {
-		for s, m := range c.slots {
-			if s < cur {
-				c.count -= len(m)
-				delete(c.slots, s)
-			}
-		}
-		c.swept = cur
-	}
-	for _, m := range c.slots {
-		if exp, ok := m[k]; ok && exp >= n {
-			return nonceReplayed
-		}
-	}
-	e := expiry.Unix()
-	if e < n {
-		return nonceFresh // expired already: nothing to remember
-	}
-	if c.count >= c.max {
-		return nonceFull
-	}
-	s := e / nonceSlot
-	m := c.slots[s]
-	if m == nil {
-		m = make(map[nonceKey]int64)
-		c.slots[s] = m
-	}
-	if _, ok := m[k]; !ok {
-		c.count++
-	}
-	m[k] = e
-	return nonceFresh
 }

@@ -140,7 +140,7 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 	if err != nil {
 		return nil, err
 	}
-	principal, err := s.authV1(ctx, r, LegacyPath, p, true)
+	principal, err := s.authV1(ctx, r, LegacyPath, p)
 	if err != nil {
 		return nil, err
 	}

@@ -11,23 +11,23 @@ func TestNonceCache(t *testing.T) {
 	c := newNonceCache(3)
 	t0 := time.Unix(1795881600, 0)
 	exp := t0.Add(SignatureWindow)
-	if r := c.use("AKID\x001", exp, t0); r != nonceFresh {
+	if r := c.use("AKID\x001", 0, exp, t0); r != nonceFresh {
 		t.Fatalf("first use: %v", r)
 	}
-	if r := c.use("AKID\x001", exp, t0.Add(299*time.Second)); r != nonceReplayed {
+	if r := c.use("AKID\x001", 0, exp, t0.Add(299*time.Second)); r != nonceReplayed {
 		t.Fatalf("replay inside the window: %v", r)
 	}
-	if r := c.use("AKID2\x001", exp, t0); r != nonceFresh {
+	if r := c.use("AKID2\x001", 0, exp, t0); r != nonceFresh {
 		t.Fatalf("same nonce, other SecretId: %v", r)
 	}
-	c.use("AKID\x002", exp, t0)
-	if r := c.use("AKID\x003", exp, t0); r != nonceFull {
+	c.use("AKID\x002", 0, exp, t0)
+	if r := c.use("AKID\x003", 0, exp, t0); r != nonceFull {
 		t.Fatalf("over the bound: %v, want full", r)
 	}
 	// Once the window has passed, the entries are swept (and a nonce may
 	// come again: its old timestamp is refused by the window check).
 	later := exp.Add(2 * nonceSlot * time.Second)
-	if r := c.use("AKID\x004", later.Add(SignatureWindow), later); r != nonceFresh {
+	if r := c.use("AKID\x004", 0, later.Add(SignatureWindow), later); r != nonceFresh {
 		t.Fatalf("after the window: %v", r)
 	}
 	if c.count != 1 || len(c.slots) != 1 {
@@ -40,7 +40,7 @@ func BenchmarkNonceCache(b *testing.B) {
 	now := time.Unix(1795881600, 0)
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		c.use("AKIDbench\x00"+strconv.Itoa(i), now.Add(SignatureWindow), now)
+		c.use("AKIDbench\x00"+strconv.Itoa(i), 0, now.Add(SignatureWindow), now)
 	}
 }
 
@@ -73,7 +73,7 @@ func TestNonceCacheChurnBounded(t *testing.T) {
 		now := t0.Add(time.Duration(sec) * time.Second)
 		for range perSecond {
 			i++
-			if r := c.use("AKID\x00"+strconv.Itoa(i), now.Add(SignatureWindow), now); r != nonceFresh {
+			if r := c.use("AKID\x00"+strconv.Itoa(i), 0, now.Add(SignatureWindow), now); r != nonceFresh {
 				t.Fatalf("second %d: fresh nonce refused: %v", sec, r)
 			}
 		}
@@ -94,13 +94,13 @@ func TestNonceCacheChurnBounded(t *testing.T) {
 	// A nonce seen is still refused inside its window, and is fresh again
 	// once it has expired.
 	now := t0.Add(time.Duration(8*window) * time.Second)
-	if r := c.use("AKID\x00again", now.Add(SignatureWindow), now); r != nonceFresh {
+	if r := c.use("AKID\x00again", 0, now.Add(SignatureWindow), now); r != nonceFresh {
 		t.Fatalf("new nonce: %v", r)
 	}
-	if r := c.use("AKID\x00again", now.Add(SignatureWindow), now.Add(SignatureWindow)); r != nonceReplayed {
+	if r := c.use("AKID\x00again", 0, now.Add(SignatureWindow), now.Add(SignatureWindow)); r != nonceReplayed {
 		t.Fatalf("replay at the end of the window: %v", r)
 	}
-	if r := c.use("AKID\x00again", now.Add(2*SignatureWindow+time.Second), now.Add(SignatureWindow+time.Second)); r != nonceFresh {
+	if r := c.use("AKID\x00again", 0, now.Add(2*SignatureWindow+time.Second), now.Add(SignatureWindow+time.Second)); r != nonceFresh {
 		t.Fatalf("the same nonce after its expiry: %v", r)
 	}
 }

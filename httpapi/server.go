@@ -21,8 +21,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"hash/maphash"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -58,8 +60,10 @@ type Config struct {
 	MaxBodyBytes int64
 	// Clock returns the current time (signature windows); nil means time.Now.
 	Clock func() time.Time
-	// MaxNonces bounds the legacy API's replay cache; 0 means 4,000,000.
-	// It applies to the default in-memory cache only.
+	// MaxNonces bounds each in-memory replay cache: the signature v1
+	// nonces (unless Nonces is set) and the TC3 signatures accepted with an
+	// unsigned action; 0 means 4,000,000 (about 50 bytes each). A full
+	// cache refuses new requests (RequestLimitExceeded / 4400).
 	MaxNonces int
 	// Nonces, when set, remembers the legacy API's nonces instead of the
 	// in-memory cache (e.g. a store shared by several nodes).
@@ -96,6 +100,25 @@ type Config struct {
 	// ReadyCacheTTL is how long a /readyz result is reused (concurrent
 	// calls share one run of the checks); 0 means 1 s.
 	ReadyCacheTTL time.Duration
+	// RequireSignedAction refuses TC3 requests whose SignedHeaders do not
+	// include x-tc-action (the official SDKs' requests among them).
+	RequireSignedAction bool
+	// AllowedHosts, when not empty, lists the host names (without port,
+	// any case) a request's Host may name; others are refused before
+	// their signature is checked. Empty means any.
+	AllowedHosts []string
+	// TC3Services, when not empty, lists the services a TC3 credential
+	// scope may name. Empty means "kms", plus the service the official
+	// Node.js SDK derives from an endpoint that is an IP address or a
+	// name without a dot (see serviceAllowed).
+	TC3Services []string
+	// Signatures, when set, shares the TC3 signatures accepted with an
+	// unsigned action with the other nodes of a cluster (see
+	// SignatureLedger); New then starts a goroutine that Close stops.
+	Signatures SignatureLedger
+	// SignatureSync is how often signatures are published to and read
+	// from Signatures; 0 means DefaultSignatureSync.
+	SignatureSync time.Duration
 }
 
 // Defaults of the admission limits.
@@ -123,9 +146,15 @@ type Server struct {
 	echo    *echo.Echo
 	tc3Keys tcsign.KeyCache // derived TC3 signing keys (auth.go)
 
-	refusals  *refusalLog  // audit summaries of refusals; nil without an audit sink
-	connsOpen atomic.Int64 // connections open on the listeners of Listener
-	ready     readyCache   // the last /readyz result (ops.go)
+	refusals   *refusalLog  // audit summaries of refusals; nil without an audit sink
+	connsOpen  atomic.Int64 // connections open on the listeners of Listener
+	ready      readyCache   // the last /readyz result (ops.go)
+	closeOnce  sync.Once
+	sigs       *nonceCache // TC3 signatures accepted with an unsigned action (bind.go)
+	actionSeed maphash.Seed
+	sigSync    *sigSync // nil unless Config.Signatures is set
+	hosts      map[string]bool
+	services   map[string]bool
 }
 
 // New returns a Server calling k. It is safe for concurrent use.
@@ -170,6 +199,29 @@ func New(k KMS, cfg Config) *Server {
 	if s.nonces == nil {
 		s.nonces = newNonceCache(cfg.MaxNonces)
 	}
+	s.sigs, s.actionSeed = newNonceCache(cfg.MaxNonces), maphash.MakeSeed()
+	s.hosts, s.services = set(cfg.AllowedHosts, true), set(cfg.TC3Services, false)
+	if cfg.Signatures != nil {
+		if cfg.SignatureSync <= 0 {
+			cfg.SignatureSync = DefaultSignatureSync
+			s.cfg.SignatureSync = cfg.SignatureSync
+		}
+		s.sigSync = &sigSync{ledger: cfg.Signatures, interval: cfg.SignatureSync, cache: s.sigs,
+			tag: func(a string) uint64 { return maphash.String(s.actionSeed, a) },
+			onError: func(what string, err error) {
+				if err == nil {
+					s.log.Info("signature ledger: " + what + " works again")
+					return
+				}
+				s.log.Warn("signature ledger: "+what+" failed; retrying every interval (TC3 signatures are checked against this node's memory meanwhile)", "err", err)
+			},
+			onClash: func(mine, theirs SignatureUse) {
+				s.log.Error("a TC3 signature was accepted with two actions on two nodes (a request captured and re-sent with another action within the publication interval)",
+					"signature", truncate(theirs.Signature, 8), "here", truncate(mine.Action, 64), "other", truncate(theirs.Action, 64))
+			},
+			stop: make(chan struct{}), done: make(chan struct{})}
+		go s.sigSync.run(s.now)
+	}
 	if cfg.RatePerCredential > 0 {
 		burst := cfg.BurstPerCredential
 		if burst <= 0 {
@@ -196,6 +248,20 @@ func New(k KMS, cfg Config) *Server {
 	}
 	s.echo = e
 	return s
+}
+
+// Close stops the background work New started (publishing TC3
+// signatures, after one last publication) and writes the audit summaries
+// of the refusals not yet recorded. Call it once the HTTP server has
+// stopped, before closing the audit sink; the Server must not serve
+// requests afterwards. Calls after the first do nothing.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		if s.sigSync != nil {
+			s.sigSync.close()
+		}
+		s.refusals.close()
+	})
 }
 
 // Handler returns the http.Handler serving every route.

@@ -61,9 +61,9 @@ const (
 )
 
 // pgMigrations are the PostgreSQL schema steps. Steps 1-3 are those of the
-// SQLite store (migrations) in PostgreSQL's dialect, one to one; step 4 adds
-// what only a database shared by several nodes needs (the legacy API's
-// nonces). The rules of migrations apply. Text columns that are compared or
+// SQLite store (migrations) in PostgreSQL's dialect, one to one; steps 4
+// and 5 add what only a database shared by several nodes needs (the
+// signature v1 nonces, the TC3 signatures). The rules of migrations apply. Text columns that are compared or
 // ordered use the "C" collation, so ordering is bytewise like SQLite's,
 // whatever the database's locale. Times are BIGINT nanoseconds since the
 // Unix epoch, UTC, as in SQLite (timestamptz keeps only microseconds).
@@ -123,6 +123,19 @@ CREATE TABLE legacy_nonces (
 );
 CREATE INDEX legacy_nonces_expiry ON legacy_nonces (expires_at);
 `,
+	// v5: TC3 signatures accepted with an unsigned action, shared by every
+	// node (see PublishSignatures).
+	`
+CREATE TABLE tc3_signatures (
+	sig        BYTEA  NOT NULL PRIMARY KEY CHECK (length(sig) > 0),
+	action     TEXT   NOT NULL,
+	node       BYTEA  NOT NULL,
+	seq        BIGSERIAL NOT NULL,
+	expires_at BIGINT NOT NULL
+);
+CREATE INDEX tc3_signatures_seq ON tc3_signatures (seq);
+CREATE INDEX tc3_signatures_expiry ON tc3_signatures (expires_at);
+`,
 }
 
 // PostgresConfig tunes OpenPostgres. The zero value of every field but DSN
@@ -141,7 +154,7 @@ type PostgresConfig struct {
 // suite runs on both) and adds what a cluster needs: change notifications
 // (Watch), cross-node key locks (LockKey), usage blocks claimed atomically
 // (ClaimUsage), the cluster-wide maintenance lock (TryMaintenanceLock) and
-// shared legacy nonces (UseNonce).
+// shared legacy nonces (UseNonce) and TC3 signatures (PublishSignatures).
 //
 // Every method that writes has committed its change when it returns nil
 // (durability is the server's: keep synchronous_commit on). Errors that come
@@ -869,10 +882,14 @@ func (p *Postgres) UseNonce(ctx context.Context, key []byte, expiry, now time.Ti
 	return true, nil
 }
 
-// PurgeNonces deletes the nonces that expired before now.
+// PurgeNonces deletes the nonces and the TC3 signatures (PublishSignatures)
+// that expired before now.
 func (p *Postgres) PurgeNonces(ctx context.Context, now time.Time) error {
 	if _, err := p.pool.Exec(ctx, `DELETE FROM legacy_nonces WHERE expires_at < $1`, now.Unix()); err != nil {
 		return fmt.Errorf("store: purge nonces: %w", classify(err))
+	}
+	if _, err := p.pool.Exec(ctx, `DELETE FROM tc3_signatures WHERE expires_at < $1`, now.Unix()); err != nil {
+		return fmt.Errorf("store: purge signatures: %w", classify(err))
 	}
 	return nil
 }

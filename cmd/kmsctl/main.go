@@ -245,7 +245,8 @@ func (c *client) call(ctx context.Context, action string, params map[string]any,
 	req.Header.Set("X-TC-Action", action)
 	req.Header.Set("X-TC-Version", "2019-01-18")
 	req.Header.Set("X-TC-Timestamp", strconv.FormatInt(ts, 10))
-	req.Header.Set("Authorization", tcsign.SignTC3(c.secretID, c.secretKey, "kms", http.MethodPost, c.host, "application/json", "", ts, body))
+	// The action is signed: a captured request cannot be re-sent as another.
+	req.Header.Set("Authorization", tcsign.SignTC3Action(c.secretID, c.secretKey, "kms", http.MethodPost, c.host, "application/json", "", action, ts, body))
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return err

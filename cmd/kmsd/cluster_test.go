@@ -198,6 +198,7 @@ func TestClusterConsistency(t *testing.T) {
 	}
 	en := tckms.NewEnableKeyRequest()
 	en.KeyId = common.StringPtr(keyID)
+	nextSecond() // one body, another action: see nextSecond
 	if _, err := cb.EnableKey(en); err != nil {
 		t.Fatal(err)
 	}
@@ -210,6 +211,7 @@ func TestClusterConsistency(t *testing.T) {
 	// C decrypts them at once.
 	rk := tckms.NewRotateKeyRequest()
 	rk.KeyId = common.StringPtr(keyID)
+	nextSecond() // one body, another action: see nextSecond
 	if _, err := cb.RotateKey(rk); err != nil {
 		t.Fatal(err)
 	}
@@ -382,6 +384,7 @@ func TestClusterNodeDeathMovesThePurge(t *testing.T) {
 	if _, err := cb.ScheduleKeyDeletion(sk); err != nil {
 		t.Fatal(err)
 	}
+	nextSecond() // one body, another action: see nextSecond
 	state := func(client *tckms.Client, id string) string {
 		dk := tckms.NewDescribeKeyRequest()
 		dk.KeyId = common.StringPtr(id)
@@ -531,4 +534,59 @@ func newClusterOwnServer(t *testing.T) *cluster {
 	t.Helper()
 	t.Setenv(pgtest.EnvDSN, "") // empty means unset to pgtest
 	return newCluster(t)
+}
+
+// TestClusterSignatureBinding: a request captured on one node cannot be
+// re-sent to another with another action (TC3, unsigned action) or at all
+// (API 3.0 HmacSHA256); the official SDK keeps working on both nodes.
+func TestClusterSignatureBinding(t *testing.T) {
+	c := newCluster(t)
+	a, b := c.start(), c.start()
+	keyID := sdkCreateKey(t, a.sdk(), "bound")
+	sdkA, ccA, rec := recordedSDK(t, a, "TC3-HMAC-SHA256")
+	if st := keyState(t, sdkA, keyID); st != "Enabled" {
+		t.Fatal(st)
+	}
+	// DescribeKey on A, re-sent to B as DisableKey: B waits out the
+	// publication interval and finds A's use in the shared table.
+	if r := rec.resend(t, b.url, setAction("DisableKey")); r.code() != "AuthFailure.SignatureFailure" {
+		t.Errorf("DescribeKey from A re-sent to B as DisableKey: %q", r.code())
+	}
+	if st := keyState(t, b.sdk(), keyID); st != "Enabled" {
+		t.Errorf("key %s after the forgery", st)
+	}
+	// The same request, unchanged, on B: served.
+	if r := rec.resend(t, b.url, nil); r.code() != "" {
+		t.Errorf("DescribeKey from A re-sent unchanged to B: %q", r.code())
+	}
+	// A state-changing request on A, re-sent to B as another.
+	made := a.tc3(t, tc3Request{action: "CreateCredential", body: mustJSON(map[string]string{"Name": "c",
+		"Policy": `{"version":"2.0","statement":[{"effect":"allow","action":["kms:Encrypt"],"resource":["*"]}]}`})})
+	if made.code() != "" {
+		t.Fatal(made.code())
+	}
+	if err := sdkCall(t, ccA, "DisableCredential", map[string]any{"SecretId": made.Response.SecretId}); err != nil {
+		t.Fatal(err)
+	}
+	if r := rec.resend(t, b.url, setAction("EnableCredential")); r.code() != "AuthFailure.SignatureFailure" {
+		t.Errorf("DisableCredential from A re-sent to B as EnableCredential: %q", r.code())
+	}
+	// API 3.0 HmacSHA256: a replay on the other node is refused.
+	sdkV1, _, recV1 := recordedSDK(t, a, "HmacSHA256")
+	if _, err := sdkV1.ListKeys(tckms.NewListKeysRequest()); err != nil {
+		t.Fatal(err)
+	}
+	if r := recV1.resend(t, b.url, nil); r.code() != "AuthFailure.SignatureFailure" {
+		t.Errorf("HmacSHA256 request from A replayed on B: %q", r.code())
+	}
+	// The official SDK on both nodes, every request signed anew.
+	for _, s := range []*server{a, b} {
+		blob, err := sdkEncryptBlob(s.sdk(), keyID, "both")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pt, err := sdkDecrypt(s.sdk(), blob); err != nil || pt != "both" {
+			t.Fatalf("%q, %v", pt, err)
+		}
+	}
 }

@@ -86,6 +86,11 @@ type fileConfig struct {
 	Runtime struct {
 		GCHeapFloorBytes *int64 `yaml:"gc_heap_floor_bytes"`
 	} `yaml:"runtime"`
+	Auth struct {
+		RequireSignedAction bool     `yaml:"require_signed_action"`
+		AllowedHosts        []string `yaml:"allowed_hosts"`
+		TC3Services         []string `yaml:"tc3_services"`
+	} `yaml:"auth"`
 }
 
 // duration is a time.Duration written as "5s", "100ms"...

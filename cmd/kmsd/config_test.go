@@ -102,6 +102,19 @@ func TestConfigFile(t *testing.T) {
 		{name: "two PIN sources", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n", env: map[string]string{"KMSD_PIN": "1"}, want: "twice"},
 		{name: "no PIN", file: "pkcs11:\n  module: module.so\n", want: "no PIN"},
 		{name: "two documents", file: "log:\n  level: info\n---\nlog:\n  level: debug\n", want: "more than one"},
+		{name: "auth settings", file: "pkcs11:\n  module: module.so\n  pin_file: pin\nauth:\n  require_signed_action: true\n  allowed_hosts: [kms.corp.example, 10.0.0.5]\n  tc3_services: [kms, kmsd]\n",
+			check: func(t *testing.T, c config) {
+				if !c.requireSignedAction || strings.Join(c.allowedHosts, ",") != "kms.corp.example,10.0.0.5" || strings.Join(c.tc3Services, ",") != "kms,kmsd" {
+					t.Fatalf("%v %q %q", c.requireSignedAction, c.allowedHosts, c.tc3Services)
+				}
+			}},
+		{name: "auth defaults", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n", env: map[string]string{"KMSD_ALLOWED_HOSTS": " a.example , b.example,"},
+			check: func(t *testing.T, c config) {
+				if c.requireSignedAction || strings.Join(c.allowedHosts, ",") != "a.example,b.example" || c.tc3Services != nil {
+					t.Fatalf("%v %q %q", c.requireSignedAction, c.allowedHosts, c.tc3Services)
+				}
+			}},
+		{name: "allowed host with a scheme", file: "pkcs11:\n  module: module.so\n  pin_file: pin\nauth:\n  allowed_hosts: [\"https://kms.example\"]\n", want: "allowed-hosts"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -103,6 +103,10 @@ type config struct {
 	keyLimit       int
 	usageLimit     uint64
 	logLevel       slog.Level
+	// Authentication (README "Authentication rules").
+	requireSignedAction bool
+	allowedHosts        []string
+	tc3Services         []string
 }
 
 // parseConfig reads the configuration file (if any), the environment and
@@ -248,6 +252,9 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		floor = strconv.FormatInt(*fc.Runtime.GCHeapFloorBytes, 10)
 	}
 	def("gc-heap-floor", "KMSD_GC_HEAP_FLOOR", floor, strconv.Itoa(defaultGCHeapFloor), "heap size (bytes) below which the garbage collector does not run; 0 leaves GOGC alone (so does a GOGC environment variable)")
+	def("require-signed-action", "KMSD_REQUIRE_SIGNED_ACTION", boolean(fc.Auth.RequireSignedAction), "false", "refuse TC3 requests that do not sign x-tc-action (the official SDKs do not)")
+	def("allowed-hosts", "KMSD_ALLOWED_HOSTS", strings.Join(fc.Auth.AllowedHosts, ","), "", "comma-separated host names a request's Host may name (empty: any)")
+	def("tc3-services", "KMSD_TC3_SERVICES", strings.Join(fc.Auth.TC3Services, ","), "", "comma-separated services a TC3 credential scope may name (empty: kms, and the Node.js SDK's service for an IP or dotless endpoint)")
 	pinEnv := fc.PKCS11.PINEnv
 	if pinEnv == "" {
 		pinEnv = "KMSD_PIN"
@@ -381,6 +388,20 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		if err := c.logLevel.UnmarshalText([]byte(v("log-level"))); err != nil {
 			bad("log-level", "%q: %v", v("log-level"), err)
 		}
+		c.requireSignedAction = parseBool("require-signed-action")
+		list := func(name string) []string {
+			var out []string
+			for _, e := range strings.Split(v(name), ",") {
+				if e = strings.TrimSpace(e); e != "" {
+					if strings.ContainsAny(e, " /:@") {
+						bad(name, "%q is not a bare name", e)
+					}
+					out = append(out, e)
+				}
+			}
+			return out
+		}
+		c.allowedHosts, c.tc3Services = list("allowed-hosts"), list("tc3-services")
 		pin, pinErr := readPIN(v("pin-file"), pinEnv, env)
 		if pinErr != nil {
 			errs = append(errs, pinErr)
@@ -456,8 +477,12 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 		RatePerCredential: cfg.ratePerCred, BurstPerCredential: cfg.burstPerCred, Registry: reg, Ready: ready,
 		MaxConnections: noLimit(cfg.maxConns), MaxConnectionsPerAddress: noLimit(cfg.maxConnsPerIP), RefusalAuditInterval: cfg.refusalAudit,
 	}
+	apiCfg.RequireSignedAction, apiCfg.AllowedHosts, apiCfg.TC3Services = cfg.requireSignedAction, cfg.allowedHosts, cfg.tc3Services
 	if n, ok := svc.Store().(nonceStore); ok {
-		apiCfg.Nonces = sharedNonces{n} // legacy nonces remembered by every node
+		apiCfg.Nonces = sharedNonces{n} // signature v1 nonces remembered by every node
+	}
+	if l, ok := svc.Store().(signatureStore); ok {
+		apiCfg.Signatures = newSharedSignatures(l) // TC3 signatures shared by every node
 	}
 	if auditLog != nil {
 		apiCfg.Audit = auditLog
@@ -465,6 +490,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 		defer stopAnchor()
 	}
 	api := httpapi.New(svc, apiCfg)
+	defer api.Close()
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -564,16 +590,4 @@ func openStore(ctx context.Context, cfg config) (metaStore, error) {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	return st, nil
-}
-
-// nonceStore is the store side of shared legacy nonces (*store.Postgres).
-type nonceStore interface {
-	UseNonce(ctx context.Context, key []byte, expiry, now time.Time) (bool, error)
-}
-
-// sharedNonces adapts a nonceStore to httpapi.NonceStore.
-type sharedNonces struct{ s nonceStore }
-
-func (n sharedNonces) UseNonce(ctx context.Context, key string, expiry, now time.Time) (bool, error) {
-	return n.s.UseNonce(ctx, []byte(key), expiry, now)
 }
