@@ -188,7 +188,7 @@ func (s *Service) resyncAll(ctx context.Context) error {
 	}
 	next := make(map[string]*credEntry, len(creds))
 	for _, r := range creds {
-		e, err := s.credEntryFor(ctx, r, old[r.SecretID])
+		e, err := s.credEntryChecked(ctx, r, old[r.SecretID])
 		if err != nil {
 			s.log.Error("kms: credential cannot be loaded; it will not authenticate", "secret_id", r.SecretID, "err", err)
 			continue
@@ -225,7 +225,7 @@ func (s *Service) refreshKey(ctx context.Context, keyID string) error {
 // installLocked makes the cache hold the stored record r, unless it
 // already does. writeMu is held.
 func (s *Service) installLocked(r store.Key) error {
-	_, err := s.adopt(r, false)
+	_, err := s.adopt(context.Background(), r, false)
 	return err
 }
 
@@ -235,7 +235,10 @@ func (s *Service) installLocked(r store.Key) error {
 // been published since r was read) it replaces only an entry with fewer
 // versions. The decision and the swap are atomic: if the entry changes
 // meanwhile, adopt decides again.
-func (s *Service) adopt(r store.Key, newerOnly bool) (*keyEntry, error) {
+//
+// The record is verified (integrity.go) before it replaces the entry; one
+// that fails is installed quarantined.
+func (s *Service) adopt(ctx context.Context, r store.Key, newerOnly bool) (*keyEntry, error) {
 	id, ok := parseKeyID(r.ID)
 	if !ok {
 		return nil, fmt.Errorf("key id %q is not a canonical UUID", r.ID)
@@ -246,7 +249,7 @@ func (s *Service) adopt(r store.Key, newerOnly bool) (*keyEntry, error) {
 			raiseReserved(cur, r)
 			return cur, nil
 		}
-		nk, err := newKeyEntry(r, cur)
+		nk, err := s.entryFor(ctx, r, cur)
 		if err != nil {
 			return nil, err
 		}
@@ -305,11 +308,12 @@ func raiseReserved(k *keyEntry, r store.Key) {
 // sameRecord reports whether a and b describe the same metadata and
 // versions.
 func sameRecord(a, b store.Key) bool {
-	if !sameMetadata(a, b) || len(a.Versions) != len(b.Versions) {
+	if !sameMetadata(a, b) || a.Gen != b.Gen || string(a.MAC) != string(b.MAC) || len(a.Versions) != len(b.Versions) {
 		return false
 	}
 	for i := range a.Versions {
-		if a.Versions[i].Number != b.Versions[i].Number || string(a.Versions[i].ObjectID) != string(b.Versions[i].ObjectID) {
+		if a.Versions[i].Number != b.Versions[i].Number || string(a.Versions[i].ObjectID) != string(b.Versions[i].ObjectID) ||
+			string(a.Versions[i].MAC) != string(b.Versions[i].MAC) {
 			return false
 		}
 	}
@@ -338,7 +342,7 @@ func (s *Service) readThrough(ctx context.Context, id uuid.UUID) (*keyEntry, err
 	}
 	// Without writeMu a local change may have been published since the
 	// read: install r only over an entry with fewer versions (or none).
-	return s.adopt(r, true)
+	return s.adopt(ctx, r, true)
 }
 
 // lockFresh returns the entry of key keyID to change, with a release
@@ -348,7 +352,13 @@ func (s *Service) readThrough(ctx context.Context, id uuid.UUID) (*keyEntry, err
 func (s *Service) lockFresh(ctx context.Context, keyID string) (*keyEntry, func(), error) {
 	if s.cluster == nil {
 		k, err := s.lookupLive(keyID)
-		return k, func() {}, err
+		if err == nil {
+			err = checkUsable(k)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return k, func() {}, nil
 	}
 	if _, ok := parseKeyID(keyID); !ok {
 		return nil, nil, ErrInvalidKeyID
@@ -363,13 +373,16 @@ func (s *Service) lockFresh(ctx context.Context, keyID string) (*keyEntry, func(
 		return nil, nil, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
 	}
 	if err == nil {
-		_, err = s.adopt(r, false)
+		_, err = s.adopt(ctx, r, false)
 	}
 	if err != nil {
 		unlock()
 		return nil, nil, storeErr("read key", err)
 	}
 	k, err := s.lookupLive(keyID)
+	if err == nil {
+		err = checkUsable(k)
+	}
 	if err != nil {
 		unlock()
 		return nil, nil, err

@@ -64,7 +64,10 @@ type credEntry struct {
 	cred    Credential
 	info    CredentialInfo
 	enabled bool
-	sealed  []byte // the stored sealed SecretKey it was unsealed from
+	sealed  []byte           // the stored sealed SecretKey it was unsealed from
+	rec     store.Credential // the stored record, as verified
+	floor   uint64           // highest generation verified or written since start
+	suspect error            // why rec failed its integrity check; nil if it passed
 }
 
 // loadCredentials makes sure the credentials KEK exists on the token and
@@ -93,7 +96,7 @@ func (s *Service) loadCredentials(ctx context.Context) error {
 	}
 	creds := make(map[string]*credEntry, len(recs))
 	for _, r := range recs {
-		e, err := s.unsealCredential(ctx, r)
+		e, err := s.credEntryChecked(ctx, r, nil)
 		if err != nil {
 			s.log.Error("kms: credential cannot be loaded; it will not authenticate", "secret_id", r.SecretID, "err", err)
 			continue
@@ -163,7 +166,7 @@ func (s *Service) refreshCredential(ctx context.Context, secretID string) error 
 	s.credMu.RLock()
 	old := s.creds[secretID]
 	s.credMu.RUnlock()
-	e, err := s.credEntryFor(ctx, r, old)
+	e, err := s.credEntryChecked(ctx, r, old)
 	if err != nil {
 		s.log.Error("kms: credential cannot be loaded; it will not authenticate", "secret_id", secretID, "err", err)
 		s.credMu.Lock()
@@ -252,7 +255,10 @@ func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey s
 	}
 	rec := store.Credential{
 		SecretID: secretID, Name: name, SealedKey: append(iv, sealed...), KEKObjectID: credKEKObjectID,
-		Policy: string(doc), Enabled: true, CreatedAt: s.now().UTC(),
+		Policy: string(doc), Enabled: true, CreatedAt: s.now().UTC(), Gen: 1,
+	}
+	if err := s.sealCred(ctx, &rec); err != nil {
+		return CredentialInfo{}, err
 	}
 	if err := s.store.CreateCredential(ctx, rec); err != nil {
 		if errors.Is(err, store.ErrCredentialExists) {
@@ -266,6 +272,8 @@ func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey s
 		info:    info,
 		enabled: true,
 		sealed:  rec.SealedKey,
+		rec:     rec,
+		floor:   rec.Gen,
 	}
 	s.credMu.Lock()
 	s.creds[secretID] = e
@@ -307,12 +315,10 @@ func (s *Service) SetCredentialEnabled(ctx context.Context, secretID string, ena
 	if err := authorize(ctx, action, "*"); err != nil {
 		return err
 	}
-	return s.changeCredential(ctx, secretID, func(e credEntry) (credEntry, error) {
-		if err := s.store.SetCredentialEnabled(ctx, secretID, enabled); err != nil {
-			return e, err
-		}
+	return s.changeCredential(ctx, secretID, func(e credEntry, r *store.Credential) credEntry {
+		r.Enabled = enabled
 		e.enabled, e.info.Enabled = enabled, enabled
-		return e, nil
+		return e
 	})
 }
 
@@ -329,15 +335,13 @@ func (s *Service) UpdateCredentialPolicy(ctx context.Context, secretID string, p
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidPolicy, err)
 	}
-	return s.changeCredential(ctx, secretID, func(e credEntry) (credEntry, error) {
-		if err := s.store.SetCredentialPolicy(ctx, secretID, string(doc)); err != nil {
-			return e, err
-		}
+	return s.changeCredential(ctx, secretID, func(e credEntry, r *store.Credential) credEntry {
+		r.Policy = string(doc)
 		e.info.Policy = policy
 		p := *e.cred.Principal
 		p.Policy = policy
 		e.cred.Principal = &p
-		return e, nil
+		return e
 	})
 }
 
@@ -362,9 +366,13 @@ func (s *Service) DeleteCredential(ctx context.Context, secretID string) error {
 	return nil
 }
 
-// changeCredential applies f to a copy of the cached entry under the lock
-// and publishes the result, so a change is visible to the next request.
-func (s *Service) changeCredential(ctx context.Context, secretID string, f func(credEntry) (credEntry, error)) error {
+// changeCredential applies f to a copy of the cached entry and of its
+// stored record under the lock, writes the record (next generation,
+// sealed) and publishes the result, so a change is visible to the next
+// request. A credential whose stored row failed its integrity check is not
+// changed (ErrCredentialNotFound wrapping ErrIntegrity): only a reseal
+// makes it count again.
+func (s *Service) changeCredential(ctx context.Context, secretID string, f func(credEntry, *store.Credential) credEntry) error {
 	s.syncCredential(ctx, secretID)
 	s.credMu.Lock()
 	defer s.credMu.Unlock()
@@ -372,13 +380,22 @@ func (s *Service) changeCredential(ctx context.Context, secretID string, f func(
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
 	}
-	ne, err := f(*e)
-	if err != nil {
+	if e.suspect != nil {
+		return fmt.Errorf("%w: %s: %w", ErrCredentialNotFound, secretID, e.suspect)
+	}
+	r := e.rec
+	ne := f(*e, &r)
+	r.Gen = max(e.rec.Gen, e.floor) + 1
+	if err := s.sealCred(ctx, &r); err != nil {
+		return err
+	}
+	if err := s.store.UpdateCredential(ctx, r); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
 		}
 		return storeErr("change credential", err)
 	}
+	ne.rec, ne.floor = r, r.Gen
 	s.creds[secretID] = &ne
 	s.credGen++
 	s.log.Info("kms: credential changed", "secret_id", secretID, "enabled", ne.enabled)

@@ -291,6 +291,7 @@ func TestPostgresWatch(t *testing.T) {
 	mustCreate(t, a, k)
 	want(store.ChangeKey, k.ID)
 	k.State = "Disabled"
+	k.Gen++
 	if err := a.UpdateKey(t.Context(), k); err != nil {
 		t.Fatal(err)
 	}

@@ -405,6 +405,10 @@ func TestListKeys10k(t *testing.T) {
 		}
 		want := newKey(i+1, fmt.Sprintf("seed-%d", i), 3)
 		want.Description, want.Usage, want.Origin = "", "", ""
+		want.Gen, want.MAC = 0, nil // seeded without MACs
+		for j := range want.Versions {
+			want.Versions[j].MAC = nil
+		}
 		assertKey(t, k, want)
 		if t.Failed() {
 			t.FailNow()
