@@ -249,6 +249,16 @@ func (s *Server) readyz(c echo.Context) error {
 		}
 	}
 	out["status"] = map[bool]string{true: "ready", false: "not ready"}[status == http.StatusOK]
+	if s.cfg.Degraded != nil {
+		for name, n := range s.cfg.Degraded() {
+			if n > 0 {
+				out[name] = "degraded"
+				if status == http.StatusOK {
+					out["status"] = "degraded"
+				}
+			}
+		}
+	}
 	return c.JSON(status, out)
 }
 

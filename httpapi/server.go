@@ -78,6 +78,11 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Ready lists the readiness checks of /readyz by name.
 	Ready map[string]func(context.Context) error
+	// Degraded, if set, lists by name the conditions under which the node
+	// serves but an operator must act (a value of 0 means none): /readyz
+	// then answers 200 with status "degraded" and the names. kmsd reports
+	// "integrity": the number of stored rows failing their integrity check.
+	Degraded func() map[string]int
 }
 
 // RequestIDHeader carries the request id of every response.

@@ -74,7 +74,9 @@ func TestTamperedCredentialIsNotObeyed(t *testing.T) {
 		enable bool // the credential is disabled before tampering
 		change func(c *store.Credential)
 	}{
-		{"policy", false, func(c *store.Credential) { c.Policy = `{"version":"2.0","statement":[{"effect":"allow","action":["kms:*"],"resource":["*"]}]}` }},
+		{"policy", false, func(c *store.Credential) {
+			c.Policy = `{"version":"2.0","statement":[{"effect":"allow","action":["kms:*"],"resource":["*"]}]}`
+		}},
 		{"enabled flag", true, func(c *store.Credential) { c.Enabled = true }},
 		{"MAC removed", false, func(c *store.Credential) { c.MAC = nil }},
 		{"row of another credential", false, nil},
@@ -227,7 +229,7 @@ func TestForgedIntentIsNotObeyed(t *testing.T) {
 	k := e.create(t, "k")
 	obj := e.st.keys[k.KeyID].Versions[0].ObjectID
 	for _, p := range []store.PendingObject{
-		{ObjectID: credKEKObjectID, KeyID: "x", Version: 1},                      // no MAC
+		{ObjectID: credKEKObjectID, KeyID: "x", Version: 1},                        // no MAC
 		{ObjectID: obj, KeyID: "00000000-0000-4000-8000-000000000000", Version: 1}, // no MAC
 	} {
 		e.st.AddPendingObject(adminCtx, p)

@@ -406,6 +406,9 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	if len(args) > 0 && args[0] == "credentials" {
 		return credentialsCmd(ctx, args[1:], env, stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "reseal" {
+		return resealCmd(ctx, args[1:], env, stdout, stderr)
+	}
 	if len(args) > 0 && args[0] == "check-config" {
 		return checkConfig(args[1:], env, stdout, stderr)
 	}
@@ -445,7 +448,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	defer stopDebug()
 	reg := newRegistry()
 	hsmMetrics := newHSMMetrics(reg)
-	svc, tok, ready, closeAll, err := openService(ctx, cfg, log, hsmMetrics)
+	svc, tok, ready, closeAll, err := openService(ctx, cfg, log, hsmMetrics, integrityAudit(auditLog, log))
 	if err != nil {
 		return err
 	}
@@ -466,6 +469,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	apiCfg := httpapi.Config{
 		Logger: log, RequestTimeout: cfg.requestTimeout, MaxBodyBytes: cfg.maxBody, MaxConcurrent: cfg.maxConcurrent,
 		RatePerCredential: cfg.ratePerCred, BurstPerCredential: cfg.burstPerCred, Registry: reg, Ready: ready,
+		Degraded: func() map[string]int { return map[string]int{"integrity": len(svc.IntegrityFailures())} },
 	}
 	if n, ok := svc.Store().(nonceStore); ok {
 		apiCfg.Nonces = sharedNonces{n} // legacy nonces remembered by every node
@@ -510,7 +514,10 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 
 // openService opens the store and the token and starts the domain service.
 // closeAll closes what was opened, the token last.
-func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Observer) (_ *kms.Service, tok *p11.Token, ready map[string]func(context.Context) error, closeAll func(), err error) {
+//
+// onIntegrity, if not nil, receives every stored row found failing its
+// integrity check (from the start-up load on).
+func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Observer, onIntegrity func(kms.IntegrityFailure)) (_ *kms.Service, tok *p11.Token, ready map[string]func(context.Context) error, closeAll func(), err error) {
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -535,7 +542,7 @@ func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Obse
 		}
 	}
 	kc := kms.Config{KeyLimit: cfg.keyLimit, VersionUsageLimit: cfg.usageLimit, Logger: log,
-		StaleAfter: cfg.pgStaleAfter, ResyncInterval: cfg.pgResync}
+		StaleAfter: cfg.pgStaleAfter, ResyncInterval: cfg.pgResync, OnIntegrityFailure: onIntegrity}
 	if kmsConfigHook != nil {
 		kmsConfigHook(&kc) // test builds only (see faults.go)
 	}
