@@ -9,7 +9,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -322,5 +321,129 @@ func destroyMACKey(t *testing.T, tok softhsm.Token) {
 	time.Sleep(100 * time.Millisecond)
 }
 
-var _ = pgx.Identifier{} // used by the PostgreSQL tests below
-var _ = fmt.Sprint
+// pgConn connects to the cluster's database, as someone who can write it.
+func (c *cluster) pgConn(t *testing.T) *pgx.Conn {
+	t.Helper()
+	var dsn string
+	for _, kv := range c.env {
+		if f, ok := strings.CutPrefix(kv, "KMSD_POSTGRES_DSN_FILE="); ok {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dsn = strings.TrimSpace(string(b))
+		}
+	}
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func pgExec(t *testing.T, conn *pgx.Conn, q string, args ...any) {
+	t.Helper()
+	tag, err := conn.Exec(t.Context(), q, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	if tag.RowsAffected() != 1 {
+		t.Fatalf("%s: %d rows", q, tag.RowsAffected())
+	}
+}
+
+// TestTamperedPostgresIsNotObeyed: edits made in the shared database while
+// a node runs are caught at the next refresh, and an old but validly
+// sealed row put back is caught by its generation.
+func TestTamperedPostgresIsNotObeyed(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("KMSD_POSTGRES_RESYNC_INTERVAL=300ms")
+	encID, encKey := a.credential(t, "enconly", encOnlyPolicy)
+	wasID, wasKey := a.credential(t, "restricted", allPolicy)
+	key := a.createKey("k")
+	disabled := a.createKey("d")
+	a.admin(t, "DisableKey", map[string]string{"KeyId": disabled})
+	conn := c.pgConn(t)
+	var oldPolicy string
+	var oldGen int64
+	var oldMAC []byte
+	if err := conn.QueryRow(t.Context(), `SELECT policy, gen, mac FROM credentials WHERE secret_id = $1`, wasID).Scan(&oldPolicy, &oldGen, &oldMAC); err != nil {
+		t.Fatal(err)
+	}
+	a.admin(t, "UpdateCredentialPolicy", map[string]string{"SecretId": wasID, "Policy": encOnlyPolicy})
+	if c := a.tc3(t, tc3Request{action: "ListCredentials", body: "{}", id: wasID, key: wasKey}).code(); c != "UnauthorizedOperation" {
+		t.Fatalf("restricted credential: %q", c)
+	}
+
+	pgExec(t, conn, `UPDATE credentials SET policy = $1 WHERE secret_id = $2`, allPolicy, encID)
+	pgExec(t, conn, `UPDATE keys SET state = 'Enabled' WHERE id = $1`, disabled)
+	// The old policy, validly sealed at its time, put back.
+	pgExec(t, conn, `UPDATE credentials SET policy = $1, gen = $2, mac = $3 WHERE secret_id = $4`, oldPolicy, oldGen, oldMAC, wasID)
+
+	within(t, 10*time.Second, "tampered rows refused", func() bool {
+		return a.tc3(t, tc3Request{action: "ListCredentials", body: "{}", id: encID, key: encKey}).code() == "AuthFailure.SecretIdNotFound" &&
+			a.tc3(t, tc3Request{action: "ListCredentials", body: "{}", id: wasID, key: wasKey}).code() == "AuthFailure.SecretIdNotFound" &&
+			a.encryptCode(t, disabled, adminID, adminKey) == "ResourceUnavailable.CmkDisabled"
+	})
+	if c := a.encryptCode(t, key, adminID, adminKey); c != "" {
+		t.Fatalf("untouched key: %q", c)
+	}
+	if n := a.metric(t, "kmsd_integrity_failing_rows"); n != 3 {
+		t.Fatalf("kmsd_integrity_failing_rows %v, want 3", n)
+	}
+	if !strings.Contains(a.stderr.String(), "went back from generation") {
+		t.Fatal("the rollback is not reported as such")
+	}
+	if code, body := a.readyz(t); code != http.StatusOK || body["status"] != "degraded" {
+		t.Fatalf("/readyz %d %v", code, body)
+	}
+	// A second node refuses the edited rows too.
+	b := c.start()
+	if c := b.tc3(t, tc3Request{action: "ListCredentials", body: "{}", id: encID, key: encKey}).code(); c != "AuthFailure.SecretIdNotFound" {
+		t.Fatalf("second node: %q", c)
+	}
+	if c := b.encryptCode(t, disabled, adminID, adminKey); c != "ResourceUnavailable.CmkDisabled" {
+		t.Fatalf("second node: %q", c)
+	}
+}
+
+// TestUpgradePostgres is TestUpgradeSQLite on a shared PostgreSQL store.
+func TestUpgradePostgres(t *testing.T) {
+	c := newCluster(t)
+	a := c.start()
+	encID, encKey := a.credential(t, "app", encOnlyPolicy)
+	key := a.createKey("old")
+	blob := a.tc3(t, tc3Request{action: "Encrypt", body: mustJSON(map[string]string{"KeyId": key, "Plaintext": b64("before the upgrade")})}).Response.CiphertextBlob
+	a.stop()
+	conn := c.pgConn(t)
+	for _, q := range []string{
+		`ALTER TABLE keys DROP COLUMN gen`, `ALTER TABLE keys DROP COLUMN mac`,
+		`ALTER TABLE key_versions DROP COLUMN mac`, `ALTER TABLE pending_objects DROP COLUMN mac`,
+		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`,
+		`UPDATE hsmkms_schema SET version = 4`,
+	} {
+		if _, err := conn.Exec(t.Context(), q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	destroyMACKey(t, c.tok)
+	a = c.start()
+	if !strings.Contains(a.stderr.String(), "upgrade: computed the MACs") {
+		t.Fatalf("the upgrade did not say it sealed the rows:\n%s", a.stderr.String())
+	}
+	r := a.tc3(t, tc3Request{action: "Decrypt", body: mustJSON(map[string]string{"CiphertextBlob": blob})})
+	if r.code() != "" || r.Response.Plaintext != b64("before the upgrade") {
+		t.Fatalf("Decrypt of a blob made before the upgrade: %s", r.code())
+	}
+	if c := a.encryptCode(t, key, encID, encKey); c != "" {
+		t.Fatalf("credential made before the upgrade: %q", c)
+	}
+	b := c.start()
+	if n := b.metric(t, "kmsd_integrity_failing_rows"); n != 0 {
+		t.Fatalf("second node: kmsd_integrity_failing_rows %v", n)
+	}
+	if n := a.metric(t, "kmsd_integrity_failing_rows"); n != 0 {
+		t.Fatalf("kmsd_integrity_failing_rows %v", n)
+	}
+}
