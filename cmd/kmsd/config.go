@@ -55,6 +55,7 @@ type fileConfig struct {
 			MaxConns       int      `yaml:"max_conns"`
 			StaleAfter     duration `yaml:"stale_after"`
 			ResyncInterval duration `yaml:"resync_interval"`
+			AllowVerifyCA  bool     `yaml:"allow_verify_ca"`
 		} `yaml:"postgres"`
 	} `yaml:"store"`
 	Audit struct {

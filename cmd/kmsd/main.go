@@ -82,6 +82,7 @@ type config struct {
 	pgMaxConns     int
 	pgStaleAfter   time.Duration
 	pgResync       time.Duration
+	pgVerifyCA     bool // accept sslmode=verify-ca off loopback
 	sessions       int
 	acquireTimeout time.Duration
 	ivMode         string
@@ -217,6 +218,7 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	def("postgres-max-conns", "KMSD_POSTGRES_MAX_CONNS", num(int64(fc.Store.Postgres.MaxConns)), "10", "PostgreSQL connection pool size")
 	def("postgres-stale-after", "KMSD_POSTGRES_STALE_AFTER", dur(fc.Store.Postgres.StaleAfter), kms.DefaultStaleAfter.String(), "how long Encrypt/Decrypt serve from cache while PostgreSQL is unreachable")
 	def("postgres-resync-interval", "KMSD_POSTGRES_RESYNC_INTERVAL", dur(fc.Store.Postgres.ResyncInterval), kms.DefaultResyncInterval.String(), "full cache re-read interval (fallback when change notifications are lost)")
+	def("postgres-allow-verify-ca", "KMSD_POSTGRES_ALLOW_VERIFY_CA", boolean(fc.Store.Postgres.AllowVerifyCA), "false", "accept sslmode=verify-ca (no host name check) for a PostgreSQL server off this machine; otherwise verify-full is required")
 	def("audit-file", "KMSD_AUDIT_FILE", str(fc.Audit.File), "", "audit trail file (default DATA_DIR/audit.log)")
 	def("audit-disabled", "KMSD_AUDIT_DISABLED", boolean(fc.Audit.Disabled), "false", "do not keep an audit trail")
 	def("max-body-bytes", "KMSD_MAX_BODY_BYTES", num(fc.Limits.MaxBodyBytes), "65536", "largest request body")
@@ -324,6 +326,12 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 				bad("postgres-dsn-file", "%q is empty", f)
 			default:
 				c.pgDSN = strings.TrimSpace(string(b))
+			}
+		}
+		c.pgVerifyCA = parseBool("postgres-allow-verify-ca")
+		if c.pgDSN != "" {
+			if err := store.CheckPostgresTransport(c.pgDSN, c.pgVerifyCA); err != nil {
+				bad("postgres-dsn-file", "%v", err)
 			}
 		}
 		c.pgMaxConns = int(parseInt("postgres-max-conns", 2, 1000))
