@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"hsmkms/kms"
 	"hsmkms/store"
+	"hsmkms/store/pgtest"
 )
 
 // storeHarness adapts one kms.Store implementation to the conformance suite
@@ -919,4 +921,46 @@ func assertPending(t *testing.T, got, want []store.PendingObject) {
 	if g, w := norm(got), norm(want); !reflect.DeepEqual(g, w) {
 		t.Errorf("pending objects mismatch\n got: %+v\nwant: %+v", g, w)
 	}
+}
+
+func TestAuditAnchorConformance(t *testing.T) {
+	for name, open := range map[string]func(t *testing.T) anchorStore{
+		"SQLite":   func(t *testing.T) anchorStore { return openSQLite(t, filepath.Join(t.TempDir(), "kms.db")) },
+		"Postgres": func(t *testing.T) anchorStore { return openPostgres(t, pgtest.Shared(t).NewDatabase(t)) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := open(t)
+			ctx := t.Context()
+			if _, err := s.AuditAnchor(ctx, "n1"); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("absent anchor: %v", err)
+			}
+			a := store.AuditAnchor{Node: "n1", Seq: 10, Hash: "h10", Time: baseTime, MAC: []byte("m10")}
+			for _, x := range []store.AuditAnchor{a, {Node: "n2", Seq: 3, Hash: "x", Time: baseTime}} {
+				if err := s.SetAuditAnchor(ctx, x); err != nil {
+					t.Fatal(err)
+				}
+			}
+			back := a
+			back.Seq, back.Hash = 9, "h9"
+			if err := s.SetAuditAnchor(ctx, back); !errors.Is(err, store.ErrStale) {
+				t.Fatalf("anchor going back: %v, want ErrStale", err)
+			}
+			a.Seq, a.Hash, a.MAC = 12, "h12", []byte("m12")
+			if err := s.SetAuditAnchor(ctx, a); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.AuditAnchor(ctx, "n1")
+			if err != nil || got.Seq != 12 || got.Hash != "h12" || !got.Time.Equal(baseTime) || string(got.MAC) != "m12" {
+				t.Fatalf("anchor %+v %v", got, err)
+			}
+			if err := s.SetAuditAnchor(ctx, store.AuditAnchor{Seq: 1, Time: baseTime}); err == nil {
+				t.Fatal("anchor without a node accepted")
+			}
+		})
+	}
+}
+
+type anchorStore interface {
+	AuditAnchor(ctx context.Context, node string) (store.AuditAnchor, error)
+	SetAuditAnchor(ctx context.Context, a store.AuditAnchor) error
 }

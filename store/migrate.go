@@ -96,6 +96,14 @@ ALTER TABLE key_versions ADD COLUMN mac BLOB NULL;
 ALTER TABLE pending_objects ADD COLUMN mac BLOB NULL;
 ALTER TABLE credentials ADD COLUMN gen INTEGER NOT NULL DEFAULT 0 CHECK (gen >= 0);
 ALTER TABLE credentials ADD COLUMN mac BLOB NULL;
+-- The head of each node's audit trail, sealed like the rows above.
+CREATE TABLE audit_anchors (
+	node TEXT    NOT NULL PRIMARY KEY CHECK (node <> ''),
+	seq  INTEGER NOT NULL CHECK (seq >= 0),
+	hash TEXT    NOT NULL,
+	at   INTEGER NOT NULL,
+	mac  BLOB    NULL
+) STRICT;
 `,
 }
 

@@ -131,6 +131,13 @@ ALTER TABLE key_versions ADD COLUMN mac BYTEA NULL;
 ALTER TABLE pending_objects ADD COLUMN mac BYTEA NULL;
 ALTER TABLE credentials ADD COLUMN gen BIGINT NOT NULL DEFAULT 0 CHECK (gen >= 0);
 ALTER TABLE credentials ADD COLUMN mac BYTEA NULL;
+CREATE TABLE audit_anchors (
+	node TEXT COLLATE "C" NOT NULL PRIMARY KEY CHECK (node <> ''),
+	seq  BIGINT NOT NULL CHECK (seq >= 0),
+	hash TEXT   NOT NULL,
+	at   BIGINT NOT NULL,
+	mac  BYTEA  NULL
+);
 `,
 }
 
