@@ -59,8 +59,11 @@ type fileConfig struct {
 		} `yaml:"postgres"`
 	} `yaml:"store"`
 	Audit struct {
-		File     string `yaml:"file"`
-		Disabled bool   `yaml:"disabled"`
+		File               string   `yaml:"file"`
+		Disabled           bool     `yaml:"disabled"`
+		NodeID             string   `yaml:"node_id"`
+		CheckpointLines    int64    `yaml:"checkpoint_lines"`
+		CheckpointInterval duration `yaml:"checkpoint_interval"`
 	} `yaml:"audit"`
 	Limits struct {
 		MaxBodyBytes          int64    `yaml:"max_body_bytes"`

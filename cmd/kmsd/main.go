@@ -88,7 +88,10 @@ type config struct {
 	ivMode         string
 	workingCopies  bool
 	copyCheck      time.Duration
-	auditFile      string // "" when auditing is disabled
+	auditFile      string        // "" when auditing is disabled
+	nodeID         string        // names this node's trail and its anchor in the store
+	cpLines        uint64        // a signed checkpoint every cpLines lines...
+	cpInterval     time.Duration // ...or every cpInterval
 	maxBody        int64
 	readHeader     time.Duration
 	readTimeout    time.Duration
@@ -221,6 +224,9 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	def("postgres-allow-verify-ca", "KMSD_POSTGRES_ALLOW_VERIFY_CA", boolean(fc.Store.Postgres.AllowVerifyCA), "false", "accept sslmode=verify-ca (no host name check) for a PostgreSQL server off this machine; otherwise verify-full is required")
 	def("audit-file", "KMSD_AUDIT_FILE", str(fc.Audit.File), "", "audit trail file (default DATA_DIR/audit.log)")
 	def("audit-disabled", "KMSD_AUDIT_DISABLED", boolean(fc.Audit.Disabled), "false", "do not keep an audit trail")
+	def("node-id", "KMSD_NODE_ID", str(fc.Audit.NodeID), "", "id of this node's audit trail and of its anchor in the store (default HOSTNAME:AUDIT_FILE)")
+	def("audit-checkpoint-lines", "KMSD_AUDIT_CHECKPOINT_LINES", num(fc.Audit.CheckpointLines), "1000", "a checkpoint signed in the HSM every this many audit lines")
+	def("audit-checkpoint-interval", "KMSD_AUDIT_CHECKPOINT_INTERVAL", dur(fc.Audit.CheckpointInterval), "10s", "... or this often, if lines were written")
 	def("max-body-bytes", "KMSD_MAX_BODY_BYTES", num(fc.Limits.MaxBodyBytes), "65536", "largest request body")
 	def("read-header-timeout", "KMSD_READ_HEADER_TIMEOUT", dur(fc.Limits.ReadHeaderTimeout), "5s", "time to read request headers")
 	def("read-timeout", "KMSD_READ_TIMEOUT", dur(fc.Limits.ReadTimeout), "15s", "time to read a whole request")
@@ -350,7 +356,15 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 			if c.auditFile == "" {
 				c.auditFile = filepath.Join(c.dataDir, "audit.log")
 			}
+			c.nodeID = v("node-id")
+			if c.nodeID == "" {
+				host, _ := os.Hostname()
+				abs, _ := filepath.Abs(c.auditFile)
+				c.nodeID = host + ":" + abs
+			}
 		}
+		c.cpLines = uint64(parseInt("audit-checkpoint-lines", 1, 1<<40))
+		c.cpInterval = parseDur("audit-checkpoint-interval")
 		c.maxBody = parseInt("max-body-bytes", 1024, 64<<20)
 		c.readHeader = parseDur("read-header-timeout")
 		c.readTimeout = parseDur("read-timeout")
@@ -414,6 +428,9 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	if len(args) > 0 && args[0] == "credentials" {
 		return credentialsCmd(ctx, args[1:], env, stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "audit" {
+		return auditCmd(ctx, args[1:], env, stdout, stderr)
+	}
 	if len(args) > 0 && args[0] == "reseal" {
 		return resealCmd(ctx, args[1:], env, stdout, stderr)
 	}
@@ -440,14 +457,17 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 		}
 	}
 	var auditLog *audit.Writer
+	var trail *trailAnchor // anchor.go
 	if cfg.auditFile != "" {
 		if err := os.MkdirAll(filepath.Dir(cfg.auditFile), 0o700); err != nil {
 			return fmt.Errorf("audit: %w", err)
 		}
-		if auditLog, err = audit.Open(cfg.auditFile); err != nil {
+		trail = newTrailAnchor(cfg, log)
+		if auditLog, err = audit.OpenWith(cfg.auditFile, audit.Options{OnCommit: trail.signal}); err != nil {
 			return err
 		}
 		defer auditLog.Close()
+		trail.w = auditLog
 	}
 	stopDebug, err := startDebug(env, log) // KMSD_DEBUG_ADDR, loopback only; off by default
 	if err != nil {
@@ -456,11 +476,19 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	defer stopDebug()
 	reg := newRegistry()
 	hsmMetrics := newHSMMetrics(reg)
-	svc, tok, ready, closeAll, err := openService(ctx, cfg, log, hsmMetrics, integrityAudit(auditLog, log))
+	deferred := &deferredAudit{} // integrity failures wait for the trail's check
+	svc, tok, ready, closeAll, err := openService(ctx, cfg, log, hsmMetrics, deferred.hook)
 	if err != nil {
 		return err
 	}
 	defer closeAll()
+	if trail != nil {
+		if err := trail.start(ctx, svc); err != nil {
+			return err
+		}
+		defer trail.stop(context.WithoutCancel(ctx))
+		deferred.open(integrityAudit(auditLog, log))
+	}
 	registerServiceMetrics(reg, tok, svc)
 	// On a shared (PostgreSQL) store: keep the caches consistent with the
 	// other nodes; stopped before the store closes.
@@ -484,8 +512,6 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	}
 	if auditLog != nil {
 		apiCfg.Audit = auditLog
-		stopAnchor := anchorAudit(ctx, auditLog, log)
-		defer stopAnchor()
 	}
 	api := httpapi.New(svc, apiCfg)
 
