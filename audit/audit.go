@@ -15,10 +15,11 @@
 //
 // The chain proves the order and integrity of the lines relative to each
 // other. It holds no secret, so someone able to rewrite the whole file can
-// recompute it; kmsd therefore logs the chain head (seq and hash) to its
-// operational log every minute and at shutdown, an anchor to compare
-// against. Truncation of the last lines is detected only against such an
-// anchor.
+// recompute it, and cutting the last lines leaves a valid chain: kmsd
+// therefore keeps the head in its store as an anchor and writes signed
+// checkpoints (anchor.go; cmd/kmsd/anchor.go), against which CheckTrail and
+// kmsd's start-up find a cut or rewritten trail. A rotated file's chain
+// continues the previous file's head (Options.Start).
 //
 // # Failure
 //

@@ -174,7 +174,7 @@ func (s *Service) resyncAll(ctx context.Context) error {
 		return err
 	}
 	for _, r := range recs {
-		if err := s.installLocked(r); err != nil {
+		if err := s.installLocked(ctx, r); err != nil {
 			s.log.Error("kms: stored key is not servable", "key_id", r.ID, "err", err)
 		}
 	}
@@ -219,13 +219,13 @@ func (s *Service) refreshKey(ctx context.Context, keyID string) error {
 	if err != nil {
 		return err
 	}
-	return s.installLocked(r)
+	return s.installLocked(ctx, r)
 }
 
 // installLocked makes the cache hold the stored record r, unless it
 // already does. writeMu is held.
-func (s *Service) installLocked(r store.Key) error {
-	_, err := s.adopt(context.Background(), r, false)
+func (s *Service) installLocked(ctx context.Context, r store.Key) error {
+	_, err := s.adopt(ctx, r, false)
 	return err
 }
 

@@ -410,6 +410,9 @@ func checkUsable(k *keyEntry) error {
 // a record that fails gives a disabled entry that never authenticates
 // (and is reported). An HSM failure is returned: the record is not judged.
 func (s *Service) credEntryChecked(ctx context.Context, r store.Credential, old *credEntry) (*credEntry, error) {
+	if old != nil && sameCredRecord(old.rec, r) {
+		return old, nil // verified (or found failing) already; a resync re-reads every row
+	}
 	var floor uint64
 	if old != nil {
 		floor = old.floor
@@ -439,4 +442,11 @@ func (s *Service) credEntryChecked(ctx context.Context, r store.Credential, old 
 	e.rec, e.floor = r, r.Gen
 	s.clearIntegrity(KindCredential, r.SecretID)
 	return e, nil
+}
+
+// sameCredRecord reports whether two stored credential rows are identical.
+func sameCredRecord(a, b store.Credential) bool {
+	return a.SecretID == b.SecretID && a.Name == b.Name && a.Policy == b.Policy && a.Enabled == b.Enabled &&
+		a.CreatedAt.Equal(b.CreatedAt) && a.Gen == b.Gen && bytes.Equal(a.MAC, b.MAC) &&
+		bytes.Equal(a.SealedKey, b.SealedKey) && bytes.Equal(a.KEKObjectID, b.KEKObjectID)
 }

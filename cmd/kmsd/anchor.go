@@ -159,7 +159,9 @@ func (a *trailAnchor) record(ctx context.Context, head audit.Head, checkpoint bo
 		return fmt.Errorf("audit: seal the trail's head: %w", err)
 	}
 	if head != a.anchored {
-		if err := a.st.SetAuditAnchor(ctx, an); err != nil {
+		if err := a.st.SetAuditAnchor(ctx, an); errors.Is(err, store.ErrStale) {
+			return fmt.Errorf("audit: the store's anchor of node %q is ahead of this trail (seq %d): another node uses the same node id (set audit.node_id), or the database was edited: %w", a.node, head.Seq, err)
+		} else if err != nil {
 			return fmt.Errorf("audit: record the trail's anchor: %w", err)
 		}
 		a.anchored = head

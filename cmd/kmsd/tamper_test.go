@@ -263,7 +263,7 @@ func TestUpgradeSQLite(t *testing.T) {
 	for _, q := range []string{
 		`ALTER TABLE keys DROP COLUMN gen`, `ALTER TABLE keys DROP COLUMN mac`,
 		`ALTER TABLE key_versions DROP COLUMN mac`, `ALTER TABLE pending_objects DROP COLUMN mac`,
-		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`,
+		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`, `DROP TABLE audit_anchors`,
 		`PRAGMA user_version = 3`,
 	} {
 		if _, err := db.Exec(q); err != nil {
@@ -272,10 +272,14 @@ func TestUpgradeSQLite(t *testing.T) {
 	}
 	db.Close()
 	destroyMACKey(t, tok)
+	os.Remove(filepath.Join(data, "audit.log.checkpoints")) // that release wrote none
 
 	s = startKMSD(t, env)
 	if !strings.Contains(s.stderr.String(), "upgrade: computed the MACs") {
 		t.Fatalf("the upgrade did not say it sealed the rows:\n%s", s.stderr.String())
+	}
+	if !strings.Contains(s.stderr.String(), "the trail had no anchor in the store") {
+		t.Fatalf("the upgrade did not anchor the existing audit trail:\n%s", s.stderr.String())
 	}
 	if code, body := s.readyz(t); code != http.StatusOK || body["status"] != "ready" {
 		t.Fatalf("/readyz after an honest upgrade: %d %v", code, body)
@@ -420,7 +424,7 @@ func TestUpgradePostgres(t *testing.T) {
 	for _, q := range []string{
 		`ALTER TABLE keys DROP COLUMN gen`, `ALTER TABLE keys DROP COLUMN mac`,
 		`ALTER TABLE key_versions DROP COLUMN mac`, `ALTER TABLE pending_objects DROP COLUMN mac`,
-		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`,
+		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`, `DROP TABLE audit_anchors`,
 		`UPDATE hsmkms_schema SET version = 4`,
 	} {
 		if _, err := conn.Exec(t.Context(), q); err != nil {
