@@ -8,13 +8,19 @@ package main_test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+
+	"hsmkms/audit"
 )
 
 func kmsctlVerify(t *testing.T, args ...string) (string, error) {
@@ -72,6 +78,7 @@ func TestAuditTrailIsAnchored(t *testing.T) {
 		}
 	}
 	cut := bytes.Join(all[:len(all)-5], nil)
+	rechained := rechain(t, append(append([][]byte{}, all[:8]...), all[9:]...))
 	middle := bytes.Join(append(append([][]byte{}, all[:8]...), all[9:]...), nil)
 	for _, c := range []struct {
 		name, file string
@@ -82,6 +89,7 @@ func TestAuditTrailIsAnchored(t *testing.T) {
 		{"lines dropped from the end", "cut", cut, "but the store's anchor says line", "the trail was cut after seq"},
 		{"a line dropped from the middle", "middle", middle, "does not match its anchor or its checkpoints", "lines deleted or reordered"},
 		{"replaced by an older copy", "older", older, "but the store's anchor says line", "the trail was cut after seq"},
+		{"a line dropped from the middle and the chain recomputed", "rechained", rechained, "but the store's anchor says line", "does not match the checkpoint"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			write(c.b)
@@ -153,3 +161,27 @@ func TestAuditTrailIsAnchored(t *testing.T) {
 
 // audit0 is the checkpoint file of the trail at path.
 func audit0(path string) string { return path + ".checkpoints" }
+
+// rechain renumbers and re-hashes lines from the first whose seq or prev
+// does not follow, as someone who removed lines and knows the (unkeyed)
+// chain would: the result is a valid chain.
+func rechain(t *testing.T, ls [][]byte) []byte {
+	t.Helper()
+	seqRe := regexp.MustCompile(`^\{"seq":(\d+),`)
+	prevRe := regexp.MustCompile(`,"prev":"[0-9a-f]{64}"`)
+	var out []byte
+	prev := strings.Repeat("0", 64)
+	for i, l := range ls {
+		body := l[:bytes.LastIndex(l, []byte(`,"hash":"`))]
+		body = seqRe.ReplaceAll(body, []byte(fmt.Sprintf(`{"seq":%d,`, i+1)))
+		body = prevRe.ReplaceAll(body, []byte(`,"prev":"`+prev+`"`))
+		sum := sha256.Sum256(body)
+		prev = hex.EncodeToString(sum[:])
+		out = append(out, body...)
+		out = append(out, `,"hash":"`+prev+"\"}\n"...)
+	}
+	if _, problems, err := audit.Verify(bytes.NewReader(out)); err != nil || len(problems) != 0 {
+		t.Fatalf("rechain: %v %v", problems, err)
+	}
+	return out
+}

@@ -488,6 +488,8 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 		}
 		defer trail.stop(context.WithoutCancel(ctx))
 		deferred.open(integrityAudit(auditLog, log))
+	} else {
+		deferred.open(func(kms.IntegrityFailure) {}) // no trail: the log and the metrics tell
 	}
 	registerServiceMetrics(reg, tok, svc)
 	// On a shared (PostgreSQL) store: keep the caches consistent with the
