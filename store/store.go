@@ -11,8 +11,16 @@
 // # Errors
 //
 // Methods return ErrNotFound when the addressed key does not exist,
-// ErrAliasExists when a unique alias is taken and ErrKeyExists when a key ID
-// is already stored. Open returns ErrSchemaTooNew for a database written by a
+// ErrAliasExists when a unique alias is taken, ErrKeyExists when a key ID
+// is already stored and ErrStale when a conditional write finds the row at
+// a generation not older than the one written.
+//
+// # Authenticated rows
+//
+// Keys, key versions, credentials, intents and audit anchors carry a MAC
+// (and keys and credentials a generation) that the service computes inside
+// the HSM (kms/integrity.go); the store keeps them as given and checks
+// nothing but that generations never go down. Open returns ErrSchemaTooNew for a database written by a
 // newer release. Errors wrap these sentinels, so test them with errors.Is.
 // Other errors are invalid arguments, I/O or database failures and are not
 // classified.
