@@ -180,29 +180,3 @@ func (s *SQLite) ReserveUsage(ctx context.Context, keyID string, version uint32,
 	}
 	return nil
 }
-
-// SetVersionMAC replaces the MAC of version number of key keyID (an
-// administrator's reseal); ErrNotFound if there is no such version.
-func (s *SQLite) SetVersionMAC(ctx context.Context, keyID string, number uint32, mac []byte) error {
-	res, err := s.w.ExecContext(ctx, `UPDATE key_versions SET mac = ? WHERE key_id = ? AND version = ?`, mac, keyID, int64(number))
-	return affectedOne(res, err, fmt.Sprintf("store: set MAC of key %s version %d", keyID, number))
-}
-
-// SetPendingMAC replaces the MAC of the pending object objectID (an
-// administrator's reseal); ErrNotFound if there is none.
-func (s *SQLite) SetPendingMAC(ctx context.Context, objectID, mac []byte) error {
-	res, err := s.w.ExecContext(ctx, `UPDATE pending_objects SET mac = ? WHERE object_id = ?`, mac, objectID)
-	return affectedOne(res, err, fmt.Sprintf("store: set MAC of pending object %x", objectID))
-}
-
-func affectedOne(res sql.Result, err error, what string) error {
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	} else if n == 0 {
-		return fmt.Errorf("%s: %w", what, ErrNotFound)
-	}
-	return nil
-}
