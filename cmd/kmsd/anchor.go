@@ -183,6 +183,7 @@ func (a *trailAnchor) run(ctx context.Context) {
 	defer close(a.done)
 	t := time.NewTicker(a.cpEvery)
 	defer t.Stop()
+	failing := false
 	for {
 		select {
 		case <-a.quit:
@@ -192,8 +193,16 @@ func (a *trailAnchor) run(ctx context.Context) {
 		case <-a.sig:
 		case <-t.C:
 		}
-		if err := a.record(ctx, a.head(), false); err != nil && ctx.Err() == nil {
-			a.log.Error("audit: anchoring failed; retrying", "err", err)
+		err := a.record(ctx, a.head(), false)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			// Once per outage: the store or the HSM is down, or the
+			// anchor is ahead (see record).
+			a.log.Error("audit: anchoring failed; retrying after every write until it works", "err", err)
+			failing = true
+		case err == nil && failing:
+			a.log.Info("audit: anchoring works again", "node", a.node)
+			failing = false
 		}
 		select { // coalesce: the commits of the next anchorEvery make one write
 		case <-a.quit:

@@ -185,3 +185,36 @@ func rechain(t *testing.T, ls [][]byte) []byte {
 	}
 	return out
 }
+
+// TestClusterTrailsAreAnchoredPerNode: on PostgreSQL each node's trail has
+// its own anchor; a node whose trail is intact but whose anchor moved (here:
+// a second node configured with the first one's id) refuses to start, and
+// an anchor edited in the database is refused as such.
+func TestClusterTrailsAreAnchoredPerNode(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("KMSD_NODE_ID=node-a")
+	b := c.start("KMSD_NODE_ID=node-b")
+	for _, s := range []*server{a, b} {
+		s.createKey("k-" + strings.TrimPrefix(s.url, "http://127.0.0.1:"))
+	}
+	a.stop()
+	b.stop()
+	conn := c.pgConn(t)
+	var n int
+	if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM audit_anchors WHERE node IN ('node-a', 'node-b') AND seq > 0`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("anchors of the two nodes: %d %v", n, err)
+	}
+	// A third node that takes node-a's id, with a trail of its own.
+	c.pause()
+	out := refusedStart(t, c.nodeEnv("KMSD_NODE_ID=node-a"))
+	if !strings.Contains(out, "ends at line 0 but the store's anchor says line") {
+		t.Fatalf("a node whose anchor moved started:\n%s", out)
+	}
+	// node-b's anchor pushed ahead in the database: its MAC fails.
+	pgExec(t, conn, `UPDATE audit_anchors SET seq = seq + 100 WHERE node = 'node-b'`)
+	c.pause()
+	out = refusedStart(t, c.nodeEnv("KMSD_NODE_ID=node-b"))
+	if !strings.Contains(out, "anchor of node \"node-b\" failed its integrity check") {
+		t.Fatalf("an edited anchor was accepted:\n%s", out)
+	}
+}
