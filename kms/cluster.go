@@ -203,6 +203,11 @@ func (s *Service) resyncAll(ctx context.Context) error {
 		return errors.New("credentials changed during the resync")
 	}
 	s.creds = next
+	for id := range old {
+		if next[id] == nil {
+			s.clearIntegrity(KindCredential, id) // deleted
+		}
+	}
 	return nil
 }
 

@@ -158,6 +158,7 @@ func (s *Service) refreshCredential(ctx context.Context, secretID string) error 
 		s.credMu.Lock()
 		delete(s.creds, secretID)
 		s.credMu.Unlock()
+		s.clearIntegrity(KindCredential, secretID)
 		return nil
 	}
 	if err != nil {
@@ -362,6 +363,7 @@ func (s *Service) DeleteCredential(ctx context.Context, secretID string) error {
 	}
 	delete(s.creds, secretID)
 	s.credGen++
+	s.clearIntegrity(KindCredential, secretID) // a deleted row is obeyed by nobody
 	s.log.Info("kms: credential deleted", "secret_id", secretID)
 	return nil
 }
