@@ -291,3 +291,31 @@ func TestUpgradeSealsOnce(t *testing.T) {
 	e.restart(t)
 	wantFailure(t, e, hooked(), KindKey, k.KeyID)
 }
+
+func TestResealIntent(t *testing.T) {
+	e, _ := integrityEnv(t, nil)
+	obj := []byte("uncommitted-obj1")
+	e.h.GenerateKey(adminCtx, obj, "x/v1")
+	p := store.PendingObject{ObjectID: obj, KeyID: "00000000-0000-4000-8000-000000000001", Version: 1}
+	e.st.AddPendingObject(adminCtx, p) // no MAC: not obeyed
+	e.restart(t)
+	if !e.h.has(obj) || e.st.pendingCount() != 1 {
+		t.Fatal("an unsealed intent was acted on")
+	}
+	id := fmt.Sprintf("%x", obj)
+	if err := e.svc.ResealIntent(adminCtx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.ResealIntent(adminCtx, "00ff"); err == nil {
+		t.Fatal("reseal of an absent intent succeeded")
+	}
+	e.restart(t) // Recover now rolls the uncommitted object back
+	if e.h.has(obj) || e.st.pendingCount() != 0 || len(e.svc.IntegrityFailures()) != 0 {
+		t.Fatalf("resealed intent not acted on: object %v, intents %d, failures %+v", e.h.has(obj), e.st.pendingCount(), e.svc.IntegrityFailures())
+	}
+	// Without kms:Reseal, no reseal.
+	ro := WithPrincipal(adminCtx, &Principal{Name: "ro", Policy: Policy{}})
+	if err := e.svc.ResealKey(ro, "00000000-0000-4000-8000-000000000001"); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("ResealKey without permission: %v", err)
+	}
+}
