@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 
 	"hsmkms/audit"
 )
@@ -27,6 +29,7 @@ func auditCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("kmsctl audit verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cpFile := fs.String("checkpoints", "", "checkpoint file (default: LAST_FILE.checkpoints if it exists; \"none\" to skip)")
+	anchor := fs.String("anchor", "", "the store's anchor of the trail, SEQ:HASH (SELECT seq, hash FROM audit_anchors WHERE node = ...)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -46,6 +49,14 @@ func auditCmd(args []string, stdout, stderr io.Writer) error {
 		if _, err := os.Stat(*cpFile); err == nil {
 			fmt.Fprintf(stdout, "%s: %d checkpoints\n", *cpFile, len(cps))
 		}
+	}
+	if *anchor != "" {
+		seq, hash, ok := strings.Cut(*anchor, ":")
+		n, err := strconv.ParseUint(seq, 10, 64)
+		if !ok || err != nil || len(hash) != 64 {
+			return errors.New("audit verify: -anchor wants SEQ:HASH (a 64-digit hex hash)")
+		}
+		cps = append(cps, audit.Checkpoint{Node: "anchor", Seq: n, Hash: hash})
 	}
 	rep, err := audit.CheckTrail(files, cps)
 	if err != nil {
