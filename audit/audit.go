@@ -17,10 +17,11 @@
 //
 // The chain proves the order and integrity of the lines relative to each
 // other. It holds no secret, so someone able to rewrite the whole file can
-// recompute it; kmsd therefore logs the chain head (seq and hash) to its
-// operational log every minute and at shutdown, an anchor to compare
-// against. Truncation of the last lines is detected only against such an
-// anchor.
+// recompute it, and cutting the last lines leaves a valid chain: kmsd
+// therefore keeps the head in its store as an anchor and writes signed
+// checkpoints (anchor.go; cmd/kmsd/anchor.go), against which CheckTrail and
+// kmsd's start-up find a cut or rewritten trail. A rotated file's chain
+// continues the previous file's head (Options.Start).
 //
 // # Failure
 //
@@ -117,6 +118,24 @@ type Writer struct {
 	buf  []byte // the flusher's (only one at a time: writing != nil)
 	quit chan struct{}
 	wg   sync.WaitGroup
+
+	onCommit func() // Options.OnCommit
+}
+
+// Options tunes OpenWith. The zero value is Open's behaviour.
+type Options struct {
+	// Timeout is the longest Record waits for its line; 0 means
+	// DefaultTimeout.
+	Timeout time.Duration
+	// Start, used only when the file is empty or new, is the head the
+	// chain continues from: the first line gets seq Start.Seq+1 and prev
+	// Start.Hash. A rotated file continues the previous file's head; the
+	// zero Head starts a new chain.
+	Start Head
+	// OnCommit, if set, is called after every successful write(2) of a
+	// group of lines, without locks held, by the goroutine that wrote it:
+	// it must not block (kmsd signals its anchoring loop).
+	OnCommit func()
 }
 
 // Open opens (or creates, mode 0600) the audit file at path and continues
@@ -127,11 +146,22 @@ func Open(path string) (*Writer, error) { return OpenTimeout(path, DefaultTimeou
 
 // OpenTimeout is Open with the time Record waits for a line at most.
 func OpenTimeout(path string, timeout time.Duration) (*Writer, error) {
+	return OpenWith(path, Options{Timeout: timeout})
+}
+
+// OpenWith is Open with options.
+func OpenWith(path string, o Options) (*Writer, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Start.Hash == "" {
+		o.Start.Hash = zeroHash
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	w := &Writer{f: f, timeout: timeout, quit: make(chan struct{}), prev: zeroHash}
+	w := &Writer{f: f, timeout: o.Timeout, quit: make(chan struct{}), seq: o.Start.Seq, prev: o.Start.Hash, onCommit: o.OnCommit}
 	w.idle.L = &w.mu
 	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
 		w.size = st.Size()
@@ -277,6 +307,9 @@ func (w *Writer) commit(g *group) {
 	w.spare = g.events[:0]
 	g.events = nil
 	w.mu.Unlock()
+	if err == nil && w.onCommit != nil {
+		w.onCommit()
+	}
 }
 
 // end gives g its result unless the watchdog did first. w.mu is held.
@@ -449,9 +482,21 @@ type Problem struct {
 // seq or prev does not follow the line before it). It returns the number of
 // lines read. An empty slice means the chain is intact.
 func Verify(r io.Reader) (lines int, problems []Problem, err error) {
+	lines, _, problems, err = VerifyFrom(r, Head{}, nil)
+	return lines, problems, err
+}
+
+// VerifyFrom is Verify for a trail that continues the chain at start (the
+// head of the previous file of a rotated trail; the zero Head for the first
+// file). visit, if not nil, is called with every line whose own hash is
+// right. last is the head of the last line read (start if none).
+func VerifyFrom(r io.Reader, start Head, visit func(seq uint64, hash string)) (lines int, last Head, problems []Problem, err error) {
+	if start.Hash == "" {
+		start.Hash = zeroHash
+	}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	prevHash, prevSeq := zeroHash, uint64(0)
+	prevHash, prevSeq := start.Hash, start.Seq
 	first := true
 	for sc.Scan() {
 		lines++
@@ -463,9 +508,14 @@ func Verify(r io.Reader) (lines int, problems []Problem, err error) {
 			prevHash, prevSeq, first = h.Hash, h.Seq, false
 			continue
 		}
+		if visit != nil {
+			visit(h.Seq, h.Hash)
+		}
 		switch {
-		case first && (h.Seq != 1 || h.Prev != zeroHash):
+		case first && start.Seq == 0 && (h.Seq != 1 || h.Prev != zeroHash):
 			problems = append(problems, Problem{lines, fmt.Sprintf("the trail starts at seq %d, not at the start of a chain: lines deleted from the start", h.Seq)})
+		case first && (h.Seq != start.Seq+1 || h.Prev != start.Hash):
+			problems = append(problems, Problem{lines, fmt.Sprintf("the file starts at seq %d and does not continue the previous head (seq %d): lines deleted between the files", h.Seq, start.Seq)})
 		case !first && h.Seq != prevSeq+1:
 			problems = append(problems, Problem{lines, fmt.Sprintf("seq %d follows %d: lines deleted or reordered", h.Seq, prevSeq)})
 		case !first && h.Prev != prevHash:
@@ -473,7 +523,7 @@ func Verify(r io.Reader) (lines int, problems []Problem, err error) {
 		}
 		prevHash, prevSeq, first = h.Hash, h.Seq, false
 	}
-	return lines, problems, sc.Err()
+	return lines, Head{Seq: prevSeq, Hash: prevHash}, problems, sc.Err()
 }
 
 func sha256Sum(b []byte) string {

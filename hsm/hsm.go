@@ -25,7 +25,10 @@
 //   - ErrTokenNotFound: no token carries the configured label.
 package hsm
 
-import "errors"
+import (
+	"context"
+	"errors"
+)
 
 // Sentinel errors. See the package documentation for their meaning.
 var (
@@ -44,3 +47,32 @@ const (
 	IVBytes  = 12 // 96-bit IV, the only size NIST SP 800-38D recommends
 	TagBytes = 16 // 128-bit tag
 )
+
+// MACBytes is the size of a metadata MAC: HMAC-SHA-256.
+const MACBytes = 32
+
+// MACer computes and checks HMAC-SHA-256 message authentication codes
+// inside the token, under a dedicated generic-secret key that never leaves
+// it. The domain uses it to authenticate the metadata it keeps outside the
+// HSM (key and credential rows, intents, audit checkpoints), so that whoever
+// can write the database cannot forge a row.
+//
+// Implementations must be safe for concurrent use and keep no reference to
+// the slices they are given once a call returns. Errors wrap the sentinels
+// of this package: ErrKeyNotFound if the token has no such key,
+// ErrNotAuthentic if VerifyMAC finds the MAC wrong, ErrInvalidInput for
+// bad arguments, ErrBusy and ErrUnavailable as for every call.
+type MACer interface {
+	// GenerateMACKey creates a non-extractable, sensitive generic-secret
+	// token object of 32 bytes usable only to sign and verify
+	// (CKM_SHA256_HMAC), with CKA_ID objectID and CKA_LABEL label. It
+	// refuses (ErrInvalidInput) an objectID that a secret key on the
+	// token already has: callers look the key up first and never
+	// regenerate one that exists.
+	GenerateMACKey(ctx context.Context, objectID []byte, label string) error
+	// MAC returns the MACBytes-byte HMAC-SHA-256 of msg under objectID.
+	MAC(ctx context.Context, objectID, msg []byte) ([]byte, error)
+	// VerifyMAC checks mac against msg under objectID: nil if it matches,
+	// an error wrapping ErrNotAuthentic if it does not.
+	VerifyMAC(ctx context.Context, objectID, msg, mac []byte) error
+}

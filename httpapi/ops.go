@@ -294,6 +294,16 @@ func (s *Server) runReadyChecks() readyResult {
 	if status != http.StatusOK {
 		out["status"] = "not ready"
 	}
+	if s.cfg.Degraded != nil {
+		for name, n := range s.cfg.Degraded() {
+			if n > 0 {
+				out[name] = "degraded"
+				if status == http.StatusOK {
+					out["status"] = "degraded"
+				}
+			}
+		}
+	}
 	return readyResult{status: status, body: out}
 }
 

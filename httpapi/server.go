@@ -119,6 +119,11 @@ type Config struct {
 	// SignatureSync is how often signatures are published to and read
 	// from Signatures; 0 means DefaultSignatureSync.
 	SignatureSync time.Duration
+	// Degraded, if set, lists by name the conditions under which the node
+	// serves but an operator must act (a value of 0 means none): /readyz
+	// then answers 200 with status "degraded" and the names. kmsd reports
+	// "integrity": the number of stored rows failing their integrity check.
+	Degraded func() map[string]int
 }
 
 // Defaults of the admission limits.

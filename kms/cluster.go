@@ -174,7 +174,7 @@ func (s *Service) resyncAll(ctx context.Context) error {
 		return err
 	}
 	for _, r := range recs {
-		if err := s.installLocked(r); err != nil {
+		if err := s.installLocked(ctx, r); err != nil {
 			s.log.Error("kms: stored key is not servable", "key_id", r.ID, "err", err)
 		}
 	}
@@ -188,7 +188,7 @@ func (s *Service) resyncAll(ctx context.Context) error {
 	}
 	next := make(map[string]*credEntry, len(creds))
 	for _, r := range creds {
-		e, err := s.credEntryFor(ctx, r, old[r.SecretID])
+		e, err := s.credEntryChecked(ctx, r, old[r.SecretID])
 		if err != nil {
 			s.log.Error("kms: credential cannot be loaded; it will not authenticate", "secret_id", r.SecretID, "err", err)
 			continue
@@ -203,6 +203,11 @@ func (s *Service) resyncAll(ctx context.Context) error {
 		return errors.New("credentials changed during the resync")
 	}
 	s.creds = next
+	for id := range old {
+		if next[id] == nil {
+			s.clearIntegrity(KindCredential, id) // deleted
+		}
+	}
 	return nil
 }
 
@@ -219,13 +224,13 @@ func (s *Service) refreshKey(ctx context.Context, keyID string) error {
 	if err != nil {
 		return err
 	}
-	return s.installLocked(r)
+	return s.installLocked(ctx, r)
 }
 
 // installLocked makes the cache hold the stored record r, unless it
 // already does. writeMu is held.
-func (s *Service) installLocked(r store.Key) error {
-	_, err := s.adopt(r, false)
+func (s *Service) installLocked(ctx context.Context, r store.Key) error {
+	_, err := s.adopt(ctx, r, false)
 	return err
 }
 
@@ -235,7 +240,10 @@ func (s *Service) installLocked(r store.Key) error {
 // been published since r was read) it replaces only an entry with fewer
 // versions. The decision and the swap are atomic: if the entry changes
 // meanwhile, adopt decides again.
-func (s *Service) adopt(r store.Key, newerOnly bool) (*keyEntry, error) {
+//
+// The record is verified (integrity.go) before it replaces the entry; one
+// that fails is installed quarantined.
+func (s *Service) adopt(ctx context.Context, r store.Key, newerOnly bool) (*keyEntry, error) {
 	id, ok := parseKeyID(r.ID)
 	if !ok {
 		return nil, fmt.Errorf("key id %q is not a canonical UUID", r.ID)
@@ -246,7 +254,7 @@ func (s *Service) adopt(r store.Key, newerOnly bool) (*keyEntry, error) {
 			raiseReserved(cur, r)
 			return cur, nil
 		}
-		nk, err := newKeyEntry(r, cur)
+		nk, err := s.entryFor(ctx, r, cur)
 		if err != nil {
 			return nil, err
 		}
@@ -305,11 +313,12 @@ func raiseReserved(k *keyEntry, r store.Key) {
 // sameRecord reports whether a and b describe the same metadata and
 // versions.
 func sameRecord(a, b store.Key) bool {
-	if !sameMetadata(a, b) || len(a.Versions) != len(b.Versions) {
+	if !sameMetadata(a, b) || a.Gen != b.Gen || string(a.MAC) != string(b.MAC) || len(a.Versions) != len(b.Versions) {
 		return false
 	}
 	for i := range a.Versions {
-		if a.Versions[i].Number != b.Versions[i].Number || string(a.Versions[i].ObjectID) != string(b.Versions[i].ObjectID) {
+		if a.Versions[i].Number != b.Versions[i].Number || string(a.Versions[i].ObjectID) != string(b.Versions[i].ObjectID) ||
+			string(a.Versions[i].MAC) != string(b.Versions[i].MAC) {
 			return false
 		}
 	}
@@ -338,7 +347,7 @@ func (s *Service) readThrough(ctx context.Context, id uuid.UUID) (*keyEntry, err
 	}
 	// Without writeMu a local change may have been published since the
 	// read: install r only over an entry with fewer versions (or none).
-	return s.adopt(r, true)
+	return s.adopt(ctx, r, true)
 }
 
 // lockFresh returns the entry of key keyID to change, with a release
@@ -348,7 +357,13 @@ func (s *Service) readThrough(ctx context.Context, id uuid.UUID) (*keyEntry, err
 func (s *Service) lockFresh(ctx context.Context, keyID string) (*keyEntry, func(), error) {
 	if s.cluster == nil {
 		k, err := s.lookupLive(keyID)
-		return k, func() {}, err
+		if err == nil {
+			err = checkUsable(k)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return k, func() {}, nil
 	}
 	if _, ok := parseKeyID(keyID); !ok {
 		return nil, nil, ErrInvalidKeyID
@@ -363,13 +378,16 @@ func (s *Service) lockFresh(ctx context.Context, keyID string) (*keyEntry, func(
 		return nil, nil, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
 	}
 	if err == nil {
-		_, err = s.adopt(r, false)
+		_, err = s.adopt(ctx, r, false)
 	}
 	if err != nil {
 		unlock()
 		return nil, nil, storeErr("read key", err)
 	}
 	k, err := s.lookupLive(keyID)
+	if err == nil {
+		err = checkUsable(k)
+	}
 	if err != nil {
 		unlock()
 		return nil, nil, err

@@ -63,9 +63,10 @@ type credEntry struct {
 	cred    Credential
 	info    CredentialInfo
 	enabled bool
-	sealed  []byte // the stored sealed SecretKey it was unsealed from
-	// policyDoc is the stored policy document info.Policy was read from.
-	policyDoc string
+	sealed  []byte           // the stored sealed SecretKey it was unsealed from
+	rec     store.Credential // the stored record, as verified; info.Policy was read from rec.Policy
+	floor   uint64           // highest generation verified or written since start
+	suspect error            // why rec failed its integrity check; nil if it passed
 }
 
 // loadCredentials makes sure the credentials KEK exists on the token and
@@ -94,7 +95,7 @@ func (s *Service) loadCredentials(ctx context.Context) error {
 	}
 	creds := make(map[string]*credEntry, len(recs))
 	for _, r := range recs {
-		e, err := s.unsealCredential(ctx, r)
+		e, err := s.credEntryChecked(ctx, r, nil)
 		if err != nil {
 			s.log.Error("kms: credential cannot be loaded; it will not authenticate", "secret_id", r.SecretID, "err", err)
 			continue
@@ -122,11 +123,10 @@ func (s *Service) unsealCredential(ctx context.Context, r store.Credential) (*cr
 	}
 	info := CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol}
 	return &credEntry{
-		cred:      Credential{SecretID: r.SecretID, SecretKey: string(key), Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
-		info:      info,
-		enabled:   r.Enabled,
-		sealed:    r.SealedKey,
-		policyDoc: r.Policy,
+		cred:    Credential{SecretID: r.SecretID, SecretKey: string(key), Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
+		info:    info,
+		enabled: r.Enabled,
+		sealed:  r.SealedKey,
 	}, nil
 }
 
@@ -152,7 +152,7 @@ func (s *Service) credEntryFor(ctx context.Context, r store.Credential, old *cre
 		return s.unsealCredential(ctx, r)
 	}
 	pol := old.info.Policy
-	if old.policyDoc != r.Policy {
+	if old.rec.Policy != r.Policy {
 		var err error
 		if pol, err = s.storedPolicy(r); err != nil {
 			return nil, err
@@ -161,10 +161,9 @@ func (s *Service) credEntryFor(ctx context.Context, r store.Credential, old *cre
 	return &credEntry{
 		cred: Credential{SecretID: r.SecretID, SecretKey: old.cred.SecretKey,
 			Principal: &Principal{SecretID: r.SecretID, Name: r.Name, Policy: pol}},
-		info:      CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol},
-		enabled:   r.Enabled,
-		sealed:    r.SealedKey,
-		policyDoc: r.Policy,
+		info:    CredentialInfo{SecretID: r.SecretID, Name: r.Name, Enabled: r.Enabled, CreatedAt: r.CreatedAt, Policy: pol},
+		enabled: r.Enabled,
+		sealed:  r.SealedKey,
 	}, nil
 }
 
@@ -176,6 +175,7 @@ func (s *Service) refreshCredential(ctx context.Context, secretID string) error 
 		s.credMu.Lock()
 		delete(s.creds, secretID)
 		s.credMu.Unlock()
+		s.clearIntegrity(KindCredential, secretID)
 		return nil
 	}
 	if err != nil {
@@ -184,7 +184,7 @@ func (s *Service) refreshCredential(ctx context.Context, secretID string) error 
 	s.credMu.RLock()
 	old := s.creds[secretID]
 	s.credMu.RUnlock()
-	e, err := s.credEntryFor(ctx, r, old)
+	e, err := s.credEntryChecked(ctx, r, old)
 	if err != nil {
 		s.log.Error("kms: credential cannot be loaded; it will not authenticate", "secret_id", secretID, "err", err)
 		s.credMu.Lock()
@@ -273,7 +273,10 @@ func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey s
 	}
 	rec := store.Credential{
 		SecretID: secretID, Name: name, SealedKey: append(iv, sealed...), KEKObjectID: credKEKObjectID,
-		Policy: doc, Enabled: true, CreatedAt: s.now().UTC(),
+		Policy: doc, Enabled: true, CreatedAt: s.now().UTC(), Gen: 1,
+	}
+	if err := s.sealCred(ctx, &rec); err != nil {
+		return CredentialInfo{}, err
 	}
 	if err := s.store.CreateCredential(ctx, rec); err != nil {
 		if errors.Is(err, store.ErrCredentialExists) {
@@ -283,11 +286,12 @@ func (s *Service) addCredential(ctx context.Context, name, secretID, secretKey s
 	}
 	info := CredentialInfo{SecretID: secretID, Name: name, Enabled: true, CreatedAt: rec.CreatedAt, Policy: policy}
 	e := &credEntry{
-		cred:      Credential{SecretID: secretID, SecretKey: secretKey, Principal: &Principal{SecretID: secretID, Name: name, Policy: policy}},
-		info:      info,
-		enabled:   true,
-		sealed:    rec.SealedKey,
-		policyDoc: doc,
+		cred:    Credential{SecretID: secretID, SecretKey: secretKey, Principal: &Principal{SecretID: secretID, Name: name, Policy: policy}},
+		info:    info,
+		enabled: true,
+		sealed:  rec.SealedKey,
+		rec:     rec,
+		floor:   rec.Gen,
 	}
 	s.credMu.Lock()
 	s.creds[secretID] = e
@@ -332,12 +336,10 @@ func (s *Service) SetCredentialEnabled(ctx context.Context, secretID string, ena
 	if err := authorize(ctx, action, "*"); err != nil {
 		return err
 	}
-	return s.changeCredential(ctx, secretID, func(e credEntry) (credEntry, error) {
-		if err := s.store.SetCredentialEnabled(ctx, secretID, enabled); err != nil {
-			return e, err
-		}
+	return s.changeCredential(ctx, secretID, func(e credEntry, r *store.Credential) credEntry {
+		r.Enabled = enabled
 		e.enabled, e.info.Enabled = enabled, enabled
-		return e, nil
+		return e
 	})
 }
 
@@ -354,15 +356,13 @@ func (s *Service) UpdateCredentialPolicy(ctx context.Context, secretID string, p
 	if err != nil {
 		return err
 	}
-	return s.changeCredential(ctx, secretID, func(e credEntry) (credEntry, error) {
-		if err := s.store.SetCredentialPolicy(ctx, secretID, doc); err != nil {
-			return e, err
-		}
-		e.info.Policy, e.policyDoc = policy, doc
+	return s.changeCredential(ctx, secretID, func(e credEntry, r *store.Credential) credEntry {
+		r.Policy = doc
+		e.info.Policy = policy
 		p := *e.cred.Principal
 		p.Policy = policy
 		e.cred.Principal = &p
-		return e, nil
+		return e
 	})
 }
 
@@ -380,6 +380,7 @@ func (s *Service) DeleteCredential(ctx context.Context, secretID string) error {
 		}
 		delete(s.creds, secretID)
 		s.credGen++
+		s.clearIntegrity(KindCredential, secretID) // a deleted row is obeyed by nobody
 		s.log.Info("kms: credential deleted", "secret_id", secretID)
 		return nil
 	})
@@ -456,18 +457,30 @@ func (s *Service) manageCredential(ctx context.Context, secretID string, f func(
 	return fmt.Errorf("%w: the credential %s is being changed concurrently; retry", ErrBusy, secretID)
 }
 
-// changeCredential applies f to a copy of the cached entry (see
-// manageCredential) and publishes the result, so a change is visible to
-// the next request.
-func (s *Service) changeCredential(ctx context.Context, secretID string, f func(credEntry) (credEntry, error)) error {
+// changeCredential applies f to a copy of the cached entry and of its
+// stored record (see manageCredential), writes the record (next
+// generation, sealed) and publishes the result, so a change is visible to
+// the next request. A credential whose stored row failed its integrity
+// check is not changed (ErrCredentialNotFound wrapping ErrIntegrity): only
+// a reseal makes it count again.
+func (s *Service) changeCredential(ctx context.Context, secretID string, f func(credEntry, *store.Credential) credEntry) error {
 	return s.manageCredential(ctx, secretID, func(e *credEntry) error {
-		ne, err := f(*e)
-		if err != nil {
+		if e.suspect != nil {
+			return fmt.Errorf("%w: %s: %w", ErrCredentialNotFound, secretID, e.suspect)
+		}
+		r := e.rec
+		ne := f(*e, &r)
+		r.Gen = max(e.rec.Gen, e.floor) + 1
+		if err := s.sealCred(ctx, &r); err != nil {
+			return err
+		}
+		if err := s.store.UpdateCredential(ctx, r); err != nil {
 			if errors.Is(err, store.ErrNotFound) {
 				return fmt.Errorf("%w: %s", ErrCredentialNotFound, secretID)
 			}
 			return storeErr("change credential", err)
 		}
+		ne.rec, ne.floor = r, r.Gen
 		s.creds[secretID] = &ne
 		s.credGen++
 		s.log.Info("kms: credential changed", "secret_id", secretID, "enabled", ne.enabled)

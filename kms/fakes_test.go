@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"slices"
 	"sort"
@@ -21,6 +23,7 @@ type fakeHSM struct {
 	mu      sync.Mutex
 	objects map[string]cipher.AEAD
 	labels  map[string]string
+	macKeys map[string][]byte // HMAC-SHA-256 keys (GenerateMACKey)
 
 	// Hooks; nil means succeed. genAfter runs after the object is created
 	// (to simulate a failure reported after the token acted).
@@ -28,7 +31,45 @@ type fakeHSM struct {
 }
 
 func newFakeHSM() *fakeHSM {
-	return &fakeHSM{objects: map[string]cipher.AEAD{}, labels: map[string]string{}}
+	return &fakeHSM{objects: map[string]cipher.AEAD{}, labels: map[string]string{}, macKeys: map[string][]byte{}}
+}
+
+func (f *fakeHSM) GenerateMACKey(ctx context.Context, objectID []byte, label string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, dup := f.macKeys[string(objectID)]; dup {
+		return fmt.Errorf("%w: duplicate object id", hsm.ErrInvalidInput)
+	}
+	if _, dup := f.objects[string(objectID)]; dup {
+		return fmt.Errorf("%w: duplicate object id", hsm.ErrInvalidInput)
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	f.macKeys[string(objectID)] = key
+	return nil
+}
+
+func (f *fakeHSM) MAC(ctx context.Context, objectID, msg []byte) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key, ok := f.macKeys[string(objectID)]
+	if !ok {
+		return nil, fmt.Errorf("%w: %x", hsm.ErrKeyNotFound, objectID)
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write(msg)
+	return m.Sum(nil), nil
+}
+
+func (f *fakeHSM) VerifyMAC(ctx context.Context, objectID, msg, mac []byte) error {
+	want, err := f.MAC(ctx, objectID, msg)
+	if err != nil {
+		return err
+	}
+	if !hmac.Equal(want, mac) {
+		return hsm.ErrNotAuthentic
+	}
+	return nil
 }
 
 func call(f func() error) error {
@@ -132,6 +173,9 @@ func (f *fakeHSM) KeyIDs(ctx context.Context) ([][]byte, error) {
 	for id := range f.objects {
 		out = append(out, []byte(id))
 	}
+	for id := range f.macKeys {
+		out = append(out, []byte(id))
+	}
 	sort.Slice(out, func(i, j int) bool { return string(out[i]) < string(out[j]) })
 	return out, nil
 }
@@ -177,6 +221,40 @@ type fakeStore struct {
 	reserveCalls          int
 
 	creds map[string]store.Credential
+
+	// sealer, when set, seals what the test helpers put, setState and
+	// addIntent write, as the service would have (the tests simulate
+	// crashes and earlier states, not tampering).
+	sealer *fakeHSM
+}
+
+// sealLocked re-seals k at the next generation if a sealer is set and has
+// the MAC key.
+func (s *fakeStore) sealLocked(k *store.Key) {
+	if s.sealer == nil {
+		return
+	}
+	ctx := context.Background()
+	for i := range k.Versions {
+		m, err := s.sealer.MAC(ctx, macKeyObjectID, versionMsg(k.ID, k.Versions[i]))
+		if err != nil {
+			return
+		}
+		k.Versions[i].MAC = m
+	}
+	k.Gen++
+	k.MAC, _ = s.sealer.MAC(ctx, macKeyObjectID, keyMsg(*k))
+}
+
+// addIntent records a sealed intent, as the service would.
+func (s *fakeStore) addIntent(p store.PendingObject) {
+	if s.sealer != nil {
+		p.MAC, _ = s.sealer.MAC(context.Background(), macKeyObjectID, intentMsg(p))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p.ObjectID = slices.Clone(p.ObjectID)
+	s.pending[string(p.ObjectID)] = p
 }
 
 func newFakeStore() *fakeStore {
@@ -203,12 +281,49 @@ func (s *fakeStore) ListCredentials(ctx context.Context) ([]store.Credential, er
 	return out, nil
 }
 
-func (s *fakeStore) SetCredentialEnabled(ctx context.Context, id string, enabled bool) error {
-	return s.updateCred(id, func(c *store.Credential) { c.Enabled = enabled })
+func (s *fakeStore) UpdateCredential(ctx context.Context, n store.Credential) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.creds[n.SecretID]
+	if !ok {
+		return store.ErrNotFound
+	}
+	if c.Gen >= n.Gen {
+		return store.ErrStale
+	}
+	c.Name, c.Policy, c.Enabled, c.Gen, c.MAC = n.Name, n.Policy, n.Enabled, n.Gen, n.MAC
+	s.creds[n.SecretID] = c
+	return nil
 }
 
-func (s *fakeStore) SetCredentialPolicy(ctx context.Context, id, policy string) error {
-	return s.updateCred(id, func(c *store.Credential) { c.Policy = policy })
+func (s *fakeStore) SetVersionMAC(ctx context.Context, keyID string, number uint32, mac []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[keyID]
+	if !ok {
+		return store.ErrNotFound
+	}
+	k = cloneKey(k)
+	for i := range k.Versions {
+		if k.Versions[i].Number == number {
+			k.Versions[i].MAC = mac
+			s.keys[keyID] = k
+			return nil
+		}
+	}
+	return store.ErrNotFound
+}
+
+func (s *fakeStore) SetPendingMAC(ctx context.Context, objectID, mac []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pending[string(objectID)]
+	if !ok {
+		return store.ErrNotFound
+	}
+	p.MAC = mac
+	s.pending[string(objectID)] = p
+	return nil
 }
 
 func (s *fakeStore) DeleteCredential(ctx context.Context, id string) error {
@@ -346,15 +461,18 @@ func (s *fakeStore) pendingCount() int {
 func (s *fakeStore) setState(id, state string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := s.keys[id]
+	k := cloneKey(s.keys[id])
 	k.State = state
+	s.sealLocked(&k)
 	s.keys[id] = k
 }
 
 func (s *fakeStore) put(k store.Key) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.keys[k.ID] = cloneKey(k)
+	k = cloneKey(k)
+	s.sealLocked(&k)
+	s.keys[k.ID] = k
 }
 
 var (
@@ -381,17 +499,26 @@ func (s *fakeStore) UpdateKey(ctx context.Context, k store.Key) error {
 	}
 	old.Alias, old.Description, old.State, old.DeletionDate = k.Alias, k.Description, k.State, k.DeletionDate
 	old.RotationEnabled, old.RotateDays, old.LastRotatedAt = k.RotationEnabled, k.RotateDays, k.LastRotatedAt
+	if old.Gen >= k.Gen {
+		return store.ErrStale
+	}
+	old.Gen, old.MAC = k.Gen, k.MAC
 	s.keys[k.ID] = old
 	return nil
 }
 
-func (s *fakeStore) AddVersion(ctx context.Context, keyID string, v store.Version) error {
+func (s *fakeStore) AddVersion(ctx context.Context, nk store.Key, v store.Version) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	keyID := nk.ID
 	k, ok := s.keys[keyID]
 	if !ok {
 		return store.ErrNotFound
 	}
+	if k.Gen >= nk.Gen {
+		return store.ErrStale
+	}
+	k.Gen, k.MAC = nk.Gen, nk.MAC
 	if v.Number != k.Versions[len(k.Versions)-1].Number+1 {
 		return fmt.Errorf("version %d out of order", v.Number)
 	}

@@ -325,7 +325,7 @@ func TestIntegrationCrashAfterGenerate(t *testing.T) {
 	objectID := make([]byte, 16)
 	rand.Read(objectID)
 	keyID := uuid.NewString()
-	if err := r.st.AddPendingObject(ctx, store.PendingObject{ObjectID: objectID, KeyID: keyID, Version: 1, CreatedAt: time.Now()}); err != nil {
+	if err := r.st.AddPendingObject(ctx, sealIntent(t, r.h, store.PendingObject{ObjectID: objectID, KeyID: keyID, Version: 1, CreatedAt: time.Now()})); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.h.GenerateKey(ctx, objectID, keyID+"/v1"); err != nil {
@@ -334,7 +334,7 @@ func TestIntegrationCrashAfterGenerate(t *testing.T) {
 	// A crash right after the intent, before GenerateKey.
 	never := make([]byte, 16)
 	rand.Read(never)
-	if err := r.st.AddPendingObject(ctx, store.PendingObject{ObjectID: never, KeyID: uuid.NewString(), Version: 1, CreatedAt: time.Now()}); err != nil {
+	if err := r.st.AddPendingObject(ctx, sealIntent(t, r.h, store.PendingObject{ObjectID: never, KeyID: uuid.NewString(), Version: 1, CreatedAt: time.Now()})); err != nil {
 		t.Fatal(err)
 	}
 	if !r.tokenHas(objectID) {
@@ -381,7 +381,7 @@ func TestIntegrationRecoverReport(t *testing.T) {
 	obj := r.objectOf(k.KeyID)
 
 	// Intent re-added for a committed object: Recover drops only the intent.
-	if err := r.st.AddPendingObject(ctx, store.PendingObject{ObjectID: obj, KeyID: k.KeyID, Version: 1, CreatedAt: time.Now()}); err != nil {
+	if err := r.st.AddPendingObject(ctx, sealIntent(t, r.h, store.PendingObject{ObjectID: obj, KeyID: k.KeyID, Version: 1, CreatedAt: time.Now()})); err != nil {
 		t.Fatal(err)
 	}
 	// An orphan: a token object of ours with no metadata.
@@ -432,7 +432,7 @@ func TestIntegrationAliasAndLimit(t *testing.T) {
 		t.Fatalf("limit: %v", err)
 	}
 	ids, err := r.h.KeyIDs(ctx)
-	if err != nil || len(ids) != 2+1 { // two CMKs and the credentials key
+	if err != nil || len(ids) != 2+2 { // two CMKs, the credentials key and the metadata MAC key
 		t.Fatalf("token objects %d %v", len(ids), err)
 	}
 	pending, _ := r.st.PendingObjects(ctx)
@@ -561,4 +561,14 @@ func TestIntegrationWorkingCopiesDropped(t *testing.T) {
 	if n := copies(); n != 1 {
 		t.Fatalf("%d copies after DisableKey of a rotated key, want 1", n)
 	}
+}
+
+// sealIntent returns p sealed as the service would have written it.
+func sealIntent(t *testing.T, h kms.HSM, p store.PendingObject) store.PendingObject {
+	t.Helper()
+	p, err := kms.SealIntentForTest(context.Background(), h, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

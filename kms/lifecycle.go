@@ -345,7 +345,8 @@ func (s *Service) applyLocked(ctx context.Context, action string, k *keyEntry, f
 	if sameMetadata(r, k.rec) {
 		return k.meta, nil
 	}
-	if err := s.store.UpdateKey(ctx, r); err != nil {
+	r, err := s.writeKey(ctx, k, r)
+	if err != nil {
 		if errors.Is(err, store.ErrAliasExists) {
 			return KeyMetadata{}, fmt.Errorf("%w: %q", ErrAliasExists, r.Alias)
 		}

@@ -102,6 +102,28 @@ func (s *Service) purge(ctx context.Context, keyID string) (bool, error) {
 		return false, nil
 	}
 	log := s.log.With("key_id", keyID)
+	// Destroying token objects cannot be undone: act only on what the
+	// store holds now, verified, and identical to the cached entry.
+	fresh, err := s.store.GetKey(ctx, keyID)
+	if err != nil {
+		return false, storeErr("purge", err)
+	}
+	if err := s.checkKey(ctx, fresh, k.floor); err != nil {
+		if errors.Is(err, ErrIntegrity) {
+			s.reportIntegrity(KindKey, keyID, err)
+		}
+		return false, fmt.Errorf("kms: purge %s refused: %w", keyID, err)
+	}
+	if !sameRecord(fresh, k.rec) {
+		return false, fmt.Errorf("kms: purge %s: the stored key differs from the cached one; retrying at the next pass", keyID)
+	}
+	for _, v := range k.versions {
+		if reservedObject(v.objectID) {
+			err := fmt.Errorf("%w: key %s names a reserved token object", ErrIntegrity, keyID)
+			s.reportIntegrity(KindKey, keyID, err)
+			return false, fmt.Errorf("kms: purge %s refused: %w", keyID, err)
+		}
+	}
 	for i, v := range k.versions {
 		if err := s.hsm.DestroyKey(ctx, v.objectID); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
 			return false, fmt.Errorf("kms: purge %s: %w", keyID, s.hsmErr(s.versionLog(k, &k.versions[i]), "purge", err))
@@ -113,7 +135,8 @@ func (s *Service) purge(ctx context.Context, keyID string) (bool, error) {
 	r.State = StateDeleted
 	r.DeletionDate = now
 	r.RotationEnabled = false
-	if err := s.store.UpdateKey(ctx, r); err != nil {
+	r, err = s.writeKey(ctx, k, r)
+	if err != nil {
 		log.Error("kms: purge: token objects destroyed but the tombstone was not written; retrying at the next pass", "err", err)
 		return false, storeErr("purge", err)
 	}

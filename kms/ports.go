@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 
+	"hsmkms/hsm"
 	"hsmkms/store"
 )
 
@@ -14,6 +15,8 @@ import (
 // Implementations keep no reference to the byte slices they are given
 // (object ids, plaintexts, AAD) once a call returns: callers reuse them.
 type HSM interface {
+	// MACer computes and checks the MACs of the metadata (integrity.go).
+	hsm.MACer
 	// GenerateKey creates a non-extractable AES-256 token object whose
 	// CKA_ID is objectID and whose CKA_LABEL is label.
 	GenerateKey(ctx context.Context, objectID []byte, label string) error
@@ -46,15 +49,22 @@ type Store interface {
 	// store.ErrAliasExists.
 	UpdateKey(ctx context.Context, k store.Key) error
 	// AddVersion commits a new key version, deletes its pending object and
-	// sets the key's LastRotatedAt, atomically; store.ErrNotFound.
-	AddVersion(ctx context.Context, keyID string, v store.Version) error
+	// sets the key's LastRotatedAt, generation and MAC (those of k),
+	// atomically; store.ErrNotFound, store.ErrStale.
+	AddVersion(ctx context.Context, k store.Key, v store.Version) error
+	// SetVersionMAC replaces the MAC of a key version (reseal).
+	SetVersionMAC(ctx context.Context, keyID string, number uint32, mac []byte) error
+	// SetPendingMAC replaces the MAC of an intent (reseal).
+	SetPendingMAC(ctx context.Context, objectID, mac []byte) error
 	// ReserveUsage durably raises a version's usage reservation to upTo
 	// (never lowers it); store.ErrNotFound.
 	ReserveUsage(ctx context.Context, keyID string, version uint32, upTo uint64) error
 
 	CreateCredential(ctx context.Context, c store.Credential) error
 	ListCredentials(ctx context.Context) ([]store.Credential, error)
-	SetCredentialEnabled(ctx context.Context, secretID string, enabled bool) error
-	SetCredentialPolicy(ctx context.Context, secretID, policy string) error
+	// UpdateCredential writes a credential's name, policy, enabled flag,
+	// generation and MAC if the stored generation is lower;
+	// store.ErrNotFound, store.ErrStale.
+	UpdateCredential(ctx context.Context, c store.Credential) error
 	DeleteCredential(ctx context.Context, secretID string) error
 }

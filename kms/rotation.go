@@ -71,7 +71,7 @@ func (s *Service) rotateLocked(ctx context.Context, k *keyEntry, reason string) 
 	log := s.log.With("key_id", k.meta.KeyID, "version", next, "object_id", fmt.Sprintf("%x", objectID))
 
 	// 1. Durable intent.
-	if err := s.store.AddPendingObject(ctx, store.PendingObject{
+	if err := s.addIntent(ctx, store.PendingObject{
 		ObjectID: objectID, KeyID: k.meta.KeyID, Version: next, CreatedAt: now,
 	}); err != nil {
 		log.Error("kms: rotate key: recording intent failed", "err", err)
@@ -88,7 +88,16 @@ func (s *Service) rotateLocked(ctx context.Context, k *keyEntry, reason string) 
 
 	// 3. Commit.
 	v := store.Version{Number: next, ObjectID: objectID, CreatedAt: now}
-	if err := s.store.AddVersion(ctx, k.meta.KeyID, v); err != nil {
+	r := k.rec
+	r.Versions = append(slices.Clip(slices.Clone(r.Versions)), v)
+	r.LastRotatedAt = now
+	r.Gen = max(k.rec.Gen, k.floor) + 1
+	if err := s.sealKey(ctx, &r); err != nil {
+		s.rollback(ctx, log, objectID)
+		return nil, err
+	}
+	v = r.Versions[len(r.Versions)-1]
+	if err := s.store.AddVersion(ctx, r, v); err != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		got, gerr := s.store.GetKey(cctx, k.meta.KeyID)
 		cancel()
@@ -107,9 +116,6 @@ func (s *Service) rotateLocked(ctx context.Context, k *keyEntry, reason string) 
 	}
 
 	// 4. Publish.
-	r := k.rec
-	r.Versions = append(slices.Clip(slices.Clone(r.Versions)), v)
-	r.LastRotatedAt = now
 	nk, err := newKeyEntry(r, k)
 	if err != nil {
 		log.Error("kms: rotate key: committed key is not servable", "err", err)

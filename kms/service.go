@@ -55,6 +55,10 @@ type Config struct {
 	// "purge:destroyed-all"). Crash tests use it to kill the process at a
 	// chosen point; production leaves it nil.
 	FaultPoint func(point string)
+	// OnIntegrityFailure, if set, is called (synchronously, without locks
+	// held) for every stored row newly found failing its integrity check
+	// (see integrity.go); kmsd records it in the audit trail.
+	OnIntegrityFailure func(IntegrityFailure)
 }
 
 // CreateKeyInput is the request of CreateKey.
@@ -180,6 +184,8 @@ type Service struct {
 	credGen uint64                // bumped by every local credential change; guarded by credMu
 
 	cluster *clusterState // nil unless the store is a SharedStore (cluster.go)
+
+	integ integrity // rows failing their integrity check (integrity.go)
 }
 
 // keyEntry is the cached metadata of one key. It is immutable once
@@ -189,6 +195,12 @@ type keyEntry struct {
 	meta     KeyMetadata
 	rec      store.Key      // the stored record the entry was made from; Versions shared, never modified
 	versions []versionEntry // ascending by number, never empty
+	// floor is the highest generation of the key verified (or written)
+	// since the Service started: a stored record below it is a rollback.
+	floor uint64
+	// suspect is why the record failed its integrity check; nil if it
+	// passed. A suspect entry is served as Disabled and never changed.
+	suspect error
 }
 
 type versionEntry struct {
@@ -225,7 +237,7 @@ func newKeyEntry(r store.Key, prev *keyEntry) (*keyEntry, error) {
 	if len(r.Versions) == 0 {
 		return nil, fmt.Errorf("key %s has no versions", r.ID)
 	}
-	k := &keyEntry{id: id, rec: r, versions: make([]versionEntry, len(r.Versions))}
+	k := &keyEntry{id: id, rec: r, versions: make([]versionEntry, len(r.Versions)), floor: r.Gen}
 	for i, v := range r.Versions {
 		if v.Number == 0 || (i > 0 && v.Number <= r.Versions[i-1].Number) {
 			return nil, fmt.Errorf("key %s: versions not ascending from 1", r.ID)
@@ -313,6 +325,7 @@ func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
 		keys:       make(map[uuid.UUID]*keyEntry),
 		aliases:    make(map[string]uuid.UUID),
 		reserved:   make(map[string]struct{}),
+		integ:      integrity{failing: make(map[string]IntegrityFailure), hook: cfg.OnIntegrityFailure},
 	}
 	if svc.log == nil {
 		svc.log = slog.Default()
@@ -349,12 +362,25 @@ func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
 		}
 		svc.cluster.synced.Store(svc.now().UnixNano())
 	}
+	created, err := svc.ensureMACKey(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("kms: New: %w", err)
+	}
+	if created {
+		// The first start with metadata MACs (the HSM says so): seal the
+		// rows an older release wrote.
+		n, err := svc.sealUnsealed(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("kms: New: seal the existing metadata: %w", err)
+		}
+		svc.log.Warn("kms: upgrade: computed the MACs of every stored row written before metadata MACs existed", "rows", n)
+	}
 	recs, err := s.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("kms: New: load keys: %w", err)
 	}
 	for _, r := range recs {
-		k, err := newKeyEntry(r, nil)
+		k, err := svc.entryFor(ctx, r, nil)
 		if err != nil {
 			return nil, fmt.Errorf("kms: New: %w", err)
 		}
@@ -362,11 +388,11 @@ func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
 			return nil, fmt.Errorf("kms: New: duplicate key %s", r.ID)
 		}
 		svc.keys[k.id] = k
-		if r.State == StateDeleted {
+		if k.meta.KeyState == StateDeleted {
 			continue
 		}
 		svc.live++
-		if r.Alias == "" {
+		if k.meta.Alias == "" {
 			continue
 		}
 		if other, dup := svc.aliases[r.Alias]; dup {
@@ -542,7 +568,7 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 	log := s.log.With("key_id", keyID, "object_id", fmt.Sprintf("%x", objectID))
 
 	// 1. Durable intent.
-	if err := s.store.AddPendingObject(ctx, store.PendingObject{
+	if err := s.addIntent(ctx, store.PendingObject{
 		ObjectID: objectID, KeyID: keyID, Version: 1, CreatedAt: now,
 	}); err != nil {
 		log.Error("kms: create key: recording intent failed", "err", err)
@@ -568,6 +594,11 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		Origin:      OriginTencentKMS,
 		CreatedAt:   now,
 		Versions:    []store.Version{{Number: 1, ObjectID: objectID, CreatedAt: now}},
+		Gen:         1,
+	}
+	if err := s.sealKey(ctx, &rec); err != nil {
+		s.rollback(ctx, log, objectID)
+		return KeyMetadata{}, err
 	}
 	if err := s.store.CreateKey(ctx, rec); err != nil {
 		if errors.Is(err, store.ErrAliasExists) {
@@ -666,6 +697,23 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 	unresolved := make(map[string]bool)
 	for _, p := range pending {
 		log := s.log.With("key_id", p.KeyID, "version", p.Version, "object_id", fmt.Sprintf("%x", p.ObjectID))
+		// An intent may make Recover destroy a token object: obey only
+		// one that verifies and names no object of the service's own.
+		err := s.verify(ctx, fmt.Sprintf("intent %x", p.ObjectID), intentMsg(p), p.MAC)
+		if err == nil && reservedObject(p.ObjectID) {
+			err = fmt.Errorf("%w: intent %x names a reserved token object", ErrIntegrity, p.ObjectID)
+		}
+		if errors.Is(err, ErrIntegrity) {
+			s.reportIntegrity(KindIntent, fmt.Sprintf("%x", p.ObjectID), err)
+		}
+		if err != nil {
+			log.Error("kms: recover: intent not acted on", "err", err)
+			rep.Unresolved = append(rep.Unresolved, p.ObjectID)
+			unresolved[string(p.ObjectID)] = true
+			errs = append(errs, err)
+			continue
+		}
+		s.clearIntegrity(KindIntent, fmt.Sprintf("%x", p.ObjectID))
 		committed, err := s.resolveIntent(ctx, p)
 		if err != nil {
 			log.Error("kms: recover: intent unresolved", "err", err)
@@ -733,6 +781,7 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 		}
 	}
 	knownSet[string(credKEKObjectID)] = true
+	knownSet[string(macKeyObjectID)] = true
 	for _, id := range onToken {
 		if knownSet[string(id)] || unresolved[string(id)] {
 			continue

@@ -49,6 +49,7 @@ type env struct {
 func newEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
 	e := &env{h: newFakeHSM(), st: newFakeStore(), log: &syncBuffer{}}
+	e.st.sealer = e.h
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -658,15 +659,15 @@ func TestRecover(t *testing.T) {
 
 	// 1. Crash after CreateKey committed but before the intent went away
 	// (cannot happen with a transactional store, but Recover must cope).
-	e.st.AddPendingObject(ctx, store.PendingObject{ObjectID: rec.Versions[0].ObjectID, KeyID: k.KeyID, Version: 1})
+	e.st.addIntent(store.PendingObject{ObjectID: rec.Versions[0].ObjectID, KeyID: k.KeyID, Version: 1})
 	// 2. Crash after GenerateKey, before the commit.
 	crashed := []byte("crashed-object-1")
 	crashedKey := uuid.NewString()
-	e.st.AddPendingObject(ctx, store.PendingObject{ObjectID: crashed, KeyID: crashedKey, Version: 1})
+	e.st.addIntent(store.PendingObject{ObjectID: crashed, KeyID: crashedKey, Version: 1})
 	e.h.GenerateKey(ctx, crashed, crashedKey+"/v1")
 	// 3. Crash after the intent, before GenerateKey.
 	never := []byte("never-created-01")
-	e.st.AddPendingObject(ctx, store.PendingObject{ObjectID: never, KeyID: uuid.NewString(), Version: 1})
+	e.st.addIntent(store.PendingObject{ObjectID: never, KeyID: uuid.NewString(), Version: 1})
 	// 4. An orphan: on the token, unknown to the store.
 	orphan := []byte("orphan-object-01")
 	e.h.GenerateKey(ctx, orphan, "x/v1")
@@ -721,7 +722,7 @@ func TestRecoverFailures(t *testing.T) {
 	ctx := adminCtx
 	e := newEnv(t, Config{})
 	obj := []byte("pending-object-1")
-	e.st.AddPendingObject(ctx, store.PendingObject{ObjectID: obj, KeyID: uuid.NewString(), Version: 1})
+	e.st.addIntent(store.PendingObject{ObjectID: obj, KeyID: uuid.NewString(), Version: 1})
 	e.h.GenerateKey(ctx, obj, "x")
 	e.h.destroyErr = func() error { return hsm.ErrUnavailable }
 	rep, err := e.svc.Recover(ctx)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"hsmkms/kms"
 	"hsmkms/store"
+	"hsmkms/store/pgtest"
 )
 
 // storeHarness adapts one kms.Store implementation to the conformance suite
@@ -301,7 +303,7 @@ func testStore(t *testing.T, h storeHarness) {
 			t.Fatalf("PendingObjects on empty store = %#v, want empty non-nil", got)
 		}
 		ps := []store.PendingObject{
-			{ObjectID: []byte("p-late"), KeyID: keyID(1), Version: 2, CreatedAt: baseTime.Add(2 * time.Second)},
+			{ObjectID: []byte("p-late"), KeyID: keyID(1), Version: 2, CreatedAt: baseTime.Add(2 * time.Second), MAC: []byte("mac-late")},
 			{ObjectID: []byte("p-early"), KeyID: keyID(1), Version: 1, CreatedAt: baseTime.In(time.FixedZone("W", -7*3600))},
 			{ObjectID: []byte{0xff, 0x00}, KeyID: keyID(2), Version: 4294967295, CreatedAt: baseTime.Add(time.Second + 1)},
 		}
@@ -311,6 +313,16 @@ func testStore(t *testing.T, h storeHarness) {
 			}
 		}
 		want := []store.PendingObject{ps[1], ps[2], ps[0]} // oldest first
+		assertPending(t, mustPending(t, s), want)
+		// An administrator's reseal replaces a MAC.
+		if err := s.SetPendingMAC(ctx, ps[1].ObjectID, []byte("resealed")); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetPendingMAC(ctx, []byte("absent"), []byte("x")); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("SetPendingMAC of an absent intent: %v, want ErrNotFound", err)
+		}
+		want[0].MAC = []byte("resealed")
+		ps[1].MAC = want[0].MAC
 		assertPending(t, mustPending(t, s), want)
 
 		if err := s.AddPendingObject(ctx, ps[0]); err == nil {
@@ -594,15 +606,26 @@ func testStore(t *testing.T, h storeHarness) {
 		if err := s.CreateCredential(ctx, c1); !errors.Is(err, store.ErrCredentialExists) {
 			t.Fatalf("duplicate: %v, want ErrCredentialExists", err)
 		}
-		if err := s.SetCredentialEnabled(ctx, "AKIDone", false); err != nil {
+		u1 := c1
+		u1.Enabled, u1.Gen, u1.MAC = false, 1, []byte("mac-1")
+		if err := s.UpdateCredential(ctx, u1); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.SetCredentialPolicy(ctx, "AKIDtwo", `{"version":"2.0","statement":[]}`); err != nil {
+		u2 := c2
+		u2.Policy, u2.Name, u2.Gen, u2.MAC = `{"version":"2.0","statement":[]}`, "two-b", 5, []byte("mac-2")
+		if err := s.UpdateCredential(ctx, u2); err != nil {
 			t.Fatal(err)
 		}
+		// A generation that is not higher than the stored one is refused.
+		stale := u2
+		stale.Policy, stale.Gen = "{}", 5
+		if err := s.UpdateCredential(ctx, stale); !errors.Is(err, store.ErrStale) {
+			t.Fatalf("stale generation: %v, want ErrStale", err)
+		}
+		none := c1
+		none.SecretID, none.Gen = "AKIDnone", 1
 		for _, err := range []error{
-			s.SetCredentialEnabled(ctx, "AKIDnone", true),
-			s.SetCredentialPolicy(ctx, "AKIDnone", "{}"),
+			s.UpdateCredential(ctx, none),
 			s.DeleteCredential(ctx, "AKIDnone"),
 		} {
 			if !errors.Is(err, store.ErrNotFound) {
@@ -615,12 +638,11 @@ func testStore(t *testing.T, h storeHarness) {
 		if err != nil || len(got) != 2 {
 			t.Fatalf("list: %d %v", len(got), err)
 		}
-		c1.Enabled = false
-		c2.Policy = `{"version":"2.0","statement":[]}`
-		for i, want := range []store.Credential{c1, c2} {
+		for i, want := range []store.Credential{u1, u2} {
 			g := got[i]
 			if g.SecretID != want.SecretID || g.Name != want.Name || !bytes.Equal(g.SealedKey, want.SealedKey) ||
-				!bytes.Equal(g.KEKObjectID, want.KEKObjectID) || g.Policy != want.Policy || g.Enabled != want.Enabled || !g.CreatedAt.Equal(want.CreatedAt) {
+				!bytes.Equal(g.KEKObjectID, want.KEKObjectID) || g.Policy != want.Policy || g.Enabled != want.Enabled || !g.CreatedAt.Equal(want.CreatedAt) ||
+				g.Gen != want.Gen || !bytes.Equal(g.MAC, want.MAC) {
 				t.Fatalf("credential %d\n got %+v\nwant %+v", i, g, want)
 			}
 		}
@@ -665,9 +687,10 @@ func testLifecycle(t *testing.T, h storeHarness) {
 			}, nil},
 		}
 		want := a
-		for _, tt := range tests {
+		for i, tt := range tests {
 			k := want
 			tt.change(&k)
+			k.Gen, k.MAC = uint64(i+2), []byte(tt.name)
 			err := s.UpdateKey(ctx, k)
 			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil) != (err == nil) {
 				t.Fatalf("%s: %v, want %v", tt.name, err, tt.wantErr)
@@ -682,14 +705,26 @@ func testLifecycle(t *testing.T, h storeHarness) {
 		if err := s.UpdateKey(ctx, newKey(9, "", 1)); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("absent key: %v", err)
 		}
+		// A generation that is not higher than the stored one is refused,
+		// and nothing changes.
+		old := want
+		old.State = "Enabled"
+		if err := s.UpdateKey(ctx, old); !errors.Is(err, store.ErrStale) {
+			t.Fatalf("stale generation: %v, want ErrStale", err)
+		}
+		if got, _ := s.GetKey(ctx, a.ID); got.State != want.State {
+			t.Fatalf("stale write changed the state to %s", got.State)
+		}
 		// A Deleted key frees its alias.
 		bd := b
 		bd.State = "Deleted"
+		bd.Gen = 2
 		if err := s.UpdateKey(ctx, bd); err != nil {
 			t.Fatal(err)
 		}
 		k := want
 		k.Alias = "b"
+		k.Gen++
 		if err := s.UpdateKey(ctx, k); err != nil {
 			t.Fatalf("alias of a Deleted key: %v", err)
 		}
@@ -706,7 +741,9 @@ func testLifecycle(t *testing.T, h storeHarness) {
 		ctx := t.Context()
 		k := newKey(1, "a", 1)
 		mustCreate(t, s, k)
-		v2 := store.Version{Number: 2, ObjectID: []byte("obj-v2"), CreatedAt: baseTime.Add(time.Hour)}
+		v2 := store.Version{Number: 2, ObjectID: []byte("obj-v2"), CreatedAt: baseTime.Add(time.Hour), MAC: []byte("v2-mac")}
+		kNext := k
+		kNext.Gen, kNext.MAC = k.Gen+1, []byte("key-mac-2")
 		if err := s.AddPendingObject(ctx, store.PendingObject{ObjectID: v2.ObjectID, KeyID: k.ID, Version: 2, CreatedAt: baseTime}); err != nil {
 			t.Fatal(err)
 		}
@@ -717,16 +754,28 @@ func testLifecycle(t *testing.T, h storeHarness) {
 			{Number: 2, CreatedAt: baseTime},
 			{Number: 2, ObjectID: []byte("z")},
 		} {
-			if err := s.AddVersion(ctx, k.ID, bad); err == nil {
+			if err := s.AddVersion(ctx, kNext, bad); err == nil {
 				t.Fatalf("AddVersion(%+v) succeeded", bad)
 			}
 		}
-		if err := s.AddVersion(ctx, keyID(9), v2); !errors.Is(err, store.ErrNotFound) {
+		absent := kNext
+		absent.ID = keyID(9)
+		if err := s.AddVersion(ctx, absent, v2); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("absent key: %v", err)
 		}
-		if err := s.AddVersion(ctx, k.ID, v2); err != nil {
+		if err := s.AddVersion(ctx, k, v2); !errors.Is(err, store.ErrStale) {
+			t.Fatalf("same generation: %v, want ErrStale", err)
+		}
+		if err := s.AddVersion(ctx, kNext, v2); err != nil {
 			t.Fatal(err)
 		}
+		if err := s.SetVersionMAC(ctx, k.ID, 1, []byte("v1-resealed")); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetVersionMAC(ctx, k.ID, 3, []byte("x")); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("SetVersionMAC of an absent version: %v, want ErrNotFound", err)
+		}
+		k.Versions[0].MAC = []byte("v1-resealed")
 		if p := mustPending(t, s); len(p) != 0 {
 			t.Fatalf("pending object not deleted: %+v", p)
 		}
@@ -735,6 +784,7 @@ func testLifecycle(t *testing.T, h storeHarness) {
 		got, _ := s.GetKey(ctx, k.ID)
 		k.Versions = append(k.Versions, v2)
 		k.LastRotatedAt = v2.CreatedAt
+		k.Gen, k.MAC = kNext.Gen, kNext.MAC
 		assertKey(t, got, k)
 		if ids, _ := s.ObjectIDs(ctx); len(ids) != 2 {
 			t.Fatalf("ObjectIDs %d", len(ids))
@@ -789,12 +839,14 @@ func newKey(i int, alias string, nversions int) store.Key {
 		ID: keyID(i), Alias: alias, Description: fmt.Sprintf("key %d", i),
 		Usage: "ENCRYPT_DECRYPT", State: "Enabled", Origin: "TENCENT_KMS",
 		CreatedAt: baseTime.Add(time.Duration(i) * time.Millisecond),
+		Gen:       1, MAC: fmt.Appendf(nil, "mac-%d", i),
 	}
 	for v := range nversions {
 		k.Versions = append(k.Versions, store.Version{
 			Number:    uint32(v + 1),
 			ObjectID:  fmt.Appendf(nil, "obj-%d-%d", i, v+1),
 			CreatedAt: k.CreatedAt.Add(time.Duration(v) * time.Hour),
+			MAC:       fmt.Appendf(nil, "mac-%d-%d", i, v+1),
 		})
 	}
 	return k
@@ -869,4 +921,46 @@ func assertPending(t *testing.T, got, want []store.PendingObject) {
 	if g, w := norm(got), norm(want); !reflect.DeepEqual(g, w) {
 		t.Errorf("pending objects mismatch\n got: %+v\nwant: %+v", g, w)
 	}
+}
+
+func TestAuditAnchorConformance(t *testing.T) {
+	for name, open := range map[string]func(t *testing.T) anchorStore{
+		"SQLite":   func(t *testing.T) anchorStore { return openSQLite(t, filepath.Join(t.TempDir(), "kms.db")) },
+		"Postgres": func(t *testing.T) anchorStore { return openPostgres(t, pgtest.Shared(t).NewDatabase(t)) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := open(t)
+			ctx := t.Context()
+			if _, err := s.AuditAnchor(ctx, "n1"); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("absent anchor: %v", err)
+			}
+			a := store.AuditAnchor{Node: "n1", Seq: 10, Hash: "h10", Time: baseTime, MAC: []byte("m10")}
+			for _, x := range []store.AuditAnchor{a, {Node: "n2", Seq: 3, Hash: "x", Time: baseTime}} {
+				if err := s.SetAuditAnchor(ctx, x); err != nil {
+					t.Fatal(err)
+				}
+			}
+			back := a
+			back.Seq, back.Hash = 9, "h9"
+			if err := s.SetAuditAnchor(ctx, back); !errors.Is(err, store.ErrStale) {
+				t.Fatalf("anchor going back: %v, want ErrStale", err)
+			}
+			a.Seq, a.Hash, a.MAC = 12, "h12", []byte("m12")
+			if err := s.SetAuditAnchor(ctx, a); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.AuditAnchor(ctx, "n1")
+			if err != nil || got.Seq != 12 || got.Hash != "h12" || !got.Time.Equal(baseTime) || string(got.MAC) != "m12" {
+				t.Fatalf("anchor %+v %v", got, err)
+			}
+			if err := s.SetAuditAnchor(ctx, store.AuditAnchor{Seq: 1, Time: baseTime}); err == nil {
+				t.Fatal("anchor without a node accepted")
+			}
+		})
+	}
+}
+
+type anchorStore interface {
+	AuditAnchor(ctx context.Context, node string) (store.AuditAnchor, error)
+	SetAuditAnchor(ctx context.Context, a store.AuditAnchor) error
 }

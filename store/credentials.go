@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	sqlite3 "modernc.org/sqlite/lib"
@@ -23,6 +24,9 @@ type Credential struct {
 	Policy      string // JSON policy document
 	Enabled     bool
 	CreatedAt   time.Time
+	// Gen and MAC: see Key.Gen and Key.MAC.
+	Gen uint64
+	MAC []byte
 }
 
 // CreateCredential durably stores c. It returns an error wrapping
@@ -36,8 +40,8 @@ func (s *SQLite) CreateCredential(ctx context.Context, c Credential) error {
 		return fmt.Errorf("store: create credential %s: %w", c.SecretID, err)
 	}
 	_, err = s.w.ExecContext(ctx,
-		`INSERT INTO credentials (secret_id, name, sealed_key, kek_object_id, policy, enabled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		c.SecretID, c.Name, c.SealedKey, c.KEKObjectID, c.Policy, boolInt(c.Enabled), created)
+		`INSERT INTO credentials (secret_id, name, sealed_key, kek_object_id, policy, enabled, created_at, gen, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		c.SecretID, c.Name, c.SealedKey, c.KEKObjectID, c.Policy, boolInt(c.Enabled), created, int64(c.Gen), c.MAC)
 	if err != nil {
 		if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY) {
 			return fmt.Errorf("store: create credential %s: %w", c.SecretID, ErrCredentialExists)
@@ -50,7 +54,7 @@ func (s *SQLite) CreateCredential(ctx context.Context, c Credential) error {
 // ListCredentials returns every credential, oldest first.
 func (s *SQLite) ListCredentials(ctx context.Context) ([]Credential, error) {
 	rows, err := s.r.QueryContext(ctx,
-		`SELECT secret_id, name, sealed_key, kek_object_id, policy, enabled, created_at FROM credentials ORDER BY created_at, secret_id`)
+		`SELECT secret_id, name, sealed_key, kek_object_id, policy, enabled, created_at, gen, mac FROM credentials ORDER BY created_at, secret_id`)
 	if err != nil {
 		return nil, fmt.Errorf("store: list credentials: %w", err)
 	}
@@ -61,12 +65,14 @@ func (s *SQLite) ListCredentials(ctx context.Context) ([]Credential, error) {
 			c       Credential
 			enabled int64
 			created int64
+			gen     int64
 		)
-		if err := rows.Scan(&c.SecretID, &c.Name, &c.SealedKey, &c.KEKObjectID, &c.Policy, &enabled, &created); err != nil {
+		if err := rows.Scan(&c.SecretID, &c.Name, &c.SealedKey, &c.KEKObjectID, &c.Policy, &enabled, &created, &gen, &c.MAC); err != nil {
 			return nil, fmt.Errorf("store: list credentials: %w", err)
 		}
 		c.Enabled = enabled == 1
 		c.CreatedAt = fromNanos(created)
+		c.Gen = uint64(gen) // CHECK constraint keeps it >= 0
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
@@ -75,16 +81,25 @@ func (s *SQLite) ListCredentials(ctx context.Context) ([]Credential, error) {
 	return out, nil
 }
 
-// SetCredentialEnabled enables or disables a credential; ErrNotFound if it
-// does not exist.
-func (s *SQLite) SetCredentialEnabled(ctx context.Context, secretID string, enabled bool) error {
-	return s.updateCredential(ctx, secretID, `UPDATE credentials SET enabled = ? WHERE secret_id = ?`, boolInt(enabled), secretID)
-}
-
-// SetCredentialPolicy replaces a credential's policy; ErrNotFound if it does
-// not exist.
-func (s *SQLite) SetCredentialPolicy(ctx context.Context, secretID, policy string) error {
-	return s.updateCredential(ctx, secretID, `UPDATE credentials SET policy = ? WHERE secret_id = ?`, policy, secretID)
+// UpdateCredential replaces the name, policy, enabled flag, generation and
+// MAC of the stored credential c.SecretID with c's, if the stored
+// generation is lower than c.Gen. SealedKey, KEKObjectID and CreatedAt are
+// not changed. ErrNotFound if it does not exist, ErrStale if its
+// generation is not lower than c.Gen.
+func (s *SQLite) UpdateCredential(ctx context.Context, c Credential) error {
+	if c.Gen > math.MaxInt64 {
+		return fmt.Errorf("store: credential %s: generation above 2^63-1", c.SecretID)
+	}
+	err := s.updateCredential(ctx, c.SecretID,
+		`UPDATE credentials SET name = ?, policy = ?, enabled = ?, gen = ?, mac = ? WHERE secret_id = ? AND gen < ?`,
+		c.Name, c.Policy, boolInt(c.Enabled), int64(c.Gen), c.MAC, c.SecretID, int64(c.Gen))
+	if errors.Is(err, ErrNotFound) {
+		var one int
+		if s.r.QueryRowContext(ctx, `SELECT 1 FROM credentials WHERE secret_id = ?`, c.SecretID).Scan(&one) == nil {
+			return fmt.Errorf("store: credential %s: %w", c.SecretID, ErrStale)
+		}
+	}
+	return err
 }
 
 // DeleteCredential removes a credential; ErrNotFound if it does not exist.

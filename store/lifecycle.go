@@ -12,13 +12,15 @@ import (
 
 // UpdateKey durably replaces the mutable metadata of the stored key k.ID
 // with k's: Alias, Description, State, DeletionDate, RotationEnabled,
-// RotateDays and LastRotatedAt. ID, Usage, Origin, CreatedAt and Versions
-// are not changed (k.Versions is ignored). A zero DeletionDate or
-// LastRotatedAt is stored as "none".
+// RotateDays, LastRotatedAt, Gen and MAC, if the stored generation is
+// lower than k.Gen. ID, Usage, Origin, CreatedAt and Versions are not
+// changed (k.Versions is ignored). A zero DeletionDate or LastRotatedAt is
+// stored as "none".
 //
-// It returns an error wrapping ErrNotFound if no key has k.ID, and
-// ErrAliasExists if k.Alias is non-empty, k.State is not Deleted and another
-// key that is not Deleted holds the alias. On any error nothing is changed.
+// It returns an error wrapping ErrNotFound if no key has k.ID, ErrStale if
+// the stored generation is not lower than k.Gen, and ErrAliasExists if
+// k.Alias is non-empty, k.State is not Deleted and another key that is not
+// Deleted holds the alias. On any error nothing is changed.
 func (s *SQLite) UpdateKey(ctx context.Context, k Key) (err error) {
 	defer func() {
 		if err != nil {
@@ -27,6 +29,9 @@ func (s *SQLite) UpdateKey(ctx context.Context, k Key) (err error) {
 	}()
 	if k.ID == "" {
 		return errors.New("invalid key: empty id")
+	}
+	if k.Gen > math.MaxInt64 {
+		return errors.New("invalid key: generation above 2^63-1")
 	}
 	if !k.DeletionDate.IsZero() {
 		if _, err := toNanos(k.DeletionDate); err != nil {
@@ -58,10 +63,10 @@ func (s *SQLite) UpdateKey(ctx context.Context, k Key) (err error) {
 	}
 	res, err := tx.ExecContext(ctx,
 		`UPDATE keys SET alias = ?, description = ?, state = ?, deletion_date = ?,
-		        rotation_enabled = ?, rotate_days = ?, last_rotated_at = ?
-		 WHERE id = ?`,
+		        rotation_enabled = ?, rotate_days = ?, last_rotated_at = ?, gen = ?, mac = ?
+		 WHERE id = ? AND gen < ?`,
 		k.Alias, k.Description, k.State, nullTime(k.DeletionDate),
-		boolInt(k.RotationEnabled), int64(k.RotateDays), nullTime(k.LastRotatedAt), k.ID)
+		boolInt(k.RotationEnabled), int64(k.RotateDays), nullTime(k.LastRotatedAt), int64(k.Gen), k.MAC, k.ID, int64(k.Gen))
 	if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
 		return fmt.Errorf("alias %q: %w", k.Alias, ErrAliasExists)
 	}
@@ -71,20 +76,35 @@ func (s *SQLite) UpdateKey(ctx context.Context, k Key) (err error) {
 	if n, err := res.RowsAffected(); err != nil {
 		return err
 	} else if n == 0 {
-		return ErrNotFound
+		return missingOrStale(ctx, tx, k.ID)
 	}
 	return tx.Commit()
 }
 
-// AddVersion durably adds version v to the stored key keyID, deletes the
+// missingOrStale tells why a conditional update of key id changed no row.
+func missingOrStale(ctx context.Context, tx *sql.Tx, id string) error {
+	var one int
+	switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM keys WHERE id = ?`, id).Scan(&one); {
+	case errors.Is(err, sql.ErrNoRows):
+		return ErrNotFound
+	case err != nil:
+		return err
+	}
+	return ErrStale
+}
+
+// AddVersion durably adds version v to the stored key k.ID, deletes the
 // pending object whose ObjectID is v.ObjectID, and records v.CreatedAt as
-// the key's LastRotatedAt, in one transaction: on any error nothing is
-// changed.
+// the key's LastRotatedAt and k.Gen and k.MAC as its generation and MAC,
+// in one transaction: on any error nothing is changed. The other fields of
+// k are not written.
 //
 // v.Number must be one more than the key's highest version; v needs a
 // non-empty ObjectID not used by any stored version and a storable
-// CreatedAt. It returns an error wrapping ErrNotFound if no key has keyID.
-func (s *SQLite) AddVersion(ctx context.Context, keyID string, v Version) (err error) {
+// CreatedAt. It returns an error wrapping ErrNotFound if no key has k.ID
+// and ErrStale if its stored generation is not lower than k.Gen.
+func (s *SQLite) AddVersion(ctx context.Context, k Key, v Version) (err error) {
+	keyID := k.ID
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("store: add version %d to key %s: %w", v.Number, keyID, err)
@@ -112,8 +132,8 @@ func (s *SQLite) AddVersion(ctx context.Context, keyID string, v Version) (err e
 	}
 	created, _ := toNanos(v.CreatedAt)
 	_, err = tx.ExecContext(ctx,
-		`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved) VALUES (?, ?, ?, ?, ?)`,
-		keyID, int64(v.Number), v.ObjectID, created, int64(v.UsageReserved))
+		`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved, mac) VALUES (?, ?, ?, ?, ?, ?)`,
+		keyID, int64(v.Number), v.ObjectID, created, int64(v.UsageReserved), v.MAC)
 	if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
 		return fmt.Errorf("object id %x already used by a stored key version", v.ObjectID)
 	}
@@ -123,8 +143,18 @@ func (s *SQLite) AddVersion(ctx context.Context, keyID string, v Version) (err e
 	if _, err := tx.ExecContext(ctx, `DELETE FROM pending_objects WHERE object_id = ?`, v.ObjectID); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE keys SET last_rotated_at = ? WHERE id = ?`, created, keyID); err != nil {
+	if k.Gen > math.MaxInt64 {
+		return errors.New("generation above 2^63-1")
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE keys SET last_rotated_at = ?, gen = ?, mac = ? WHERE id = ? AND gen < ?`,
+		created, int64(k.Gen), k.MAC, keyID, int64(k.Gen))
+	if err != nil {
 		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return missingOrStale(ctx, tx, keyID)
 	}
 	return tx.Commit()
 }

@@ -85,6 +85,26 @@ ALTER TABLE keys ADD COLUMN rotate_days INTEGER NOT NULL DEFAULT 0 CHECK (rotate
 ALTER TABLE keys ADD COLUMN last_rotated_at INTEGER NULL;
 ALTER TABLE key_versions ADD COLUMN usage_reserved INTEGER NOT NULL DEFAULT 0 CHECK (usage_reserved >= 0);
 `,
+	// v4: authenticated metadata. Every security-relevant row carries a
+	// MAC computed inside the HSM (NULL for rows written before: the
+	// service seals them once, at the start that creates the MAC key),
+	// and keys and credentials a generation raised by every change.
+	`
+ALTER TABLE keys ADD COLUMN gen INTEGER NOT NULL DEFAULT 0 CHECK (gen >= 0);
+ALTER TABLE keys ADD COLUMN mac BLOB NULL;
+ALTER TABLE key_versions ADD COLUMN mac BLOB NULL;
+ALTER TABLE pending_objects ADD COLUMN mac BLOB NULL;
+ALTER TABLE credentials ADD COLUMN gen INTEGER NOT NULL DEFAULT 0 CHECK (gen >= 0);
+ALTER TABLE credentials ADD COLUMN mac BLOB NULL;
+-- The head of each node's audit trail, sealed like the rows above.
+CREATE TABLE audit_anchors (
+	node TEXT    NOT NULL PRIMARY KEY CHECK (node <> ''),
+	seq  INTEGER NOT NULL CHECK (seq >= 0),
+	hash TEXT    NOT NULL,
+	at   INTEGER NOT NULL,
+	mac  BLOB    NULL
+) STRICT;
+`,
 }
 
 // migrate brings the database behind db up to len(steps), one step per

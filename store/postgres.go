@@ -63,7 +63,8 @@ const (
 // pgMigrations are the PostgreSQL schema steps. Steps 1-3 are those of the
 // SQLite store (migrations) in PostgreSQL's dialect, one to one; steps 4
 // and 5 add what only a database shared by several nodes needs (the
-// signature v1 nonces, the TC3 signatures). The rules of migrations apply. Text columns that are compared or
+// signature v1 nonces, the TC3 signatures); step 6 is SQLite's step 4
+// (authenticated metadata, audit anchors). The rules of migrations apply. Text columns that are compared or
 // ordered use the "C" collation, so ordering is bytewise like SQLite's,
 // whatever the database's locale. Times are BIGINT nanoseconds since the
 // Unix epoch, UTC, as in SQLite (timestamptz keeps only microseconds).
@@ -135,6 +136,22 @@ CREATE TABLE tc3_signatures (
 );
 CREATE INDEX tc3_signatures_seq ON tc3_signatures (seq);
 CREATE INDEX tc3_signatures_expiry ON tc3_signatures (expires_at);
+`,
+	// v6: authenticated metadata (SQLite's v4).
+	`
+ALTER TABLE keys ADD COLUMN gen BIGINT NOT NULL DEFAULT 0 CHECK (gen >= 0);
+ALTER TABLE keys ADD COLUMN mac BYTEA NULL;
+ALTER TABLE key_versions ADD COLUMN mac BYTEA NULL;
+ALTER TABLE pending_objects ADD COLUMN mac BYTEA NULL;
+ALTER TABLE credentials ADD COLUMN gen BIGINT NOT NULL DEFAULT 0 CHECK (gen >= 0);
+ALTER TABLE credentials ADD COLUMN mac BYTEA NULL;
+CREATE TABLE audit_anchors (
+	node TEXT COLLATE "C" NOT NULL PRIMARY KEY CHECK (node <> ''),
+	seq  BIGINT NOT NULL CHECK (seq >= 0),
+	hash TEXT   NOT NULL,
+	at   BIGINT NOT NULL,
+	mac  BYTEA  NULL
+);
 `,
 }
 
@@ -344,8 +361,8 @@ func (p *Postgres) AddPendingObject(ctx context.Context, po PendingObject) error
 	}
 	created, _ := toNanos(po.CreatedAt)
 	_, err := p.pool.Exec(ctx,
-		`INSERT INTO pending_objects (object_id, key_id, version, created_at) VALUES ($1, $2, $3, $4)`,
-		po.ObjectID, po.KeyID, int64(po.Version), created)
+		`INSERT INTO pending_objects (object_id, key_id, version, created_at, mac) VALUES ($1, $2, $3, $4, $5)`,
+		po.ObjectID, po.KeyID, int64(po.Version), created, po.MAC)
 	if err != nil {
 		if code, _ := pgConstraint(err); code == "23505" {
 			return fmt.Errorf("store: add pending object %x: object id already pending", po.ObjectID)
@@ -359,7 +376,7 @@ func (p *Postgres) AddPendingObject(ctx context.Context, po PendingObject) error
 // object ID); an empty slice if there are none.
 func (p *Postgres) PendingObjects(ctx context.Context) ([]PendingObject, error) {
 	rows, err := p.pool.Query(ctx,
-		`SELECT object_id, key_id, version, created_at FROM pending_objects ORDER BY created_at, object_id`)
+		`SELECT object_id, key_id, version, created_at, mac FROM pending_objects ORDER BY created_at, object_id`)
 	if err != nil {
 		return nil, fmt.Errorf("store: list pending objects: %w", classify(err))
 	}
@@ -369,7 +386,7 @@ func (p *Postgres) PendingObjects(ctx context.Context) ([]PendingObject, error) 
 			po               PendingObject
 			version, created int64
 		)
-		if err := rows.Scan(&po.ObjectID, &po.KeyID, &version, &created); err != nil {
+		if err := rows.Scan(&po.ObjectID, &po.KeyID, &version, &created, &po.MAC); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("store: list pending objects: %w", classify(err))
 		}
@@ -407,10 +424,10 @@ func (p *Postgres) CreateKey(ctx context.Context, k Key) (err error) {
 		created, _ := toNanos(k.CreatedAt)
 		_, err := tx.Exec(ctx,
 			`INSERT INTO keys (id, alias, description, usage, state, origin, created_at, deletion_date,
-			                   rotation_enabled, rotate_days, last_rotated_at)
-			 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+			                   rotation_enabled, rotate_days, last_rotated_at, gen, mac)
+			 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
 			k.ID, k.Alias, k.Description, k.Usage, k.State, k.Origin, created, nullNanos(k.DeletionDate),
-			k.RotationEnabled, int64(k.RotateDays), nullNanos(k.LastRotatedAt))
+			k.RotationEnabled, int64(k.RotateDays), nullNanos(k.LastRotatedAt), int64(k.Gen), k.MAC)
 		if err != nil {
 			switch code, constraint := pgConstraint(err); {
 			case code == "23505" && constraint == "keys_pkey":
@@ -423,8 +440,8 @@ func (p *Postgres) CreateKey(ctx context.Context, k Key) (err error) {
 		for _, v := range k.Versions {
 			vc, _ := toNanos(v.CreatedAt)
 			if _, err := tx.Exec(ctx,
-				`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved) VALUES ($1, $2, $3, $4, $5)`,
-				k.ID, int64(v.Number), v.ObjectID, vc, int64(v.UsageReserved)); err != nil {
+				`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved, mac) VALUES ($1, $2, $3, $4, $5, $6)`,
+				k.ID, int64(v.Number), v.ObjectID, vc, int64(v.UsageReserved), v.MAC); err != nil {
 				if code, _ := pgConstraint(err); code == "23505" {
 					return fmt.Errorf("version %d: object id %x already used by a stored key version", v.Number, v.ObjectID)
 				}
@@ -438,16 +455,17 @@ func (p *Postgres) CreateKey(ctx context.Context, k Key) (err error) {
 	})
 }
 
-const pgKeyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at`
+const pgKeyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac`
 
 func pgScanKey(row pgx.Row) (Key, error) {
 	var (
 		k                     Key
 		created, rotateDays   int64
 		deletion, lastRotated *int64
+		gen                   int64
 	)
 	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion,
-		&k.RotationEnabled, &rotateDays, &lastRotated); err != nil {
+		&k.RotationEnabled, &rotateDays, &lastRotated, &gen, &k.MAC); err != nil {
 		return Key{}, err
 	}
 	k.CreatedAt = fromNanos(created)
@@ -458,6 +476,7 @@ func pgScanKey(row pgx.Row) (Key, error) {
 	if lastRotated != nil {
 		k.LastRotatedAt = fromNanos(*lastRotated)
 	}
+	k.Gen = uint64(gen)
 	return k, nil
 }
 
@@ -466,7 +485,7 @@ func pgScanVersion(rows pgx.Rows, keyID *string) (Version, error) {
 		v                         Version
 		number, created, reserved int64
 	)
-	dest := []any{&number, &v.ObjectID, &created, &reserved}
+	dest := []any{&number, &v.ObjectID, &created, &reserved, &v.MAC}
 	if keyID != nil {
 		dest = append([]any{keyID}, dest...)
 	}
@@ -492,7 +511,7 @@ func (p *Postgres) GetKey(ctx context.Context, id string) (k Key, err error) {
 			return err
 		}
 		rows, err := tx.Query(ctx,
-			`SELECT version, object_id, created_at, usage_reserved FROM key_versions WHERE key_id = $1 ORDER BY version`, id)
+			`SELECT version, object_id, created_at, usage_reserved, mac FROM key_versions WHERE key_id = $1 ORDER BY version`, id)
 		if err != nil {
 			return err
 		}
@@ -534,7 +553,7 @@ func (p *Postgres) ListKeys(ctx context.Context) (keys []Key, err error) {
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		vrows, err := tx.Query(ctx, `SELECT key_id, version, object_id, created_at, usage_reserved FROM key_versions ORDER BY key_id, version`)
+		vrows, err := tx.Query(ctx, `SELECT key_id, version, object_id, created_at, usage_reserved, mac FROM key_versions ORDER BY key_id, version`)
 		if err != nil {
 			return err
 		}
@@ -601,6 +620,9 @@ func (p *Postgres) UpdateKey(ctx context.Context, k Key) (err error) {
 	if k.ID == "" {
 		return errors.New("invalid key: empty id")
 	}
+	if k.Gen > math.MaxInt64 {
+		return errors.New("invalid key: generation above 2^63-1")
+	}
 	for name, t := range map[string]time.Time{"deletion date": k.DeletionDate, "last rotated at": k.LastRotatedAt} {
 		if !t.IsZero() {
 			if _, err := toNanos(t); err != nil {
@@ -611,10 +633,10 @@ func (p *Postgres) UpdateKey(ctx context.Context, k Key) (err error) {
 	return p.write(ctx, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx,
 			`UPDATE keys SET alias = $1, description = $2, state = $3, deletion_date = $4,
-			        rotation_enabled = $5, rotate_days = $6, last_rotated_at = $7
-			 WHERE id = $8`,
+			        rotation_enabled = $5, rotate_days = $6, last_rotated_at = $7, gen = $8, mac = $9
+			 WHERE id = $10 AND gen < $8`,
 			k.Alias, k.Description, k.State, nullNanos(k.DeletionDate),
-			k.RotationEnabled, int64(k.RotateDays), nullNanos(k.LastRotatedAt), k.ID)
+			k.RotationEnabled, int64(k.RotateDays), nullNanos(k.LastRotatedAt), int64(k.Gen), k.MAC, k.ID)
 		if code, constraint := pgConstraint(err); code == "23505" && constraint == "keys_alias_live" {
 			return fmt.Errorf("alias %q: %w", k.Alias, ErrAliasExists)
 		}
@@ -622,7 +644,7 @@ func (p *Postgres) UpdateKey(ctx context.Context, k Key) (err error) {
 			return err
 		}
 		if tag.RowsAffected() == 0 {
-			return ErrNotFound
+			return pgMissingOrStale(ctx, tx, k.ID)
 		}
 		return notify(ctx, tx, "k:"+k.ID)
 	})
@@ -632,7 +654,8 @@ func (p *Postgres) UpdateKey(ctx context.Context, k Key) (err error) {
 // object and sets the key's LastRotatedAt, in one transaction (see
 // (*SQLite).AddVersion). The key row is locked, so concurrent AddVersions
 // from several nodes are serialised and only one can add a given number.
-func (p *Postgres) AddVersion(ctx context.Context, keyID string, v Version) (err error) {
+func (p *Postgres) AddVersion(ctx context.Context, k Key, v Version) (err error) {
+	keyID := k.ID
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("store: add version %d to key %s: %w", v.Number, keyID, err)
@@ -641,13 +664,19 @@ func (p *Postgres) AddVersion(ctx context.Context, keyID string, v Version) (err
 	if err := validateVersion(v); err != nil {
 		return fmt.Errorf("invalid version: %w", err)
 	}
+	if k.Gen > math.MaxInt64 {
+		return errors.New("generation above 2^63-1")
+	}
 	return p.write(ctx, func(tx pgx.Tx) error {
-		var one int
-		if err := tx.QueryRow(ctx, `SELECT 1 FROM keys WHERE id = $1 FOR UPDATE`, keyID).Scan(&one); err != nil {
+		var gen int64
+		if err := tx.QueryRow(ctx, `SELECT gen FROM keys WHERE id = $1 FOR UPDATE`, keyID).Scan(&gen); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {
 				return ErrNotFound
 			}
 			return err
+		}
+		if gen >= int64(k.Gen) {
+			return ErrStale
 		}
 		var top int64
 		if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM key_versions WHERE key_id = $1`, keyID).Scan(&top); err != nil {
@@ -658,8 +687,8 @@ func (p *Postgres) AddVersion(ctx context.Context, keyID string, v Version) (err
 		}
 		created, _ := toNanos(v.CreatedAt)
 		if _, err := tx.Exec(ctx,
-			`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved) VALUES ($1, $2, $3, $4, $5)`,
-			keyID, int64(v.Number), v.ObjectID, created, int64(v.UsageReserved)); err != nil {
+			`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved, mac) VALUES ($1, $2, $3, $4, $5, $6)`,
+			keyID, int64(v.Number), v.ObjectID, created, int64(v.UsageReserved), v.MAC); err != nil {
 			if code, _ := pgConstraint(err); code == "23505" {
 				return fmt.Errorf("object id %x already used by a stored key version", v.ObjectID)
 			}
@@ -668,7 +697,7 @@ func (p *Postgres) AddVersion(ctx context.Context, keyID string, v Version) (err
 		if _, err := tx.Exec(ctx, `DELETE FROM pending_objects WHERE object_id = $1`, v.ObjectID); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE keys SET last_rotated_at = $1 WHERE id = $2`, created, keyID); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE keys SET last_rotated_at = $1, gen = $2, mac = $3 WHERE id = $4`, created, int64(k.Gen), k.MAC, keyID); err != nil {
 			return err
 		}
 		return notify(ctx, tx, "k:"+keyID)

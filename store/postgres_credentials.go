@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -20,8 +21,8 @@ func (p *Postgres) CreateCredential(ctx context.Context, c Credential) error {
 	}
 	err = p.write(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx,
-			`INSERT INTO credentials (secret_id, name, sealed_key, kek_object_id, policy, enabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			c.SecretID, c.Name, c.SealedKey, c.KEKObjectID, c.Policy, c.Enabled, created); err != nil {
+			`INSERT INTO credentials (secret_id, name, sealed_key, kek_object_id, policy, enabled, created_at, gen, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+			c.SecretID, c.Name, c.SealedKey, c.KEKObjectID, c.Policy, c.Enabled, created, int64(c.Gen), c.MAC); err != nil {
 			if code, constraint := pgConstraint(err); code == "23505" && constraint == "credentials_pkey" {
 				return ErrCredentialExists
 			}
@@ -35,17 +36,19 @@ func (p *Postgres) CreateCredential(ctx context.Context, c Credential) error {
 	return nil
 }
 
-const pgCredColumns = `secret_id, name, sealed_key, kek_object_id, policy, enabled, created_at`
+const pgCredColumns = `secret_id, name, sealed_key, kek_object_id, policy, enabled, created_at, gen, mac`
 
 func pgScanCred(row pgx.Row) (Credential, error) {
 	var (
 		c       Credential
 		created int64
+		gen     int64
 	)
-	if err := row.Scan(&c.SecretID, &c.Name, &c.SealedKey, &c.KEKObjectID, &c.Policy, &c.Enabled, &created); err != nil {
+	if err := row.Scan(&c.SecretID, &c.Name, &c.SealedKey, &c.KEKObjectID, &c.Policy, &c.Enabled, &created, &gen, &c.MAC); err != nil {
 		return Credential{}, err
 	}
 	c.CreatedAt = fromNanos(created)
+	c.Gen = uint64(gen)
 	return c, nil
 }
 
@@ -82,16 +85,36 @@ func (p *Postgres) GetCredential(ctx context.Context, secretID string) (Credenti
 	return c, nil
 }
 
-// SetCredentialEnabled enables or disables a credential; ErrNotFound if it
-// does not exist.
-func (p *Postgres) SetCredentialEnabled(ctx context.Context, secretID string, enabled bool) error {
-	return p.updateCredential(ctx, secretID, `UPDATE credentials SET enabled = $1 WHERE secret_id = $2`, enabled, secretID)
-}
-
-// SetCredentialPolicy replaces a credential's policy; ErrNotFound if it
-// does not exist.
-func (p *Postgres) SetCredentialPolicy(ctx context.Context, secretID, policy string) error {
-	return p.updateCredential(ctx, secretID, `UPDATE credentials SET policy = $1 WHERE secret_id = $2`, policy, secretID)
+// UpdateCredential replaces a credential's name, policy, enabled flag,
+// generation and MAC if its stored generation is lower than c.Gen (see
+// (*SQLite).UpdateCredential); ErrNotFound, ErrStale. Other nodes are
+// notified.
+func (p *Postgres) UpdateCredential(ctx context.Context, c Credential) error {
+	if c.Gen > math.MaxInt64 {
+		return fmt.Errorf("store: credential %s: generation above 2^63-1", c.SecretID)
+	}
+	err := p.write(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx,
+			`UPDATE credentials SET name = $1, policy = $2, enabled = $3, gen = $4, mac = $5 WHERE secret_id = $6 AND gen < $4`,
+			c.Name, c.Policy, c.Enabled, int64(c.Gen), c.MAC, c.SecretID)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			var one int
+			if err := tx.QueryRow(ctx, `SELECT 1 FROM credentials WHERE secret_id = $1`, c.SecretID).Scan(&one); errors.Is(err, pgx.ErrNoRows) {
+				return ErrNotFound
+			} else if err != nil {
+				return err
+			}
+			return ErrStale
+		}
+		return notify(ctx, tx, "c:"+c.SecretID)
+	})
+	if err != nil {
+		return fmt.Errorf("store: credential %s: %w", c.SecretID, err)
+	}
+	return nil
 }
 
 // DeleteCredential removes a credential; ErrNotFound if it does not exist.

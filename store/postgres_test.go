@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"hsmkms/kms"
 	"hsmkms/store"
 	"hsmkms/store/pgtest"
@@ -291,6 +293,7 @@ func TestPostgresWatch(t *testing.T) {
 	mustCreate(t, a, k)
 	want(store.ChangeKey, k.ID)
 	k.State = "Disabled"
+	k.Gen++
 	if err := a.UpdateKey(t.Context(), k); err != nil {
 		t.Fatal(err)
 	}
@@ -382,5 +385,47 @@ func TestPostgresUnavailable(t *testing.T) {
 	_, err := store.OpenPostgres(t.Context(), store.PostgresConfig{DSN: fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?sslmode=disable&connect_timeout=2", 1)})
 	if !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("open on a closed port: %v, want ErrUnavailable", err)
+	}
+}
+
+// TestPostgresTestsUseVerifiedTLS: the throwaway server the PostgreSQL
+// tests use speaks TLS only, and the tests' DSNs verify its certificate
+// and host name (sslmode=verify-full), as kmsd requires off loopback.
+func TestPostgresTestsUseVerifiedTLS(t *testing.T) {
+	srv := pgtest.Shared(t)
+	if os.Getenv(pgtest.EnvDSN) != "" {
+		t.Log("external server (" + pgtest.EnvDSN + "): its transport is the caller's")
+		return
+	}
+	dsn := srv.NewDatabase(t)
+	if !strings.Contains(dsn, "sslmode=verify-full") || srv.CAFile == "" {
+		t.Fatalf("DSN without verify-full: %s", dsn)
+	}
+	s, err := store.OpenPostgres(t.Context(), store.PostgresConfig{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var ssl bool
+	var version string
+	if err := conn.QueryRow(t.Context(), `SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()`).Scan(&ssl, &version); err != nil || !ssl {
+		t.Fatalf("connection not over TLS: %v %v", ssl, err)
+	}
+	t.Logf("TLS %s", version)
+	// Without TLS the server refuses; without its CA the client refuses.
+	plain := strings.Replace(dsn, "sslmode=verify-full", "sslmode=disable", 1)
+	if c, err := pgx.Connect(t.Context(), plain); err == nil {
+		c.Close(context.Background())
+		t.Fatal("a connection without TLS was accepted")
+	}
+	other := strings.Replace(dsn, "sslrootcert=", "sslrootcert=/nonexistent", 1)
+	if c, err := pgx.Connect(t.Context(), other); err == nil {
+		c.Close(context.Background())
+		t.Fatal("a connection without the server's CA was accepted")
 	}
 }

@@ -192,8 +192,8 @@ func (s *SQLite) AddPendingObject(ctx context.Context, p PendingObject) error {
 	}
 	created, _ := toNanos(p.CreatedAt)
 	_, err := s.w.ExecContext(ctx,
-		`INSERT INTO pending_objects (object_id, key_id, version, created_at) VALUES (?, ?, ?, ?)`,
-		p.ObjectID, p.KeyID, int64(p.Version), created)
+		`INSERT INTO pending_objects (object_id, key_id, version, created_at, mac) VALUES (?, ?, ?, ?, ?)`,
+		p.ObjectID, p.KeyID, int64(p.Version), created, p.MAC)
 	if err != nil {
 		if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY) {
 			return fmt.Errorf("store: add pending object %x: object id already pending", p.ObjectID)
@@ -207,7 +207,7 @@ func (s *SQLite) AddPendingObject(ctx context.Context, p PendingObject) error {
 // ID). It returns an empty slice, not an error, if there are none.
 func (s *SQLite) PendingObjects(ctx context.Context) ([]PendingObject, error) {
 	rows, err := s.r.QueryContext(ctx,
-		`SELECT object_id, key_id, version, created_at FROM pending_objects ORDER BY created_at, object_id`)
+		`SELECT object_id, key_id, version, created_at, mac FROM pending_objects ORDER BY created_at, object_id`)
 	if err != nil {
 		return nil, fmt.Errorf("store: list pending objects: %w", err)
 	}
@@ -219,7 +219,7 @@ func (s *SQLite) PendingObjects(ctx context.Context) ([]PendingObject, error) {
 			version int64
 			created int64
 		)
-		if err := rows.Scan(&p.ObjectID, &p.KeyID, &version, &created); err != nil {
+		if err := rows.Scan(&p.ObjectID, &p.KeyID, &version, &created, &p.MAC); err != nil {
 			return nil, fmt.Errorf("store: list pending objects: %w", err)
 		}
 		p.Version = uint32(version) // CHECK constraint keeps it in range
@@ -293,10 +293,10 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 	created, _ := toNanos(k.CreatedAt)
 	_, err = tx.ExecContext(ctx,
 		`INSERT INTO keys (id, alias, description, usage, state, origin, created_at, deletion_date,
-		                   rotation_enabled, rotate_days, last_rotated_at)
-		 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		                   rotation_enabled, rotate_days, last_rotated_at, gen, mac)
+		 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		k.ID, k.Alias, k.Description, k.Usage, k.State, k.Origin, created, nullTime(k.DeletionDate),
-		boolInt(k.RotationEnabled), int64(k.RotateDays), nullTime(k.LastRotatedAt))
+		boolInt(k.RotationEnabled), int64(k.RotateDays), nullTime(k.LastRotatedAt), int64(k.Gen), k.MAC)
 	switch {
 	case isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY):
 		return ErrKeyExists
@@ -307,7 +307,7 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 	}
 
 	insVersion, err := tx.PrepareContext(ctx,
-		`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved) VALUES (?, ?, ?, ?, ?)`)
+		`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved, mac) VALUES (?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
@@ -319,7 +319,7 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 	defer delPending.Close()
 	for _, v := range k.Versions {
 		vc, _ := toNanos(v.CreatedAt)
-		if _, err := insVersion.ExecContext(ctx, k.ID, int64(v.Number), v.ObjectID, vc, int64(v.UsageReserved)); err != nil {
+		if _, err := insVersion.ExecContext(ctx, k.ID, int64(v.Number), v.ObjectID, vc, int64(v.UsageReserved), v.MAC); err != nil {
 			if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_UNIQUE) {
 				return fmt.Errorf("version %d: object id %x already used by a stored key version", v.Number, v.ObjectID)
 			}
@@ -355,7 +355,7 @@ func (s *SQLite) GetKey(ctx context.Context, id string) (_ Key, err error) {
 		return Key{}, err
 	}
 	rows, err := tx.QueryContext(ctx,
-		`SELECT version, object_id, created_at, usage_reserved FROM key_versions WHERE key_id = ? ORDER BY version`, id)
+		`SELECT version, object_id, created_at, usage_reserved, mac FROM key_versions WHERE key_id = ? ORDER BY version`, id)
 	if err != nil {
 		return Key{}, err
 	}
@@ -410,7 +410,7 @@ func (s *SQLite) ListKeys(ctx context.Context) (_ []Key, err error) {
 	rows.Close()
 
 	vrows, err := tx.QueryContext(ctx,
-		`SELECT key_id, version, object_id, created_at, usage_reserved FROM key_versions ORDER BY key_id, version`)
+		`SELECT key_id, version, object_id, created_at, usage_reserved, mac FROM key_versions ORDER BY key_id, version`)
 	if err != nil {
 		return nil, err
 	}
@@ -467,7 +467,7 @@ func (s *SQLite) ObjectIDs(ctx context.Context) ([][]byte, error) {
 	return out, nil
 }
 
-const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at`
+const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac`
 
 // scanKey scans the keyColumns of one row.
 func scanKey(row interface{ Scan(...any) error }) (Key, error) {
@@ -478,9 +478,10 @@ func scanKey(row interface{ Scan(...any) error }) (Key, error) {
 		rotation    int64
 		rotateDays  int64
 		lastRotated sql.NullInt64
+		gen         int64
 	)
 	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion,
-		&rotation, &rotateDays, &lastRotated); err != nil {
+		&rotation, &rotateDays, &lastRotated, &gen, &k.MAC); err != nil {
 		return Key{}, err
 	}
 	k.CreatedAt = fromNanos(created)
@@ -492,11 +493,12 @@ func scanKey(row interface{ Scan(...any) error }) (Key, error) {
 	if lastRotated.Valid {
 		k.LastRotatedAt = fromNanos(lastRotated.Int64)
 	}
+	k.Gen = uint64(gen) // CHECK constraint keeps it >= 0
 	return k, nil
 }
 
 // scanVersion scans (key_id,) version, object_id, created_at,
-// usage_reserved; key_id only if keyID is not nil.
+// usage_reserved, mac; key_id only if keyID is not nil.
 func scanVersion(rows *sql.Rows, keyID *string) (Version, error) {
 	var (
 		v        Version
@@ -504,7 +506,7 @@ func scanVersion(rows *sql.Rows, keyID *string) (Version, error) {
 		created  int64
 		reserved int64
 	)
-	dest := []any{&number, &v.ObjectID, &created, &reserved}
+	dest := []any{&number, &v.ObjectID, &created, &reserved, &v.MAC}
 	if keyID != nil {
 		dest = append([]any{keyID}, dest...)
 	}

@@ -106,7 +106,7 @@ func TestOpenFreshCreatesSchema(t *testing.T) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := strings.Join(tables, ","), "credentials,key_versions,keys,keys_alias_live,keys_created,pending_objects"; got != want {
+	if got, want := strings.Join(tables, ","), "audit_anchors,credentials,key_versions,keys,keys_alias_live,keys_created,pending_objects"; got != want {
 		t.Errorf("schema objects = %s, want %s", got, want)
 	}
 
@@ -405,6 +405,10 @@ func TestListKeys10k(t *testing.T) {
 		}
 		want := newKey(i+1, fmt.Sprintf("seed-%d", i), 3)
 		want.Description, want.Usage, want.Origin = "", "", ""
+		want.Gen, want.MAC = 0, nil // seeded without MACs
+		for j := range want.Versions {
+			want.Versions[j].MAC = nil
+		}
 		assertKey(t, k, want)
 		if t.Failed() {
 			t.FailNow()

@@ -11,8 +11,16 @@
 // # Errors
 //
 // Methods return ErrNotFound when the addressed key does not exist,
-// ErrAliasExists when a unique alias is taken and ErrKeyExists when a key ID
-// is already stored. Open returns ErrSchemaTooNew for a database written by a
+// ErrAliasExists when a unique alias is taken, ErrKeyExists when a key ID
+// is already stored and ErrStale when a conditional write finds the row at
+// a generation not older than the one written.
+//
+// # Authenticated rows
+//
+// Keys, key versions, credentials, intents and audit anchors carry a MAC
+// (and keys and credentials a generation) that the service computes inside
+// the HSM (kms/integrity.go); the store keeps them as given and checks
+// nothing but that generations never go down. Open returns ErrSchemaTooNew for a database written by a
 // newer release. Errors wrap these sentinels, so test them with errors.Is.
 // Other errors are invalid arguments, I/O or database failures and are not
 // classified.
@@ -38,6 +46,10 @@ var (
 	// ErrSchemaTooNew: the database schema version is newer than this code
 	// knows; the database was written by a newer release and is left as is.
 	ErrSchemaTooNew = errors.New("store: database schema is newer than this release supports")
+	// ErrStale: a conditional update found the row at a generation not
+	// older than the one written (another writer changed it meanwhile, or
+	// the caller's copy is old). Nothing was changed.
+	ErrStale = errors.New("store: row changed meanwhile (its generation is not older than the one written)")
 )
 
 // Key is the metadata of one customer master key (CMK).
@@ -61,6 +73,14 @@ type Key struct {
 	LastRotatedAt   time.Time
 	// Versions in ascending order of Number; never empty for a stored key.
 	Versions []Version
+	// Gen is the row's generation: every change writes a higher one
+	// (UpdateKey and AddVersion refuse to write a generation that is not
+	// higher than the stored one, ErrStale), so a row never goes back.
+	Gen uint64
+	// MAC authenticates the row (the service computes it inside the HSM
+	// over a canonical encoding that includes ID and Gen); nil for a row
+	// written before MACs existed. The store keeps it as given.
+	MAC []byte
 }
 
 // Version is one generation of a key's material: a distinct token object.
@@ -73,6 +93,9 @@ type Version struct {
 	// more encryptions than it has reserved, so this is an upper bound of
 	// the real count. At most 2^63-1.
 	UsageReserved uint64
+	// MAC authenticates the version's immutable fields (see Key.MAC); it
+	// does not cover UsageReserved, a high-water mark raised by every node.
+	MAC []byte
 }
 
 // PendingObject records a token object that is about to be created (or was
@@ -83,4 +106,5 @@ type PendingObject struct {
 	KeyID     string
 	Version   uint32
 	CreatedAt time.Time
+	MAC       []byte // authenticates the intent (see Key.MAC); nil if written before MACs existed
 }

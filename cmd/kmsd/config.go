@@ -55,12 +55,16 @@ type fileConfig struct {
 			MaxConns       int      `yaml:"max_conns"`
 			StaleAfter     duration `yaml:"stale_after"`
 			ResyncInterval duration `yaml:"resync_interval"`
+			AllowVerifyCA  bool     `yaml:"allow_verify_ca"`
 		} `yaml:"postgres"`
 	} `yaml:"store"`
 	Audit struct {
-		File            string   `yaml:"file"`
-		Disabled        bool     `yaml:"disabled"`
-		RefusalInterval duration `yaml:"refusal_interval"`
+		File               string   `yaml:"file"`
+		Disabled           bool     `yaml:"disabled"`
+		RefusalInterval    duration `yaml:"refusal_interval"`
+		NodeID             string   `yaml:"node_id"`
+		CheckpointLines    int64    `yaml:"checkpoint_lines"`
+		CheckpointInterval duration `yaml:"checkpoint_interval"`
 	} `yaml:"audit"`
 	Limits struct {
 		MaxBodyBytes          int64    `yaml:"max_body_bytes"`

@@ -115,7 +115,21 @@ func TestConfigFile(t *testing.T) {
 				}
 			}},
 		{name: "allowed host with a scheme", file: "pkcs11:\n  module: module.so\n  pin_file: pin\nauth:\n  allowed_hosts: [\"https://kms.example\"]\n", want: "allowed-hosts"},
+		{name: "PostgreSQL off this machine without verify-full", file: "pkcs11:\n  module: module.so\n  pin_file: pin\nstore:\n  postgres:\n    dsn_file: dsn-prefer\n", want: "sslmode=prefer does not authenticate the server"},
+		{name: "PostgreSQL with verify-ca refused by default", file: "pkcs11:\n  module: module.so\n  pin_file: pin\nstore:\n  postgres:\n    dsn_file: dsn-ca\n", want: "allow_verify_ca"},
+		{name: "PostgreSQL with verify-ca allowed explicitly", file: "pkcs11:\n  module: module.so\n  pin_file: pin\nstore:\n  postgres:\n    dsn_file: dsn-ca\n    allow_verify_ca: true\n"},
+		{name: "PostgreSQL with verify-full", file: "pkcs11:\n  module: module.so\n  pin_file: pin\nstore:\n  postgres:\n    dsn_file: dsn-full\n",
+			check: func(t *testing.T, c config) {
+				if !strings.Contains(c.pgDSN, "verify-full") {
+					t.Fatalf("DSN %q", c.pgDSN)
+				}
+			}},
+		{name: "PostgreSQL on loopback", file: "pkcs11:\n  module: module.so\n  pin_file: pin\nstore:\n  postgres:\n    dsn_file: dsn-local\n"},
 	}
+	writeFile(t, dir, "dsn-prefer", "postgres://kmsd:pw@db.example:5432/kms\n")
+	writeFile(t, dir, "dsn-ca", "postgres://kmsd@db.example:5432/kms?sslmode=verify-ca\n")
+	writeFile(t, dir, "dsn-full", "postgres://kmsd@db.example:5432/kms?sslmode=verify-full\n")
+	writeFile(t, dir, "dsn-local", "postgres://kmsd@127.0.0.1:5432/kms?sslmode=disable\n")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			args := tt.args

@@ -71,7 +71,7 @@ func credentialsCmd(ctx context.Context, args []string, env func(string) (string
 	}
 
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	svc, _, _, closeAll, err := openService(ctx, cfg, log, nil)
+	svc, _, _, closeAll, err := openService(ctx, cfg, log, nil, nil)
 	if err != nil {
 		return err
 	}

@@ -82,12 +82,16 @@ type config struct {
 	pgMaxConns     int
 	pgStaleAfter   time.Duration
 	pgResync       time.Duration
+	pgVerifyCA     bool // accept sslmode=verify-ca off loopback
 	sessions       int
 	acquireTimeout time.Duration
 	ivMode         string
 	workingCopies  bool
 	copyCheck      time.Duration
-	auditFile      string // "" when auditing is disabled
+	auditFile      string        // "" when auditing is disabled
+	nodeID         string        // names this node's trail and its anchor in the store
+	cpLines        uint64        // a signed checkpoint every cpLines lines...
+	cpInterval     time.Duration // ...or every cpInterval
 	maxBody        int64
 	readHeader     time.Duration
 	readTimeout    time.Duration
@@ -224,8 +228,12 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	def("postgres-max-conns", "KMSD_POSTGRES_MAX_CONNS", num(int64(fc.Store.Postgres.MaxConns)), "10", "PostgreSQL connection pool size")
 	def("postgres-stale-after", "KMSD_POSTGRES_STALE_AFTER", dur(fc.Store.Postgres.StaleAfter), kms.DefaultStaleAfter.String(), "how long Encrypt/Decrypt serve from cache while PostgreSQL is unreachable")
 	def("postgres-resync-interval", "KMSD_POSTGRES_RESYNC_INTERVAL", dur(fc.Store.Postgres.ResyncInterval), kms.DefaultResyncInterval.String(), "full cache re-read interval (fallback when change notifications are lost)")
+	def("postgres-allow-verify-ca", "KMSD_POSTGRES_ALLOW_VERIFY_CA", boolean(fc.Store.Postgres.AllowVerifyCA), "false", "accept sslmode=verify-ca (no host name check) for a PostgreSQL server off this machine; otherwise verify-full is required")
 	def("audit-file", "KMSD_AUDIT_FILE", str(fc.Audit.File), "", "audit trail file (default DATA_DIR/audit.log)")
 	def("audit-disabled", "KMSD_AUDIT_DISABLED", boolean(fc.Audit.Disabled), "false", "do not keep an audit trail")
+	def("node-id", "KMSD_NODE_ID", str(fc.Audit.NodeID), "", "id of this node's audit trail and of its anchor in the store (default HOSTNAME:AUDIT_FILE)")
+	def("audit-checkpoint-lines", "KMSD_AUDIT_CHECKPOINT_LINES", num(fc.Audit.CheckpointLines), "1000", "a checkpoint signed in the HSM every this many audit lines")
+	def("audit-checkpoint-interval", "KMSD_AUDIT_CHECKPOINT_INTERVAL", dur(fc.Audit.CheckpointInterval), "10s", "... or this often, if lines were written")
 	def("max-body-bytes", "KMSD_MAX_BODY_BYTES", num(fc.Limits.MaxBodyBytes), "65536", "largest request body")
 	def("read-header-timeout", "KMSD_READ_HEADER_TIMEOUT", dur(fc.Limits.ReadHeaderTimeout), "5s", "time to read request headers")
 	def("read-timeout", "KMSD_READ_TIMEOUT", dur(fc.Limits.ReadTimeout), "15s", "time to read a whole request")
@@ -345,6 +353,12 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 				c.pgDSN = strings.TrimSpace(string(b))
 			}
 		}
+		c.pgVerifyCA = parseBool("postgres-allow-verify-ca")
+		if c.pgDSN != "" {
+			if err := store.CheckPostgresTransport(c.pgDSN, c.pgVerifyCA); err != nil {
+				bad("postgres-dsn-file", "%v", err)
+			}
+		}
 		c.pgMaxConns = int(parseInt("postgres-max-conns", 2, 1000))
 		c.pgStaleAfter = parseDur("postgres-stale-after")
 		c.pgResync = parseDur("postgres-resync-interval")
@@ -361,7 +375,15 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 			if c.auditFile == "" {
 				c.auditFile = filepath.Join(c.dataDir, "audit.log")
 			}
+			c.nodeID = v("node-id")
+			if c.nodeID == "" {
+				host, _ := os.Hostname()
+				abs, _ := filepath.Abs(c.auditFile)
+				c.nodeID = host + ":" + abs
+			}
 		}
+		c.cpLines = uint64(parseInt("audit-checkpoint-lines", 1, 1<<40))
+		c.cpInterval = parseDur("audit-checkpoint-interval")
 		c.maxBody = parseInt("max-body-bytes", 1024, 64<<20)
 		c.readHeader = parseDur("read-header-timeout")
 		c.readTimeout = parseDur("read-timeout")
@@ -415,6 +437,12 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	if len(args) > 0 && args[0] == "credentials" {
 		return credentialsCmd(ctx, args[1:], env, stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "audit" {
+		return auditCmd(ctx, args[1:], env, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "reseal" {
+		return resealCmd(ctx, args[1:], env, stdout, stderr)
+	}
 	if len(args) > 0 && args[0] == "check-config" {
 		return checkConfig(args[1:], env, stdout, stderr)
 	}
@@ -438,14 +466,17 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 		}
 	}
 	var auditLog *audit.Writer
+	var trail *trailAnchor // anchor.go
 	if cfg.auditFile != "" {
 		if err := os.MkdirAll(filepath.Dir(cfg.auditFile), 0o700); err != nil {
 			return fmt.Errorf("audit: %w", err)
 		}
-		if auditLog, err = audit.Open(cfg.auditFile); err != nil {
+		trail = newTrailAnchor(cfg, log)
+		if auditLog, err = audit.OpenWith(cfg.auditFile, audit.Options{OnCommit: trail.signal}); err != nil {
 			return err
 		}
 		defer auditLog.Close()
+		trail.w = auditLog
 	}
 	stopDebug, err := startDebug(env, log) // KMSD_DEBUG_ADDR, loopback only; off by default
 	if err != nil {
@@ -454,11 +485,21 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	defer stopDebug()
 	reg := newRegistry()
 	hsmMetrics := newHSMMetrics(reg)
-	svc, tok, ready, closeAll, err := openService(ctx, cfg, log, hsmMetrics)
+	deferred := &deferredAudit{} // integrity failures wait for the trail's check
+	svc, tok, ready, closeAll, err := openService(ctx, cfg, log, hsmMetrics, deferred.hook)
 	if err != nil {
 		return err
 	}
 	defer closeAll()
+	if trail != nil {
+		if err := trail.start(ctx, svc); err != nil {
+			return err
+		}
+		defer trail.stop(context.WithoutCancel(ctx))
+		deferred.open(integrityAudit(auditLog, log))
+	} else {
+		deferred.open(func(kms.IntegrityFailure) {}) // no trail: the log and the metrics tell
+	}
 	registerServiceMetrics(reg, tok, svc)
 	// On a shared (PostgreSQL) store: keep the caches consistent with the
 	// other nodes; stopped before the store closes.
@@ -476,6 +517,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 		Logger: log, RequestTimeout: cfg.requestTimeout, MaxBodyBytes: cfg.maxBody, MaxConcurrent: cfg.maxConcurrent,
 		RatePerCredential: cfg.ratePerCred, BurstPerCredential: cfg.burstPerCred, Registry: reg, Ready: ready,
 		MaxConnections: noLimit(cfg.maxConns), MaxConnectionsPerAddress: noLimit(cfg.maxConnsPerIP), RefusalAuditInterval: cfg.refusalAudit,
+		Degraded: func() map[string]int { return map[string]int{"integrity": len(svc.IntegrityFailures())} },
 	}
 	apiCfg.RequireSignedAction, apiCfg.AllowedHosts, apiCfg.TC3Services = cfg.requireSignedAction, cfg.allowedHosts, cfg.tc3Services
 	if n, ok := svc.Store().(nonceStore); ok {
@@ -486,8 +528,6 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	}
 	if auditLog != nil {
 		apiCfg.Audit = auditLog
-		stopAnchor := anchorAudit(ctx, auditLog, log)
-		defer stopAnchor()
 	}
 	api := httpapi.New(svc, apiCfg)
 	defer api.Close()
@@ -527,7 +567,10 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 
 // openService opens the store and the token and starts the domain service.
 // closeAll closes what was opened, the token last.
-func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Observer) (_ *kms.Service, tok *p11.Token, ready map[string]func(context.Context) error, closeAll func(), err error) {
+//
+// onIntegrity, if not nil, receives every stored row found failing its
+// integrity check (from the start-up load on).
+func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Observer, onIntegrity func(kms.IntegrityFailure)) (_ *kms.Service, tok *p11.Token, ready map[string]func(context.Context) error, closeAll func(), err error) {
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -552,7 +595,7 @@ func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Obse
 		}
 	}
 	kc := kms.Config{KeyLimit: cfg.keyLimit, VersionUsageLimit: cfg.usageLimit, Logger: log,
-		StaleAfter: cfg.pgStaleAfter, ResyncInterval: cfg.pgResync}
+		StaleAfter: cfg.pgStaleAfter, ResyncInterval: cfg.pgResync, OnIntegrityFailure: onIntegrity}
 	if kmsConfigHook != nil {
 		kmsConfigHook(&kc) // test builds only (see faults.go)
 	}

@@ -100,6 +100,12 @@ func registerServiceMetrics(reg prometheus.Registerer, tok *p11.Token, svc *kms.
 		counter("kmsd_hsm_session_waits_total", "Calls that waited for a free session.", func(s p11.Stats) float64 { return float64(s.Waits) }),
 		counter("kmsd_hsm_session_wait_seconds_total", "Time calls spent waiting for a free session.", func(s p11.Stats) float64 { return s.WaitTime.Seconds() }),
 		newUsageCollector(svc),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "kmsd_integrity_failures_total",
+			Help: "Stored rows (keys, credentials, intents) found failing their integrity check (MAC or generation) since start."},
+			func() float64 { return float64(svc.IntegrityFailuresDetected()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kmsd_integrity_failing_rows",
+			Help: "Stored rows failing their integrity check now: not obeyed until an administrator runs kmsd reseal."},
+			func() float64 { return float64(len(svc.IntegrityFailures())) }),
 	)
 }
 

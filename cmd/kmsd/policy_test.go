@@ -5,7 +5,6 @@ package main_test
 // common client, the key actions with its kms client.
 
 import (
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -21,8 +20,6 @@ import (
 	tchttp "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common/http"
 	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common/profile"
 	tckms "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/kms/v20190118"
-
-	"hsmkms/store"
 )
 
 // sdkCred is a credential used through the official SDK.
@@ -194,19 +191,14 @@ func TestPolicyAdministrationThroughSDK(t *testing.T) {
 		// the administrator policy and a key administrator's kms:Update*,
 		// kms:Delete* (written as that release stored them).
 		s.stop()
-		st, err := store.Open(context.Background(), filepath.Join(data, "kms.db"))
-		if err != nil {
-			t.Fatal(err)
+		old := func(id, statements string) string {
+			return `UPDATE credentials SET policy = '{"version":"2.0","statement":[` + statements + `]}' WHERE secret_id = '` + id + `'`
 		}
-		old := func(id, statements string) {
-			if err := st.SetCredentialPolicy(context.Background(), id, `{"version":"2.0","statement":[`+statements+`]}`); err != nil {
-				t.Fatal(err)
-			}
-		}
-		old(adminID, `{"effect":"allow","action":["kms:*"],"resource":["*"]}`)
-		old(updater.id, `{"effect":"allow","action":["kms:Update*","kms:Delete*","kms:Disable*"],"resource":["*"]}`)
-		old(disabler.id, `{"effect":"allow","action":["*"],"resource":["*"]},{"effect":"deny","action":["kms:Disable*"],"resource":["*"]}`)
-		st.Close()
+		downgradeSQLite(t, tok, data, []string{
+			old(adminID, `{"effect":"allow","action":["kms:*"],"resource":["*"]}`),
+			old(updater.id, `{"effect":"allow","action":["kms:Update*","kms:Delete*","kms:Disable*"],"resource":["*"]}`),
+			old(disabler.id, `{"effect":"allow","action":["*"],"resource":["*"]},{"effect":"deny","action":["kms:Disable*"],"resource":["*"]}`),
+		})
 		s = startKMSD(t, kmsdEnv(tok, data))
 		admin, updater, disabler := s.sdkCred(t, adminID, adminKey), s.sdkCred(t, updater.id, updater.key), s.sdkCred(t, disabler.id, disabler.key)
 		if _, code, msg := updater.call("UpdateCredentialPolicy", map[string]any{"SecretId": updater.id, "Policy": fullPolicy}); code != "UnauthorizedOperation" {

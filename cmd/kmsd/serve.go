@@ -14,12 +14,10 @@ import (
 	"os/signal"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"hsmkms/audit"
 	"hsmkms/httpapi/h1"
 )
 
@@ -112,35 +110,6 @@ func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
-}
-
-// anchorAudit logs the audit chain head every minute and once at the end,
-// the anchor an auditor compares the trail against.
-func anchorAudit(ctx context.Context, w *audit.Writer, log *slog.Logger) (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	logHead := func() {
-		seq, hash := w.Head()
-		log.Info("audit chain head", "seq", seq, "hash", hash)
-	}
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(time.Minute)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				logHead()
-			case <-done:
-				logHead()
-				return
-			case <-ctx.Done():
-				logHead()
-				return
-			}
-		}
-	}()
-	return func() { close(done); <-finished }
 }
 
 // checkConfig is `kmsd check-config`: it validates the configuration as

@@ -24,6 +24,13 @@
 // (SysProcAttr.Credential), so neither sudo, su, runuser nor setpriv is
 // needed, and makes the cluster directory reachable by that user.
 //
+// # TLS
+//
+// A throwaway server speaks TLS only (pg_hba.conf rejects other TCP
+// clients), with a certificate for 127.0.0.1 signed by a throwaway CA made
+// with crypto/x509 (tls.go); AdminDSN and NewDatabase's DSNs use
+// sslmode=verify-full with that CA (CAFile), as kmsd requires off loopback.
+//
 // The server is started with fsync off (it is thrown away) and is sent
 // SIGQUIT if the test process dies (Linux parent-death signal), so a crashed
 // test run leaves no server behind.
@@ -70,6 +77,9 @@ type Server struct {
 	// AdminDSN connects as a superuser (or a role that may create
 	// databases) to the server's maintenance database.
 	AdminDSN string
+	// CAFile is the certificate authority of a throwaway server's TLS
+	// certificate ("" for an external server).
+	CAFile string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd // nil for an external server or while stopped
@@ -309,13 +319,25 @@ func startCluster() (_ *Server, err error) {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
 	}
+	if s.CAFile, err = makeCerts(dir, cred); err != nil {
+		return nil, fmt.Errorf("pgtest: certificates: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(hbaConf), 0o600); err != nil {
+		return nil, err
+	}
+	if cred != nil {
+		if err := os.Chown(filepath.Join(data, "pg_hba.conf"), int(cred.Uid), int(cred.Gid)); err != nil {
+			return nil, err
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		port, err := freePort()
 		if err != nil {
 			return nil, err
 		}
 		s.port = port
-		s.AdminDSN = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
+		s.AdminDSN = fmt.Sprintf("postgres://postgres@%s:%d/postgres?sslmode=verify-full&sslrootcert=%s",
+			Host, port, url.QueryEscape(s.CAFile))
 		err = s.startPostgres()
 		if err == nil {
 			return s, nil
@@ -345,7 +367,9 @@ func (s *Server) startPostgres() error {
 	defer log.Close()
 	cmd := exec.Command(filepath.Join(s.bin, "postgres"),
 		"-D", filepath.Join(s.dir, "data"), "-p", strconv.Itoa(s.port), "-k", filepath.Join(s.dir, "sock"),
-		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
+		"-c", "listen_addresses="+Host, "-c", "fsync=off", "-c", "full_page_writes=off",
+		"-c", "ssl=on", "-c", "ssl_cert_file="+filepath.Join(s.dir, "server.crt"),
+		"-c", "ssl_key_file="+filepath.Join(s.dir, "server.key"),
 		"-c", "max_connections=400", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning")
 	cmd.Dir = s.dir
 	cmd.Stdout, cmd.Stderr = log, log
