@@ -94,6 +94,7 @@ const (
 	actDisableCredential      = "kms-admin:DisableCredential"
 	actUpdateCredentialPolicy = "kms-admin:UpdateCredentialPolicy"
 	actDeleteCredential       = "kms-admin:DeleteCredential"
+	actReseal                 = "kms-admin:Reseal"
 )
 
 // keyActionsOnKeys are the key actions checked against a key id;
@@ -109,7 +110,7 @@ var (
 	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys"}
 	adminActions    = []string{
 		actCreateCredential, actDeleteCredential, actDisableCredential,
-		actEnableCredential, actListCredentials, actUpdateCredentialPolicy,
+		actEnableCredential, actListCredentials, actReseal, actUpdateCredentialPolicy,
 	}
 )
 

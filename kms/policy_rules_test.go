@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hsmkms/store"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -425,6 +426,20 @@ func TestStoredPolicyUpgrade(t *testing.T) {
 		rec.Policy = tt.doc
 		e.st.creds[info.SecretID] = rec
 	}
+	// As the release before left them: no MACs, no MAC key on the token.
+	for id, rec := range e.st.creds {
+		rec.MAC, rec.Gen = nil, 0
+		e.st.creds[id] = rec
+	}
+	for id := range e.st.keys {
+		e.st.rawKey(id, func(r *store.Key) {
+			r.MAC, r.Gen = nil, 0
+			for i := range r.Versions {
+				r.Versions[i].MAC = nil
+			}
+		})
+	}
+	delete(e.h.macKeys, string(macKeyObjectID))
 	e.restart(t)
 	for i, tt := range tests {
 		c, err := e.svc.LookupCredential(adminCtx, ids[i])

@@ -103,11 +103,11 @@ func (s *Service) resealKeyRecord(ctx context.Context, r store.Key, floor uint64
 
 // ResealUnsealed seals every stored row that has no MAC, after an
 // administrator checked them (for example when an upgrade was interrupted
-// after the MAC key was made). Requires kms:Reseal. It returns how many
+// after the MAC key was made). Requires kms-admin:Reseal. It returns how many
 // rows it sealed. Rows of a running node's cache are picked up at its next
 // refresh (shared store) or restart.
 func (s *Service) ResealUnsealed(ctx context.Context) (int, error) {
-	if err := authorize(ctx, "kms:Reseal", "*"); err != nil {
+	if err := authorize(ctx, actReseal, "*"); err != nil {
 		return 0, err
 	}
 	s.writeMu.Lock()
@@ -118,14 +118,14 @@ func (s *Service) ResealUnsealed(ctx context.Context) (int, error) {
 // ResealKey accepts the stored metadata of key keyID, as it is now, after
 // an administrator checked it: it computes new MACs for the key and every
 // version at the next generation and serves the key as stored. Requires
-// kms:Reseal. Errors: ErrInvalidKeyID, ErrKeyNotFound, store and HSM
+// kms-admin:Reseal. Errors: ErrInvalidKeyID, ErrKeyNotFound, store and HSM
 // failures.
 func (s *Service) ResealKey(ctx context.Context, keyID string) error {
 	id, ok := parseKeyID(keyID)
 	if !ok {
 		return ErrInvalidKeyID
 	}
-	if err := authorize(ctx, "kms:Reseal", keyID); err != nil {
+	if err := authorize(ctx, actReseal, "*"); err != nil {
 		return err
 	}
 	s.writeMu.Lock()
@@ -165,9 +165,9 @@ func (s *Service) ResealKey(ctx context.Context, keyID string) error {
 
 // ResealCredential accepts the stored row of credential secretID, as it is
 // now, after an administrator checked it (policy, enabled flag, name).
-// Requires kms:Reseal. ErrCredentialNotFound if there is no such row.
+// Requires kms-admin:Reseal. ErrCredentialNotFound if there is no such row.
 func (s *Service) ResealCredential(ctx context.Context, secretID string) error {
-	if err := authorize(ctx, "kms:Reseal", "*"); err != nil {
+	if err := authorize(ctx, actReseal, "*"); err != nil {
 		return err
 	}
 	s.credMu.Lock()
@@ -207,9 +207,9 @@ func (s *Service) ResealCredential(ctx context.Context, secretID string) error {
 
 // ResealIntent accepts the stored intent whose object id is objectIDHex
 // (hex), after an administrator checked it; the next Recover (restart)
-// acts on it. Requires kms:Reseal.
+// acts on it. Requires kms-admin:Reseal.
 func (s *Service) ResealIntent(ctx context.Context, objectIDHex string) error {
-	if err := authorize(ctx, "kms:Reseal", "*"); err != nil {
+	if err := authorize(ctx, actReseal, "*"); err != nil {
 		return err
 	}
 	objectID, err := hex.DecodeString(objectIDHex)

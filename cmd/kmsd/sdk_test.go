@@ -172,7 +172,9 @@ func (r apiReply) code() string {
 	return r.Response.Error.Code
 }
 
-// tc3Request builds a signed TC3 POST; mutate runs after signing.
+// tc3Request builds a TC3 POST signed as kmsctl signs it, the action
+// included (SignedHeaders content-type;host;x-tc-action); mutate runs after
+// signing.
 type tc3Request struct {
 	action, version string
 	body            string
@@ -201,7 +203,7 @@ func (s *server) tc3(t *testing.T, q tc3Request) apiReply {
 	req.Header.Set("X-TC-Action", q.action)
 	req.Header.Set("X-TC-Version", q.version)
 	req.Header.Set("X-TC-Timestamp", strconv.FormatInt(q.ts, 10))
-	req.Header.Set("Authorization", tcsign.SignTC3(q.id, q.key, "kms", http.MethodPost, host, "application/json", "", q.ts, []byte(q.body)))
+	req.Header.Set("Authorization", tcsign.SignTC3Action(q.id, q.key, "kms", http.MethodPost, host, "application/json", "", q.action, q.ts, []byte(q.body)))
 	if q.mutate != nil {
 		q.mutate(req)
 	}
