@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -36,6 +34,7 @@ type fileConfig struct {
 		Module         string   `yaml:"module"`
 		TokenLabel     string   `yaml:"token_label"`
 		TokenURI       string   `yaml:"token_uri"`
+		InitArgs       string   `yaml:"init_args"`
 		PINFile        string   `yaml:"pin_file"`
 		PINEnv         string   `yaml:"pin_env"`
 		Sessions       int      `yaml:"sessions"`
@@ -120,46 +119,6 @@ func loadConfigFile(path string) (fileConfig, error) {
 		}
 	}
 	return fc, nil
-}
-
-// tokenLabelFromURI extracts the token label of an RFC 7512 PKCS#11 URI,
-// e.g. "pkcs11:token=hsmkms". Only the token attribute is supported; a
-// PIN in the URI (pin-value) is refused: secrets are given by reference.
-func tokenLabelFromURI(uri string) (string, error) {
-	rest, ok := strings.CutPrefix(uri, "pkcs11:")
-	if !ok {
-		return "", fmt.Errorf("token URI %q does not start with pkcs11:", uri)
-	}
-	path, query, _ := strings.Cut(rest, "?")
-	if strings.Contains(query, "pin-value") {
-		return "", errors.New("token URI: pin-value is refused; give the PIN by file or environment variable")
-	}
-	var label string
-	for _, attr := range strings.Split(path, ";") {
-		if attr == "" {
-			continue
-		}
-		k, v, ok := strings.Cut(attr, "=")
-		if !ok {
-			return "", fmt.Errorf("token URI: malformed attribute %q", attr)
-		}
-		v, err := url.PathUnescape(v)
-		if err != nil {
-			return "", fmt.Errorf("token URI: %v", err)
-		}
-		switch k {
-		case "token":
-			label = v
-		case "manufacturer", "model", "serial", "library-description", "library-manufacturer", "library-version", "slot-description", "slot-manufacturer", "slot-id":
-			return "", fmt.Errorf("token URI: attribute %q is not supported; select the token by its label (token=)", k)
-		default:
-			return "", fmt.Errorf("token URI: unknown attribute %q", k)
-		}
-	}
-	if label == "" {
-		return "", errors.New("token URI: no token= attribute")
-	}
-	return label, nil
 }
 
 // isLoopback reports whether a listen address only accepts local

@@ -26,7 +26,7 @@ import (
 // again soon after the token is back, without a restart.
 func TestTokenOutageAndRecovery(t *testing.T) {
 	leaks := goleak.IgnoreCurrent()
-	tok := softhsm.NewTokenNoEnv(t)
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
 	so := faultmod.Build(t)
 	ctl := faultmod.NewController(t)
 	env := append(kmsdEnv(tok, t.TempDir()), ctl.Env()...)
@@ -159,7 +159,7 @@ func TestTokenOutageAndRecovery(t *testing.T) {
 // emulating a FIPS-mode HSM (it refuses caller IVs and writes its own):
 // blobs round-trip, and each carries the IV the HSM chose.
 func TestHSMGeneratedIVMode(t *testing.T) {
-	tok := softhsm.NewTokenNoEnv(t)
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
 	so := faultmod.Build(t)
 	ctl := faultmod.NewController(t)
 	ctl.HSMGeneratedIV(true)

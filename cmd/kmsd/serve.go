@@ -161,7 +161,7 @@ func checkConfig(args []string, env func(string) (string, bool), stdout, stderr 
 		auditMode = "disabled"
 	}
 	fmt.Fprintf(stdout, "configuration OK\n  listen   %s (TLS %s)\n  module   %s\n  token    %s (%d sessions, IV mode %s)\n  data dir %s\n  audit    %s\n  limits   body %d B, request %s, %d concurrent, %g req/s per credential\n",
-		cfg.addr, tlsMode, cfg.module, cfg.tokenLabel, cfg.sessions, cfg.ivMode, cfg.dataDir, auditMode,
+		cfg.addr, tlsMode, cfg.module, cfg.tokenName(), cfg.sessions, cfg.ivMode, cfg.dataDir, auditMode,
 		cfg.maxBody, cfg.requestTimeout, cfg.maxConcurrent, cfg.ratePerCred)
 	return nil
 }

@@ -266,7 +266,9 @@ func TestBindingPathInterop(t *testing.T) {
 	st := softhsm.NewToken(t)
 	ctx := testCtx(t)
 	open := func(direct bool) *Token {
-		tok, err := OpenToken(ctx, Config{ModulePath: st.Module, TokenLabel: st.Label, PIN: st.PIN, Sessions: 1, noDirectGCM: !direct, NoWorkingCopies: !direct})
+		cfg := testConfig(st, 1)
+		cfg.noDirectGCM, cfg.NoWorkingCopies = !direct, !direct
+		tok, err := OpenToken(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,18 +15,15 @@ import (
 // Token must satisfy the domain's port.
 var _ kms.HSM = (*Token)(nil)
 
-// newTestToken makes a throwaway SoftHSM2 token and opens it with the given
-// number of sessions (0: default). The Token is closed (C_Finalize) when
-// the test ends, before SOFTHSM2_CONF is restored.
+// newTestToken makes a throwaway token of the kind the environment asks for
+// (softhsm.EnvKind: SoftHSM2 by default, NSS softoken, or an external
+// module) and opens it with the given number of sessions (0: default). The
+// Token is closed (C_Finalize) when the test ends, before SOFTHSM2_CONF is
+// restored.
 func newTestToken(t testing.TB, sessions int) (*Token, softhsm.Token) {
 	t.Helper()
 	st := softhsm.NewToken(t)
-	tok, err := OpenToken(context.Background(), Config{
-		ModulePath: st.Module,
-		TokenLabel: st.Label,
-		PIN:        st.PIN,
-		Sessions:   sessions,
-	})
+	tok, err := OpenToken(context.Background(), testConfig(st, sessions))
 	if err != nil {
 		t.Fatalf("OpenToken: %v", err)
 	}
@@ -59,5 +56,17 @@ func mustGenerate(t testing.TB, tok *Token, id []byte) {
 	t.Helper()
 	if err := tok.GenerateKey(testCtx(t), id, fmt.Sprintf("test-%x", id)); err != nil {
 		t.Fatalf("GenerateKey(%q): %v", id, err)
+	}
+}
+
+// testConfig is the Config that opens st.
+func testConfig(st softhsm.Token, sessions int) Config {
+	return Config{
+		ModulePath: st.Module,
+		TokenLabel: st.Label,
+		TokenURI:   st.URI,
+		InitArgs:   st.InitArgs,
+		PIN:        st.PIN,
+		Sessions:   sessions,
 	}
 }

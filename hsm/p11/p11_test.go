@@ -330,7 +330,7 @@ func TestPoolExhaustedIsBusy(t *testing.T) {
 func TestOpenTokenErrors(t *testing.T) {
 	st := softhsm.NewToken(t)
 	ctx := testCtx(t)
-	good := Config{ModulePath: st.Module, TokenLabel: st.Label, PIN: st.PIN}
+	good := testConfig(st, 0)
 	const wrongPIN = "wrong-pin-4711"
 
 	cases := []struct {
@@ -754,7 +754,10 @@ func TestClassify(t *testing.T) {
 		{"C_Login", pkcs11.CKR_PIN_EXPIRED, hsm.ErrLogin},
 		{"C_Login", pkcs11.CKR_PIN_LEN_RANGE, hsm.ErrLogin},
 		{"C_EncryptInit", pkcs11.CKR_ARGUMENTS_BAD, hsm.ErrInvalidInput},
-		{"C_EncryptInit", pkcs11.CKR_MECHANISM_PARAM_INVALID, hsm.ErrInvalidInput},
+		{"C_EncryptInit", pkcs11.CKR_MECHANISM_PARAM_INVALID, hsm.ErrMisconfigured},
+		{"C_EncryptInit", pkcs11.CKR_MECHANISM_INVALID, hsm.ErrMisconfigured},
+		{"C_GenerateKey", pkcs11.CKR_MECHANISM_INVALID, hsm.ErrMisconfigured},
+		{"C_Initialize", pkcs11.CKR_ARGUMENTS_BAD, hsm.ErrMisconfigured},
 		{"C_Encrypt", pkcs11.CKR_DATA_LEN_RANGE, hsm.ErrInvalidInput},
 		{"C_Encrypt", pkcs11.CKR_DATA_INVALID, hsm.ErrInvalidInput},
 		{"C_Encrypt", pkcs11.CKR_FUNCTION_FAILED, hsm.ErrUnavailable},

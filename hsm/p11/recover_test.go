@@ -24,7 +24,7 @@ import (
 // newFaultToken opens a throwaway SoftHSM2 token through the fault module.
 func newFaultToken(t *testing.T, sessions int, mod func(*Config)) (*Token, *faultmod.Controller) {
 	t.Helper()
-	st := softhsm.NewToken(t)
+	st := softhsm.NewSoftHSM2Token(t)
 	so := faultmod.Build(t)
 	ctl := faultmod.NewController(t)
 	for _, kv := range ctl.Env() {

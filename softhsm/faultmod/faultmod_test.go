@@ -40,7 +40,7 @@ func setenv(t *testing.T, env []string) {
 func newRig(t *testing.T) *rig {
 	t.Helper()
 	so := Build(t)
-	tok := softhsm.NewToken(t)
+	tok := softhsm.NewSoftHSM2Token(t)
 	ctl := NewController(t)
 	setenv(t, ctl.Env())
 	p := pkcs11.New(so)
@@ -597,7 +597,7 @@ func TestCalls(t *testing.T) {
 
 func TestBadControlFile(t *testing.T) {
 	so := Build(t)
-	softhsm.NewToken(t)
+	softhsm.NewSoftHSM2Token(t)
 	ctl := NewController(t)
 	setenv(t, ctl.Env())
 	*ctl.u64(offMagic) = 0x1234 // as if written by another version
@@ -614,7 +614,7 @@ func TestBadControlFile(t *testing.T) {
 // it and seals on request; the parent switches faults in between.
 func TestOtherProcess(t *testing.T) {
 	so := Build(t)
-	tok := softhsm.NewTokenNoEnv(t)
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
 	ctl := NewController(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
 	cmd.Env = append(append(append(os.Environ(), tok.Env()...), ctl.Env()...),
