@@ -169,5 +169,5 @@ func (t *Token) checkHSMIV(iv []byte) error {
 			return nil
 		}
 	}
-	return errf(hsm.ErrUnavailable, "C_Encrypt", "HSM-generated IV mode: the token did not write an IV into the GCM parameters; is iv_mode right for this HSM?")
+	return errf(hsm.ErrMisconfigured, "C_Encrypt", "CKM_AES_GCM: iv_mode is hsm but the token did not write an IV into the GCM parameters: set pkcs11.iv_mode to caller for this module")
 }

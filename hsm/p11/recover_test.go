@@ -233,8 +233,8 @@ func TestHSMGeneratedIV(t *testing.T) {
 
 	// The token does not write IVs yet: Seal refuses rather than return
 	// an all-zero IV.
-	if _, _, err := tok.Seal(ctx, id, []byte("x"), testAAD); !errors.Is(err, hsm.ErrUnavailable) {
-		t.Fatalf("Seal on a token that ignores the IV mode: %v", err)
+	if _, _, err := tok.Seal(ctx, id, []byte("x"), testAAD); !errors.Is(err, hsm.ErrMisconfigured) || !strings.Contains(err.Error(), "iv_mode") {
+		t.Fatalf("Seal on a token that ignores the IV mode: %v, want hsm.ErrMisconfigured naming iv_mode", err)
 	}
 	ctl.HSMGeneratedIV(true) // now it behaves like CloudHSM: zero IV in, its own IV out
 	iv1, sealed, err := tok.Seal(ctx, id, []byte("hsm iv"), testAAD)
@@ -287,4 +287,118 @@ func (o *recordingObserver) reinitOK() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.reinits
+}
+
+// waitUntil polls cond every 10 ms for up to 10 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10 s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Configuration errors (a module without CKM_AES_GCM, GCM parameters it
+// refuses, a wrong iv_mode) are reported as such and never count towards
+// re-initialising the token: no retry can fix them. Each case fails many
+// more times in a row than failureThreshold.
+func TestConfigurationErrorsDoNotReinitialise(t *testing.T) {
+	cases := []struct {
+		name   string
+		hsmIV  bool                         // Config.HSMGeneratedIV
+		fault  func(c *faultmod.Controller) // what the module does
+		naming string                       // the message names this
+	}{
+		{"no CKM_AES_GCM", false, func(c *faultmod.Controller) { c.Fail("C_EncryptInit", pkcs11.CKR_MECHANISM_INVALID) }, "CKM_AES_GCM"},
+		{"HSM-generated IVs in caller mode", false, func(c *faultmod.Controller) { c.HSMGeneratedIV(true) }, "iv_mode"},
+		{"caller IVs in hsm mode", true, func(c *faultmod.Controller) {}, "iv_mode"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tok, ctl := newFaultToken(t, 2, func(cfg *Config) { cfg.HSMGeneratedIV = c.hsmIV })
+			ctx := testCtx(t)
+			id := []byte("misconfigured")
+			mustGenerate(t, tok, id)
+			c.fault(ctl)
+			for i := range 3 * failureThreshold {
+				_, _, err := tok.Seal(ctx, id, []byte("x"), testAAD)
+				if !errors.Is(err, hsm.ErrMisconfigured) || errors.Is(err, hsm.ErrUnavailable) || !strings.Contains(err.Error(), c.naming) {
+					t.Fatalf("Seal %d = %v, want hsm.ErrMisconfigured naming %s", i, err, c.naming)
+				}
+			}
+			if st := tok.Stats(); !st.Available || st.Reinits != 0 || tok.failures.Load() != 0 {
+				t.Fatalf("after configuration errors: %+v, %d failures counted; want available, no re-initialisation", st, tok.failures.Load())
+			}
+			if n := ctl.Calls("C_Finalize"); n != 0 {
+				t.Fatalf("C_Finalize called %d times", n)
+			}
+		})
+	}
+}
+
+// A PIN the token refuses during recovery stops the recovery loop: the
+// Token stays down, says why, and never calls C_Login again (each attempt
+// would count towards an HSM's lockout).
+func TestWrongPINStopsRecovery(t *testing.T) {
+	for _, rv := range []uint{pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LOCKED} {
+		t.Run(ckrName(rv), func(t *testing.T) {
+			obs := &recordingObserver{}
+			tok, ctl := newFaultToken(t, 2, func(c *Config) { c.Observer = obs })
+			ctx := testCtx(t)
+			id := []byte("pin")
+			mustGenerate(t, tok, id)
+			ctl.Fail("C_Login", rv) // the PIN was changed on the HSM, or the user locked
+			ctl.RemoveToken(true)
+			_, _, _ = tok.Seal(ctx, id, []byte("x"), testAAD) // CKR_DEVICE_REMOVED: down
+			ctl.RemoveToken(false)
+			waitUntil(t, "halted", func() bool { return tok.halted.Load() != nil })
+			logins := ctl.Calls("C_Login")
+			// Longer than recoverMaxBackoff: a loop still running would log in again.
+			time.Sleep(2*recoverMaxBackoff + 200*time.Millisecond)
+			if n := ctl.Calls("C_Login"); n != logins {
+				t.Fatalf("C_Login called %d more times after the token refused the PIN", n-logins)
+			}
+			_, _, err := tok.Seal(ctx, id, []byte("x"), testAAD)
+			if !errors.Is(err, hsm.ErrLogin) || !strings.Contains(err.Error(), ckrName(rv)) || !strings.Contains(err.Error(), "will not be retried") {
+				t.Fatalf("Seal while halted = %v, want hsm.ErrLogin saying why and that it will not be retried", err)
+			}
+			if err := tok.Ping(ctx); !errors.Is(err, hsm.ErrLogin) {
+				t.Fatalf("Ping while halted = %v", err)
+			}
+			if st := tok.Stats(); st.Available {
+				t.Fatal("Stats says available")
+			}
+			if n := ctl.Calls("C_Login"); n != logins {
+				t.Fatalf("calls while halted logged in %d times", n-logins)
+			}
+		})
+	}
+}
+
+// A lost login that cannot be restored because the PIN is refused halts
+// the Token at once instead of logging in again on every call.
+func TestWrongPINOnReloginHalts(t *testing.T) {
+	tok, ctl := newFaultToken(t, 2, nil)
+	ctx := testCtx(t)
+	id := []byte("relogin")
+	mustGenerate(t, tok, id)
+	ctl.Fail("C_Login", pkcs11.CKR_PIN_INCORRECT)
+	ctl.FailN("C_EncryptInit", pkcs11.CKR_USER_NOT_LOGGED_IN, 1)
+	ctl.FailN("C_FindObjectsInit", pkcs11.CKR_USER_NOT_LOGGED_IN, 1)
+	_, _, _ = tok.Seal(ctx, id, []byte("x"), testAAD)
+	logins := ctl.Calls("C_Login")
+	if logins == 0 || tok.halted.Load() == nil {
+		t.Fatalf("%d logins, halted %v: want the refused re-login to halt the Token", logins, tok.halted.Load())
+	}
+	for range 10 {
+		if _, _, err := tok.Seal(ctx, id, []byte("x"), testAAD); !errors.Is(err, hsm.ErrLogin) {
+			t.Fatalf("Seal after the refused re-login = %v, want hsm.ErrLogin", err)
+		}
+	}
+	if n := ctl.Calls("C_Login"); n != logins {
+		t.Fatalf("%d more logins after the PIN was refused", n-logins)
+	}
 }
