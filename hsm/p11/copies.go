@@ -27,7 +27,9 @@ import (
 // checked again, at most Config.CopyCheckInterval after its last check.
 //
 // If the module refuses C_CopyObject, the Token stops trying and uses the
-// token objects.
+// token objects. A copy that could wrap or unwrap, or that is not a
+// sensitive, non-extractable session object, is destroyed at once and the
+// token object used instead (copyIsSafe).
 
 type workCopy struct {
 	h       pkcs11.ObjectHandle // the session object
@@ -114,6 +116,12 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 		}
 		return tokenH
 	}
+	if !t.copyIsSafe(s, h) {
+		// The token object can wrap or unwrap, or the copy came out
+		// exportable: never hold such a copy; use the token object.
+		_ = t.mod.DestroyObject(s, h)
+		return tokenH
+	}
 	t.cmu.Lock()
 	if t.cgen[string(objectID)] != gen {
 		// Dropped while we copied: do not resurrect it.
@@ -129,6 +137,33 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 	m[string(objectID)] = workCopy{h: h, tokenH: tokenH, checked: time.Now()}
 	t.cmu.Unlock()
 	return h
+}
+
+// copyIsSafe reads the attributes of a fresh copy h (one
+// C_GetAttributeValue) and reports whether it is a session object that is
+// sensitive, not extractable, and cannot wrap or unwrap. A copy inherits
+// the token object's attributes; a CMK made by another tool (or a module
+// whose copy template handling differs) could otherwise give the service a
+// session object able to export keys. The copy template cannot say
+// CKA_WRAP=false itself: SoftHSM2 refuses that (CKR_ATTRIBUTE_READ_ONLY).
+func (t *Token) copyIsSafe(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) bool {
+	attrs, err := t.mod.GetAttributeValue(s, h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
+	})
+	if err != nil || len(attrs) != 5 {
+		return false
+	}
+	want := []byte{0, 1, 0, 0, 0} // token, sensitive, extractable, wrap, unwrap
+	for i, a := range attrs {
+		if len(a.Value) != 1 || (a.Value[0] != 0) != (want[i] != 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // dropCopies forgets every working copy of objectID, in every session, and

@@ -182,6 +182,11 @@ func sessionFate(err error) (f fate, retry bool) {
 		return fateReplace, true
 	case pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_DEVICE_MEMORY:
 		return fateReplace, false
+	case pkcs11.CKR_BUFFER_TOO_SMALL:
+		// Outputs are sized exactly, so this is the module's quirk; some
+		// modules end the operation there and others keep it active: a
+		// fresh session has none.
+		return fateReplace, false
 	case pkcs11.CKR_USER_NOT_LOGGED_IN:
 		return fateRelogin, true
 	}

@@ -22,7 +22,7 @@ var testAAD = []byte("hsmkms test header v1")
 // Test 1: a generated CMK never leaves the token and has the CMK attributes.
 func TestGeneratedKeyIsSensitive(t *testing.T) {
 	tok, _ := newTestToken(t, 1)
-	id := []byte("cmk-sensitive")
+	id := []byte("cmk-sensitive-16") // 16 bytes: a CMK's random id
 	mustGenerate(t, tok, id)
 
 	withSession(t, tok, func(s pkcs11.SessionHandle) {
@@ -60,6 +60,7 @@ func TestGeneratedKeyIsSensitive(t *testing.T) {
 			{"CKA_ALWAYS_SENSITIVE", pkcs11.CKA_ALWAYS_SENSITIVE, boolAttr(true)},
 			{"CKA_EXTRACTABLE", pkcs11.CKA_EXTRACTABLE, boolAttr(false)},
 			{"CKA_NEVER_EXTRACTABLE", pkcs11.CKA_NEVER_EXTRACTABLE, boolAttr(true)},
+			{"CKA_MODIFIABLE", pkcs11.CKA_MODIFIABLE, boolAttr(false)},
 			{"CKA_ENCRYPT", pkcs11.CKA_ENCRYPT, boolAttr(true)},
 			{"CKA_DECRYPT", pkcs11.CKA_DECRYPT, boolAttr(true)},
 			{"CKA_WRAP", pkcs11.CKA_WRAP, boolAttr(false)},
@@ -182,7 +183,7 @@ func TestTamperIsNotAuthentic(t *testing.T) {
 func TestInvalidInput(t *testing.T) {
 	tok, _ := newTestToken(t, 1)
 	ctx := testCtx(t)
-	id := []byte("key")
+	id := []byte("key-random-16-by") // 16 bytes: a random id, so a duplicate is refused
 	mustGenerate(t, tok, id)
 	iv, sealed, err := tok.Seal(ctx, id, []byte("x"), testAAD)
 	if err != nil {
@@ -508,11 +509,20 @@ func TestAmbiguousObjectID(t *testing.T) {
 	tok, _ := newTestToken(t, 1)
 	id := []byte("twice")
 	withSession(t, tok, func(s pkcs11.SessionHandle) {
-		for range 2 {
-			if _, err := tok.mod.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
-				keyTemplate(id, DefaultLabelPrefix+"twice")); err != nil {
+		// Two objects, then the second renamed to the first's id: NSS
+		// softoken would replace the first by generating the same id
+		// twice; both modules keep two objects when an id is set.
+		var hs []pkcs11.ObjectHandle
+		for _, gid := range [][]byte{id, []byte("other")} {
+			tmpl := append(keyTemplate(gid, DefaultLabelPrefix+"twice"), pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, true))
+			h, err := tok.mod.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
+			if err != nil {
 				t.Fatal(err)
 			}
+			hs = append(hs, h)
+		}
+		if err := tok.mod.SetAttributeValue(s, hs[1], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}); err != nil {
+			t.Fatal(err)
 		}
 	})
 	_, _, err := tok.Seal(testCtx(t), id, []byte("x"), testAAD)

@@ -24,9 +24,19 @@ import (
 // newFaultToken opens a throwaway SoftHSM2 token through the fault module.
 func newFaultToken(t *testing.T, sessions int, mod func(*Config)) (*Token, *faultmod.Controller) {
 	t.Helper()
+	return newFaultTokenCtl(t, sessions, mod, nil)
+}
+
+// newFaultTokenCtl is newFaultToken with before run on the controller
+// before the token is opened.
+func newFaultTokenCtl(t *testing.T, sessions int, mod func(*Config), before func(*faultmod.Controller)) (*Token, *faultmod.Controller) {
+	t.Helper()
 	st := softhsm.NewSoftHSM2Token(t)
 	so := faultmod.Build(t)
 	ctl := faultmod.NewController(t)
+	if before != nil {
+		before(ctl)
+	}
 	for _, kv := range ctl.Env() {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
@@ -400,5 +410,40 @@ func TestWrongPINOnReloginHalts(t *testing.T) {
 	}
 	if n := ctl.Calls("C_Login"); n != logins {
 		t.Fatalf("%d more logins after the PIN was refused", n-logins)
+	}
+}
+
+// On a module that reuses a session number as soon as the session is gone
+// (close 1, open: 1), replacing a dead session must not close the fresh
+// one: the old handle is closed first and numbers are never compared.
+func TestSessionReplacementWithReusedHandles(t *testing.T) {
+	tok, ctl := newFaultTokenCtl(t, 2, nil, func(c *faultmod.Controller) { c.ReuseSessionHandles() })
+	ctx := testCtx(t)
+	id := []byte("reused-handles")
+	mustGenerate(t, tok, id)
+	before := poolSessions(tok)
+	for _, s := range before {
+		if s > 2 {
+			t.Fatalf("pool %v: the module does not hand out small reused numbers", before)
+		}
+	}
+	for round := range 3 {
+		ctl.InvalidateSessions() // the module lost every session
+		for i := range 4 {
+			if _, _, err := tok.Seal(ctx, id, []byte("x"), testAAD); err != nil {
+				t.Fatalf("round %d, Seal %d after the sessions died: %v", round, i, err)
+			}
+		}
+		for _, s := range poolSessions(tok) {
+			if s == 0 {
+				t.Fatalf("round %d: a hole in the pool: %v", round, poolSessions(tok))
+			}
+		}
+		if err := tok.Ping(ctx); err != nil {
+			t.Fatalf("round %d: Ping: %v", round, err)
+		}
+	}
+	if st := tok.Stats(); st.Reinits != 0 || !st.Available {
+		t.Fatalf("stats %+v: dead sessions needed a re-initialisation", st)
 	}
 }

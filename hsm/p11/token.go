@@ -50,11 +50,14 @@ type Token struct {
 	// Working copies (copies.go): per session, a CKA_TOKEN=false copy of
 	// each CMK it has used, so the hot path does not pay the token
 	// object's file refresh on every C_EncryptInit/C_DecryptInit.
-	cmu        sync.Mutex
-	copies     map[pkcs11.SessionHandle]map[string]workCopy
-	cgen       map[string]uint64 // objectID -> generation, bumped when its copies are dropped
-	noCopies   atomic.Bool       // the module refused C_CopyObject: use token objects
-	copyMaxAge time.Duration     // re-check the token object of a copy older than this
+	cmu      sync.Mutex
+	copies   map[pkcs11.SessionHandle]map[string]workCopy
+	cgen     map[string]uint64 // objectID -> generation, bumped when its copies are dropped
+	noCopies atomic.Bool       // the module refused C_CopyObject: use token objects
+	// noUnmodifiable: the module refused CKA_MODIFIABLE=false in a key
+	// template; CMKs are made without it.
+	noUnmodifiable atomic.Bool
+	copyMaxAge     time.Duration // re-check the token object of a copy older than this
 
 	// hookNewSession, when set by a test, runs before a replacement session
 	// is opened; an error fails the replacement.
@@ -344,11 +347,15 @@ func (t *Token) release(s pkcs11.SessionHandle, f fate) {
 		t.forgetSession(s)
 	}
 	if f == fateReplace {
-		ns, err := t.newSession() // before closing s: keeps the login alive
+		// Close first, then open: a module may hand the closed number out
+		// again at once (close 1, open: 1), so the new session must never
+		// be opened before, or compared with, the old handle. Closing the
+		// last session logs the application out; newSession logs in again.
+		t.closeSession(s)
+		ns, err := t.newSession()
 		if err != nil {
 			ns = 0
 		}
-		t.closeSession(s)
 		s = ns
 	}
 	t.pool <- s
@@ -491,7 +498,11 @@ func (t *Token) teardown() (err error) {
 	return errors.Join(errs...)
 }
 
-// Random returns n bytes from the token's generator (C_GenerateRandom).
+// randomChunk is the most Random asks of one C_GenerateRandom.
+const randomChunk = 32 << 10
+
+// Random returns n bytes from the token's generator (C_GenerateRandom, in
+// calls of at most 32 KiB).
 //
 // Errors: hsm.ErrInvalidInput unless 1 <= n <= 1 MiB; hsm.ErrBusy (wrapping
 // ctx.Err()) if no session frees up before ctx is done; hsm.ErrUnavailable.
@@ -507,14 +518,20 @@ func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
 	start := time.Now()
 	var out []byte
 	err := t.do(ctx, func(s pkcs11.SessionHandle) error {
-		b, err := t.mod.GenerateRandom(s, n)
-		if err != nil {
-			return classify("C_GenerateRandom", err)
+		out = make([]byte, 0, n)
+		// In chunks: NSS softoken refuses more than 64 KiB per call
+		// (CKR_ARGUMENTS_BAD), and HSMs have their own limits.
+		for len(out) < n {
+			c := min(n-len(out), randomChunk)
+			b, err := t.mod.GenerateRandom(s, c)
+			if err != nil {
+				return classify("C_GenerateRandom", err)
+			}
+			if len(b) != c {
+				return errf(hsm.ErrUnavailable, "C_GenerateRandom", "returned %d bytes, want %d", len(b), c)
+			}
+			out = append(out, b...)
 		}
-		if len(b) != n {
-			return errf(hsm.ErrUnavailable, "C_GenerateRandom", "returned %d bytes, want %d", len(b), n)
-		}
-		out = b
 		return nil
 	})
 	t.observe("C_GenerateRandom", start, err)
