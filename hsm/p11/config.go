@@ -69,6 +69,7 @@ type Config struct {
 	Observer Observer
 
 	noDirectGCM bool // tests: use the binding for Seal and Open
+	noSelfCheck bool // tests: open a token that fails the self-check
 }
 
 // DefaultCopyCheckInterval is the default Config.CopyCheckInterval.

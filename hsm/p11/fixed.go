@@ -107,6 +107,11 @@ func (t *Token) ensureFixedOnce(s pkcs11.SessionHandle, objectID []byte, label s
 		return false, false, fmt.Errorf("%w: crypto/rand: %w", hsm.ErrUnavailable, err)
 	}
 	h, err := gen(s, claim, claimLabelStart+hex.EncodeToString(claim))
+	if rvOf(err) == pkcs11.CKR_GENERAL_ERROR {
+		// SoftHSM2 fails key generations running in parallel in several
+		// processes now and then (its issue #573): try again.
+		return false, true, nil
+	}
 	if err != nil {
 		return false, false, err
 	}

@@ -236,7 +236,9 @@ func TestCloseDuringRecovery(t *testing.T) {
 }
 
 func TestHSMGeneratedIV(t *testing.T) {
-	tok, ctl := newFaultToken(t, 1, func(c *Config) { c.HSMGeneratedIV = true })
+	// The token does not write IVs at first: open it without the
+	// self-check, which would refuse it (TestSelfCheck).
+	tok, ctl := newFaultToken(t, 1, func(c *Config) { c.HSMGeneratedIV, c.noSelfCheck = true, true })
 	ctx := testCtx(t)
 	id := []byte("fips")
 	mustGenerate(t, tok, id)
@@ -328,7 +330,9 @@ func TestConfigurationErrorsDoNotReinitialise(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			tok, ctl := newFaultToken(t, 2, func(cfg *Config) { cfg.HSMGeneratedIV = c.hsmIV })
+			// Without the self-check, which refuses these modules at
+			// start-up (TestSelfCheck): here they change later.
+			tok, ctl := newFaultToken(t, 2, func(cfg *Config) { cfg.HSMGeneratedIV, cfg.noSelfCheck = c.hsmIV, true })
 			ctx := testCtx(t)
 			id := []byte("misconfigured")
 			mustGenerate(t, tok, id)
@@ -445,5 +449,55 @@ func TestSessionReplacementWithReusedHandles(t *testing.T) {
 	}
 	if st := tok.Stats(); st.Reinits != 0 || !st.Available {
 		t.Fatalf("stats %+v: dead sessions needed a re-initialisation", st)
+	}
+}
+
+// OpenToken refuses a module that lacks a mechanism kmsd uses, or whose IV
+// handling does not match iv_mode, with one line naming the module, the
+// mechanism and the setting to change; a refused PIN is reported as such.
+func TestSelfCheck(t *testing.T) {
+	cases := []struct {
+		name   string
+		hsmIV  bool
+		fault  func(c *faultmod.Controller)
+		want   error
+		naming []string
+	}{
+		{"no CKM_AES_GCM", false, func(c *faultmod.Controller) { c.HideMechanism(pkcs11.CKM_AES_GCM) }, hsm.ErrMisconfigured, []string{"CKM_AES_GCM", "not supported", "pkcs11.module"}},
+		{"no CKM_AES_KEY_GEN", false, func(c *faultmod.Controller) { c.HideMechanism(pkcs11.CKM_AES_KEY_GEN) }, hsm.ErrMisconfigured, []string{"CKM_AES_KEY_GEN", "not supported"}},
+		{"GCM refused at C_EncryptInit", false, func(c *faultmod.Controller) { c.Fail("C_EncryptInit", pkcs11.CKR_MECHANISM_INVALID) }, hsm.ErrMisconfigured, []string{"CKM_AES_GCM", "round trip", "C_EncryptInit"}},
+		{"HSM-generated IVs in caller mode", false, func(c *faultmod.Controller) { c.HSMGeneratedIV(true) }, hsm.ErrMisconfigured, []string{"CKM_AES_GCM", "iv_mode caller", "pkcs11.iv_mode"}},
+		{"caller IVs in hsm mode", true, func(c *faultmod.Controller) {}, hsm.ErrMisconfigured, []string{"CKM_AES_GCM", "iv_mode hsm", "pkcs11.iv_mode"}},
+		{"wrong PIN", false, func(c *faultmod.Controller) { c.Fail("C_Login", pkcs11.CKR_PIN_INCORRECT) }, hsm.ErrLogin, []string{"CKR_PIN_INCORRECT", "PIN"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			st := softhsm.NewSoftHSM2Token(t)
+			so := faultmod.Build(t)
+			ctl := faultmod.NewController(t)
+			for _, kv := range ctl.Env() {
+				k, v, _ := strings.Cut(kv, "=")
+				t.Setenv(k, v)
+			}
+			c.fault(ctl)
+			tok, err := OpenToken(testCtx(t), Config{ModulePath: so, TokenLabel: st.Label, PIN: st.PIN, HSMGeneratedIV: c.hsmIV})
+			if err == nil {
+				tok.Close()
+				t.Fatal("OpenToken succeeded")
+			}
+			msg := err.Error()
+			t.Log(msg)
+			if !errors.Is(err, c.want) || strings.Contains(msg, "\n") {
+				t.Fatalf("OpenToken = %q, want one line wrapping %v", msg, c.want)
+			}
+			if c.want == hsm.ErrMisconfigured && !strings.Contains(msg, so) {
+				t.Errorf("%q does not name the module", msg)
+			}
+			for _, n := range c.naming {
+				if !strings.Contains(msg, n) {
+					t.Errorf("%q does not mention %q", msg, n)
+				}
+			}
+		})
 	}
 }

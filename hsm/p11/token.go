@@ -72,7 +72,14 @@ type Token struct {
 // cfg.TokenLabel, opens cfg.Sessions R/W sessions and logs the user in
 // (tolerating CKR_USER_ALREADY_LOGGED_IN).
 //
-// Errors: hsm.ErrInvalidInput (cfg.Validate failed), hsm.ErrTokenNotFound
+// It then runs the self-check (selfcheck.go): the mechanisms kmsd uses and
+// an AES-256-GCM round trip in the configured IV mode on a throwaway
+// session key; a module that fails it is refused with
+// hsm.ErrMisconfigured, one line naming the module, the mechanism and the
+// setting to change.
+//
+// Errors: hsm.ErrInvalidInput (cfg.Validate failed), hsm.ErrMisconfigured
+// (init args refused, self-check failed), hsm.ErrTokenNotFound
 // (no initialised token, or more than one, carries the label; the message
 // lists the labels seen), hsm.ErrLogin (PIN refused, locked...), and
 // hsm.ErrUnavailable (module cannot be loaded or initialised, session
@@ -145,6 +152,11 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 			if err := t.login(s); err != nil {
 				return nil, err
 			}
+		}
+	}
+	if !cfg.noSelfCheck {
+		if err := t.selfCheck(ctx); err != nil {
+			return nil, err
 		}
 	}
 	return t, nil

@@ -233,3 +233,23 @@ func TestNoWorkingCopyWithWrap(t *testing.T) {
 		t.Fatal("one unsafe key turned copies off for every key")
 	}
 }
+
+// The self-check passes on the module under test and leaves nothing on the
+// token; it can be run again.
+func TestSelfCheckPassesAndLeavesNothing(t *testing.T) {
+	tok, _ := newTestToken(t, 1)
+	ctx := testCtx(t)
+	if err := tok.SelfCheck(ctx); err != nil {
+		t.Fatalf("SelfCheck: %v", err)
+	}
+	withSession(t, tok, func(s pkcs11.SessionHandle) {
+		if err := tok.mod.FindObjectsInit(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY)}); err != nil {
+			t.Fatal(err)
+		}
+		hs, _, err := tok.mod.FindObjects(s, 10)
+		_ = tok.mod.FindObjectsFinal(s)
+		if err != nil || len(hs) != 0 {
+			t.Fatalf("%d secret keys left after the self-check (%v)", len(hs), err)
+		}
+	})
+}
