@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"net/http"
 	"net/url"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -188,10 +190,81 @@ func TestHSMGeneratedIVMode(t *testing.T) {
 	s.stop()
 	time.Sleep(200 * time.Millisecond)
 
-	// The default mode sends kmsd's own IV, which this HSM refuses: a
-	// clean error, not a crash or a zero IV.
-	s = startKMSD(t, append(env, "KMSD_IV_MODE=caller"))
-	if r := s.call(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}}); r.Code == 0 || r.CiphertextBlob != "" {
-		t.Fatalf("caller IV on an HSM that refuses them: %+v", r)
+	// The default mode sends kmsd's own IV, which this HSM refuses: kmsd
+	// refuses to start (self-check) and names the setting.
+	out := kmsdFails(t, append(env, "KMSD_IV_MODE=caller"))
+	if !strings.Contains(out, "CKM_AES_GCM") || !strings.Contains(out, "iv_mode") {
+		t.Fatalf("kmsd with caller IVs on an HSM that refuses them:\n%s", out)
+	}
+}
+
+// kmsdFails runs kmsd with env (and args), expects it to exit with an
+// error within 30 s, and returns its output.
+func kmsdFails(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "kmsd"), args...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("kmsd %v did not exit:\n%s", args, out)
+	}
+	if err == nil {
+		t.Fatalf("kmsd %v succeeded:\n%s", args, out)
+	}
+	return string(out)
+}
+
+// errorLine returns the one line of out that carries kmsd's fatal error.
+func errorLine(t *testing.T, out string) string {
+	t.Helper()
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "kmsd: ") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("want exactly one \"kmsd: \" error line, got %d:\n%s", len(lines), out)
+	}
+	return lines[0]
+}
+
+// TestStartupSelfCheck: against a module without CKM_AES_GCM kmsd refuses
+// to start with one line naming the module and CKM_AES_GCM, and so does
+// kmsd check-config; against a wrong PIN check-config says so after a
+// single C_Login.
+func TestStartupSelfCheck(t *testing.T) {
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
+	so := faultmod.Build(t)
+	ctl := faultmod.NewController(t)
+	env := append(kmsdEnv(tok, t.TempDir()), ctl.Env()...)
+	env = append(env, "KMSD_PKCS11_MODULE="+so)
+
+	cmd := exec.Command(filepath.Join(binDir, "kmsd"), "check-config")
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "self-check passed") {
+		t.Fatalf("check-config on a good module: %v\n%s", err, out)
+	}
+
+	ctl.HideMechanism(0x1087) // CKM_AES_GCM (only hsm/p11 imports PKCS#11)
+	for _, args := range [][]string{nil, {"check-config"}} {
+		line := errorLine(t, kmsdFails(t, env, args...))
+		for _, want := range []string{"CKM_AES_GCM", so, "not supported"} {
+			if !strings.Contains(line, want) {
+				t.Errorf("kmsd %v: %q does not mention %q", args, line, want)
+			}
+		}
+	}
+	ctl.Reset()
+
+	before := ctl.Calls("C_Login")
+	line := errorLine(t, kmsdFails(t, append(env, "KMSD_PIN=wrong-pin-4711"), "check-config"))
+	if !strings.Contains(line, "CKR_PIN_INCORRECT") || !strings.Contains(line, "PIN") || strings.Contains(line, "wrong-pin-4711") {
+		t.Fatalf("check-config with a wrong PIN: %q", line)
+	}
+	if n := ctl.Calls("C_Login") - before; n != 1 {
+		t.Fatalf("check-config with a wrong PIN called C_Login %d times, want 1", n)
 	}
 }
