@@ -921,12 +921,13 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
 	else if (stale(hSession))
 		fault = CKR_SESSION_HANDLE_INVALID;
 	CK_SESSION_HANDLE th = hSession;
-	if (reuse_on() && (th = vt_get(hSession)) == 0)
+	int virt = reuse_on();
+	if (virt && (th = vt_get(hSession)) == 0)
 		return CKR_SESSION_HANDLE_INVALID;
 	rv = T->C_CloseSession(th);
 	if (rv == CKR_OK || fault != CKR_OK) {
 		sm_del(hSession);
-		if (th != hSession)
+		if (virt)
 			vt_free(hSession);
 	}
 	return fault != CKR_OK ? fault : rv;
