@@ -3,6 +3,7 @@ package p11
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,6 +27,9 @@ func newTestToken(t testing.TB, sessions int) (*Token, softhsm.Token) {
 	tok, err := OpenToken(context.Background(), testConfig(st, sessions))
 	if err != nil {
 		t.Fatalf("OpenToken: %v", err)
+	}
+	if st.Kind == softhsm.KindExternal {
+		clearExternal(t, tok)
 	}
 	t.Cleanup(func() {
 		if err := tok.Close(); err != nil {
@@ -69,4 +73,41 @@ func testConfig(st softhsm.Token, sessions int) Config {
 		PIN:        st.PIN,
 		Sessions:   sessions,
 	}
+}
+
+// clearExternal destroys what earlier tests left on a shared external
+// token (softhsm.KindExternal): every secret key whose label starts with
+// "hsmkms" (DefaultLabelPrefix, claim labels, the self-check's) or "test-".
+// The external token must be dedicated to the tests.
+func clearExternal(t testing.TB, tok *Token) {
+	t.Helper()
+	withSession(t, tok, func(s pkcs11.SessionHandle) {
+		if err := tok.mod.FindObjectsInit(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY)}); err != nil {
+			t.Fatal(err)
+		}
+		var all []pkcs11.ObjectHandle
+		for {
+			hs, _, err := tok.mod.FindObjects(s, 256)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(hs) == 0 {
+				break
+			}
+			all = append(all, hs...)
+		}
+		_ = tok.mod.FindObjectsFinal(s)
+		for _, h := range all {
+			attrs, err := tok.mod.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+			if err != nil {
+				continue
+			}
+			if l := string(attrs[0].Value); strings.HasPrefix(l, "hsmkms") || strings.HasPrefix(l, "other-prefix:") {
+				_ = tok.mod.DestroyObject(s, h)
+			}
+		}
+	})
+	tok.hmu.Lock()
+	tok.handles = make(map[string]pkcs11.ObjectHandle)
+	tok.hmu.Unlock()
 }

@@ -341,11 +341,11 @@ func TestOpenTokenErrors(t *testing.T) {
 		contains []string
 	}{
 		{"wrong PIN", func(c *Config) { c.PIN = wrongPIN }, hsm.ErrLogin, []string{"C_Login", "CKR_PIN_INCORRECT", st.Label}},
-		{"unknown label", func(c *Config) { c.TokenLabel = "no-such-token" }, hsm.ErrTokenNotFound, []string{`"no-such-token"`, st.Label}},
+		{"unknown label", func(c *Config) { c.TokenLabel, c.TokenURI = "no-such-token", "" }, hsm.ErrTokenNotFound, []string{`"no-such-token"`, st.Label}},
 		{"missing module", func(c *Config) { c.ModulePath = "/nonexistent/libnothing.so" }, hsm.ErrUnavailable, []string{"/nonexistent/libnothing.so"}},
 		{"empty module", func(c *Config) { c.ModulePath = "" }, hsm.ErrInvalidInput, []string{"module"}},
-		{"empty label", func(c *Config) { c.TokenLabel = "" }, hsm.ErrInvalidInput, []string{"label"}},
-		{"long label", func(c *Config) { c.TokenLabel = strings.Repeat("x", 33) }, hsm.ErrInvalidInput, []string{"label"}},
+		{"empty label", func(c *Config) { c.TokenLabel, c.TokenURI = "", "" }, hsm.ErrInvalidInput, []string{"label"}},
+		{"long label", func(c *Config) { c.TokenLabel, c.TokenURI = strings.Repeat("x", 33), "" }, hsm.ErrInvalidInput, []string{"label"}},
 		{"empty PIN", func(c *Config) { c.PIN = "" }, hsm.ErrInvalidInput, []string{"PIN"}},
 		{"negative sessions", func(c *Config) { c.Sessions = -1 }, hsm.ErrInvalidInput, []string{"sessions"}},
 		{"too many sessions", func(c *Config) { c.Sessions = MaxSessions + 1 }, hsm.ErrInvalidInput, []string{"sessions"}},
