@@ -268,3 +268,55 @@ func TestStartupSelfCheck(t *testing.T) {
 		t.Fatalf("check-config with a wrong PIN called C_Login %d times, want 1", n)
 	}
 }
+
+// TestWrongPINWhileRunning: the PIN is changed on the HSM while kmsd runs
+// and the token is re-initialised (removed and put back). kmsd logs in
+// once, is refused, and stops: /readyz fails, the log says why, requests
+// fail cleanly, and C_Login is never called again (on Luna or CloudHSM
+// every attempt counts towards locking the user).
+func TestWrongPINWhileRunning(t *testing.T) {
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
+	so := faultmod.Build(t)
+	ctl := faultmod.NewController(t)
+	env := append(kmsdEnv(tok, t.TempDir()), ctl.Env()...)
+	env = append(env, "KMSD_PKCS11_MODULE="+so)
+	bootstrap(t, env)
+	s := startKMSD(t, env)
+	key := s.createKey("pin")
+	s.mustOK(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}})
+
+	ctl.Fail("C_Login", 0xA0) // CKR_PIN_INCORRECT: the PIN was changed on the HSM
+	ctl.RemoveToken(true)
+	s.call(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}})
+	ctl.RemoveToken(false)
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(s.stderr.String(), "will not be retried") {
+		s.call(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}})
+		resp, err := http.Get(s.url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kmsd does not say it stopped logging in:\n%s", s.stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	logins := ctl.Calls("C_Login")
+	time.Sleep(2500 * time.Millisecond) // longer than the recovery loop's longest pause (1 s)
+	for range 5 {
+		if r := s.call(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}}); r.Code == 0 {
+			t.Fatalf("Encrypt succeeded with a refused PIN: %+v", r)
+		}
+	}
+	resp, err := http.Get(s.url + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz = %d, want 503", resp.StatusCode)
+	}
+	if n := ctl.Calls("C_Login") - logins; n != 0 {
+		t.Fatalf("kmsd called C_Login %d more times after the PIN was refused", n)
+	}
+}
