@@ -27,7 +27,9 @@ import (
 // checked again, at most Config.CopyCheckInterval after its last check.
 //
 // If the module refuses C_CopyObject, the Token stops trying and uses the
-// token objects. A copy that could wrap or unwrap, or that is not a
+// token objects; if it refuses to copy one object (SoftHSM2 copies no
+// object that is not CKA_MODIFIABLE), that object is used directly in that
+// session from then on. A copy that could wrap or unwrap, or that is not a
 // sensitive, non-extractable session object, is destroyed at once and the
 // token object used instead (copyIsSafe).
 
@@ -35,6 +37,9 @@ type workCopy struct {
 	h       pkcs11.ObjectHandle // the session object
 	tokenH  pkcs11.ObjectHandle // the token object it copies
 	checked time.Time           // when tokenH was last known to exist
+	// self: this key cannot be copied (the module refused, or the copy
+	// was unsafe); h is tokenH, used directly, never destroyed.
+	self bool
 }
 
 // copyTemplate makes the copy of objectID a session object. It inherits
@@ -105,28 +110,37 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 		t.cmu.Unlock()
 	}
 	h, err := t.mod.CopyObject(s, tokenH, copyTemplate(objectID))
+	self := false
 	if err != nil {
 		var rv pkcs11.Error
 		if errors.As(err, &rv) {
 			switch uint(rv) {
-			case pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_ACTION_PROHIBITED, pkcs11.CKR_ATTRIBUTE_READ_ONLY,
-				pkcs11.CKR_TEMPLATE_INCONSISTENT, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID:
+			case pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_TEMPLATE_INCONSISTENT, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID:
 				t.noCopies.Store(true) // this module will never copy
+				return tokenH
+			case pkcs11.CKR_ACTION_PROHIBITED, pkcs11.CKR_ATTRIBUTE_READ_ONLY:
+				// This object cannot be copied (SoftHSM2: it is not
+				// CKA_MODIFIABLE); others may be.
+				self = true
 			}
 		}
-		return tokenH
-	}
-	if !t.copyIsSafe(s, h) {
+		if !self {
+			return tokenH // perhaps transient: try again next time
+		}
+		h = tokenH
+	} else if !t.copyIsSafe(s, h) {
 		// The token object can wrap or unwrap, or the copy came out
 		// exportable: never hold such a copy; use the token object.
 		_ = t.mod.DestroyObject(s, h)
-		return tokenH
+		h, self = tokenH, true
 	}
 	t.cmu.Lock()
 	if t.cgen[string(objectID)] != gen {
 		// Dropped while we copied: do not resurrect it.
 		t.cmu.Unlock()
-		_ = t.mod.DestroyObject(s, h)
+		if !self {
+			_ = t.mod.DestroyObject(s, h)
+		}
 		return tokenH
 	}
 	m := t.copies[s]
@@ -134,7 +148,7 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 		m = make(map[string]workCopy)
 		t.copies[s] = m
 	}
-	m[string(objectID)] = workCopy{h: h, tokenH: tokenH, checked: time.Now()}
+	m[string(objectID)] = workCopy{h: h, tokenH: tokenH, checked: time.Now(), self: self}
 	t.cmu.Unlock()
 	return h
 }
@@ -176,7 +190,9 @@ func (t *Token) dropCopies(s pkcs11.SessionHandle, objectID []byte) {
 	t.cgen[key]++
 	for _, m := range t.copies {
 		if e, ok := m[key]; ok {
-			doomed = append(doomed, e.h)
+			if !e.self {
+				doomed = append(doomed, e.h)
+			}
 			delete(m, key)
 		}
 	}
@@ -232,7 +248,7 @@ func (t *Token) workingCopies(objectID []byte) []pkcs11.ObjectHandle {
 	defer t.cmu.Unlock()
 	var hs []pkcs11.ObjectHandle
 	for _, m := range t.copies {
-		if e, ok := m[string(objectID)]; ok {
+		if e, ok := m[string(objectID)]; ok && !e.self {
 			hs = append(hs, e.h)
 		}
 	}

@@ -85,7 +85,9 @@ func (t *Token) generateAES(s pkcs11.SessionHandle, objectID []byte, label strin
 // GenerateKey creates the CMK objectID on the token (C_GenerateKey,
 // CKM_AES_KEY_GEN): AES-256, CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
 // not extractable, encrypt/decrypt only, CKA_MODIFIABLE false where the
-// module allows it, CKA_ID objectID and CKA_LABEL LabelPrefix+label. The
+// module allows it (see probeUnmodifiableCopies: on SoftHSM2 with working
+// copies on, CMKs stay modifiable, because it copies no unmodifiable
+// object), CKA_ID objectID and CKA_LABEL LabelPrefix+label. The
 // handle is cached for Seal and Open.
 //
 // An objectID of 16 bytes is taken to be random (the service draws CMK
@@ -144,11 +146,57 @@ func (t *Token) GenerateKey(ctx context.Context, objectID []byte, label string) 
 		return fmt.Errorf("%w: a secret key with object id %x already exists", hsm.ErrInvalidInput, objectID)
 	}
 	return t.do(ctx, func(s pkcs11.SessionHandle) error {
-		h, err := t.generateAES(s, objectID, t.cfg.LabelPrefix+label, false)
+		h, err := t.generateAES(s, objectID, t.cfg.LabelPrefix+label, t.cmkModifiable)
 		if err != nil {
 			return err
 		}
 		t.cache(objectID, h)
+		return nil
+	})
+}
+
+// probeUnmodifiableCopies decides whether CMKs can be CKA_MODIFIABLE=false
+// without losing working copies: it makes an unmodifiable session key and
+// copies it as workingCopy would. NSS softoken copies it; SoftHSM2 refuses
+// any copy of an unmodifiable object (CKR_ATTRIBUTE_READ_ONLY), and there
+// working copies halve the cost of every operation, so with copies on CMKs
+// stay modifiable (set pkcs11.working_copies to false to have them
+// unmodifiable). Run once by OpenToken.
+func (t *Token) probeUnmodifiableCopies(ctx context.Context) error {
+	if t.noCopies.Load() {
+		return nil
+	}
+	return t.do(ctx, func(s pkcs11.SessionHandle) error {
+		tmpl := []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hsm.KeyBytes),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+			pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		}
+		h, err := t.mod.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
+		if err != nil {
+			if templateRefused(classify("C_GenerateKey", err)) {
+				t.noUnmodifiable.Store(true)
+				return nil
+			}
+			return classify("C_GenerateKey", err)
+		}
+		defer func() { _ = t.mod.DestroyObject(s, h) }()
+		c, err := t.mod.CopyObject(s, h, copyTemplate([]byte("probe")))
+		if err != nil {
+			switch rvOf(classify("C_CopyObject", err)) {
+			case pkcs11.CKR_ATTRIBUTE_READ_ONLY, pkcs11.CKR_ACTION_PROHIBITED:
+				t.cmkModifiable = true
+			}
+			return nil
+		}
+		_ = t.mod.DestroyObject(s, c)
 		return nil
 	})
 }

@@ -60,7 +60,7 @@ func TestGeneratedKeyIsSensitive(t *testing.T) {
 			{"CKA_ALWAYS_SENSITIVE", pkcs11.CKA_ALWAYS_SENSITIVE, boolAttr(true)},
 			{"CKA_EXTRACTABLE", pkcs11.CKA_EXTRACTABLE, boolAttr(false)},
 			{"CKA_NEVER_EXTRACTABLE", pkcs11.CKA_NEVER_EXTRACTABLE, boolAttr(true)},
-			{"CKA_MODIFIABLE", pkcs11.CKA_MODIFIABLE, boolAttr(false)},
+			{"CKA_MODIFIABLE", pkcs11.CKA_MODIFIABLE, boolAttr(tok.cmkModifiable)}, // TestCMKNotModifiable
 			{"CKA_ENCRYPT", pkcs11.CKA_ENCRYPT, boolAttr(true)},
 			{"CKA_DECRYPT", pkcs11.CKA_DECRYPT, boolAttr(true)},
 			{"CKA_WRAP", pkcs11.CKA_WRAP, boolAttr(false)},

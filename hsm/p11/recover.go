@@ -113,7 +113,11 @@ func (t *Token) Stats() Stats {
 	}
 	t.cmu.Lock()
 	for _, m := range t.copies {
-		st.WorkingCopies += len(m)
+		for _, e := range m {
+			if !e.self {
+				st.WorkingCopies++
+			}
+		}
 	}
 	t.cmu.Unlock()
 	st.InUse = t.cfg.Sessions - len(t.pool)

@@ -57,7 +57,11 @@ type Token struct {
 	// noUnmodifiable: the module refused CKA_MODIFIABLE=false in a key
 	// template; CMKs are made without it.
 	noUnmodifiable atomic.Bool
-	copyMaxAge     time.Duration // re-check the token object of a copy older than this
+	// cmkModifiable: CMKs are made CKA_MODIFIABLE because the module
+	// copies no unmodifiable key and working copies are on
+	// (probeUnmodifiableCopies). Set by OpenToken.
+	cmkModifiable bool
+	copyMaxAge    time.Duration // re-check the token object of a copy older than this
 
 	// hookNewSession, when set by a test, runs before a replacement session
 	// is opened; an error fails the replacement.
@@ -158,6 +162,9 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 		if err := t.selfCheck(ctx); err != nil {
 			return nil, err
 		}
+	}
+	if err := t.probeUnmodifiableCopies(ctx); err != nil {
+		return nil, err
 	}
 	return t, nil
 }

@@ -32,7 +32,9 @@ package p11
 //	GCM decrypt output room        len(ciphertext+tag)   plaintext length        -                            room = len(sealed); never a second call after BUFFER_TOO_SMALL
 //	bad GCM tag                    CKR_GENERAL_ERROR     ENCRYPTED_DATA_INVALID  -                            both hsm.ErrNotAuthentic on C_Decrypt
 //	C_GenerateRandom size          no limit seen         <= 64 KiB per call      HSM limits                   calls of randomChunk (32 KiB)
-//	CKA_MODIFIABLE=false           accepted, final       accepted, final         some refuse it               CMKs; a refusal is remembered (modifiableAttr)
+//	CKA_MODIFIABLE=false           accepted, final;      accepted, final;        some refuse it               CMKs, unless working copies are on and the module copies
+//	                               no copy of it at all  copies work                                          no unmodifiable key (probeUnmodifiableCopies); a refusal is
+//	                                                                                                          remembered (modifiableAttr); uncopyable keys used directly
 //	copy: CKA_WRAP in template     ATTRIBUTE_READ_ONLY   accepted                -                            attributes of each copy read back (copyIsSafe)
 //	copy: ALWAYS_SENSITIVE,        true                  false (copy is still    -                            not relied on; SENSITIVE/EXTRACTABLE checked
 //	      NEVER_EXTRACTABLE                              sensitive)

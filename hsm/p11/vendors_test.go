@@ -19,26 +19,54 @@ import (
 // selects (softhsm.EnvKind): make test runs them on SoftHSM2 and on NSS
 // softoken.
 
-// A CMK cannot be relabelled or re-purposed: CKA_MODIFIABLE is false.
+// A CMK cannot be relabelled or re-purposed: CKA_MODIFIABLE is false,
+// unless working copies are on and the module copies no unmodifiable key
+// (SoftHSM2), in which case the working copies win (probeUnmodifiableCopies)
+// and CMKs made with working copies off are unmodifiable.
 func TestCMKNotModifiable(t *testing.T) {
-	tok, _ := newTestToken(t, 1)
-	id := []byte("cmk-unmodifiable")
-	mustGenerate(t, tok, id)
-	withSession(t, tok, func(s pkcs11.SessionHandle) {
-		h, _, err := tok.resolve(s, id)
+	st := softhsm.NewToken(t)
+	ctx := testCtx(t)
+	for _, copies := range []bool{false, true} {
+		cfg := testConfig(st, 1)
+		cfg.NoWorkingCopies = !copies
+		tok, err := OpenToken(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, a := range []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, "someone else's"),
-			pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, []byte("stolen-id")),
-		} {
-			if err := tok.mod.SetAttributeValue(s, h, []*pkcs11.Attribute{a}); err == nil {
-				t.Errorf("C_SetAttributeValue(0x%x) on a CMK succeeded", a.Type)
-			}
+		id := []byte(fmt.Sprintf("cmk-unmodifiab-%d", map[bool]int{false: 0, true: 1}[copies]))
+		if err := tok.GenerateKey(ctx, id, "cmk"); err != nil {
+			t.Fatal(err)
 		}
-	})
+		if _, _, err := tok.Seal(ctx, id, []byte("x"), testAAD); err != nil {
+			t.Fatal(err)
+		}
+		if copies && tok.cmkModifiable {
+			if len(tok.workingCopies(id)) != 1 {
+				t.Fatal("CMKs are modifiable for the sake of working copies, but there is no working copy")
+			}
+			tok.Close()
+			continue
+		}
+		if copies && len(tok.workingCopies(id)) != 1 {
+			t.Fatalf("an unmodifiable CMK has no working copy on a module that copies them")
+		}
+		withSession(t, tok, func(s pkcs11.SessionHandle) {
+			h, _, err := tok.resolve(s, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_LABEL, "someone else's"),
+				pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
+				pkcs11.NewAttribute(pkcs11.CKA_ID, []byte("stolen-id")),
+			} {
+				if err := tok.mod.SetAttributeValue(s, h, []*pkcs11.Attribute{a}); err == nil {
+					t.Errorf("copies %v: C_SetAttributeValue(0x%x) on a CMK succeeded", copies, a.Type)
+				}
+			}
+		})
+		tok.Close()
+	}
 }
 
 // A key with a fixed object id is never generated again once it exists,
