@@ -36,7 +36,9 @@ import (
 // claimed at once, the second to look sees two and destroys its own; if
 // both see two, both destroy theirs and retry after a random pause. At
 // most one creator ever keeps a key, and nobody uses a key before keeping
-// it. Within one process the calls are serialised (genMu).
+// it. Within one process the calls are serialised (genMu). A creator that
+// dies between generating and claiming leaves a key labelled
+// "hsmkms-claim:<hex>" that nothing uses or lists; it may be destroyed.
 
 const (
 	fixedAttempts   = 8
