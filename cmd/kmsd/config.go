@@ -8,9 +8,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"hsmkms/hsm/p11"
 )
 
 // fileConfig is the configuration file (kmsd -config kmsd.yaml). Unknown
@@ -119,6 +122,21 @@ func loadConfigFile(path string) (fileConfig, error) {
 		}
 	}
 	return fc, nil
+}
+
+// p11Config is the token configuration kmsd (and check-config) opens.
+func (c config) p11Config(obs p11.Observer) p11.Config {
+	return p11.Config{ModulePath: c.module, TokenLabel: c.tokenLabel, TokenURI: c.tokenURI, InitArgs: c.initArgs, PIN: c.pin, Sessions: c.sessions,
+		HSMGeneratedIV: c.ivMode == "hsm", NoWorkingCopies: !c.workingCopies, CopyCheckInterval: c.copyCheck, Observer: obs}
+}
+
+// tokenName names the configured token in messages: its label in quotes or
+// its URI.
+func (c config) tokenName() string {
+	if c.tokenURI != "" {
+		return c.tokenURI
+	}
+	return strconv.Quote(c.tokenLabel)
 }
 
 // isLoopback reports whether a listen address only accepts local

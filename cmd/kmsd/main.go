@@ -512,21 +512,6 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	return nil
 }
 
-// p11Config is the token configuration kmsd (and check-config) opens.
-func (c config) p11Config(obs p11.Observer) p11.Config {
-	return p11.Config{ModulePath: c.module, TokenLabel: c.tokenLabel, TokenURI: c.tokenURI, InitArgs: c.initArgs, PIN: c.pin, Sessions: c.sessions,
-		HSMGeneratedIV: c.ivMode == "hsm", NoWorkingCopies: !c.workingCopies, CopyCheckInterval: c.copyCheck, Observer: obs}
-}
-
-// tokenName names the configured token in messages: its label in quotes or
-// its URI.
-func (c config) tokenName() string {
-	if c.tokenURI != "" {
-		return c.tokenURI
-	}
-	return strconv.Quote(c.tokenLabel)
-}
-
 // openService opens the store and the token and starts the domain service.
 // closeAll closes what was opened, the token last.
 func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Observer) (_ *kms.Service, tok *p11.Token, ready map[string]func(context.Context) error, closeAll func(), err error) {
