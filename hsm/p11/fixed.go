@@ -36,7 +36,10 @@ import (
 // claimed at once, the second to look sees two and destroys its own; if
 // both see two, both destroy theirs and retry after a random pause. At
 // most one creator ever keeps a key, and nobody uses a key before keeping
-// it. Within one process the calls are serialised (genMu). A creator that
+// it. Within one process the calls are serialised (genMu). On a module
+// that refuses to change CKA_ID, the key is generated under the fixed id
+// right after it was seen absent (serialised within the process only). A
+// creator that
 // dies between generating and claiming leaves a key labelled
 // "hsmkms-claim:<hex>" that nothing uses or lists; it may be destroyed.
 
@@ -128,7 +131,22 @@ func (t *Token) ensureFixedOnce(s pkcs11.SessionHandle, objectID []byte, label s
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 	}); err != nil {
 		destroy()
-		return false, false, classify("C_SetAttributeValue", err)
+		e := classify("C_SetAttributeValue", err)
+		if rv := rvOf(e); !templateRefused(e) && rv != pkcs11.CKR_ACTION_PROHIBITED {
+			return false, false, e
+		}
+		// The module does not rename keys: generate under the fixed id,
+		// which was just seen absent (no race protection across
+		// processes on such a module, only within this one).
+		if ok, again, err := exists(); ok || again || err != nil {
+			return false, again, err
+		}
+		h, err := gen(s, objectID, label)
+		if err != nil {
+			return false, false, err
+		}
+		t.cache(objectID, h)
+		return true, false, nil
 	}
 	hs, err := t.find(s, objectID, 2)
 	if err != nil {

@@ -501,3 +501,29 @@ func TestSelfCheck(t *testing.T) {
 		})
 	}
 }
+
+// On a module that refuses to change CKA_ID, a fixed-id key is generated
+// under its id once it was seen absent, and found (not generated again)
+// afterwards.
+func TestFixedIDWithoutRenaming(t *testing.T) {
+	tok, ctl := newFaultToken(t, 1, nil)
+	ctx := testCtx(t)
+	ctl.Fail("C_SetAttributeValue", pkcs11.CKR_ATTRIBUTE_READ_ONLY)
+	id := []byte("hsmkms/fixed/no-rename")
+	created, err := tok.EnsureKey(ctx, id, "fixed")
+	if err != nil || !created {
+		t.Fatalf("EnsureKey = %v, %v", created, err)
+	}
+	tok.uncache(id)
+	if created, err := tok.EnsureKey(ctx, id, "fixed"); err != nil || created {
+		t.Fatalf("second EnsureKey = %v, %v; want the existing key", created, err)
+	}
+	withSession(t, tok, func(s pkcs11.SessionHandle) {
+		if hs, err := tok.find(s, id, 3); err != nil || len(hs) != 1 {
+			t.Fatalf("%d objects with the id (%v), want 1", len(hs), err)
+		}
+	})
+	if _, _, err := tok.Seal(ctx, id, []byte("x"), testAAD); err != nil {
+		t.Fatal(err)
+	}
+}
