@@ -1,5 +1,6 @@
 # hsmkms — see README.md. `make run` and `make test` work on a fresh Debian
-# machine with Go: both install SoftHSM2 with apt-get when it is missing.
+# machine with Go: both install SoftHSM2 (and NSS softoken with certutil,
+# PostgreSQL) with apt-get when they are missing.
 SHELL := /bin/bash
 export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
@@ -39,8 +40,15 @@ vet:
 	$(GO) vet ./...
 	@scripts/check-layering.sh
 
+# The PKCS#11 conformance suite (hsm/p11) and kmsd's end-to-end tests run
+# twice: on SoftHSM2 (with everything else) and on NSS softoken, a second,
+# independent implementation (KMS_TEST_PKCS11=nss: each test makes its own
+# NSS database; see softhsm/modules.go). Tests that need SoftHSM2 itself (the
+# fault-injection module forwards to it) use it in both runs.
+SECOND_MODULE_PKGS ?= ./hsm/p11 ./cmd/kmsd
 test: setup vet
 	$(GO) test -race -count=1 ./...
+	KMS_TEST_PKCS11=nss $(GO) test -race -count=1 $(SECOND_MODULE_PKGS)
 	# Allocation counts of the hot path, without -race (which makes sync.Pool drop items).
 	$(GO) test -count=1 -run 'Allocs' ./httpapi ./tcsign ./kms
 	@$(MAKE) --no-print-directory fuzz

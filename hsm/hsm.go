@@ -23,6 +23,11 @@
 //     before any PKCS#11 call (wrong IV length, short ciphertext...).
 //   - ErrLogin: the PIN was refused or the token could not be logged in.
 //   - ErrTokenNotFound: no token carries the configured label.
+//   - ErrMisconfigured: the module refused a mechanism, its parameters or
+//     its initialisation arguments (no CKM_AES_GCM, a wrong iv_mode, missing
+//     init_args). A configuration error: retrying cannot fix it, so it
+//     never counts towards re-initialising the token; the message names
+//     the mechanism and the setting to change.
 package hsm
 
 import (
@@ -39,6 +44,7 @@ var (
 	ErrInvalidInput  = errors.New("hsm: invalid input")
 	ErrLogin         = errors.New("hsm: login failed")
 	ErrTokenNotFound = errors.New("hsm: token not found")
+	ErrMisconfigured = errors.New("hsm: configuration error")
 )
 
 // Sizes of the AES-256-GCM construction used for every CMK.

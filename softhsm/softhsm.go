@@ -47,20 +47,36 @@ func FindModule() (string, error) {
 	return "", fmt.Errorf("%s", InstallHint)
 }
 
-// Token describes a SoftHSM2 token made for one test.
+// Token describes a token made for one test (SoftHSM2 or NSS softoken), or
+// the external token the environment names (see EnvKind).
 type Token struct {
-	Module string // path of libsofthsm2.so
-	Conf   string // path of the softhsm2.conf that points at Dir
-	Dir    string // token directory
-	Label  string // token label, unique per call
-	PIN    string // user PIN
-	SOPIN  string // security officer PIN
+	Kind     string // KindSoftHSM2, KindNSS or KindExternal
+	Module   string // path of the PKCS#11 module (libsofthsm2.so, libsoftokn3.so...)
+	Conf     string // SoftHSM2: path of the softhsm2.conf that points at Dir
+	Dir      string // token directory (SoftHSM2) or database directory (NSS)
+	Label    string // token label, unique per call; empty when URI selects the token
+	URI      string // external tokens only: an RFC 7512 URI selecting the token
+	PIN      string // user PIN
+	SOPIN    string // SoftHSM2: security officer PIN
+	InitArgs string // C_Initialize library parameters (NSS: configdir=...); "" none
 }
 
-// Env returns the environment entries a child process needs to see the token.
+// Env returns the environment entries a child process (kmsd) needs to see
+// the token: SOFTHSM2_CONF for SoftHSM2, KMSD_PKCS11_INIT_ARGS when the
+// module needs initialisation arguments.
 func (tok Token) Env() []string {
-	return []string{"SOFTHSM2_CONF=" + tok.Conf}
+	var env []string
+	if tok.Conf != "" {
+		env = append(env, "SOFTHSM2_CONF="+tok.Conf)
+	}
+	if tok.InitArgs != "" {
+		env = append(env, "KMSD_PKCS11_INIT_ARGS="+tok.InitArgs)
+	}
+	return env
 }
+
+// SoftHSM2 reports whether the token is a SoftHSM2 token.
+func (tok Token) SoftHSM2() bool { return tok.Kind == KindSoftHSM2 }
 
 // WriteConf writes a softhsm2.conf whose token directory is tokenDir.
 func WriteConf(path, tokenDir string) error {
@@ -93,23 +109,41 @@ func Create(root, label, pin, soPIN string) (Token, error) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Token{}, fmt.Errorf("softhsm2-util --init-token: %v: %s", err, out)
 	}
-	return Token{Module: module, Conf: conf, Dir: dir, Label: label, PIN: pin, SOPIN: soPIN}, nil
+	return Token{Kind: KindSoftHSM2, Module: module, Conf: conf, Dir: dir, Label: label, PIN: pin, SOPIN: soPIN}, nil
 }
 
-// NewToken creates a throwaway token in t.TempDir() and points SOFTHSM2_CONF
-// at it for the rest of the test (t.Setenv, so the test must not be
-// parallel). If SoftHSM2 is missing the test fails (never skips) with
-// installation instructions.
+// NewToken makes the token the environment asks for (EnvKind; by default a
+// throwaway SoftHSM2 token in t.TempDir()) and, for SoftHSM2, points
+// SOFTHSM2_CONF at it for the rest of the test (t.Setenv, so the test must
+// not be parallel). If the module is missing the test fails (never skips)
+// with installation instructions.
 func NewToken(t testing.TB) Token {
 	t.Helper()
 	tok := NewTokenNoEnv(t)
-	t.Setenv("SOFTHSM2_CONF", tok.Conf)
+	if tok.Conf != "" {
+		t.Setenv("SOFTHSM2_CONF", tok.Conf)
+	}
 	return tok
 }
 
 // NewTokenNoEnv is NewToken without changing the environment; use it when
 // the token is handed to a child process through Token.Env.
 func NewTokenNoEnv(t testing.TB) Token {
+	t.Helper()
+	return newAnyToken(t)
+}
+
+// NewSoftHSM2Token is NewToken for tests that need SoftHSM2 whatever the
+// environment asks for (the fault-injection module forwards to SoftHSM2).
+func NewSoftHSM2Token(t testing.TB) Token {
+	t.Helper()
+	tok := NewSoftHSM2TokenNoEnv(t)
+	t.Setenv("SOFTHSM2_CONF", tok.Conf)
+	return tok
+}
+
+// NewSoftHSM2TokenNoEnv is NewSoftHSM2Token without changing the environment.
+func NewSoftHSM2TokenNoEnv(t testing.TB) Token {
 	t.Helper()
 	var b [6]byte
 	if _, err := rand.Read(b[:]); err != nil {

@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"hsmkms/hsm/p11"
 )
 
 // fileConfig is the configuration file (kmsd -config kmsd.yaml). Unknown
@@ -36,6 +38,7 @@ type fileConfig struct {
 		Module         string   `yaml:"module"`
 		TokenLabel     string   `yaml:"token_label"`
 		TokenURI       string   `yaml:"token_uri"`
+		InitArgs       string   `yaml:"init_args"`
 		PINFile        string   `yaml:"pin_file"`
 		PINEnv         string   `yaml:"pin_env"`
 		Sessions       int      `yaml:"sessions"`
@@ -135,44 +138,19 @@ func loadConfigFile(path string) (fileConfig, error) {
 	return fc, nil
 }
 
-// tokenLabelFromURI extracts the token label of an RFC 7512 PKCS#11 URI,
-// e.g. "pkcs11:token=hsmkms". Only the token attribute is supported; a
-// PIN in the URI (pin-value) is refused: secrets are given by reference.
-func tokenLabelFromURI(uri string) (string, error) {
-	rest, ok := strings.CutPrefix(uri, "pkcs11:")
-	if !ok {
-		return "", fmt.Errorf("token URI %q does not start with pkcs11:", uri)
+// p11Config is the token configuration kmsd (and check-config) opens.
+func (c config) p11Config(obs p11.Observer) p11.Config {
+	return p11.Config{ModulePath: c.module, TokenLabel: c.tokenLabel, TokenURI: c.tokenURI, InitArgs: c.initArgs, PIN: c.pin, Sessions: c.sessions,
+		HSMGeneratedIV: c.ivMode == "hsm", NoWorkingCopies: !c.workingCopies, CopyCheckInterval: c.copyCheck, Observer: obs}
+}
+
+// tokenName names the configured token in messages: its label in quotes or
+// its URI.
+func (c config) tokenName() string {
+	if c.tokenURI != "" {
+		return c.tokenURI
 	}
-	path, query, _ := strings.Cut(rest, "?")
-	if strings.Contains(query, "pin-value") {
-		return "", errors.New("token URI: pin-value is refused; give the PIN by file or environment variable")
-	}
-	var label string
-	for _, attr := range strings.Split(path, ";") {
-		if attr == "" {
-			continue
-		}
-		k, v, ok := strings.Cut(attr, "=")
-		if !ok {
-			return "", fmt.Errorf("token URI: malformed attribute %q", attr)
-		}
-		v, err := url.PathUnescape(v)
-		if err != nil {
-			return "", fmt.Errorf("token URI: %v", err)
-		}
-		switch k {
-		case "token":
-			label = v
-		case "manufacturer", "model", "serial", "library-description", "library-manufacturer", "library-version", "slot-description", "slot-manufacturer", "slot-id":
-			return "", fmt.Errorf("token URI: attribute %q is not supported; select the token by its label (token=)", k)
-		default:
-			return "", fmt.Errorf("token URI: unknown attribute %q", k)
-		}
-	}
-	if label == "" {
-		return "", errors.New("token URI: no token= attribute")
-	}
-	return label, nil
+	return strconv.Quote(c.tokenLabel)
 }
 
 // isLoopback reports whether a listen address only accepts local

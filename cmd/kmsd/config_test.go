@@ -61,8 +61,22 @@ func TestConfigFile(t *testing.T) {
 			}},
 		{name: "token URI", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  token_uri: \"pkcs11:token=my%20token\"\n",
 			check: func(t *testing.T, c config) {
-				if c.tokenLabel != "my token" {
-					t.Fatalf("label %q", c.tokenLabel)
+				if c.tokenURI != "pkcs11:token=my%20token" || c.tokenLabel != "" || c.p11Config(nil).Validate() != nil {
+					t.Fatalf("label %q, URI %q", c.tokenLabel, c.tokenURI)
+				}
+			}},
+		{name: "token URI as p11tool prints it", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  token_uri: \"pkcs11:model=SoftHSM%20v2;manufacturer=SoftHSM%20project;serial=2c1f9e3b7c9d1a2e;token=hsmkms\"\n"},
+		{name: "token URI with a slot id refused", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  token_uri: \"pkcs11:token=t;slot-id=1\"\n", want: "slot ids change"},
+		{name: "init args from the file", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  init_args: \"configdir='sql:/var/lib/nss' flags=\"\n",
+			check: func(t *testing.T, c config) {
+				if c.initArgs != "configdir='sql:/var/lib/nss' flags=" || c.p11Config(nil).InitArgs != c.initArgs {
+					t.Fatalf("init args %q", c.initArgs)
+				}
+			}},
+		{name: "init args from the environment", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  init_args: x\n", env: map[string]string{"KMSD_PKCS11_INIT_ARGS": "configdir='sql:/d'"},
+			check: func(t *testing.T, c config) {
+				if c.initArgs != "configdir='sql:/d'" {
+					t.Fatalf("init args %q", c.initArgs)
 				}
 			}},
 		{name: "working copies off", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n  working_copies: false\n  copy_check_interval: 10s\n",

@@ -492,6 +492,16 @@ func TestStartupFailuresAreClear(t *testing.T) {
 		{"missing token", func(e []string) []string { return append(e, "KMSD_TOKEN_LABEL=no-such-token") }, "no-such-token"},
 		{"no PIN", func(e []string) []string { return append(e, "KMSD_PIN=") }, "KMSD_PIN"},
 		{"no module", func(e []string) []string { return append(e, "KMSD_PKCS11_MODULE=") }, "-module"},
+		// SoftHSM2 refuses any C_Initialize arguments, NSS softoken needs them.
+		{"init args", func(e []string) []string {
+			if tok.InitArgs != "" {
+				return append(e, "KMSD_PKCS11_INIT_ARGS=")
+			}
+			return append(e, "KMSD_PKCS11_INIT_ARGS=configdir='sql:/nonexistent'")
+		}, "pkcs11.init_args"},
+		{"token URI matching nothing", func(e []string) []string {
+			return append(e, "KMSD_TOKEN_LABEL=", "KMSD_TOKEN_URI=pkcs11:token="+tok.Label+";serial=no-such-serial")
+		}, "serial=no-such-serial"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"net/http"
 	"net/url"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -26,7 +28,7 @@ import (
 // again soon after the token is back, without a restart.
 func TestTokenOutageAndRecovery(t *testing.T) {
 	leaks := goleak.IgnoreCurrent()
-	tok := softhsm.NewTokenNoEnv(t)
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
 	so := faultmod.Build(t)
 	ctl := faultmod.NewController(t)
 	env := append(kmsdEnv(tok, t.TempDir()), ctl.Env()...)
@@ -159,7 +161,7 @@ func TestTokenOutageAndRecovery(t *testing.T) {
 // emulating a FIPS-mode HSM (it refuses caller IVs and writes its own):
 // blobs round-trip, and each carries the IV the HSM chose.
 func TestHSMGeneratedIVMode(t *testing.T) {
-	tok := softhsm.NewTokenNoEnv(t)
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
 	so := faultmod.Build(t)
 	ctl := faultmod.NewController(t)
 	ctl.HSMGeneratedIV(true)
@@ -188,10 +190,133 @@ func TestHSMGeneratedIVMode(t *testing.T) {
 	s.stop()
 	time.Sleep(200 * time.Millisecond)
 
-	// The default mode sends kmsd's own IV, which this HSM refuses: a
-	// clean error, not a crash or a zero IV.
-	s = startKMSD(t, append(env, "KMSD_IV_MODE=caller"))
-	if r := s.call(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}}); r.Code == 0 || r.CiphertextBlob != "" {
-		t.Fatalf("caller IV on an HSM that refuses them: %+v", r)
+	// The default mode sends kmsd's own IV, which this HSM refuses: kmsd
+	// refuses to start (self-check) and names the setting.
+	out := kmsdFails(t, append(env, "KMSD_IV_MODE=caller"))
+	if !strings.Contains(out, "CKM_AES_GCM") || !strings.Contains(out, "iv_mode") {
+		t.Fatalf("kmsd with caller IVs on an HSM that refuses them:\n%s", out)
+	}
+}
+
+// kmsdFails runs kmsd with env (and args), expects it to exit with an
+// error within 30 s, and returns its output.
+func kmsdFails(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "kmsd"), args...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("kmsd %v did not exit:\n%s", args, out)
+	}
+	if err == nil {
+		t.Fatalf("kmsd %v succeeded:\n%s", args, out)
+	}
+	return string(out)
+}
+
+// errorLine returns the one line of out that carries kmsd's fatal error.
+func errorLine(t *testing.T, out string) string {
+	t.Helper()
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "kmsd: ") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("want exactly one \"kmsd: \" error line, got %d:\n%s", len(lines), out)
+	}
+	return lines[0]
+}
+
+// TestStartupSelfCheck: against a module without CKM_AES_GCM kmsd refuses
+// to start with one line naming the module and CKM_AES_GCM, and so does
+// kmsd check-config; against a wrong PIN check-config says so after a
+// single C_Login.
+func TestStartupSelfCheck(t *testing.T) {
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
+	so := faultmod.Build(t)
+	ctl := faultmod.NewController(t)
+	env := append(kmsdEnv(tok, t.TempDir()), ctl.Env()...)
+	env = append(env, "KMSD_PKCS11_MODULE="+so)
+
+	cmd := exec.Command(filepath.Join(binDir, "kmsd"), "check-config")
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "self-check passed") {
+		t.Fatalf("check-config on a good module: %v\n%s", err, out)
+	}
+
+	ctl.HideMechanism(0x1087) // CKM_AES_GCM (only hsm/p11 imports PKCS#11)
+	for _, args := range [][]string{nil, {"check-config"}} {
+		line := errorLine(t, kmsdFails(t, env, args...))
+		for _, want := range []string{"CKM_AES_GCM", so, "not supported"} {
+			if !strings.Contains(line, want) {
+				t.Errorf("kmsd %v: %q does not mention %q", args, line, want)
+			}
+		}
+	}
+	ctl.Reset()
+
+	before := ctl.Calls("C_Login")
+	line := errorLine(t, kmsdFails(t, append(env, "KMSD_PIN=wrong-pin-4711"), "check-config"))
+	if !strings.Contains(line, "CKR_PIN_INCORRECT") || !strings.Contains(line, "PIN") || strings.Contains(line, "wrong-pin-4711") {
+		t.Fatalf("check-config with a wrong PIN: %q", line)
+	}
+	if n := ctl.Calls("C_Login") - before; n != 1 {
+		t.Fatalf("check-config with a wrong PIN called C_Login %d times, want 1", n)
+	}
+}
+
+// TestWrongPINWhileRunning: the PIN is changed on the HSM while kmsd runs
+// and the token is re-initialised (removed and put back). kmsd logs in
+// once, is refused, and stops: /readyz fails, the log says why, requests
+// fail cleanly, and C_Login is never called again (on Luna or CloudHSM
+// every attempt counts towards locking the user).
+func TestWrongPINWhileRunning(t *testing.T) {
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
+	so := faultmod.Build(t)
+	ctl := faultmod.NewController(t)
+	env := append(kmsdEnv(tok, t.TempDir()), ctl.Env()...)
+	env = append(env, "KMSD_PKCS11_MODULE="+so)
+	bootstrap(t, env)
+	s := startKMSD(t, env)
+	key := s.createKey("pin")
+	s.mustOK(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}})
+
+	ctl.Fail("C_Login", 0xA0) // CKR_PIN_INCORRECT: the PIN was changed on the HSM
+	ctl.RemoveToken(true)
+	s.call(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}})
+	ctl.RemoveToken(false)
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(s.stderr.String(), "will not be retried") {
+		s.call(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}})
+		resp, err := http.Get(s.url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kmsd does not say it stopped logging in:\n%s", s.stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	logins := ctl.Calls("C_Login")
+	time.Sleep(2500 * time.Millisecond) // longer than the recovery loop's longest pause (1 s)
+	for range 5 {
+		if r := s.call(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}}); r.Code == 0 {
+			t.Fatalf("Encrypt succeeded with a refused PIN: %+v", r)
+		}
+	}
+	resp, err := http.Get(s.url + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz = %d, want 503", resp.StatusCode)
+	}
+	if n := ctl.Calls("C_Login") - logins; n != 0 {
+		t.Fatalf("kmsd called C_Login %d more times after the PIN was refused", n)
 	}
 }

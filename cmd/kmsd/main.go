@@ -75,7 +75,9 @@ type config struct {
 	tlsKey         string
 	clientCA       string
 	module         string
-	tokenLabel     string
+	tokenLabel     string // "" when tokenURI selects the token
+	tokenURI       string
+	initArgs       string // never logged
 	pin            string // never logged
 	dataDir        string
 	pgDSN          string // PostgreSQL store when not empty; never logged (may hold a password)
@@ -212,7 +214,8 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	def("tls-client-ca", "KMSD_TLS_CLIENT_CA_FILE", str(fc.TLS.ClientCAFile), "", "CA certificates (PEM) clients must present a certificate from (mTLS)")
 	def("module", "KMSD_PKCS11_MODULE", str(fc.PKCS11.Module), "", "path of the PKCS#11 module")
 	def("token-label", "KMSD_TOKEN_LABEL", str(fc.PKCS11.TokenLabel), "", "label of the token holding the CMKs (default hsmkms)")
-	def("token-uri", "KMSD_TOKEN_URI", str(fc.PKCS11.TokenURI), "", "the token as an RFC 7512 URI, e.g. pkcs11:token=hsmkms")
+	def("token-uri", "KMSD_TOKEN_URI", str(fc.PKCS11.TokenURI), "", "the token as an RFC 7512 URI (token, manufacturer, model, serial), e.g. pkcs11:token=hsmkms;serial=0a1b")
+	def("init-args", "KMSD_PKCS11_INIT_ARGS", str(fc.PKCS11.InitArgs), "", "library parameters passed to C_Initialize (pReserved); NSS softoken needs configdir='sql:DIR' ...")
 	def("pin-file", "KMSD_PIN_FILE", str(fc.PKCS11.PINFile), "", "file holding the token user PIN; or set KMSD_PIN")
 	def("sessions", "KMSD_SESSIONS", num(int64(fc.PKCS11.Sessions)), "2", "PKCS#11 sessions, i.e. concurrent HSM calls")
 	def("acquire-timeout", "KMSD_ACQUIRE_TIMEOUT", dur(fc.PKCS11.AcquireTimeout), "5s", "longest wait for a free PKCS#11 session")
@@ -330,15 +333,16 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		case label != "" && uri != "":
 			errs = append(errs, errors.New("give -token-label or -token-uri, not both"))
 		case uri != "":
-			l, err := tokenLabelFromURI(uri)
-			if err != nil {
+			if _, err := p11.ParseTokenURI(uri); err != nil {
 				errs = append(errs, err)
 			}
-			label = l
+			c.tokenURI = uri
+			label = ""
 		case label == "":
 			label = "hsmkms"
 		}
 		c.tokenLabel = label
+		c.initArgs = v("init-args")
 		if c.dataDir == "" {
 			errs = append(errs, errors.New("-data-dir must not be empty"))
 		}
@@ -547,7 +551,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.serve(ln, tlsConfig) }()
-	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenLabel, "sessions", cfg.sessions, "audit", cfg.auditFile, "gomaxprocs", procs, "http_server", cfg.httpServer)
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenName(), "sessions", cfg.sessions, "audit", cfg.auditFile, "gomaxprocs", procs, "http_server", cfg.httpServer)
 
 	select {
 	case err := <-serveErr:
@@ -579,12 +583,11 @@ func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Obse
 		return nil, nil, nil, nil, err
 	}
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	tok, err = p11.OpenToken(openCtx, p11.Config{ModulePath: cfg.module, TokenLabel: cfg.tokenLabel, PIN: cfg.pin, Sessions: cfg.sessions,
-		HSMGeneratedIV: cfg.ivMode == "hsm", NoWorkingCopies: !cfg.workingCopies, CopyCheckInterval: cfg.copyCheck, Observer: obs})
+	tok, err = p11.OpenToken(openCtx, cfg.p11Config(obs))
 	cancel()
 	if err != nil {
 		st.Close()
-		return nil, nil, nil, nil, fmt.Errorf("open token %q: %w", cfg.tokenLabel, err)
+		return nil, nil, nil, nil, fmt.Errorf("open token %s: %w", cfg.tokenName(), err)
 	}
 	closeAll = func() {
 		if err := st.Close(); err != nil {

@@ -74,6 +74,10 @@ func errorKind(err error) string {
 		return "key_not_found"
 	case errors.Is(err, hsm.ErrInvalidInput):
 		return "invalid_input"
+	case errors.Is(err, hsm.ErrMisconfigured):
+		return "misconfigured"
+	case errors.Is(err, hsm.ErrLogin):
+		return "login"
 	}
 	return "other"
 }

@@ -14,10 +14,12 @@ import (
 	"os/signal"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"hsmkms/hsm/p11"
 	"hsmkms/httpapi/h1"
 )
 
@@ -114,8 +116,11 @@ func newRegistry() *prometheus.Registry {
 
 // checkConfig is `kmsd check-config`: it validates the configuration as
 // the server would at start, including the TLS files and the audit file,
-// without opening the token or the store, and prints a summary without
-// secrets.
+// opens the token as the server would (module, init args, token, PIN,
+// then the start-up self-check of the mechanisms kmsd uses and an
+// AES-256-GCM round trip in the configured IV mode) and closes it again,
+// without opening the store, and prints a summary without secrets. A
+// refused PIN is tried once: check-config never retries a login.
 func checkConfig(args []string, env func(string) (string, bool), stdout, stderr io.Writer) error {
 	cfg, err := parseConfig(args, env, stderr)
 	if err != nil {
@@ -127,6 +132,14 @@ func checkConfig(args []string, env func(string) (string, bool), stdout, stderr 
 		if err := r.load(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tok, err := p11.OpenToken(ctx, cfg.p11Config(nil))
+	cancel()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("open token %s: %w", cfg.tokenName(), err))
+	} else if err := tok.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close token %s: %w", cfg.tokenName(), err))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -142,8 +155,8 @@ func checkConfig(args []string, env func(string) (string, bool), stdout, stderr 
 	if auditMode == "" {
 		auditMode = "disabled"
 	}
-	fmt.Fprintf(stdout, "configuration OK\n  listen   %s (TLS %s)\n  module   %s\n  token    %s (%d sessions, IV mode %s)\n  data dir %s\n  audit    %s\n  limits   body %d B, request %s, %d concurrent, %g req/s per credential, %d connections (%d per address; 0 = no limit)\n",
-		cfg.addr, tlsMode, cfg.module, cfg.tokenLabel, cfg.sessions, cfg.ivMode, cfg.dataDir, auditMode,
+	fmt.Fprintf(stdout, "configuration OK\n  listen   %s (TLS %s)\n  module   %s\n  token    %s (%d sessions, IV mode %s; login and self-check passed)\n  data dir %s\n  audit    %s\n  limits   body %d B, request %s, %d concurrent, %g req/s per credential, %d connections (%d per address; 0 = no limit)\n",
+		cfg.addr, tlsMode, cfg.module, cfg.tokenName(), cfg.sessions, cfg.ivMode, cfg.dataDir, auditMode,
 		cfg.maxBody, cfg.requestTimeout, cfg.maxConcurrent, cfg.ratePerCred, cfg.maxConns, cfg.maxConnsPerIP)
 	return nil
 }

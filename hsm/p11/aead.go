@@ -37,46 +37,65 @@ func (t *Token) Seal(ctx context.Context, objectID, plaintext, aad []byte) (iv, 
 	defer func(start time.Time) { t.observe("C_Encrypt", start, err) }(time.Now())
 	iv = make([]byte, hsm.IVBytes)
 	err = t.withKey(ctx, objectID, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		// A fresh IV for every attempt: a retried call must never reuse one.
-		if t.cfg.HSMGeneratedIV {
-			clear(iv) // the token writes its own IV over the zeros
-		} else if _, err := rand.Read(iv); err != nil {
-			return fmt.Errorf("%w: seal: crypto/rand: %w", hsm.ErrUnavailable, err)
-		}
-		if t.gcm != nil {
-			out := make([]byte, len(plaintext)+hsm.TagBytes)
-			n, stage, rv := t.gcm.run(false, s, h, iv, aad, plaintext, out)
-			if rv != 0 {
-				return classify(map[bool]string{true: "C_EncryptInit", false: "C_Encrypt"}[stage == 1], pkcs11.Error(rv))
-			}
-			if n != len(out) {
-				return errf(hsm.ErrUnavailable, "C_Encrypt", "returned %d bytes for %d bytes of plaintext, want plaintext+%d", n, len(plaintext), hsm.TagBytes)
-			}
-			sealed = out
-			return t.checkHSMIV(iv)
-		}
-		p := pkcs11.NewGCMParams(iv, aad, tagBits)
-		defer p.Free()
-		if err := t.mod.EncryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}, h); err != nil {
-			return classify("C_EncryptInit", err)
-		}
-		out, err := t.mod.Encrypt(s, plaintext)
-		if err != nil {
-			return classify("C_Encrypt", err)
-		}
-		if len(out) != len(plaintext)+hsm.TagBytes {
-			return errf(hsm.ErrUnavailable, "C_Encrypt", "returned %d bytes for %d bytes of plaintext, want plaintext+%d", len(out), len(plaintext), hsm.TagBytes)
-		}
-		if t.cfg.HSMGeneratedIV {
-			copy(iv, p.IV())
-		}
+		out, err := t.sealWith(s, h, iv, plaintext, aad)
 		sealed = out
-		return t.checkHSMIV(iv)
+		return err
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	return iv, sealed, nil
+}
+
+// sealWith encrypts plaintext under the key handle h on session s into an
+// output buffer of exactly len(plaintext)+16 bytes: no length query (NSS
+// softoken answers one with the plaintext length, and the call that follows
+// then fails with CKR_BUFFER_TOO_SMALL and ends the operation). iv is
+// filled: from crypto/rand, or by the token in HSM-generated IV mode. A
+// fresh IV for every call: a retried call must never reuse one.
+func (t *Token) sealWith(s pkcs11.SessionHandle, h pkcs11.ObjectHandle, iv, plaintext, aad []byte) ([]byte, error) {
+	if t.cfg.HSMGeneratedIV {
+		clear(iv) // the token writes its own IV over the zeros
+	} else if _, err := rand.Read(iv); err != nil {
+		return nil, fmt.Errorf("%w: seal: crypto/rand: %w", hsm.ErrUnavailable, err)
+	}
+	out := make([]byte, len(plaintext)+hsm.TagBytes)
+	n := 0
+	if t.gcm != nil {
+		var stage int
+		var rv uint
+		n, stage, rv = t.gcm.run(false, s, h, iv, aad, plaintext, out)
+		if rv != 0 {
+			return nil, classify(map[bool]string{true: "C_EncryptInit", false: "C_Encrypt"}[stage == 1], pkcs11.Error(rv))
+		}
+	} else {
+		p := pkcs11.NewGCMParams(iv, aad, tagBits)
+		defer p.Free()
+		if err := t.mod.EncryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}, h); err != nil {
+			return nil, classify("C_EncryptInit", err)
+		}
+		var err error
+		if t.dec != nil {
+			n, err = t.dec.encrypt(s, plaintext, out)
+		} else {
+			var b []byte // off Unix: the binding, with its length query
+			b, err = t.mod.Encrypt(s, plaintext)
+			n = copy(out, b)
+			if len(b) > len(out) {
+				n = len(b)
+			}
+		}
+		if err != nil {
+			return nil, classify("C_Encrypt", err)
+		}
+		if t.cfg.HSMGeneratedIV {
+			copy(iv, p.IV())
+		}
+	}
+	if n != len(out) {
+		return nil, errf(hsm.ErrUnavailable, "C_Encrypt", "returned %d bytes for %d bytes of plaintext, want plaintext+%d", n, len(plaintext), hsm.TagBytes)
+	}
+	return out, t.checkHSMIV(iv)
 }
 
 // Open decrypts and authenticates sealed (ciphertext||tag from Seal) with the
@@ -105,56 +124,58 @@ func (t *Token) Open(ctx context.Context, objectID, iv, sealed, aad []byte) ([]b
 	start := time.Now()
 	var plaintext []byte
 	err := t.withKey(ctx, objectID, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		if t.gcm != nil {
-			want := len(sealed) - hsm.TagBytes
-			out := make([]byte, want)
-			n, stage, rv := t.gcm.run(true, s, h, iv, aad, sealed, out)
-			switch {
-			case rv == pkcs11.CKR_BUFFER_TOO_SMALL && stage == 2 && t.dec != nil:
-				// The operation is still active: finish it with the room
-				// the module asked for.
-				var err error
-				if out, err = t.dec.decrypt(s, sealed, n); err != nil {
-					return classify(fnDecrypt, err)
-				}
-				n = len(out)
-			case rv != 0 && stage == 1:
-				return classify("C_DecryptInit", pkcs11.Error(rv))
-			case rv != 0:
-				return classify(fnDecrypt, pkcs11.Error(rv))
-			}
-			if n != want {
-				return errf(hsm.ErrUnavailable, fnDecrypt, "returned %d bytes for %d sealed bytes, want sealed-%d", n, len(sealed), hsm.TagBytes)
-			}
-			plaintext = out[:n]
-			return nil
-		}
-		p := pkcs11.NewGCMParams(iv, aad, tagBits)
-		defer p.Free()
-		err := t.mod.DecryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}, h)
-		if err != nil {
-			return classify("C_DecryptInit", err)
-		}
-		var out []byte
-		if t.dec != nil {
-			out, err = t.dec.decrypt(s, sealed, len(sealed)-hsm.TagBytes)
-		} else {
-			out, err = t.mod.Decrypt(s, sealed)
-		}
-		if err != nil {
-			return classify(fnDecrypt, err)
-		}
-		if len(out) != len(sealed)-hsm.TagBytes {
-			return errf(hsm.ErrUnavailable, fnDecrypt, "returned %d bytes for %d sealed bytes, want sealed-%d", len(out), len(sealed), hsm.TagBytes)
-		}
+		out, err := t.openWith(s, h, iv, sealed, aad)
 		plaintext = out
-		return nil
+		return err
 	})
 	t.observe("C_Decrypt", start, err)
 	if err != nil {
 		return nil, err
 	}
 	return plaintext, nil
+}
+
+// openWith decrypts sealed under the key handle h on session s in one
+// C_Decrypt with len(sealed) bytes of room (the plaintext is 16 bytes
+// shorter; SoftHSM2 asks for room for the whole input), never a length
+// query, and never a second C_Decrypt after CKR_BUFFER_TOO_SMALL: some
+// modules (NSS softoken) end the operation there.
+func (t *Token) openWith(s pkcs11.SessionHandle, h pkcs11.ObjectHandle, iv, sealed, aad []byte) ([]byte, error) {
+	want := len(sealed) - hsm.TagBytes
+	var out []byte
+	if t.gcm != nil {
+		out = make([]byte, len(sealed))
+		n, stage, rv := t.gcm.run(true, s, h, iv, aad, sealed, out)
+		switch {
+		case rv != 0 && stage == 1:
+			return nil, classify("C_DecryptInit", pkcs11.Error(rv))
+		case rv != 0:
+			return nil, classify(fnDecrypt, pkcs11.Error(rv))
+		}
+		out = out[:min(n, len(out))]
+		if n != want {
+			return nil, errf(hsm.ErrUnavailable, fnDecrypt, "returned %d bytes for %d sealed bytes, want sealed-%d", n, len(sealed), hsm.TagBytes)
+		}
+		return out, nil
+	}
+	p := pkcs11.NewGCMParams(iv, aad, tagBits)
+	defer p.Free()
+	if err := t.mod.DecryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}, h); err != nil {
+		return nil, classify("C_DecryptInit", err)
+	}
+	var err error
+	if t.dec != nil {
+		out, err = t.dec.decrypt(s, sealed, len(sealed))
+	} else {
+		out, err = t.mod.Decrypt(s, sealed)
+	}
+	if err != nil {
+		return nil, classify(fnDecrypt, err)
+	}
+	if len(out) != want {
+		return nil, errf(hsm.ErrUnavailable, fnDecrypt, "returned %d bytes for %d sealed bytes, want sealed-%d", len(out), len(sealed), hsm.TagBytes)
+	}
+	return out, nil
 }
 
 // checkHSMIV refuses a seal whose IV the token should have written but did
@@ -169,5 +190,5 @@ func (t *Token) checkHSMIV(iv []byte) error {
 			return nil
 		}
 	}
-	return errf(hsm.ErrUnavailable, "C_Encrypt", "HSM-generated IV mode: the token did not write an IV into the GCM parameters; is iv_mode right for this HSM?")
+	return errf(hsm.ErrMisconfigured, "C_Encrypt", "CKM_AES_GCM: iv_mode is hsm but the token did not write an IV into the GCM parameters: set pkcs11.iv_mode to caller for this module")
 }

@@ -2,6 +2,7 @@ package p11
 
 import (
 	"fmt"
+	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -31,8 +32,19 @@ const (
 // Sessions and LabelPrefix select the defaults; ModulePath, TokenLabel and
 // PIN are required.
 type Config struct {
-	ModulePath  string // path of the PKCS#11 module
-	TokenLabel  string // token selected by label (never slot number: slot ids change)
+	ModulePath string // path of the PKCS#11 module
+	// InitArgs, when not empty, is passed to C_Initialize as the
+	// library-parameters string (CK_C_INITIALIZE_ARGS.pReserved), at
+	// OpenToken and at every re-initialisation. NSS softoken needs it
+	// (configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db'
+	// flags=...); most modules want none. It is never logged.
+	InitArgs string
+	// The token is selected by TokenLabel or by TokenURI (RFC 7512, see
+	// ParseTokenURI: token, manufacturer, model, serial and library
+	// attributes), never by slot number: slot ids change. Exactly one of
+	// the two is set.
+	TokenLabel  string
+	TokenURI    string
 	PIN         string // user PIN; the caller reads it from env/file; never logged
 	Sessions    int    // max concurrent sessions = max concurrent HSM calls; 0 -> 2
 	LabelPrefix string // prefix of CKA_LABEL of objects this service makes; "" -> "hsmkms:"
@@ -57,6 +69,7 @@ type Config struct {
 	Observer Observer
 
 	noDirectGCM bool // tests: use the binding for Seal and Open
+	noSelfCheck bool // tests: open a token that fails the self-check
 }
 
 // DefaultCopyCheckInterval is the default Config.CopyCheckInterval.
@@ -86,8 +99,10 @@ func (c Config) Validate() error {
 	switch {
 	case c.ModulePath == "":
 		return fmt.Errorf("%w: p11 config: module path is empty", hsm.ErrInvalidInput)
-	case c.TokenLabel == "":
-		return fmt.Errorf("%w: p11 config: token label is empty", hsm.ErrInvalidInput)
+	case c.TokenLabel == "" && c.TokenURI == "":
+		return fmt.Errorf("%w: p11 config: token label is empty (give a token label or a token URI)", hsm.ErrInvalidInput)
+	case c.TokenLabel != "" && c.TokenURI != "":
+		return fmt.Errorf("%w: p11 config: give a token label or a token URI, not both", hsm.ErrInvalidInput)
 	case len(c.TokenLabel) > maxTokenLabel:
 		return fmt.Errorf("%w: p11 config: token label is %d bytes, PKCS#11 allows %d", hsm.ErrInvalidInput, len(c.TokenLabel), maxTokenLabel)
 	case c.PIN == "":
@@ -96,8 +111,24 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: p11 config: sessions is %d, want 0 (default %d) to %d", hsm.ErrInvalidInput, c.Sessions, DefaultSessions, MaxSessions)
 	case len(c.LabelPrefix) > maxLabelPrefix || !printable(c.LabelPrefix):
 		return fmt.Errorf("%w: p11 config: label prefix must be printable UTF-8 of at most %d bytes", hsm.ErrInvalidInput, maxLabelPrefix)
+	case strings.ContainsRune(c.InitArgs, 0):
+		return fmt.Errorf("%w: p11 config: init args contain a NUL byte", hsm.ErrInvalidInput)
+	}
+	if c.TokenURI != "" {
+		if _, err := ParseTokenURI(c.TokenURI); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// selector is the token c selects, as a TokenURI. c is valid.
+func (c Config) selector() TokenURI {
+	if c.TokenURI != "" {
+		u, _ := ParseTokenURI(c.TokenURI)
+		return u
+	}
+	return TokenURI{Token: c.TokenLabel}
 }
 
 func (c Config) withDefaults() Config {

@@ -27,12 +27,19 @@ import (
 // checked again, at most Config.CopyCheckInterval after its last check.
 //
 // If the module refuses C_CopyObject, the Token stops trying and uses the
-// token objects.
+// token objects; if it refuses to copy one object (SoftHSM2 copies no
+// object that is not CKA_MODIFIABLE), that object is used directly in that
+// session from then on. A copy that could wrap or unwrap, or that is not a
+// sensitive, non-extractable session object, is destroyed at once and the
+// token object used instead (copyIsSafe).
 
 type workCopy struct {
 	h       pkcs11.ObjectHandle // the session object
 	tokenH  pkcs11.ObjectHandle // the token object it copies
 	checked time.Time           // when tokenH was last known to exist
+	// self: this key cannot be copied (the module refused, or the copy
+	// was unsafe); h is tokenH, used directly, never destroyed.
+	self bool
 }
 
 // copyTemplate makes the copy of objectID a session object. It inherits
@@ -103,22 +110,37 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 		t.cmu.Unlock()
 	}
 	h, err := t.mod.CopyObject(s, tokenH, copyTemplate(objectID))
+	self := false
 	if err != nil {
 		var rv pkcs11.Error
 		if errors.As(err, &rv) {
 			switch uint(rv) {
-			case pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_ACTION_PROHIBITED, pkcs11.CKR_ATTRIBUTE_READ_ONLY,
-				pkcs11.CKR_TEMPLATE_INCONSISTENT, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID:
+			case pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_TEMPLATE_INCONSISTENT, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID:
 				t.noCopies.Store(true) // this module will never copy
+				return tokenH
+			case pkcs11.CKR_ACTION_PROHIBITED, pkcs11.CKR_ATTRIBUTE_READ_ONLY:
+				// This object cannot be copied (SoftHSM2: it is not
+				// CKA_MODIFIABLE); others may be.
+				self = true
 			}
 		}
-		return tokenH
+		if !self {
+			return tokenH // perhaps transient: try again next time
+		}
+		h = tokenH
+	} else if !t.copyIsSafe(s, h) {
+		// The token object can wrap or unwrap, or the copy came out
+		// exportable: never hold such a copy; use the token object.
+		_ = t.mod.DestroyObject(s, h)
+		h, self = tokenH, true
 	}
 	t.cmu.Lock()
 	if t.cgen[string(objectID)] != gen {
 		// Dropped while we copied: do not resurrect it.
 		t.cmu.Unlock()
-		_ = t.mod.DestroyObject(s, h)
+		if !self {
+			_ = t.mod.DestroyObject(s, h)
+		}
 		return tokenH
 	}
 	m := t.copies[s]
@@ -126,9 +148,36 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 		m = make(map[string]workCopy)
 		t.copies[s] = m
 	}
-	m[string(objectID)] = workCopy{h: h, tokenH: tokenH, checked: time.Now()}
+	m[string(objectID)] = workCopy{h: h, tokenH: tokenH, checked: time.Now(), self: self}
 	t.cmu.Unlock()
 	return h
+}
+
+// copyIsSafe reads the attributes of a fresh copy h (one
+// C_GetAttributeValue) and reports whether it is a session object that is
+// sensitive, not extractable, and cannot wrap or unwrap. A copy inherits
+// the token object's attributes; a CMK made by another tool (or a module
+// whose copy template handling differs) could otherwise give the service a
+// session object able to export keys. The copy template cannot say
+// CKA_WRAP=false itself: SoftHSM2 refuses that (CKR_ATTRIBUTE_READ_ONLY).
+func (t *Token) copyIsSafe(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) bool {
+	attrs, err := t.mod.GetAttributeValue(s, h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
+	})
+	if err != nil || len(attrs) != 5 {
+		return false
+	}
+	want := []byte{0, 1, 0, 0, 0} // token, sensitive, extractable, wrap, unwrap
+	for i, a := range attrs {
+		if len(a.Value) != 1 || (a.Value[0] != 0) != (want[i] != 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // dropCopies forgets every working copy of objectID, in every session, and
@@ -141,7 +190,9 @@ func (t *Token) dropCopies(s pkcs11.SessionHandle, objectID []byte) {
 	t.cgen[key]++
 	for _, m := range t.copies {
 		if e, ok := m[key]; ok {
-			doomed = append(doomed, e.h)
+			if !e.self {
+				doomed = append(doomed, e.h)
+			}
 			delete(m, key)
 		}
 	}
@@ -197,7 +248,7 @@ func (t *Token) workingCopies(objectID []byte) []pkcs11.ObjectHandle {
 	defer t.cmu.Unlock()
 	var hs []pkcs11.ObjectHandle
 	for _, m := range t.copies {
-		if e, ok := m[string(objectID)]; ok {
+		if e, ok := m[string(objectID)]; ok && !e.self {
 			hs = append(hs, e.h)
 		}
 	}

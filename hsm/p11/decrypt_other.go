@@ -18,3 +18,6 @@ func (d *directDecrypt) symbol(string) unsafe.Pointer { return nil }
 func (d *directDecrypt) decrypt(pkcs11.SessionHandle, []byte, int) ([]byte, error) {
 	panic("p11: directDecrypt unavailable")
 }
+func (d *directDecrypt) encrypt(pkcs11.SessionHandle, []byte, []byte) (int, error) {
+	panic("p11: directDecrypt unavailable")
+}

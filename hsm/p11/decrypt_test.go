@@ -36,7 +36,13 @@ func TestDirectDecryptResolved(t *testing.T) {
 	if tok.dec == nil {
 		t.Fatal("C_Decrypt not resolved through C_GetFunctionList")
 	}
-	if sym := tok.dec.symbol("C_Decrypt"); sym == nil || sym != tok.dec.fn {
+	// NSS softoken exports only C_GetFunctionList; where the module also
+	// exports C_Decrypt, the two must agree.
+	sym := tok.dec.symbol("C_Decrypt")
+	if sym == nil && tok.dec.symbol("C_Initialize") != nil {
+		t.Fatalf("the module exports C_Initialize but not C_Decrypt")
+	}
+	if sym != nil && sym != tok.dec.fn {
 		t.Fatalf("function list C_Decrypt = %p, dlsym(C_Decrypt) = %p", tok.dec.fn, sym)
 	}
 }

@@ -7,7 +7,10 @@
 //
 // A customer master key (CMK) is an AES-256 secret key object on the token:
 // CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, not CKA_EXTRACTABLE, usable for
-// CKA_ENCRYPT and CKA_DECRYPT only. Its CKA_ID is the object id chosen by
+// CKA_ENCRYPT and CKA_DECRYPT only, not CKA_MODIFIABLE where the module
+// allows it. Keys with a fixed, well-known object id (the credentials key)
+// are made by EnsureKey (fixed.go), which never generates an id that
+// exists. What modules do differently is listed in vendors.go. Its CKA_ID is the object id chosen by
 // the caller (1..64 bytes) and its CKA_LABEL starts with Config.LabelPrefix,
 // which is how KeyIDs tells this service's objects from others.
 //
@@ -37,7 +40,8 @@
 // A session that the module declares dead (CKR_SESSION_HANDLE_INVALID,
 // CKR_SESSION_CLOSED, CKR_DEVICE_ERROR), or that is stuck in an active
 // operation (CKR_OPERATION_ACTIVE), or whose call panicked, is closed and
-// replaced by a fresh logged-in session instead of being put back. If the
+// replaced by a fresh logged-in session instead of being put back (the
+// dead handle is closed first: modules may reuse the number at once). If the
 // replacement cannot be opened, the pool keeps a hole that the next call to
 // take it refills, so the pool never shrinks for good. A lost login
 // (CKR_USER_NOT_LOGGED_IN) is restored with the configured PIN, which the
@@ -72,8 +76,15 @@
 //   - hsm.ErrInvalidInput: an argument was refused before any PKCS#11 call
 //     (object id not 1..64 bytes, IV not 12 bytes, sealed shorter than the
 //     tag, empty AAD, bad label, duplicate object id on GenerateKey, bad
-//     Config), or the module refused one (CKR_ARGUMENTS_BAD,
-//     CKR_MECHANISM_PARAM_INVALID, CKR_DATA_LEN_RANGE, CKR_DATA_INVALID).
+//     Config or token URI), or the module refused one (CKR_ARGUMENTS_BAD,
+//     CKR_DATA_LEN_RANGE, CKR_DATA_INVALID).
+//   - hsm.ErrMisconfigured: the module refused a mechanism, its parameters
+//     or its initialisation arguments (CKR_MECHANISM_INVALID,
+//     CKR_MECHANISM_PARAM_INVALID, CKR_FUNCTION_NOT_SUPPORTED,
+//     CKR_KEY_SIZE_RANGE, CKR_KEY_TYPE_INCONSISTENT, CKR_ARGUMENTS_BAD from
+//     C_Initialize), the token did not write an IV in HSM-generated IV
+//     mode, or the self-check failed. The message names the setting to
+//     change; such errors never count towards re-initialisation.
 //   - hsm.ErrKeyNotFound: no secret key has the object id, or the module
 //     reports the handle invalid (CKR_OBJECT_HANDLE_INVALID,
 //     CKR_KEY_HANDLE_INVALID).
@@ -86,7 +97,8 @@
 //     in the message.
 //   - hsm.ErrBusy: the context ended while waiting for a session (wraps
 //     ctx.Err(), so errors.Is(err, context.DeadlineExceeded) works too).
-//   - hsm.ErrLogin: the token refused the PIN (CKR_PIN_*).
+//   - hsm.ErrLogin: the token refused the PIN (CKR_PIN_*); after that every
+//     call fails with it (the Token is halted).
 //   - hsm.ErrTokenNotFound: no initialised token, or more than one, carries
 //     Config.TokenLabel.
 //   - hsm.ErrUnavailable: everything else: the module cannot be loaded,

@@ -21,6 +21,7 @@ type p11Error struct {
 	rv       uint   // CKR_* value; 0 when not a return code (panic, Go-side check)
 	detail   string // optional extra context; never secret
 	panicked bool   // the binding panicked: the session state is unknown
+	down     bool   // returned because the Token was down (not a new fault)
 }
 
 func (e *p11Error) Error() string {
@@ -63,9 +64,14 @@ func ckrName(rv uint) string {
 //     handle was accepted by C_DecryptInit, so the remaining cause is the
 //     data. The raw code stays in the message.
 //   - CKR_PIN_*, CKR_USER_PIN_NOT_INITIALIZED: hsm.ErrLogin.
-//   - CKR_ARGUMENTS_BAD, CKR_MECHANISM_PARAM_INVALID, CKR_DATA_LEN_RANGE,
-//     CKR_DATA_INVALID: hsm.ErrInvalidInput (the module refused what we
-//     passed, e.g. a message longer than it supports).
+//   - CKR_MECHANISM_INVALID, CKR_MECHANISM_PARAM_INVALID,
+//     CKR_FUNCTION_NOT_SUPPORTED, CKR_KEY_SIZE_RANGE,
+//     CKR_KEY_TYPE_INCONSISTENT, and CKR_ARGUMENTS_BAD from C_Initialize:
+//     hsm.ErrMisconfigured, with a hint naming the setting to change
+//     (misconfigHint). Never counted towards re-initialisation.
+//   - CKR_ARGUMENTS_BAD (elsewhere), CKR_DATA_LEN_RANGE, CKR_DATA_INVALID:
+//     hsm.ErrInvalidInput (the module refused what we passed, e.g. a
+//     message longer than it supports).
 //   - everything else, including the CKR_SESSION_*, CKR_DEVICE_*,
 //     CKR_TOKEN_*, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_USER_NOT_LOGGED_IN,
 //     CKR_GENERAL_ERROR outside C_Decrypt and unknown codes:
@@ -83,7 +89,23 @@ func classify(fn string, err error) error {
 	if !errors.As(err, &rv) {
 		return &p11Error{kind: hsm.ErrUnavailable, fn: fn, detail: err.Error()}
 	}
-	return &p11Error{kind: kindOf(fn, uint(rv)), fn: fn, rv: uint(rv)}
+	e := &p11Error{kind: kindOf(fn, uint(rv)), fn: fn, rv: uint(rv)}
+	if e.kind == hsm.ErrMisconfigured {
+		e.detail = misconfigHint(fn, uint(rv))
+	}
+	return e
+}
+
+// misconfigHint says which setting a configuration error points at.
+func misconfigHint(fn string, rv uint) string {
+	switch {
+	case fn == "C_Initialize":
+		return "the module refused its initialisation arguments: set pkcs11.init_args (KMSD_PKCS11_INIT_ARGS) to the string this module needs (NSS softoken: configdir='sql:DIR' ...), or clear it if the module takes none"
+	case rv == pkcs11.CKR_MECHANISM_PARAM_INVALID:
+		return "the module refused the CKM_AES_GCM parameters (IV, AAD or tag length): if the HSM generates GCM IVs itself (FIPS mode, AWS CloudHSM) set pkcs11.iv_mode to hsm, otherwise to caller"
+	default:
+		return "the module or token lacks a mechanism or function kmsd needs (CKM_AES_KEY_GEN, CKM_AES_GCM with 256-bit keys): use a module, firmware or token policy that provides it"
+	}
 }
 
 func kindOf(fn string, rv uint) error {
@@ -98,8 +120,16 @@ func kindOf(fn string, rv uint) error {
 	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE,
 		pkcs11.CKR_PIN_EXPIRED, pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_USER_PIN_NOT_INITIALIZED:
 		return hsm.ErrLogin
-	case pkcs11.CKR_ARGUMENTS_BAD, pkcs11.CKR_MECHANISM_PARAM_INVALID,
-		pkcs11.CKR_DATA_LEN_RANGE, pkcs11.CKR_DATA_INVALID:
+	case pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_MECHANISM_PARAM_INVALID,
+		pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_KEY_SIZE_RANGE,
+		pkcs11.CKR_KEY_TYPE_INCONSISTENT:
+		return hsm.ErrMisconfigured
+	case pkcs11.CKR_ARGUMENTS_BAD:
+		if fn == "C_Initialize" {
+			return hsm.ErrMisconfigured
+		}
+		return hsm.ErrInvalidInput
+	case pkcs11.CKR_DATA_LEN_RANGE, pkcs11.CKR_DATA_INVALID:
 		return hsm.ErrInvalidInput
 	default:
 		return hsm.ErrUnavailable
@@ -151,6 +181,11 @@ func sessionFate(err error) (f fate, retry bool) {
 	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED, pkcs11.CKR_OPERATION_ACTIVE:
 		return fateReplace, true
 	case pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_DEVICE_MEMORY:
+		return fateReplace, false
+	case pkcs11.CKR_BUFFER_TOO_SMALL:
+		// Outputs are sized exactly, so this is the module's quirk; some
+		// modules end the operation there and others keep it active: a
+		// fresh session has none.
 		return fateReplace, false
 	case pkcs11.CKR_USER_NOT_LOGGED_IN:
 		return fateRelogin, true

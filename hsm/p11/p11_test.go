@@ -22,7 +22,7 @@ var testAAD = []byte("hsmkms test header v1")
 // Test 1: a generated CMK never leaves the token and has the CMK attributes.
 func TestGeneratedKeyIsSensitive(t *testing.T) {
 	tok, _ := newTestToken(t, 1)
-	id := []byte("cmk-sensitive")
+	id := []byte("cmk-sensitive-16") // 16 bytes: a CMK's random id
 	mustGenerate(t, tok, id)
 
 	withSession(t, tok, func(s pkcs11.SessionHandle) {
@@ -60,6 +60,7 @@ func TestGeneratedKeyIsSensitive(t *testing.T) {
 			{"CKA_ALWAYS_SENSITIVE", pkcs11.CKA_ALWAYS_SENSITIVE, boolAttr(true)},
 			{"CKA_EXTRACTABLE", pkcs11.CKA_EXTRACTABLE, boolAttr(false)},
 			{"CKA_NEVER_EXTRACTABLE", pkcs11.CKA_NEVER_EXTRACTABLE, boolAttr(true)},
+			{"CKA_MODIFIABLE", pkcs11.CKA_MODIFIABLE, boolAttr(tok.cmkModifiable)}, // TestCMKNotModifiable
 			{"CKA_ENCRYPT", pkcs11.CKA_ENCRYPT, boolAttr(true)},
 			{"CKA_DECRYPT", pkcs11.CKA_DECRYPT, boolAttr(true)},
 			{"CKA_WRAP", pkcs11.CKA_WRAP, boolAttr(false)},
@@ -182,7 +183,7 @@ func TestTamperIsNotAuthentic(t *testing.T) {
 func TestInvalidInput(t *testing.T) {
 	tok, _ := newTestToken(t, 1)
 	ctx := testCtx(t)
-	id := []byte("key")
+	id := []byte("key-random-16-by") // 16 bytes: a random id, so a duplicate is refused
 	mustGenerate(t, tok, id)
 	iv, sealed, err := tok.Seal(ctx, id, []byte("x"), testAAD)
 	if err != nil {
@@ -330,7 +331,7 @@ func TestPoolExhaustedIsBusy(t *testing.T) {
 func TestOpenTokenErrors(t *testing.T) {
 	st := softhsm.NewToken(t)
 	ctx := testCtx(t)
-	good := Config{ModulePath: st.Module, TokenLabel: st.Label, PIN: st.PIN}
+	good := testConfig(st, 0)
 	const wrongPIN = "wrong-pin-4711"
 
 	cases := []struct {
@@ -340,11 +341,11 @@ func TestOpenTokenErrors(t *testing.T) {
 		contains []string
 	}{
 		{"wrong PIN", func(c *Config) { c.PIN = wrongPIN }, hsm.ErrLogin, []string{"C_Login", "CKR_PIN_INCORRECT", st.Label}},
-		{"unknown label", func(c *Config) { c.TokenLabel = "no-such-token" }, hsm.ErrTokenNotFound, []string{`"no-such-token"`, st.Label}},
+		{"unknown label", func(c *Config) { c.TokenLabel, c.TokenURI = "no-such-token", "" }, hsm.ErrTokenNotFound, []string{`"no-such-token"`, st.Label}},
 		{"missing module", func(c *Config) { c.ModulePath = "/nonexistent/libnothing.so" }, hsm.ErrUnavailable, []string{"/nonexistent/libnothing.so"}},
 		{"empty module", func(c *Config) { c.ModulePath = "" }, hsm.ErrInvalidInput, []string{"module"}},
-		{"empty label", func(c *Config) { c.TokenLabel = "" }, hsm.ErrInvalidInput, []string{"label"}},
-		{"long label", func(c *Config) { c.TokenLabel = strings.Repeat("x", 33) }, hsm.ErrInvalidInput, []string{"label"}},
+		{"empty label", func(c *Config) { c.TokenLabel, c.TokenURI = "", "" }, hsm.ErrInvalidInput, []string{"label"}},
+		{"long label", func(c *Config) { c.TokenLabel, c.TokenURI = strings.Repeat("x", 33), "" }, hsm.ErrInvalidInput, []string{"label"}},
 		{"empty PIN", func(c *Config) { c.PIN = "" }, hsm.ErrInvalidInput, []string{"PIN"}},
 		{"negative sessions", func(c *Config) { c.Sessions = -1 }, hsm.ErrInvalidInput, []string{"sessions"}},
 		{"too many sessions", func(c *Config) { c.Sessions = MaxSessions + 1 }, hsm.ErrInvalidInput, []string{"sessions"}},
@@ -508,11 +509,20 @@ func TestAmbiguousObjectID(t *testing.T) {
 	tok, _ := newTestToken(t, 1)
 	id := []byte("twice")
 	withSession(t, tok, func(s pkcs11.SessionHandle) {
-		for range 2 {
-			if _, err := tok.mod.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
-				keyTemplate(id, DefaultLabelPrefix+"twice")); err != nil {
+		// Two objects, then the second renamed to the first's id: NSS
+		// softoken would replace the first by generating the same id
+		// twice; both modules keep two objects when an id is set.
+		var hs []pkcs11.ObjectHandle
+		for _, gid := range [][]byte{id, []byte("other")} {
+			tmpl := append(keyTemplate(gid, DefaultLabelPrefix+"twice"), pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, true))
+			h, err := tok.mod.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
+			if err != nil {
 				t.Fatal(err)
 			}
+			hs = append(hs, h)
+		}
+		if err := tok.mod.SetAttributeValue(s, hs[1], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, id)}); err != nil {
+			t.Fatal(err)
 		}
 	})
 	_, _, err := tok.Seal(testCtx(t), id, []byte("x"), testAAD)
@@ -754,7 +764,10 @@ func TestClassify(t *testing.T) {
 		{"C_Login", pkcs11.CKR_PIN_EXPIRED, hsm.ErrLogin},
 		{"C_Login", pkcs11.CKR_PIN_LEN_RANGE, hsm.ErrLogin},
 		{"C_EncryptInit", pkcs11.CKR_ARGUMENTS_BAD, hsm.ErrInvalidInput},
-		{"C_EncryptInit", pkcs11.CKR_MECHANISM_PARAM_INVALID, hsm.ErrInvalidInput},
+		{"C_EncryptInit", pkcs11.CKR_MECHANISM_PARAM_INVALID, hsm.ErrMisconfigured},
+		{"C_EncryptInit", pkcs11.CKR_MECHANISM_INVALID, hsm.ErrMisconfigured},
+		{"C_GenerateKey", pkcs11.CKR_MECHANISM_INVALID, hsm.ErrMisconfigured},
+		{"C_Initialize", pkcs11.CKR_ARGUMENTS_BAD, hsm.ErrMisconfigured},
 		{"C_Encrypt", pkcs11.CKR_DATA_LEN_RANGE, hsm.ErrInvalidInput},
 		{"C_Encrypt", pkcs11.CKR_DATA_INVALID, hsm.ErrInvalidInput},
 		{"C_Encrypt", pkcs11.CKR_FUNCTION_FAILED, hsm.ErrUnavailable},

@@ -3,6 +3,7 @@ package p11
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -39,7 +40,38 @@ const (
 )
 
 // errDown is returned while the Token is re-initialising.
-var errDown error = &p11Error{kind: hsm.ErrUnavailable, fn: "p11", detail: "the token is unavailable; re-initialising"}
+var errDown error = &p11Error{kind: hsm.ErrUnavailable, fn: "p11", detail: "the token is unavailable; re-initialising", down: true}
+
+// downError is what calls get while the Token is down: errDown while the
+// recovery loop runs, or why the Token was halted (halt).
+func (t *Token) downError() error {
+	if e := t.halted.Load(); e != nil {
+		return e
+	}
+	return errDown
+}
+
+// halt takes the Token down for good because of err (a PIN the token
+// refuses): no recovery loop runs, since every attempt would log in again
+// with the same PIN, and on HSMs with a lockout counter (Luna, CloudHSM)
+// a few wrong attempts lock the crypto user for everyone. Every later call
+// fails at once with hsm.ErrLogin and a message saying why; kmsd must be
+// restarted with the right PIN. A recovery loop already running stops at
+// its next attempt. Safe for concurrent use; the first reason stays.
+func (t *Token) halt(err error) {
+	t.halted.CompareAndSwap(nil, &p11Error{kind: hsm.ErrLogin, fn: "p11", down: true,
+		detail: fmt.Sprintf("the token is down and will not be retried: %v; fix the PIN (pkcs11.pin_file / KMSD_PIN) and restart kmsd", err)})
+	t.recMu.Lock()
+	defer t.recMu.Unlock()
+	if t.down.Load() {
+		return
+	}
+	t.down.Store(true)
+	t.waiters.wakeAll()
+	if t.cfg.Observer != nil {
+		t.cfg.Observer.Reinit(t.halted.Load())
+	}
+}
 
 // Observer receives what an operator monitors. Its methods are called
 // synchronously and must be cheap and safe for concurrent use.
@@ -81,7 +113,11 @@ func (t *Token) Stats() Stats {
 	}
 	t.cmu.Lock()
 	for _, m := range t.copies {
-		st.WorkingCopies += len(m)
+		for _, e := range m {
+			if !e.self {
+				st.WorkingCopies++
+			}
+		}
 	}
 	t.cmu.Unlock()
 	st.InUse = t.cfg.Sessions - len(t.pool)
@@ -98,7 +134,8 @@ type health struct {
 	reinits   atomic.Uint64
 	waits     atomic.Uint64
 	waitNanos atomic.Int64
-	recovery  chan struct{} // closed when the recovery loop ends; nil when none ran
+	recovery  chan struct{}            // closed when the recovery loop ends; nil when none ran
+	halted    atomic.Pointer[p11Error] // set by halt: down for good, and why
 }
 
 // fatal reports whether a call's error means the token itself is gone.
@@ -119,11 +156,18 @@ func (t *Token) noteResult(err error) {
 		t.failures.Store(0)
 	case fatal(err):
 		t.goDown()
-	case errors.Is(err, hsm.ErrUnavailable) && err != errDown && err != errClosed:
+	case errors.Is(err, hsm.ErrUnavailable) && !isDownErr(err) && err != errClosed:
 		if t.failures.Add(1) >= failureThreshold {
 			t.goDown()
 		}
 	}
+}
+
+// isDownErr reports whether err was returned because the Token was down
+// already (it says nothing new about the token's health).
+func isDownErr(err error) bool {
+	var pe *p11Error
+	return errors.As(err, &pe) && pe.down
 }
 
 // goDown marks the Token down (once) and starts the recovery loop.
@@ -137,6 +181,9 @@ func (t *Token) goDown() {
 	case <-t.closing:
 		return
 	default:
+	}
+	if t.halted.Load() != nil {
+		return
 	}
 	t.down.Store(true)
 	t.waiters.wakeAll()
@@ -184,11 +231,17 @@ func (t *Token) recoverLoop(done chan struct{}) {
 			cancel()
 			return
 		}
-		if t.cfg.Observer != nil {
-			t.cfg.Observer.Reinit(err)
-		}
 		for range t.cfg.Sessions {
 			held = append(held, 0)
+		}
+		if t.halted.Load() != nil {
+			// The token refused the PIN (login called halt, which told
+			// the Observer): never log in again.
+			t.putBack(held)
+			return
+		}
+		if t.cfg.Observer != nil {
+			t.cfg.Observer.Reinit(err)
 		}
 		select {
 		case <-t.closing:
@@ -230,11 +283,11 @@ func (t *Token) reinit(held []pkcs11.SessionHandle) (sessions []pkcs11.SessionHa
 	t.forgetAllCopies()
 	if t.ownsInit {
 		_ = t.mod.Finalize() // may fail: the module may already have lost its state
-		if err := t.mod.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
-			return nil, classify("C_Initialize", err)
+		if err := t.args.initialize(t.mod); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+			return nil, t.initError(err)
 		}
 	}
-	slot, err := findSlot(t.mod, t.cfg.TokenLabel)
+	slot, err := findSlot(t.mod, t.sel)
 	if err != nil {
 		return nil, err
 	}

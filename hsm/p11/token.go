@@ -17,7 +17,9 @@ import (
 // Token is a logged-in PKCS#11 token with a fixed pool of sessions. It is
 // safe for concurrent use; see the package documentation for the model.
 type Token struct {
-	cfg      Config // with defaults applied; holds the PIN for re-login
+	cfg      Config    // with defaults applied; holds the PIN for re-login
+	sel      TokenURI  // the token cfg selects
+	args     *initArgs // C_Initialize's library parameters; nil: none
 	mod      *pkcs11.Ctx
 	slot     uint
 	ownsInit bool           // our C_Initialize succeeded, so Close calls C_Finalize
@@ -48,11 +50,18 @@ type Token struct {
 	// Working copies (copies.go): per session, a CKA_TOKEN=false copy of
 	// each CMK it has used, so the hot path does not pay the token
 	// object's file refresh on every C_EncryptInit/C_DecryptInit.
-	cmu        sync.Mutex
-	copies     map[pkcs11.SessionHandle]map[string]workCopy
-	cgen       map[string]uint64 // objectID -> generation, bumped when its copies are dropped
-	noCopies   atomic.Bool       // the module refused C_CopyObject: use token objects
-	copyMaxAge time.Duration     // re-check the token object of a copy older than this
+	cmu      sync.Mutex
+	copies   map[pkcs11.SessionHandle]map[string]workCopy
+	cgen     map[string]uint64 // objectID -> generation, bumped when its copies are dropped
+	noCopies atomic.Bool       // the module refused C_CopyObject: use token objects
+	// noUnmodifiable: the module refused CKA_MODIFIABLE=false in a key
+	// template; CMKs are made without it.
+	noUnmodifiable atomic.Bool
+	// cmkModifiable: CMKs are made CKA_MODIFIABLE because the module
+	// copies no unmodifiable key and working copies are on
+	// (probeUnmodifiableCopies). Set by OpenToken.
+	cmkModifiable bool
+	copyMaxAge    time.Duration // re-check the token object of a copy older than this
 
 	// hookNewSession, when set by a test, runs before a replacement session
 	// is opened; an error fails the replacement.
@@ -67,7 +76,14 @@ type Token struct {
 // cfg.TokenLabel, opens cfg.Sessions R/W sessions and logs the user in
 // (tolerating CKR_USER_ALREADY_LOGGED_IN).
 //
-// Errors: hsm.ErrInvalidInput (cfg.Validate failed), hsm.ErrTokenNotFound
+// It then runs the self-check (selfcheck.go): the mechanisms kmsd uses and
+// an AES-256-GCM round trip in the configured IV mode on a throwaway
+// session key; a module that fails it is refused with
+// hsm.ErrMisconfigured, one line naming the module, the mechanism and the
+// setting to change.
+//
+// Errors: hsm.ErrInvalidInput (cfg.Validate failed), hsm.ErrMisconfigured
+// (init args refused, self-check failed), hsm.ErrTokenNotFound
 // (no initialised token, or more than one, carries the label; the message
 // lists the labels seen), hsm.ErrLogin (PIN refused, locked...), and
 // hsm.ErrUnavailable (module cannot be loaded or initialised, session
@@ -81,6 +97,8 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 	cfg = cfg.withDefaults()
 	t := &Token{
 		cfg:     cfg,
+		sel:     cfg.selector(),
+		args:    newInitArgs(cfg.InitArgs),
 		pool:    make(chan pkcs11.SessionHandle, cfg.Sessions),
 		closing: make(chan struct{}),
 		handles: make(map[string]pkcs11.ObjectHandle),
@@ -111,16 +129,16 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 	if !cfg.noDirectGCM {
 		t.gcm = loadDirectGCM(cfg.ModulePath)
 	}
-	switch err := t.mod.Initialize(); {
+	switch err := t.args.initialize(t.mod); {
 	case err == nil:
 		t.ownsInit = true
 	case errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)):
 		// Another user of the module in this process initialised it; it
 		// also owns C_Finalize.
 	default:
-		return nil, classify("C_Initialize", err)
+		return nil, t.initError(err)
 	}
-	if t.slot, err = findSlot(t.mod, cfg.TokenLabel); err != nil {
+	if t.slot, err = findSlot(t.mod, t.sel); err != nil {
 		return nil, err
 	}
 	for range cfg.Sessions {
@@ -140,6 +158,14 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 			}
 		}
 	}
+	if !cfg.noSelfCheck {
+		if err := t.selfCheck(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if err := t.probeUnmodifiableCopies(ctx); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
@@ -150,8 +176,18 @@ func ctxErr(ctx context.Context) error {
 	return nil
 }
 
-// findSlot returns the slot of the one initialised token labelled label.
-func findSlot(mod *pkcs11.Ctx, label string) (uint, error) {
+// findSlot returns the slot of the one initialised token that sel selects.
+func findSlot(mod *pkcs11.Ctx, sel TokenURI) (uint, error) {
+	if sel.LibraryManufacturer != "" || sel.LibraryDescription != "" || sel.LibraryVersion != "" {
+		info, err := mod.GetInfo()
+		if err != nil {
+			return 0, classify("C_GetInfo", err)
+		}
+		if !sel.libraryMatches(info.ManufacturerID, info.LibraryDescription, info.LibraryVersion.Major, info.LibraryVersion.Minor) {
+			return 0, errf(hsm.ErrTokenNotFound, "C_GetInfo", "the module is %q by %q, version %d.%d; the token URI %s wants another library",
+				trimPad(info.LibraryDescription), trimPad(info.ManufacturerID), info.LibraryVersion.Major, info.LibraryVersion.Minor, sel)
+		}
+	}
 	slots, err := mod.GetSlotList(true)
 	if err != nil {
 		return 0, classify("C_GetSlotList", err)
@@ -166,11 +202,14 @@ func findSlot(mod *pkcs11.Ctx, label string) (uint, error) {
 		if info.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
 			continue
 		}
-		l := strings.TrimRight(info.Label, " \x00")
-		seen = append(seen, fmt.Sprintf("%q", l))
-		if l == label {
+		seen = append(seen, TokenURI{Token: trimPad(info.Label), Manufacturer: trimPad(info.ManufacturerID), Model: trimPad(info.Model), Serial: trimPad(info.SerialNumber)}.String())
+		if sel.tokenMatches(info.Label, info.ManufacturerID, info.Model, info.SerialNumber) {
 			found = append(found, slot)
 		}
+	}
+	want := fmt.Sprintf("labelled %q", sel.Token)
+	if sel != (TokenURI{Token: sel.Token}) {
+		want = "matching " + sel.String()
 	}
 	switch len(found) {
 	case 1:
@@ -180,22 +219,42 @@ func findSlot(mod *pkcs11.Ctx, label string) (uint, error) {
 		if len(seen) > 0 {
 			lst = strings.Join(seen, ", ")
 		}
-		return 0, errf(hsm.ErrTokenNotFound, "C_GetTokenInfo", "no initialised token labelled %q; initialised tokens present: %s", label, lst)
+		return 0, errf(hsm.ErrTokenNotFound, "C_GetTokenInfo", "no initialised token %s; initialised tokens present: %s", want, lst)
 	default:
-		return 0, errf(hsm.ErrTokenNotFound, "C_GetTokenInfo", "%d initialised tokens are labelled %q; labels must be unique", len(found), label)
+		return 0, errf(hsm.ErrTokenNotFound, "C_GetTokenInfo", "%d initialised tokens are %s; select one token (labels must be unique, or add serial=)", len(found), want)
 	}
+}
+
+// initError classifies a failed C_Initialize. The init args themselves are
+// never put in the message.
+func (t *Token) initError(err error) error {
+	e := classify("C_Initialize", err)
+	if pe, ok := e.(*p11Error); ok {
+		given := "no init args were given"
+		if t.args != nil {
+			given = "init args were given (pkcs11.init_args)"
+		}
+		pe.detail = fmt.Sprintf("module %s: %s; %s", t.cfg.ModulePath, given, pe.detail)
+	}
+	return e
 }
 
 // login logs the application in as CKU_USER through s. An already logged in
 // application is fine.
 func (t *Token) login(s pkcs11.SessionHandle) error {
+	if e := t.halted.Load(); e != nil {
+		return e // never try a refused PIN again
+	}
 	err := t.mod.Login(s, pkcs11.CKU_USER, t.cfg.PIN)
 	if err == nil || errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
 		return nil
 	}
 	e := classify("C_Login", err)
 	if errors.Is(e, hsm.ErrLogin) {
-		e.(*p11Error).detail = fmt.Sprintf("token %q refused the configured user PIN", t.cfg.TokenLabel)
+		e.(*p11Error).detail = fmt.Sprintf("token %s refused the configured user PIN", t.sel)
+		// Logging in again with the same PIN cannot succeed and, on HSMs
+		// with a lockout counter (Luna, CloudHSM), locks the user: stop.
+		t.halt(e)
 	}
 	return e
 }
@@ -233,7 +292,7 @@ func (t *Token) newSession() (s pkcs11.SessionHandle, err error) {
 func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
 	var s pkcs11.SessionHandle
 	if t.down.Load() {
-		return 0, errDown
+		return 0, t.downError()
 	}
 	select {
 	case s = <-t.pool:
@@ -264,7 +323,7 @@ func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
 	if t.down.Load() {
 		// Recovery started while we waited: it needs every session.
 		t.pool <- s
-		return 0, errDown
+		return 0, t.downError()
 	}
 	if s == 0 {
 		ns, err := t.newSession()
@@ -285,7 +344,7 @@ func (t *Token) waitErr(ctx context.Context) error {
 	default:
 	}
 	if t.down.Load() {
-		return errDown
+		return t.downError()
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%w: %w", hsm.ErrBusy, err)
@@ -307,11 +366,15 @@ func (t *Token) release(s pkcs11.SessionHandle, f fate) {
 		t.forgetSession(s)
 	}
 	if f == fateReplace {
-		ns, err := t.newSession() // before closing s: keeps the login alive
+		// Close first, then open: a module may hand the closed number out
+		// again at once (close 1, open: 1), so the new session must never
+		// be opened before, or compared with, the old handle. Closing the
+		// last session logs the application out; newSession logs in again.
+		t.closeSession(s)
+		ns, err := t.newSession()
 		if err != nil {
 			ns = 0
 		}
-		t.closeSession(s)
 		s = ns
 	}
 	t.pool <- s
@@ -418,6 +481,7 @@ func (t *Token) teardown() (err error) {
 		}
 	}()
 	if t.mod == nil {
+		t.args.free()
 		return nil
 	}
 	var sessions []pkcs11.SessionHandle
@@ -444,6 +508,8 @@ func (t *Token) teardown() (err error) {
 	}
 	t.mod.Destroy()
 	t.mod = nil
+	t.args.free()
+	t.args = nil
 	t.dec.close()
 	t.dec = nil
 	t.gcm.close()
@@ -451,7 +517,11 @@ func (t *Token) teardown() (err error) {
 	return errors.Join(errs...)
 }
 
-// Random returns n bytes from the token's generator (C_GenerateRandom).
+// randomChunk is the most Random asks of one C_GenerateRandom.
+const randomChunk = 32 << 10
+
+// Random returns n bytes from the token's generator (C_GenerateRandom, in
+// calls of at most 32 KiB).
 //
 // Errors: hsm.ErrInvalidInput unless 1 <= n <= 1 MiB; hsm.ErrBusy (wrapping
 // ctx.Err()) if no session frees up before ctx is done; hsm.ErrUnavailable.
@@ -467,14 +537,20 @@ func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
 	start := time.Now()
 	var out []byte
 	err := t.do(ctx, func(s pkcs11.SessionHandle) error {
-		b, err := t.mod.GenerateRandom(s, n)
-		if err != nil {
-			return classify("C_GenerateRandom", err)
+		out = make([]byte, 0, n)
+		// In chunks: NSS softoken refuses more than 64 KiB per call
+		// (CKR_ARGUMENTS_BAD), and HSMs have their own limits.
+		for len(out) < n {
+			c := min(n-len(out), randomChunk)
+			b, err := t.mod.GenerateRandom(s, c)
+			if err != nil {
+				return classify("C_GenerateRandom", err)
+			}
+			if len(b) != c {
+				return errf(hsm.ErrUnavailable, "C_GenerateRandom", "returned %d bytes, want %d", len(b), c)
+			}
+			out = append(out, b...)
 		}
-		if len(b) != n {
-			return errf(hsm.ErrUnavailable, "C_GenerateRandom", "returned %d bytes, want %d", len(b), n)
-		}
-		out = b
 		return nil
 	})
 	t.observe("C_GenerateRandom", start, err)
@@ -489,7 +565,7 @@ func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
 // ctx is done; hsm.ErrUnavailable. Safe for concurrent use.
 func (t *Token) Ping(ctx context.Context) (err error) {
 	if t.down.Load() {
-		return errDown
+		return t.downError()
 	}
 	if err := t.enter(); err != nil {
 		return err

@@ -50,7 +50,9 @@
 //	16     8     session_gen  +1 per InvalidateSessions and RemoveToken(true)
 //	24     8     removed      1 while the token is removed
 //	32     8     hsm_iv       1 in HSM-generated IV mode
-//	40     24    reserved
+//	40     8     hide_mech    mechanism type + 1 to hide (0 none)
+//	48     8     reuse        1: session handles reused at once
+//	56     8     reserved
 //	64     32*nslots          slot i = function id i (see Functions):
 //	       +0  8 fail_rv      CK_RV injected while fail_count != 0
 //	       +8  8 fail_count   int64: 0 off, -1 always, n > 0 the next n calls
@@ -95,6 +97,8 @@ const (
 	offSessionGen = 16
 	offRemoved    = 24
 	offHSMIV      = 32
+	offHideMech   = 40
+	offReuse      = 48
 
 	slotFailRV    = 0
 	slotFailCount = 8
@@ -366,8 +370,27 @@ func (c *Controller) HSMGeneratedIV(on bool) {
 	atomic.StoreUint64(c.u64(offHSMIV), v)
 }
 
-// Reset turns every fault off: failures, delays, token removal and the
-// HSM-generated IV mode. Sessions already invalidated stay dead, and the
+// HideMechanism makes the module pretend it lacks mechanism m, as some
+// software tokens and older HSM firmware lack CKM_AES_GCM:
+// C_GetMechanismList leaves it out, and C_GetMechanismInfo, C_EncryptInit,
+// C_DecryptInit and C_GenerateKey with it return CKR_MECHANISM_INVALID.
+func (c *Controller) HideMechanism(m uint) {
+	atomic.StoreUint64(c.u64(offHideMech), uint64(m)+1)
+}
+
+// ReuseSessionHandles makes the module hand out session handles as the
+// lowest free number from 1 up, reused as soon as a session is closed
+// (close 1, open: 1), as some modules do. The number of a session
+// invalidated by InvalidateSessions counts as free too, as on a module
+// that lost the session: the next C_OpenSession may hand it out, and
+// closing it then closes the new session. Call it before the first
+// C_OpenSession and leave it on while sessions are open.
+func (c *Controller) ReuseSessionHandles() {
+	atomic.StoreUint64(c.u64(offReuse), 1)
+}
+
+// Reset turns every fault off: failures, delays, token removal, the
+// hidden mechanism and the HSM-generated IV mode (handle reuse stays). Sessions already invalidated stay dead, and the
 // call counters keep counting.
 func (c *Controller) Reset() {
 	for i := range funcNames {
@@ -378,6 +401,7 @@ func (c *Controller) Reset() {
 	}
 	atomic.StoreUint64(c.u64(offRemoved), 0)
 	atomic.StoreUint64(c.u64(offHSMIV), 0)
+	atomic.StoreUint64(c.u64(offHideMech), 0)
 }
 
 // Calls returns how many times function was called through the module

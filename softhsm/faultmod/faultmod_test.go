@@ -40,7 +40,7 @@ func setenv(t *testing.T, env []string) {
 func newRig(t *testing.T) *rig {
 	t.Helper()
 	so := Build(t)
-	tok := softhsm.NewToken(t)
+	tok := softhsm.NewSoftHSM2Token(t)
 	ctl := NewController(t)
 	setenv(t, ctl.Env())
 	p := pkcs11.New(so)
@@ -597,7 +597,7 @@ func TestCalls(t *testing.T) {
 
 func TestBadControlFile(t *testing.T) {
 	so := Build(t)
-	softhsm.NewToken(t)
+	softhsm.NewSoftHSM2Token(t)
 	ctl := NewController(t)
 	setenv(t, ctl.Env())
 	*ctl.u64(offMagic) = 0x1234 // as if written by another version
@@ -614,7 +614,7 @@ func TestBadControlFile(t *testing.T) {
 // it and seals on request; the parent switches faults in between.
 func TestOtherProcess(t *testing.T) {
 	so := Build(t)
-	tok := softhsm.NewTokenNoEnv(t)
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
 	ctl := NewController(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
 	cmd.Env = append(append(append(os.Environ(), tok.Env()...), ctl.Env()...),
@@ -714,4 +714,67 @@ func TestHelperProcess(t *testing.T) {
 			fmt.Println("helper: unknown command")
 		}
 	}
+}
+
+func TestHideMechanism(t *testing.T) {
+	r := newRig(t)
+	s := r.session(t)
+	key := genKey(t, r.p, s)
+	r.ctl.HideMechanism(pkcs11.CKM_AES_GCM)
+	_, err := r.p.GetMechanismInfo(r.slot, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, nil)})
+	wantRV(t, "C_GetMechanismInfo(CKM_AES_GCM) while hidden", err, pkcs11.CKR_MECHANISM_INVALID)
+	if _, err := r.p.GetMechanismInfo(r.slot, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}); err != nil {
+		t.Fatalf("C_GetMechanismInfo(CKM_AES_KEY_GEN): %v", err)
+	}
+	list, err := r.p.GetMechanismList(r.slot)
+	if err != nil || len(list) == 0 {
+		t.Fatalf("C_GetMechanismList: %d, %v", len(list), err)
+	}
+	for _, m := range list {
+		if m.Mechanism == pkcs11.CKM_AES_GCM {
+			t.Fatal("C_GetMechanismList lists the hidden CKM_AES_GCM")
+		}
+	}
+	_, err = seal(r.p, s, key, make([]byte, 12), []byte("x"))
+	wantRV(t, "C_EncryptInit(CKM_AES_GCM) while hidden", err, pkcs11.CKR_MECHANISM_INVALID)
+	r.ctl.Reset()
+	roundTrip(t, r.p, s, key)
+	full, err := r.p.GetMechanismList(r.slot)
+	if err != nil || len(full) != len(list)+1 {
+		t.Fatalf("after Reset: %d mechanisms (%v), want %d", len(full), err, len(list)+1)
+	}
+}
+
+func TestReuseSessionHandles(t *testing.T) {
+	r := newRig(t)
+	r.ctl.ReuseSessionHandles()
+	s1, s2 := r.session(t), r.session(t)
+	if s1 != 1 || s2 != 2 {
+		t.Fatalf("sessions %d, %d; want 1, 2", s1, s2)
+	}
+	key := genKey(t, r.p, s1)
+	if err := r.p.CloseSession(s1); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.p.GetSessionInfo(s1)
+	wantRV(t, "C_GetSessionInfo on a closed number", err, pkcs11.CKR_SESSION_HANDLE_INVALID)
+	if s := r.session(t); s != 1 {
+		t.Fatalf("after closing 1, C_OpenSession = %d, want 1", s)
+	}
+	roundTrip(t, r.p, 1, key)
+	roundTrip(t, r.p, s2, key)
+	// The number of a session the module lost is handed out again.
+	r.ctl.InvalidateSessions()
+	_, err = r.p.GetSessionInfo(s2)
+	wantRV(t, "C_GetSessionInfo on an invalidated session", err, pkcs11.CKR_SESSION_HANDLE_INVALID)
+	if s := r.session(t); s != 1 {
+		t.Fatalf("after invalidation, C_OpenSession = %d, want 1", s)
+	}
+	roundTrip(t, r.p, 1, key)
+	// Closing the old number now closes the new session.
+	if err := r.p.CloseSession(1); err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.p.GetSessionInfo(1)
+	wantRV(t, "C_GetSessionInfo after closing the reused number", err, pkcs11.CKR_SESSION_HANDLE_INVALID)
 }

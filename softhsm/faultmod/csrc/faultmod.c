@@ -27,7 +27,11 @@
  *                             (and RemoveToken(true)) add 1
  *   24     8     removed      1: the token is "removed"
  *   32     8     hsm_iv       1: HSM-generated GCM IV mode
- *   40     24    reserved     zero
+ *   40     8     hide_mech    mechanism type + 1 the module pretends not to
+ *                             have (0: none); see step 6a
+ *   48     8     reuse        1: session handles are small numbers reused
+ *                             as soon as they are closed; see step 5a
+ *   56     8     reserved     zero
  *   64     32*nslots slots, indexed by function id (fm_names below):
  *          +0  8 fail_rv      CK_RV to return while fail_count != 0
  *          +8  8 fail_count   int64: 0 off, <0 every call, n>0 the next n
@@ -83,6 +87,20 @@
  *      C_CloseAllSessions or C_Finalize. Sessions opened later work. The
  *      generation of each session is kept in a hash map filled at
  *      C_OpenSession.
+ *   5a. reused handles (reuse = 1 before the first C_OpenSession, and
+ *      not turned off while sessions are open): C_OpenSession hands out the
+ *      lowest free number from 1 up, not the target's handle, and every
+ *      function taking a session translates it back, so a number closed
+ *      is the next one opened, as on modules that reuse handles at once.
+ *      An unknown number gives CKR_SESSION_HANDLE_INVALID. The number of
+ *      an invalidated session (step 5) is free too, as on a module that
+ *      lost the session: the next C_OpenSession may return it (and closes
+ *      the old target session), so closing that number afterwards closes
+ *      the new session.
+ *   6a. hidden mechanism: C_GetMechanismList leaves hide_mech - 1 out,
+ *      C_GetMechanismInfo, C_EncryptInit, C_DecryptInit and C_GenerateKey
+ *      with it return CKR_MECHANISM_INVALID (a module without, e.g.,
+ *      CKM_AES_GCM).
  *   6. HSM-generated IV mode, C_EncryptInit with CKM_AES_GCM only: the
  *      caller's CK_GCM_PARAMS must carry a 12-byte IV of zero bytes (else
  *      CKR_MECHANISM_PARAM_INVALID, like AWS CloudHSM); the module draws 12
@@ -144,12 +162,16 @@ struct fm_ctl {
 	uint64_t session_gen;
 	uint64_t removed;
 	uint64_t hsm_iv;
-	uint64_t reserved[3];
+	uint64_t hide_mech;
+	uint64_t reuse;
+	uint64_t reserved[1];
 	struct fm_slot slot[];
 };
 
 _Static_assert(offsetof(struct fm_ctl, session_gen) == 16, "layout");
 _Static_assert(offsetof(struct fm_ctl, hsm_iv) == 32, "layout");
+_Static_assert(offsetof(struct fm_ctl, hide_mech) == 40, "layout");
+_Static_assert(offsetof(struct fm_ctl, reuse) == 48, "layout");
 _Static_assert(offsetof(struct fm_ctl, slot) == FM_HEADER, "layout");
 _Static_assert(sizeof(struct fm_slot) == 32, "layout");
 
@@ -455,6 +477,79 @@ static void sm_del_slot(CK_SLOT_ID slot, int all)
 	pthread_mutex_unlock(&sm_mu);
 }
 
+/* ------------------------------------------------ reused handle numbers */
+
+#define VT_MAX 4096
+
+static pthread_mutex_t vt_mu = PTHREAD_MUTEX_INITIALIZER;
+static CK_SESSION_HANDLE vt_tab[VT_MAX + 1]; /* virtual -> target; 0 free */
+
+static inline int reuse_on(void)
+{
+	struct fm_ctl *c = control();
+	return c != NULL && __atomic_load_n(&c->reuse, __ATOMIC_ACQUIRE) != 0;
+}
+
+static int stale(CK_SESSION_HANDLE h);
+
+/* vt_alloc maps target handle th to the lowest free virtual number. The
+ * number of an invalidated session counts as free, as on a module that
+ * lost the session: its target session is closed and the number reused. */
+static CK_SESSION_HANDLE vt_alloc(CK_SESSION_HANDLE th)
+{
+	CK_SESSION_HANDLE v = 0;
+	pthread_mutex_lock(&vt_mu);
+	for (CK_SESSION_HANDLE i = 1; i <= VT_MAX; i++) {
+		if (vt_tab[i] != 0 && stale(i)) {
+			CK_FUNCTION_LIST_PTR t = target();
+			if (t != NULL)
+				(void)t->C_CloseSession(vt_tab[i]);
+			vt_tab[i] = 0;
+		}
+		if (vt_tab[i] == 0) {
+			vt_tab[i] = th;
+			v = i;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&vt_mu);
+	return v;
+}
+
+/* vt_get returns the target handle of v, 0 if v is not open. */
+static CK_SESSION_HANDLE vt_get(CK_SESSION_HANDLE v)
+{
+	CK_SESSION_HANDLE th = 0;
+	pthread_mutex_lock(&vt_mu);
+	if (v >= 1 && v <= VT_MAX)
+		th = vt_tab[v];
+	pthread_mutex_unlock(&vt_mu);
+	return th;
+}
+
+static void vt_free(CK_SESSION_HANDLE v)
+{
+	pthread_mutex_lock(&vt_mu);
+	if (v >= 1 && v <= VT_MAX)
+		vt_tab[v] = 0;
+	pthread_mutex_unlock(&vt_mu);
+}
+
+static void vt_clear(void)
+{
+	pthread_mutex_lock(&vt_mu);
+	memset(vt_tab, 0, sizeof vt_tab);
+	pthread_mutex_unlock(&vt_mu);
+}
+
+/* hidden reports whether mechanism type m is hidden (step 6a). */
+static inline int hidden(CK_MECHANISM_TYPE m)
+{
+	struct fm_ctl *c = control();
+	uint64_t h = c == NULL ? 0 : __atomic_load_n(&c->hide_mech, __ATOMIC_ACQUIRE);
+	return h != 0 && h - 1 == (uint64_t)m;
+}
+
 /* ---------------------------------------------------------------- faults */
 
 static void sleep_ns(uint64_t ns)
@@ -583,7 +678,7 @@ static CK_RV pre_session(int id, CK_SESSION_HANDLE h, enum op op)
 	CK_RV rv = pre(id, &injected);
 	if (rv != CKR_OK) {
 		if (injected && op != OP_NONE)
-			end_op(h, op);
+			end_op(reuse_on() ? vt_get(h) : h, op);
 		return rv;
 	}
 	if (token_removed())
@@ -619,6 +714,11 @@ static CK_RV pre_plain(int id)
 		CK_RV rv_ = pre_session(FN_##id, (h), (op));   \
 		if (rv_ != CKR_OK)                             \
 			return rv_;                            \
+		if (reuse_on()) {                              \
+			(h) = vt_get(h);                       \
+			if ((h) == 0)                          \
+				return CKR_SESSION_HANDLE_INVALID; \
+		}                                              \
 	} while (0)
 
 #define PLAIN(id)                                  \
@@ -649,8 +749,10 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 		rv = load_target();
 		if (rv == CKR_OK) {
 			rv = T->C_Initialize(pInitArgs);
-			if (rv == CKR_OK)
+			if (rv == CKR_OK) {
 				sm_del_slot(0, 1);
+				vt_clear();
+			}
 		}
 	}
 	pthread_mutex_unlock(&init_mu);
@@ -663,8 +765,10 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 	CK_RV rv = pre_plain(FN_C_Finalize);
 	if (rv == CKR_OK) {
 		rv = T->C_Finalize(pReserved);
-		if (rv == CKR_OK)
+		if (rv == CKR_OK) {
 			sm_del_slot(0, 1);
+			vt_clear();
+		}
 	}
 	pthread_mutex_unlock(&init_mu);
 	return rv;
@@ -727,12 +831,39 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
 CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList, CK_ULONG_PTR pulCount)
 {
 	SLOT(C_GetMechanismList);
-	return T->C_GetMechanismList(slotID, pMechanismList, pulCount);
+	struct fm_ctl *c = control();
+	if (c == NULL || __atomic_load_n(&c->hide_mech, __ATOMIC_ACQUIRE) == 0 || pulCount == NULL)
+		return T->C_GetMechanismList(slotID, pMechanismList, pulCount);
+	/* Fetch the whole list, leave the hidden mechanism out, answer. */
+	CK_ULONG n = 0;
+	CK_RV rv = T->C_GetMechanismList(slotID, NULL, &n);
+	if (rv != CKR_OK)
+		return rv;
+	CK_MECHANISM_TYPE *all = calloc(n + 1, sizeof *all);
+	if (all == NULL)
+		return CKR_HOST_MEMORY;
+	rv = T->C_GetMechanismList(slotID, all, &n);
+	CK_ULONG k = 0;
+	for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++)
+		if (!hidden(all[i]))
+			all[k++] = all[i];
+	if (rv == CKR_OK && pMechanismList != NULL) {
+		if (*pulCount < k)
+			rv = CKR_BUFFER_TOO_SMALL;
+		else
+			memcpy(pMechanismList, all, k * sizeof *all);
+	}
+	if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL)
+		*pulCount = k;
+	free(all);
+	return rv;
 }
 
 CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo)
 {
 	SLOT(C_GetMechanismInfo);
+	if (hidden(type))
+		return CKR_MECHANISM_INVALID;
 	return T->C_GetMechanismInfo(slotID, type, pInfo);
 }
 
@@ -763,6 +894,14 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
 	 * InvalidateSessions runs counts as old, never the reverse. */
 	uint64_t gen = current_gen();
 	CK_RV rv = T->C_OpenSession(slotID, flags, pApplication, Notify, phSession);
+	if (rv == CKR_OK && phSession != NULL && reuse_on()) {
+		CK_SESSION_HANDLE v = vt_alloc(*phSession);
+		if (v == 0) {
+			T->C_CloseSession(*phSession);
+			return CKR_SESSION_COUNT;
+		}
+		*phSession = v;
+	}
 	if (rv == CKR_OK && phSession != NULL)
 		sm_put(*phSession, slotID, gen);
 	return rv;
@@ -781,9 +920,16 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
 		fault = CKR_DEVICE_REMOVED;
 	else if (stale(hSession))
 		fault = CKR_SESSION_HANDLE_INVALID;
-	rv = T->C_CloseSession(hSession);
-	if (rv == CKR_OK || fault != CKR_OK)
+	CK_SESSION_HANDLE th = hSession;
+	int virt = reuse_on();
+	if (virt && (th = vt_get(hSession)) == 0)
+		return CKR_SESSION_HANDLE_INVALID;
+	rv = T->C_CloseSession(th);
+	if (rv == CKR_OK || fault != CKR_OK) {
 		sm_del(hSession);
+		if (virt)
+			vt_free(hSession);
+	}
 	return fault != CKR_OK ? fault : rv;
 }
 
@@ -791,8 +937,10 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
 {
 	PLAIN(C_CloseAllSessions);
 	CK_RV rv = T->C_CloseAllSessions(slotID);
-	if (rv == CKR_OK)
+	if (rv == CKR_OK) {
 		sm_del_slot(slotID, 0);
+		vt_clear(); /* one token behind this module */
+	}
 	return rv;
 }
 
@@ -913,6 +1061,8 @@ static CK_RV hsm_iv_encrypt_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pM
 CK_RV C_EncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
 {
 	SESSION(C_EncryptInit, hSession, OP_NONE);
+	if (pMechanism != NULL && hidden(pMechanism->mechanism))
+		return CKR_MECHANISM_INVALID;
 	struct fm_ctl *c = control();
 	if (c != NULL && pMechanism != NULL && pMechanism->mechanism == CKM_AES_GCM &&
 	    __atomic_load_n(&c->hsm_iv, __ATOMIC_ACQUIRE) != 0)
@@ -943,6 +1093,8 @@ CK_RV C_EncryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastEncryptedPart,
 CK_RV C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
 {
 	SESSION(C_DecryptInit, hSession, OP_NONE);
+	if (pMechanism != NULL && hidden(pMechanism->mechanism))
+		return CKR_MECHANISM_INVALID;
 	return T->C_DecryptInit(hSession, pMechanism, hKey);
 }
 
@@ -1103,6 +1255,8 @@ CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPa
 CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey)
 {
 	SESSION(C_GenerateKey, hSession, OP_NONE);
+	if (pMechanism != NULL && hidden(pMechanism->mechanism))
+		return CKR_MECHANISM_INVALID;
 	return T->C_GenerateKey(hSession, pMechanism, pTemplate, ulCount, phKey);
 }
 

@@ -1,0 +1,45 @@
+package p11
+
+// What PKCS#11 modules do differently, and what this package does about it.
+// This is the one place in the code that lists them; OPERATIONS.md ("Module
+// differences") has the same table for operators. The conformance suite
+// (every test of this package that uses newTestToken, and kmsd's end-to-end
+// tests) runs on SoftHSM2 and on NSS softoken (make test; the module is
+// chosen by KMS_TEST_PKCS11, see softhsm/modules.go); the behaviours of other
+// modules are emulated by the fault-injection module (softhsm/faultmod:
+// hidden mechanisms, reused session handles, HSM-generated IVs, token
+// removal) in the tests that say they need SoftHSM2.
+//
+// Modules tested: SoftHSM 2.6.1 and NSS softoken 3.87 (libsoftokn3.so,
+// Debian bookworm).
+//
+// Mechanisms used (checked at start-up, selfcheck.go): CKM_AES_KEY_GEN
+// (CKF_GENERATE, 256-bit keys) and CKM_AES_GCM (CKF_ENCRYPT, CKF_DECRYPT,
+// 256-bit keys, 12-byte IV, 128-bit tag, CK_GCM_PARAMS with ulIvBits);
+// functions C_GenerateRandom, C_FindObjects, C_GetAttributeValue,
+// C_SetAttributeValue (fixed-id keys only), C_CopyObject (optional),
+// C_DestroyObject.
+//
+//	behaviour                      SoftHSM2              NSS softoken            elsewhere                    here
+//	C_Initialize pReserved         refused (ARGS_BAD)    required: configdir=... -                            Config.InitArgs, both at start-up and re-initialisation
+//	exported symbols               every C_*             C_GetFunctionList only  -                            direct calls through the function list
+//	GCM IV                         caller's              caller's                CloudHSM, FIPS Luna: own IV  Config.HSMGeneratedIV; the self-check tries the mode
+//	no CKM_AES_GCM                 -                     -                       some tokens, old firmware    self-check refuses to start; ErrMisconfigured, never a re-init
+//	session handle numbers         1, 2, 3... rising     0x1000001... rising     some reuse at once           close the old handle before opening; never compare numbers
+//	C_GenerateKey, existing CKA_ID second object         REPLACES the key        ?                            fixed ids looked up first, claimed under a random id (fixed.go)
+//	C_SetAttributeValue(CKA_ID)    second object         second object           ?                            the claim step of fixed.go; losers destroy theirs
+//	GCM encrypt length query       plaintext+16          plaintext (wrong), then BUFFER_TOO_SMALL ends the op  never query: exact buffers (plaintext+16)
+//	GCM decrypt output room        len(ciphertext+tag)   plaintext length        -                            room = len(sealed); never a second call after BUFFER_TOO_SMALL
+//	bad GCM tag                    CKR_GENERAL_ERROR     ENCRYPTED_DATA_INVALID  -                            both hsm.ErrNotAuthentic on C_Decrypt
+//	C_GenerateRandom size          no limit seen         <= 64 KiB per call      HSM limits                   calls of randomChunk (32 KiB)
+//	CKA_MODIFIABLE=false           accepted, final;      accepted, final;        some refuse it               CMKs, unless working copies are on and the module copies
+//	                               no copy of it at all  copies work                                          no unmodifiable key (probeUnmodifiableCopies); a refusal is
+//	                                                                                                          remembered (modifiableAttr); uncopyable keys used directly
+//	copy: CKA_WRAP in template     ATTRIBUTE_READ_ONLY   accepted                -                            attributes of each copy read back (copyIsSafe)
+//	copy: ALWAYS_SENSITIVE,        true                  false (copy is still    -                            not relied on; SENSITIVE/EXTRACTABLE checked
+//	      NEVER_EXTRACTABLE                              sensitive)
+//	parallel C_GenerateKey         CKR_GENERAL_ERROR now and then across processes  -                         retried in the fixed-id claim
+//	sessions (MaxRwSessionCount)   0 (unlimited)         0 (unlimited)           Luna, CloudHSM: limited      Config.Sessions, set explicitly
+//	wrong PIN                      CKR_PIN_INCORRECT     CKR_PIN_INCORRECT       Luna, CloudHSM lock the user halt: never C_Login again with that PIN
+//	slots                          ids change on init    2 (crypto + database)   -                            token by label or RFC 7512 URI, never slot id
+//	tokens                         label per token       label from dbTokenDescription, serial 0000000000000000   URI with token= (serial not unique on NSS)
