@@ -2,6 +2,7 @@ package p11
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"slices"
 	"time"
@@ -169,41 +170,31 @@ func (t *Token) MAC(ctx context.Context, objectID, msg []byte) (mac []byte, err 
 	return mac, nil
 }
 
-// VerifyMAC checks mac, an HMAC-SHA-256 of msg under the MAC key objectID,
-// inside the token (C_Verify).
+// VerifyMAC checks mac, an HMAC-SHA-256 of msg under the MAC key objectID:
+// the token computes the MAC (C_Sign, as MAC does) and it is compared here
+// in constant time. C_Verify is not used because modules disagree on how it
+// reports a wrong MAC (NSS softoken answers CKR_DEVICE_ERROR, which would
+// read as a failing device; see vendors.go); the key never leaves the
+// token either way.
 //
 // Errors: hsm.ErrNotAuthentic if mac is wrong (any length other than
 // hsm.MACBytes included); hsm.ErrInvalidInput, hsm.ErrKeyNotFound,
 // hsm.ErrBusy, hsm.ErrUnavailable as for MAC. Safe for concurrent use.
-func (t *Token) VerifyMAC(ctx context.Context, objectID, msg, mac []byte) (err error) {
+func (t *Token) VerifyMAC(ctx context.Context, objectID, msg, mac []byte) error {
 	if err := checkMACArgs(objectID, msg); err != nil {
 		return err
 	}
 	if len(mac) != hsm.MACBytes {
 		return fmt.Errorf("%w: MAC is %d bytes, want %d", hsm.ErrNotAuthentic, len(mac), hsm.MACBytes)
 	}
-	if err := t.enter(); err != nil {
+	want, err := t.MAC(ctx, objectID, msg)
+	if err != nil {
 		return err
 	}
-	defer t.mu.RUnlock()
-	defer func(start time.Time) { t.observe("C_Verify", start, err) }(time.Now())
-	return t.withTokenKey(ctx, objectID, func(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) error {
-		if err := t.mod.VerifyInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, h); err != nil {
-			return classify("C_VerifyInit", err)
-		}
-		err := t.mod.Verify(s, msg, mac)
-		if err == nil {
-			return nil
-		}
-		cerr := classify("C_Verify", err)
-		switch rvOf(cerr) {
-		case pkcs11.CKR_SIGNATURE_INVALID, pkcs11.CKR_SIGNATURE_LEN_RANGE:
-			// C_Verify ended the operation: the session is clean.
-			return fmt.Errorf("%w: HMAC-SHA-256 does not match", hsm.ErrNotAuthentic)
-		default:
-			return cerr
-		}
-	})
+	if subtle.ConstantTimeCompare(want, mac) != 1 {
+		return fmt.Errorf("%w: HMAC-SHA-256 does not match", hsm.ErrNotAuthentic)
+	}
+	return nil
 }
 
 func checkMACArgs(objectID, msg []byte) error {

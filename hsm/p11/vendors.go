@@ -31,6 +31,7 @@ package p11
 //	GCM encrypt length query       plaintext+16          plaintext (wrong), then BUFFER_TOO_SMALL ends the op  never query: exact buffers (plaintext+16)
 //	GCM decrypt output room        len(ciphertext+tag)   plaintext length        -                            room = len(sealed); never a second call after BUFFER_TOO_SMALL
 //	bad GCM tag                    CKR_GENERAL_ERROR     ENCRYPTED_DATA_INVALID  -                            both hsm.ErrNotAuthentic on C_Decrypt
+//	HMAC C_Verify, wrong MAC       SIGNATURE_INVALID     CKR_DEVICE_ERROR        -                            MACs verified as C_Sign + constant-time compare (mac.go)
 //	C_GenerateRandom size          no limit seen         <= 64 KiB per call      HSM limits                   calls of randomChunk (32 KiB)
 //	CKA_MODIFIABLE=false           accepted, final;      accepted, final;        some refuse it               CMKs, unless working copies are on and the module copies
 //	                               no copy of it at all  copies work                                          no unmodifiable key (probeUnmodifiableCopies); a refusal is
