@@ -8,8 +8,8 @@
 // A customer master key (CMK) is an AES-256 secret key object on the token:
 // CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, not CKA_EXTRACTABLE, usable for
 // CKA_ENCRYPT and CKA_DECRYPT only, not CKA_MODIFIABLE where the module
-// allows it. Keys with a fixed, well-known object id (the credentials key)
-// are made by EnsureKey (fixed.go), which never generates an id that
+// allows it. Keys with a fixed, well-known object id (the credentials key,
+// the metadata MAC key) are made by EnsureKey and EnsureMACKey (fixed.go), which never generates an id that
 // exists. What modules do differently is listed in vendors.go. Its CKA_ID is the object id chosen by
 // the caller (1..64 bytes) and its CKA_LABEL starts with Config.LabelPrefix,
 // which is how KeyIDs tells this service's objects from others.
