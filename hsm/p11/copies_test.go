@@ -290,7 +290,7 @@ func TestBindingPathInterop(t *testing.T) {
 	}
 	tok = open(false)
 	defer tok.Close()
-	if tok.gcm != nil {
+	if tok.directGCM {
 		t.Fatal("direct GCM loaded although disabled")
 	}
 	pt, err := tok.Open(ctx, id, iv, sealed, testAAD)

@@ -49,11 +49,14 @@
 // one of the codes that mean nothing was done (dead session, active
 // operation, lost login) are retried once on a healthy session.
 //
-// C_Decrypt is called directly through the module's function list with a
-// Go-allocated output buffer (decrypt_unix.go), because the binding's
-// Ctx.Decrypt (miekg/pkcs11 v1.1.2) leaks its C output buffer every time
-// C_Decrypt fails, which a client can trigger at will with tampered
-// ciphertexts. Every other call goes through the binding.
+// C_EncryptInit, C_Encrypt, C_DecryptInit and C_Decrypt are called
+// directly through the module's function list with Go-allocated output
+// buffers (direct_unix.go, the package's one cgo shim), because the
+// binding's Ctx.Decrypt (miekg/pkcs11 v1.1.2 and upstream master) leaks
+// its C output buffer every time C_Decrypt fails, which a client can
+// trigger at will with tampered ciphertexts, and because its length
+// queries are answered wrongly by NSS softoken. Every other call goes
+// through the binding.
 //
 // Key handles are resolved once per object id (C_FindObjects with CKA_CLASS
 // and CKA_ID; more than one match is an error) and cached; Seal and Open do
