@@ -61,7 +61,8 @@ type Token struct {
 	// copies no unmodifiable key and working copies are on
 	// (probeUnmodifiableCopies). Set by OpenToken.
 	cmkModifiable bool
-	copyMaxAge    time.Duration // re-check the token object of a copy older than this
+	copyMaxAge    time.Duration    // re-check the token object of a copy older than this
+	now           func() time.Time // clock of the copy checks: time.Now; tests set a fake
 
 	// hookNewSession, when set by a test, runs before a replacement session
 	// is opened; an error fails the replacement.
@@ -107,6 +108,7 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 		copies:     make(map[pkcs11.SessionHandle]map[string]workCopy),
 		cgen:       make(map[string]uint64),
 		copyMaxAge: cfg.copyMaxAge(),
+		now:        time.Now,
 	}
 	t.noCopies.Store(cfg.NoWorkingCopies)
 	defer func() {
