@@ -69,13 +69,15 @@ const MACBytes = 32
 // ErrNotAuthentic if VerifyMAC finds the MAC wrong, ErrInvalidInput for
 // bad arguments, ErrBusy and ErrUnavailable as for every call.
 type MACer interface {
-	// GenerateMACKey creates a non-extractable, sensitive generic-secret
-	// token object of 32 bytes usable only to sign and verify
-	// (CKM_SHA256_HMAC), with CKA_ID objectID and CKA_LABEL label. It
-	// refuses (ErrInvalidInput) an objectID that a secret key on the
-	// token already has: callers look the key up first and never
-	// regenerate one that exists.
-	GenerateMACKey(ctx context.Context, objectID []byte, label string) error
+	// EnsureMACKey makes sure the token holds exactly one
+	// non-extractable, sensitive generic-secret token object of 32 bytes
+	// usable only to sign and verify (CKM_SHA256_HMAC), with CKA_ID
+	// objectID, creating it (CKA_LABEL label) only if no secret key on
+	// the token has that id; created reports whether this call made it.
+	// An existing key is never regenerated or replaced, and of several
+	// callers starting at once (on one node or several) exactly one
+	// creates it.
+	EnsureMACKey(ctx context.Context, objectID []byte, label string) (created bool, err error)
 	// MAC returns the MACBytes-byte HMAC-SHA-256 of msg under objectID.
 	MAC(ctx context.Context, objectID, msg []byte) ([]byte, error)
 	// VerifyMAC checks mac against msg under objectID: nil if it matches,

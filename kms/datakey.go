@@ -76,14 +76,8 @@ func (s *Service) GenerateDataKey(ctx context.Context, in GenerateDataKeyInput) 
 	if err != nil {
 		return GenerateDataKeyResult{}, err
 	}
-	k, err := s.lookupCtx(ctx, id)
+	k, err := s.encryptingKey(ctx, id, in.KeyID, "generate data key")
 	if err != nil {
-		return GenerateDataKeyResult{}, err
-	}
-	if k == nil {
-		return GenerateDataKeyResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, in.KeyID)
-	}
-	if err := s.checkEncryptState(k, "generate data key"); err != nil {
 		return GenerateDataKeyResult{}, err
 	}
 	dk, err := s.hsm.Random(ctx, n)
@@ -180,14 +174,8 @@ func (s *Service) ReEncrypt(ctx context.Context, in ReEncryptInput) (ReEncryptRe
 	if err != nil {
 		return ReEncryptResult{}, err
 	}
-	dk, err := s.lookupCtx(ctx, dst)
+	dk, err := s.encryptingKey(ctx, dst, dstID, "re-encrypt")
 	if err != nil {
-		return ReEncryptResult{}, err
-	}
-	if dk == nil {
-		return ReEncryptResult{}, fmt.Errorf("%w: %s", ErrKeyNotFound, dstID)
-	}
-	if err := s.checkEncryptState(dk, "re-encrypt"); err != nil {
 		return ReEncryptResult{}, err
 	}
 	_, _, pt, err := s.open(ctx, env, srcEC, "re-encrypt")

@@ -23,7 +23,7 @@ type fakeHSM struct {
 	mu      sync.Mutex
 	objects map[string]cipher.AEAD
 	labels  map[string]string
-	macKeys map[string][]byte // HMAC-SHA-256 keys (GenerateMACKey)
+	macKeys map[string][]byte // HMAC-SHA-256 keys (EnsureMACKey)
 
 	// Hooks; nil means succeed. genAfter runs after the object is created
 	// (to simulate a failure reported after the token acted).
@@ -34,19 +34,19 @@ func newFakeHSM() *fakeHSM {
 	return &fakeHSM{objects: map[string]cipher.AEAD{}, labels: map[string]string{}, macKeys: map[string][]byte{}}
 }
 
-func (f *fakeHSM) GenerateMACKey(ctx context.Context, objectID []byte, label string) error {
+func (f *fakeHSM) EnsureMACKey(ctx context.Context, objectID []byte, label string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, dup := f.macKeys[string(objectID)]; dup {
-		return fmt.Errorf("%w: duplicate object id", hsm.ErrInvalidInput)
+	if _, ok := f.macKeys[string(objectID)]; ok {
+		return false, nil
 	}
 	if _, dup := f.objects[string(objectID)]; dup {
-		return fmt.Errorf("%w: duplicate object id", hsm.ErrInvalidInput)
+		return false, fmt.Errorf("%w: object id %x is an AES key", hsm.ErrInvalidInput, objectID)
 	}
 	key := make([]byte, 32)
 	rand.Read(key)
 	f.macKeys[string(objectID)] = key
-	return nil
+	return true, nil
 }
 
 func (f *fakeHSM) MAC(ctx context.Context, objectID, msg []byte) ([]byte, error) {

@@ -228,24 +228,19 @@ func intentMsg(p store.PendingObject) []byte {
 // ---------------------------------------------------------------------------
 // Sealing and checking
 
-// ensureMACKey makes sure the metadata MAC key exists on the token,
-// looking it up by its fixed id first (never regenerating one that
-// exists). created reports that this start made it: the upgrade start.
+// ensureMACKey makes sure the metadata MAC key exists on the token: the
+// token looks it up by its fixed id and creates it only if it is absent,
+// so it is never regenerated, and of nodes starting at once exactly one
+// creates it. created reports that this start made it: the upgrade start.
 func (s *Service) ensureMACKey(ctx context.Context) (created bool, err error) {
-	ids, err := s.hsm.KeyIDs(ctx)
+	created, err = s.hsm.EnsureMACKey(ctx, macKeyObjectID, macKeyLabel)
 	if err != nil {
-		return false, fmt.Errorf("kms: list token objects: %w", err)
+		return false, fmt.Errorf("kms: make sure the metadata MAC key is on the token: %w", err)
 	}
-	for _, id := range ids {
-		if bytes.Equal(id, macKeyObjectID) {
-			return false, nil
-		}
+	if created {
+		s.log.Info("kms: created the metadata MAC key on the token")
 	}
-	if err := s.hsm.GenerateMACKey(ctx, macKeyObjectID, macKeyLabel); err != nil {
-		return false, fmt.Errorf("kms: create the metadata MAC key on the token: %w", err)
-	}
-	s.log.Info("kms: created the metadata MAC key on the token")
-	return true, nil
+	return created, nil
 }
 
 func (s *Service) mac(ctx context.Context, msg []byte) ([]byte, error) {

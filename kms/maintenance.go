@@ -82,21 +82,47 @@ func (s *Service) Maintain(ctx context.Context) (MaintenanceReport, error) {
 	return rep, errors.Join(errs...)
 }
 
+// lockForMaintenance takes what a change that may make or destroy token
+// objects of key keyID needs, in this order: recoverMu shared (Recover
+// waits), writeMu, and the key itself through lockFresh (on a shared store
+// its cluster-wide lock, then a fresh read). It returns the key's current
+// entry and a release function that undoes all three, which the caller
+// must call; on error nothing is held. Errors are lockFresh's
+// (ErrKeyNotFound, ErrInvalidKeyID, the state errors of a deleted key,
+// store errors).
+func (s *Service) lockForMaintenance(ctx context.Context, keyID string) (k *keyEntry, release func(), err error) {
+	s.recoverMu.RLock()
+	s.writeMu.Lock()
+	held := false
+	defer func() {
+		if !held {
+			s.writeMu.Unlock()
+			s.recoverMu.RUnlock()
+		}
+	}()
+	k, unlock, err := s.lockFresh(ctx, keyID)
+	if err != nil {
+		return nil, nil, err
+	}
+	held = true
+	return k, func() {
+		unlock()
+		s.writeMu.Unlock()
+		s.recoverMu.RUnlock()
+	}, nil
+}
+
 // purge destroys a key whose deletion window ended; it re-checks the key
 // under writeMu, so it never acts on a key whose deletion was cancelled.
 func (s *Service) purge(ctx context.Context, keyID string) (bool, error) {
-	s.recoverMu.RLock()
-	defer s.recoverMu.RUnlock()
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	k, unlock, err := s.lockFresh(ctx, keyID)
+	k, release, err := s.lockForMaintenance(ctx, keyID)
 	if errors.Is(err, ErrKeyNotFound) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	defer unlock()
+	defer release()
 	now := s.now().UTC()
 	if k.meta.KeyState != StatePendingDelete || k.meta.DeletionDate.After(now) {
 		return false, nil
@@ -152,18 +178,14 @@ func (s *Service) purge(ctx context.Context, keyID string) (bool, error) {
 // rotateIfDue rotates a key whose automatic rotation is due, re-checking
 // under writeMu.
 func (s *Service) rotateIfDue(ctx context.Context, keyID string) (bool, error) {
-	s.recoverMu.RLock()
-	defer s.recoverMu.RUnlock()
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	k, unlock, err := s.lockFresh(ctx, keyID)
+	k, release, err := s.lockForMaintenance(ctx, keyID)
 	if errors.Is(err, ErrKeyNotFound) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	defer unlock()
+	defer release()
 	if k.meta.KeyState != StateEnabled || !k.meta.KeyRotationEnabled || k.meta.NextRotateTime.After(s.now()) {
 		return false, nil
 	}

@@ -32,15 +32,11 @@ func (s *Service) RotateKey(ctx context.Context, keyID string) (KeyMetadata, err
 	if err := authorize(ctx, "kms:RotateKey", keyID); err != nil {
 		return KeyMetadata{}, err
 	}
-	s.recoverMu.RLock()
-	defer s.recoverMu.RUnlock()
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	k, unlock, err := s.lockFresh(ctx, keyID)
+	k, release, err := s.lockForMaintenance(ctx, keyID)
 	if err != nil {
 		return KeyMetadata{}, err
 	}
-	defer unlock()
+	defer release()
 	switch k.meta.KeyState {
 	case StateEnabled:
 	case StateDisabled:

@@ -69,15 +69,11 @@ func (s *Service) reserveUsage(ctx context.Context, k *keyEntry, v *versionEntry
 // current entry. Errors wrap ErrUsageLimit (and the cause), or are the
 // key's state error if it changed meanwhile.
 func (s *Service) rotateForUsage(ctx context.Context, k *keyEntry, full uint32) (*keyEntry, error) {
-	s.recoverMu.RLock()
-	defer s.recoverMu.RUnlock()
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	cur, unlock, err := s.lockFresh(ctx, k.meta.KeyID)
+	cur, release, err := s.lockForMaintenance(ctx, k.meta.KeyID)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
+	defer release()
 	if err := s.checkEncryptState(cur, "encrypt"); err != nil {
 		return nil, err
 	}

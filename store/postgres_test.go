@@ -333,20 +333,13 @@ func TestPostgresLocks(t *testing.T) {
 		}
 	}
 	a.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	pollUntil(t, 5*time.Second, "the maintenance lock moves to b", func() bool {
 		got, err := b.TryMaintenanceLock(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the maintenance lock did not move to b")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return got
+	})
 
 	c := openPostgres(t, dsn)
 	unlock, err := b.LockKey(ctx, keyID(1))
@@ -364,7 +357,19 @@ func TestPostgresLocks(t *testing.T) {
 		got <- time.Now()
 		u()
 	}()
-	time.Sleep(200 * time.Millisecond)
+	// c's LockKey is waiting once the server shows its advisory lock
+	// request not granted.
+	waitingLocks := func() int {
+		var n int
+		err := b.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_locks
+			WHERE locktype = 'advisory' AND NOT granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	pollUntil(t, 10*time.Second, "c's LockKey waits for b's lock", func() bool { return waitingLocks() == 1 })
 	released := time.Now()
 	unlock()
 	if at := <-got; at.Before(released) {
@@ -427,5 +432,18 @@ func TestPostgresTestsUseVerifiedTLS(t *testing.T) {
 	if c, err := pgx.Connect(t.Context(), other); err == nil {
 		c.Close(context.Background())
 		t.Fatal("a connection without the server's CA was accepted")
+	}
+}
+
+// pollUntil calls cond every 10 ms until it returns true, and fails the
+// test if that takes longer than bound.
+func pollUntil(t *testing.T, bound time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, bound)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -80,7 +80,7 @@ func TestTokenOutageAndRecovery(t *testing.T) {
 				mu.Lock()
 				results = append(results, result{start, time.Since(start), code})
 				mu.Unlock()
-				time.Sleep(5 * time.Millisecond)
+				time.Sleep(5 * time.Millisecond) // pacing of the load, not synchronisation
 			}
 		}()
 	}
@@ -93,7 +93,19 @@ func TestTokenOutageAndRecovery(t *testing.T) {
 		return resp.StatusCode
 	}
 
-	time.Sleep(time.Second)
+	// served counts the successful requests started after from.
+	served := func(from time.Time) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, r := range results {
+			if r.code == "" && r.start.After(from) {
+				n++
+			}
+		}
+		return n
+	}
+	within(t, 20*time.Second, "steady load served", func() bool { return served(time.Time{}) >= 20 })
 	outage := time.Now()
 	ctl.RemoveToken(true)
 	sawNotReady := false
@@ -113,7 +125,8 @@ func TestTokenOutageAndRecovery(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	time.Sleep(3 * time.Second)
+	// Requests from 2 s after healing must all be served: collect some.
+	within(t, 30*time.Second, "load served again after healing", func() bool { return served(healed.Add(2*time.Second)) >= 20 })
 	stop()
 	wg.Wait()
 	s.stop()
@@ -188,6 +201,9 @@ func TestHSMGeneratedIVMode(t *testing.T) {
 		t.Fatalf("IVs %x and %x: want the HSM's own, distinct", ivOf(blobs[0]), ivOf(blobs[1]))
 	}
 	s.stop()
+	// A fixed spacing, not a wait for an event: SoftHSM2 processes opening
+	// one token directory at the same instant can fail, and it offers
+	// nothing to poll.
 	time.Sleep(200 * time.Millisecond)
 
 	// The default mode sends kmsd's own IV, which this HSM refuses: kmsd
@@ -302,7 +318,9 @@ func TestWrongPINWhileRunning(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	logins := ctl.Calls("C_Login")
-	time.Sleep(2500 * time.Millisecond) // longer than the recovery loop's longest pause (1 s)
+	// Absence over time is what is checked here, so this waits a fixed
+	// while: longer than the recovery loop's longest pause (1 s).
+	time.Sleep(2500 * time.Millisecond)
 	for range 5 {
 		if r := s.call(http.MethodPost, url.Values{"Action": {"Encrypt"}, "keyId": {key}, "plaintext": {b64("x")}}); r.Code == 0 {
 			t.Fatalf("Encrypt succeeded with a refused PIN: %+v", r)

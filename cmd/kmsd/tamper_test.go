@@ -330,7 +330,7 @@ func destroyMACKey(t *testing.T, tok softhsm.Token) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // SoftHSM2: processes opening one token directory at the same instant can fail
 }
 
 // pgConn connects to the cluster's database, as someone who can write it.

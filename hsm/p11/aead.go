@@ -61,10 +61,10 @@ func (t *Token) sealWith(s pkcs11.SessionHandle, h pkcs11.ObjectHandle, iv, plai
 	}
 	out := make([]byte, len(plaintext)+hsm.TagBytes)
 	n := 0
-	if t.gcm != nil {
+	if t.directGCM {
 		var stage int
 		var rv uint
-		n, stage, rv = t.gcm.run(false, s, h, iv, aad, plaintext, out)
+		n, stage, rv = t.direct.gcm(false, s, h, iv, aad, plaintext, out)
 		if rv != 0 {
 			return nil, classify(map[bool]string{true: "C_EncryptInit", false: "C_Encrypt"}[stage == 1], pkcs11.Error(rv))
 		}
@@ -75,8 +75,8 @@ func (t *Token) sealWith(s pkcs11.SessionHandle, h pkcs11.ObjectHandle, iv, plai
 			return nil, classify("C_EncryptInit", err)
 		}
 		var err error
-		if t.dec != nil {
-			n, err = t.dec.encrypt(s, plaintext, out)
+		if t.direct != nil {
+			n, err = t.direct.encrypt(s, plaintext, out)
 		} else {
 			var b []byte // off Unix: the binding, with its length query
 			b, err = t.mod.Encrypt(s, plaintext)
@@ -143,9 +143,9 @@ func (t *Token) Open(ctx context.Context, objectID, iv, sealed, aad []byte) ([]b
 func (t *Token) openWith(s pkcs11.SessionHandle, h pkcs11.ObjectHandle, iv, sealed, aad []byte) ([]byte, error) {
 	want := len(sealed) - hsm.TagBytes
 	var out []byte
-	if t.gcm != nil {
+	if t.directGCM {
 		out = make([]byte, len(sealed))
-		n, stage, rv := t.gcm.run(true, s, h, iv, aad, sealed, out)
+		n, stage, rv := t.direct.gcm(true, s, h, iv, aad, sealed, out)
 		switch {
 		case rv != 0 && stage == 1:
 			return nil, classify("C_DecryptInit", pkcs11.Error(rv))
@@ -164,8 +164,8 @@ func (t *Token) openWith(s pkcs11.SessionHandle, h pkcs11.ObjectHandle, iv, seal
 		return nil, classify("C_DecryptInit", err)
 	}
 	var err error
-	if t.dec != nil {
-		out, err = t.dec.decrypt(s, sealed, len(sealed))
+	if t.direct != nil {
+		out, err = t.direct.decrypt(s, sealed, len(sealed))
 	} else {
 		out, err = t.mod.Decrypt(s, sealed)
 	}

@@ -82,7 +82,7 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 	gen := t.cgen[string(objectID)]
 	t.cmu.Unlock()
 	if ok && e.tokenH == tokenH {
-		if t.copyMaxAge > 0 && time.Since(e.checked) < t.copyMaxAge {
+		if t.copyMaxAge > 0 && t.now().Sub(e.checked) < t.copyMaxAge {
 			return e.h
 		}
 		// Is the original still there? One attribute read of it.
@@ -90,7 +90,7 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 			t.dropCopies(s, objectID)
 			return tokenH
 		}
-		e.checked = time.Now()
+		e.checked = t.now()
 		t.cmu.Lock()
 		if t.cgen[string(objectID)] == gen {
 			if m := t.copies[s]; m != nil {
@@ -148,7 +148,7 @@ func (t *Token) workingCopy(s pkcs11.SessionHandle, objectID []byte, tokenH pkcs
 		m = make(map[string]workCopy)
 		t.copies[s] = m
 	}
-	m[string(objectID)] = workCopy{h: h, tokenH: tokenH, checked: time.Now(), self: self}
+	m[string(objectID)] = workCopy{h: h, tokenH: tokenH, checked: t.now(), self: self}
 	t.cmu.Unlock()
 	return h
 }

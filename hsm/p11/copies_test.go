@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -239,7 +240,9 @@ func TestKeyIDsPrefillsHandles(t *testing.T) {
 // working through a copy once the copy's check interval has passed.
 func TestStaleCopyNoticed(t *testing.T) {
 	tok, _ := newTestToken(t, 1)
-	tok.copyMaxAge = 50 * time.Millisecond
+	tok.copyMaxAge = time.Hour
+	var ahead atomic.Int64 // how far the fake clock is ahead of time.Now
+	tok.now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
 	ctx := testCtx(t)
 	id := []byte("stale-copy")
 	mustGenerate(t, tok, id)
@@ -255,7 +258,11 @@ func TestStaleCopyNoticed(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	time.Sleep(60 * time.Millisecond)
+	// Within the check interval the copy is used unchecked.
+	if _, _, err := tok.Seal(ctx, id, []byte("x"), testAAD); err != nil {
+		t.Fatalf("Seal through the copy within the check interval: %v", err)
+	}
+	ahead.Store(int64(time.Hour + time.Second))
 	if _, _, err := tok.Seal(ctx, id, []byte("x"), testAAD); !errors.Is(err, hsm.ErrKeyNotFound) {
 		t.Fatalf("Seal after out-of-band destruction and the check interval: %v, want hsm.ErrKeyNotFound", err)
 	}
@@ -290,7 +297,7 @@ func TestBindingPathInterop(t *testing.T) {
 	}
 	tok = open(false)
 	defer tok.Close()
-	if tok.gcm != nil {
+	if tok.directGCM {
 		t.Fatal("direct GCM loaded although disabled")
 	}
 	pt, err := tok.Open(ctx, id, iv, sealed, testAAD)

@@ -28,22 +28,22 @@ func rssKiB(t *testing.T) int {
 	return 0
 }
 
-// Open resolves C_Decrypt itself (miekg/pkcs11 v1.1.2's Ctx.Decrypt leaks
-// its C buffer on every failed C_Decrypt), and the function-list index it
+// Open resolves C_Decrypt itself (miekg/pkcs11's Ctx.Decrypt leaks its C
+// buffer on every failed C_Decrypt, direct_unix.go), and the function-list index it
 // uses is the module's real C_Decrypt.
 func TestDirectDecryptResolved(t *testing.T) {
 	tok, _ := newTestToken(t, 1)
-	if tok.dec == nil {
+	if tok.direct == nil {
 		t.Fatal("C_Decrypt not resolved through C_GetFunctionList")
 	}
 	// NSS softoken exports only C_GetFunctionList; where the module also
 	// exports C_Decrypt, the two must agree.
-	sym := tok.dec.symbol("C_Decrypt")
-	if sym == nil && tok.dec.symbol("C_Initialize") != nil {
+	sym := tok.direct.symbol("C_Decrypt")
+	if sym == nil && tok.direct.symbol("C_Initialize") != nil {
 		t.Fatalf("the module exports C_Initialize but not C_Decrypt")
 	}
-	if sym != nil && sym != tok.dec.fn {
-		t.Fatalf("function list C_Decrypt = %p, dlsym(C_Decrypt) = %p", tok.dec.fn, sym)
+	if sym != nil && sym != tok.direct.decryptFn() {
+		t.Fatalf("function list C_Decrypt = %p, dlsym(C_Decrypt) = %p", tok.direct.decryptFn(), sym)
 	}
 }
 

@@ -8,8 +8,8 @@
 // A customer master key (CMK) is an AES-256 secret key object on the token:
 // CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, not CKA_EXTRACTABLE, usable for
 // CKA_ENCRYPT and CKA_DECRYPT only, not CKA_MODIFIABLE where the module
-// allows it. Keys with a fixed, well-known object id (the credentials key)
-// are made by EnsureKey (fixed.go), which never generates an id that
+// allows it. Keys with a fixed, well-known object id (the credentials key,
+// the metadata MAC key) are made by EnsureKey and EnsureMACKey (fixed.go), which never generates an id that
 // exists. What modules do differently is listed in vendors.go. Its CKA_ID is the object id chosen by
 // the caller (1..64 bytes) and its CKA_LABEL starts with Config.LabelPrefix,
 // which is how KeyIDs tells this service's objects from others.
@@ -49,11 +49,14 @@
 // one of the codes that mean nothing was done (dead session, active
 // operation, lost login) are retried once on a healthy session.
 //
-// C_Decrypt is called directly through the module's function list with a
-// Go-allocated output buffer (decrypt_unix.go), because the binding's
-// Ctx.Decrypt (miekg/pkcs11 v1.1.2) leaks its C output buffer every time
-// C_Decrypt fails, which a client can trigger at will with tampered
-// ciphertexts. Every other call goes through the binding.
+// C_EncryptInit, C_Encrypt, C_DecryptInit and C_Decrypt are called
+// directly through the module's function list with Go-allocated output
+// buffers (direct_unix.go, the package's one cgo shim), because the
+// binding's Ctx.Decrypt (miekg/pkcs11 v1.1.2 and upstream master) leaks
+// its C output buffer every time C_Decrypt fails, which a client can
+// trigger at will with tampered ciphertexts, and because its length
+// queries are answered wrongly by NSS softoken. Every other call goes
+// through the binding.
 //
 // Key handles are resolved once per object id (C_FindObjects with CKA_CLASS
 // and CKA_ID; more than one match is an error) and cached; Seal and Open do

@@ -16,8 +16,8 @@ import (
 // Keys with a fixed object id.
 //
 // Some keys have a well-known CKA_ID instead of a random one (the
-// credentials key; later an HMAC key): every node and every restart finds
-// them by that id. Two hazards:
+// credentials key, EnsureKey; the metadata MAC key, EnsureMACKey): every
+// node and every restart finds them by that id. Two hazards:
 //
 //   - C_GenerateKey with a CKA_ID that already exists replaces the existing
 //     key's material on NSS softoken (SoftHSM2 makes a second object).

@@ -3,6 +3,7 @@ package p11
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -110,4 +111,27 @@ func clearExternal(t testing.TB, tok *Token) {
 	tok.hmu.Lock()
 	tok.handles = make(map[string]pkcs11.ObjectHandle)
 	tok.hmu.Unlock()
+}
+
+// waitBlockedIn polls the goroutine dump until a goroutine is blocked (in
+// a select, a channel operation or a lock) inside the function fn
+// ("hsm/p11.(*Token).acquire"), and fails the test after 10 s.
+func waitBlockedIn(t *testing.T, fn string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			header, frames, _ := strings.Cut(g, "\n")
+			blocked := strings.Contains(header, "[select") || strings.Contains(header, "[chan ") || strings.Contains(header, "[sync.")
+			if blocked && strings.Contains(frames, fn+"(") {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine blocked in %s within 10 s", fn)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -2,7 +2,11 @@ package p11
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/miekg/pkcs11"
@@ -17,11 +21,11 @@ func TestMACKey(t *testing.T) {
 	if _, err := tok.MAC(ctx, id, []byte("x")); !errors.Is(err, hsm.ErrKeyNotFound) {
 		t.Fatalf("MAC before the key exists: %v, want ErrKeyNotFound", err)
 	}
-	if err := tok.GenerateMACKey(ctx, id, "mac"); err != nil {
-		t.Fatalf("GenerateMACKey: %v", err)
+	if created, err := tok.EnsureMACKey(ctx, id, "mac"); err != nil || !created {
+		t.Fatalf("EnsureMACKey = %v, %v; want a new key", created, err)
 	}
-	if err := tok.GenerateMACKey(ctx, id, "mac"); !errors.Is(err, hsm.ErrInvalidInput) {
-		t.Fatalf("second GenerateMACKey with the same id: %v, want ErrInvalidInput", err)
+	if created, err := tok.EnsureMACKey(ctx, id, "mac"); err != nil || created {
+		t.Fatalf("second EnsureMACKey = %v, %v; want the existing key", created, err)
 	}
 	msg := []byte("hsmkms row v1 ...")
 	m1, err := tok.MAC(ctx, id, msg)
@@ -106,5 +110,94 @@ func TestMACKey(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("KeyIDs %q does not list the MAC key", ids)
+	}
+}
+
+// The metadata MAC key is found by its id wherever it is labelled (here
+// under another label prefix, so no listing shows it) and never generated
+// again: MACs made before still verify.
+func TestMACKeyNeverRegenerated(t *testing.T) {
+	tok, st := newTestToken(t, 1)
+	ctx := testCtx(t)
+	id := []byte("hsmkms/metadata-mac/v1")
+	if created, err := tok.EnsureMACKey(ctx, id, "metadata-mac/v1"); err != nil || !created {
+		t.Fatalf("EnsureMACKey = %v, %v", created, err)
+	}
+	msg := []byte("a row")
+	m, err := tok.MAC(ctx, id, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(st, 1)
+	cfg.LabelPrefix = "other-prefix:"
+	tok2, err := OpenToken(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok2.Close()
+	if created, err := tok2.EnsureMACKey(ctx, id, "metadata-mac/v1"); err != nil || created {
+		t.Fatalf("EnsureMACKey of an existing id = %v, %v; want the existing key", created, err)
+	}
+	withSession(t, tok2, func(s pkcs11.SessionHandle) {
+		if hs, err := tok2.find(s, id, 3); err != nil || len(hs) != 1 {
+			t.Fatalf("%d objects with the MAC key's id (%v), want 1", len(hs), err)
+		}
+	})
+	if err := tok2.VerifyMAC(ctx, id, msg, m); err != nil {
+		t.Fatalf("VerifyMAC of a MAC made before: %v; the key was replaced", err)
+	}
+}
+
+// Creators racing for the MAC key (two Tokens stand for two nodes) end with
+// exactly one key, which every creator uses.
+func TestMACKeyConcurrentCreators(t *testing.T) {
+	tok, st := newTestToken(t, 1)
+	tok2, err := OpenToken(context.Background(), testConfig(st, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok2.Close()
+	ctx := testCtx(t)
+	for round := range 3 {
+		id := []byte(fmt.Sprintf("hsmkms/metadata-mac/%d", round))
+		var made atomic.Int32
+		errs := make(chan error, 6)
+		var wg sync.WaitGroup
+		for i := range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				created, err := []*Token{tok, tok2}[i%2].EnsureMACKey(ctx, id, "mac")
+				if created {
+					made.Add(1)
+				}
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: EnsureMACKey: %v", round, err)
+			}
+		}
+		if n := made.Load(); n != 1 {
+			t.Fatalf("round %d: %d creators report creating the key, want 1", round, n)
+		}
+		withSession(t, tok, func(s pkcs11.SessionHandle) {
+			if hs, err := tok.find(s, id, 3); err != nil || len(hs) != 1 {
+				t.Fatalf("round %d: %d objects with the id (%v), want 1", round, len(hs), err)
+			}
+		})
+		m, err := tok.MAC(ctx, id, []byte("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tok2.VerifyMAC(ctx, id, []byte("x"), m); err != nil {
+			t.Fatalf("round %d: the two creators use different keys: %v", round, err)
+		}
 	}
 }

@@ -599,7 +599,7 @@ func TestCloseWaitsForInFlight(t *testing.T) {
 	if err := tok.enter(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(20 * time.Millisecond)
+	waitBlockedIn(t, "hsm/p11.(*Token).acquire")
 	closed := make(chan error, 1)
 	go func() { closed <- tok.Close() }()
 

@@ -465,6 +465,9 @@ func TestSelfCheck(t *testing.T) {
 	}{
 		{"no CKM_AES_GCM", false, func(c *faultmod.Controller) { c.HideMechanism(pkcs11.CKM_AES_GCM) }, hsm.ErrMisconfigured, []string{"CKM_AES_GCM", "not supported", "pkcs11.module"}},
 		{"no CKM_AES_KEY_GEN", false, func(c *faultmod.Controller) { c.HideMechanism(pkcs11.CKM_AES_KEY_GEN) }, hsm.ErrMisconfigured, []string{"CKM_AES_KEY_GEN", "not supported"}},
+		{"no CKM_GENERIC_SECRET_KEY_GEN", false, func(c *faultmod.Controller) { c.HideMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN) }, hsm.ErrMisconfigured, []string{"CKM_GENERIC_SECRET_KEY_GEN", "not supported", "metadata MAC key"}},
+		{"no CKM_SHA256_HMAC", false, func(c *faultmod.Controller) { c.HideMechanism(pkcs11.CKM_SHA256_HMAC) }, hsm.ErrMisconfigured, []string{"CKM_SHA256_HMAC", "not supported", "HMAC-SHA-256"}},
+		{"HMAC refused at C_SignInit", false, func(c *faultmod.Controller) { c.Fail("C_SignInit", pkcs11.CKR_MECHANISM_INVALID) }, hsm.ErrMisconfigured, []string{"CKM_SHA256_HMAC", "round trip", "C_SignInit"}},
 		{"GCM refused at C_EncryptInit", false, func(c *faultmod.Controller) { c.Fail("C_EncryptInit", pkcs11.CKR_MECHANISM_INVALID) }, hsm.ErrMisconfigured, []string{"CKM_AES_GCM", "round trip", "C_EncryptInit"}},
 		{"HSM-generated IVs in caller mode", false, func(c *faultmod.Controller) { c.HSMGeneratedIV(true) }, hsm.ErrMisconfigured, []string{"CKM_AES_GCM", "iv_mode caller", "pkcs11.iv_mode"}},
 		{"caller IVs in hsm mode", true, func(c *faultmod.Controller) {}, hsm.ErrMisconfigured, []string{"CKM_AES_GCM", "iv_mode hsm", "pkcs11.iv_mode"}},

@@ -23,9 +23,9 @@ import (
 // hsm.ErrMisconfigured (or the error that stopped the check: a refused
 // PIN is hsm.ErrLogin). kmsd check-config runs the same check.
 //
-// Another key type (mac.go) adds its mechanisms and its round trip by
-// appending to the two lists from a package-level var declaration or
-// init function.
+// Every key type has its mechanisms in requiredMechanisms and its round
+// trip in selfChecks: AES-256-GCM for CMKs and the credentials key,
+// HMAC-SHA-256 for the metadata MAC key (mac.go).
 
 // mechanismNeed is one mechanism kmsd uses.
 type mechanismNeed struct {
@@ -40,6 +40,8 @@ type mechanismNeed struct {
 var requiredMechanisms = []mechanismNeed{
 	{pkcs11.CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN", pkcs11.CKF_GENERATE, 256, "to generate AES-256 keys (CMKs, the credentials key)"},
 	{pkcs11.CKM_AES_GCM, "CKM_AES_GCM", pkcs11.CKF_ENCRYPT | pkcs11.CKF_DECRYPT, 256, "for Encrypt and Decrypt (AES-256-GCM)"},
+	{pkcs11.CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN", pkcs11.CKF_GENERATE, 0, "to generate the metadata MAC key (32-byte generic secret)"},
+	{pkcs11.CKM_SHA256_HMAC, "CKM_SHA256_HMAC", pkcs11.CKF_SIGN | pkcs11.CKF_VERIFY, 0, "to authenticate stored metadata (HMAC-SHA-256)"},
 }
 
 // selfCheck is a round trip OpenToken runs on a session of the pool.
@@ -51,6 +53,7 @@ type selfCheck struct {
 // selfChecks is what OpenToken runs after the mechanism check.
 var selfChecks = []selfCheck{
 	{"CKM_AES_GCM", (*Token).gcmRoundTrip},
+	{"CKM_SHA256_HMAC", (*Token).hmacRoundTrip},
 }
 
 // SelfCheck runs the start-up self-check again (OpenToken already ran it):

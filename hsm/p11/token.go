@@ -17,14 +17,14 @@ import (
 // Token is a logged-in PKCS#11 token with a fixed pool of sessions. It is
 // safe for concurrent use; see the package documentation for the model.
 type Token struct {
-	cfg      Config    // with defaults applied; holds the PIN for re-login
-	sel      TokenURI  // the token cfg selects
-	args     *initArgs // C_Initialize's library parameters; nil: none
-	mod      *pkcs11.Ctx
-	slot     uint
-	ownsInit bool           // our C_Initialize succeeded, so Close calls C_Finalize
-	dec      *directDecrypt // C_Decrypt without the binding's leak; nil: use the binding
-	gcm      *directGCM     // init+operation in one cgo call (gcm_unix.go); nil: use the binding
+	cfg       Config    // with defaults applied; holds the PIN for re-login
+	sel       TokenURI  // the token cfg selects
+	args      *initArgs // C_Initialize's library parameters; nil: none
+	mod       *pkcs11.Ctx
+	slot      uint
+	ownsInit  bool       // our C_Initialize succeeded, so Close calls C_Finalize
+	direct    *directP11 // AES-GCM without the binding (direct_unix.go); nil: use the binding
+	directGCM bool       // direct != nil and init+operation run in one cgo call (not noDirectGCM)
 
 	// pool holds exactly cfg.Sessions entries while no call is in flight:
 	// open, logged-in sessions, or 0 (CK_INVALID_HANDLE) for a hole left
@@ -61,7 +61,8 @@ type Token struct {
 	// copies no unmodifiable key and working copies are on
 	// (probeUnmodifiableCopies). Set by OpenToken.
 	cmkModifiable bool
-	copyMaxAge    time.Duration // re-check the token object of a copy older than this
+	copyMaxAge    time.Duration    // re-check the token object of a copy older than this
+	now           func() time.Time // clock of the copy checks: time.Now; tests set a fake
 
 	// hookNewSession, when set by a test, runs before a replacement session
 	// is opened; an error fails the replacement.
@@ -107,6 +108,7 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 		copies:     make(map[pkcs11.SessionHandle]map[string]workCopy),
 		cgen:       make(map[string]uint64),
 		copyMaxAge: cfg.copyMaxAge(),
+		now:        time.Now,
 	}
 	t.noCopies.Store(cfg.NoWorkingCopies)
 	defer func() {
@@ -125,10 +127,8 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 	if t.mod == nil {
 		return nil, errf(hsm.ErrUnavailable, "dlopen", "cannot load PKCS#11 module %q (missing file or not a PKCS#11 library)", cfg.ModulePath)
 	}
-	t.dec = loadDirectDecrypt(cfg.ModulePath)
-	if !cfg.noDirectGCM {
-		t.gcm = loadDirectGCM(cfg.ModulePath)
-	}
+	t.direct = loadDirect(cfg.ModulePath)
+	t.directGCM = t.direct != nil && !cfg.noDirectGCM
 	switch err := t.args.initialize(t.mod); {
 	case err == nil:
 		t.ownsInit = true
@@ -510,10 +510,9 @@ func (t *Token) teardown() (err error) {
 	t.mod = nil
 	t.args.free()
 	t.args = nil
-	t.dec.close()
-	t.dec = nil
-	t.gcm.close()
-	t.gcm = nil
+	t.direct.close()
+	t.direct = nil
+	t.directGCM = false
 	return errors.Join(errs...)
 }
 

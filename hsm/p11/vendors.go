@@ -15,7 +15,9 @@ package p11
 //
 // Mechanisms used (checked at start-up, selfcheck.go): CKM_AES_KEY_GEN
 // (CKF_GENERATE, 256-bit keys) and CKM_AES_GCM (CKF_ENCRYPT, CKF_DECRYPT,
-// 256-bit keys, 12-byte IV, 128-bit tag, CK_GCM_PARAMS with ulIvBits);
+// 256-bit keys, 12-byte IV, 128-bit tag, CK_GCM_PARAMS with ulIvBits),
+// CKM_GENERIC_SECRET_KEY_GEN (CKF_GENERATE) and CKM_SHA256_HMAC (CKF_SIGN,
+// CKF_VERIFY; only C_Sign is called) for the metadata MAC key;
 // functions C_GenerateRandom, C_FindObjects, C_GetAttributeValue,
 // C_SetAttributeValue (fixed-id keys only), C_CopyObject (optional),
 // C_DestroyObject.
@@ -31,7 +33,7 @@ package p11
 //	GCM encrypt length query       plaintext+16          plaintext (wrong), then BUFFER_TOO_SMALL ends the op  never query: exact buffers (plaintext+16)
 //	GCM decrypt output room        len(ciphertext+tag)   plaintext length        -                            room = len(sealed); never a second call after BUFFER_TOO_SMALL
 //	bad GCM tag                    CKR_GENERAL_ERROR     ENCRYPTED_DATA_INVALID  -                            both hsm.ErrNotAuthentic on C_Decrypt
-//	HMAC C_Verify, wrong MAC       SIGNATURE_INVALID     CKR_DEVICE_ERROR        -                            MACs verified as C_Sign + constant-time compare (mac.go)
+//	wrong HMAC at C_Verify         SIGNATURE_INVALID     DEVICE_ERROR or ARGUMENTS_BAD  -                     no C_Verify: C_Sign, then hmac.Equal in Go (VerifyMAC)
 //	C_GenerateRandom size          no limit seen         <= 64 KiB per call      HSM limits                   calls of randomChunk (32 KiB)
 //	CKA_MODIFIABLE=false           accepted, final;      accepted, final;        some refuse it               CMKs, unless working copies are on and the module copies
 //	                               no copy of it at all  copies work                                          no unmodifiable key (probeUnmodifiableCopies); a refusal is
