@@ -80,8 +80,8 @@ func (s *Server) api3(c echo.Context) error {
 	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "api3"}
 	r := c.Request()
 	c.Response().Header().Set(RequestIDHeader, rid)
-	ctx := withInfo(r.Context(), info, s.cfg.RequestTimeout)
-	defer info.ctx.stop()
+	ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), reqInfoKey{}, info), s.cfg.RequestTimeout)
+	defer cancel()
 
 	failure := func() any {
 		return api3Envelope{Response: api3ErrorBody{Error: apiErrorf("InternalError", "the audit trail is unavailable; the request was not served (RequestId "+rid+")"), RequestID: rid}}
@@ -371,13 +371,13 @@ func (s *Server) encrypt3(ctx context.Context, req *encryptRequest) (*encryptRes
 	if _, err := requireString("Plaintext", req.Plaintext); err != nil {
 		return nil, err
 	}
-	pt, buf, err := decodePlaintext(*req.Plaintext)
+	pt, err := decodePlaintext(*req.Plaintext)
 	if err != nil {
 		return nil, apiErrorf("InvalidParameterValue.InvalidPlaintext", "the Plaintext is not standard base64")
 	}
 	noteKey(ctx, *req.KeyId, 0)
 	res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: *req.KeyId, Plaintext: pt, EncryptionContext: deref(req.EncryptionContext)})
-	releasePlaintext(pt, buf)
+	clear(pt) // no plaintext outlives its request in our memory
 	if err != nil {
 		return nil, err
 	}
@@ -412,7 +412,7 @@ func (s *Server) decrypt3(ctx context.Context, req *decryptRequest) (*decryptRes
 		return nil, err
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64String(base64.StdEncoding, res.Plaintext)}, nil
+	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
 }
 
 // requireString returns the value of a required string parameter, or

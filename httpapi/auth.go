@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unsafe"
 
 	"hsmkms/kms"
 	"hsmkms/tcsign"
@@ -209,7 +208,8 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte, acti
 		query = r.URL.RawQuery
 	}
 	key := s.tc3Keys.SigningKey(cred.SecretKey, a.date, a.service)
-	want := unsafe.Slice(unsafe.StringData(a.signature), len(a.signature))
+	var want [2 * sha256.Size]byte // parseTC3Authorization accepts 64 characters only
+	copy(want[:], a.signature)
 	canon := headers[len(headers):] // the rest of the pooled buffer
 	var sig [2 * sha256.Size]byte
 	host0 := strings.ToLower(r.Host)
@@ -257,7 +257,7 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte, acti
 				c = append(c, payloadHash[:]...)
 				canon = c
 				tcsign.SignCanonical(&sig, key, tsRaw, a.scope, c)
-				if hmac.Equal(sig[:], want) {
+				if hmac.Equal(sig[:], want[:]) {
 					if !hasAction {
 						if err := s.bindTC3(ctx, a.signature, action, ts); err != nil {
 							return nil, err

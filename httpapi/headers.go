@@ -1,10 +1,6 @@
 package httpapi
 
-import (
-	"encoding/base64"
-	"net/http"
-	"unsafe"
-)
+import "net/http"
 
 // hget returns the first value of the header named k, which must be in
 // canonical form ("X-Tc-Action"): unlike http.Header.Get it does not
@@ -37,15 +33,4 @@ func signedHeader(h http.Header, lower string) string {
 		return hget(h, "X-Tc-Requestclient")
 	}
 	return h.Get(lower)
-}
-
-// base64String returns the standard base64 encoding of b with one
-// allocation (base64's EncodeToString makes two).
-func base64String(enc *base64.Encoding, b []byte) string {
-	if len(b) == 0 {
-		return ""
-	}
-	out := make([]byte, enc.EncodedLen(len(b)))
-	enc.Encode(out, b)
-	return unsafe.String(&out[0], len(out))
 }

@@ -643,7 +643,7 @@ func (s *Server) generateDataKey3(ctx context.Context, req *generateDataKeyReque
 	}
 	defer clear(res.Plaintext)
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &generateDataKeyResponse{KeyID: res.KeyID, Plaintext: base64String(base64.StdEncoding, res.Plaintext), CiphertextBlob: res.CiphertextBlob}, nil
+	return &generateDataKeyResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext), CiphertextBlob: res.CiphertextBlob}, nil
 }
 
 type generateRandomRequest struct {
@@ -666,7 +666,7 @@ func (s *Server) generateRandom3(ctx context.Context, req *generateRandomRequest
 	if err != nil {
 		return nil, err
 	}
-	return &generateRandomResponse{Plaintext: base64String(base64.StdEncoding, b)}, nil
+	return &generateRandomResponse{Plaintext: base64.StdEncoding.EncodeToString(b)}, nil
 }
 
 type reEncryptRequest struct {

@@ -8,9 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"sync"
 	"time"
-	"unsafe"
 
 	"github.com/labstack/echo/v4"
 
@@ -110,8 +108,8 @@ func (s *Server) legacy(c echo.Context) error {
 	rid := newRequestID()
 	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "legacy"}
 	c.Response().Header().Set(RequestIDHeader, rid)
-	ctx := withInfo(c.Request().Context(), info, s.cfg.RequestTimeout)
-	defer info.ctx.stop()
+	ctx, cancel := context.WithTimeout(context.WithValue(c.Request().Context(), reqInfoKey{}, info), s.cfg.RequestTimeout)
+	defer cancel()
 
 	failure := func() any {
 		return legacyReply{Code: codeInternal, Message: "the audit trail is unavailable; the request was not served", RequestID: rid}
@@ -188,13 +186,13 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 		if err != nil {
 			return nil, err
 		}
-		pt, buf, err := decodePlaintext(b64)
+		pt, err := decodePlaintext(b64)
 		if err != nil {
 			return nil, &legacyError{code: codePlaintextBase64, message: "(10690)plaintext is not encoded with base64"}
 		}
 		noteKey(ctx, keyID, 0)
 		res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: p.get("encryptionContext")})
-		releasePlaintext(pt, buf)
+		clear(pt) // no plaintext outlives its request in our memory
 		if err != nil {
 			return nil, err
 		}
@@ -211,7 +209,7 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 			return nil, err
 		}
 		noteKey(ctx, res.KeyID, res.KeyVersion)
-		return legacyDecryptReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64String(base64.StdEncoding, res.Plaintext)}, nil
+		return legacyDecryptReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
 	}
 	return s.legacyKeyAction(ctx, action, p, ok200)
 }
@@ -366,39 +364,10 @@ func decodeBase64(s string) ([]byte, error) {
 // once: Strict returns a new Encoding on every call).
 var strictBase64 = base64.StdEncoding.Strict()
 
-// plaintextBufs holds buffers for decoded Encrypt plaintexts, which the
-// service reads only during the call (kms.EncryptInput). They are cleared
-// before they go back, so no plaintext outlives its request in them.
-var plaintextBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
-// maxPooledPlaintext bounds the buffers kept in plaintextBufs.
-const maxPooledPlaintext = 8 << 10
-
-// decodePlaintext decodes the standard base64 s (as decodeBase64) into a
-// pooled buffer; the caller must give buf to releasePlaintext once the
-// plaintext is no longer used.
-func decodePlaintext(s string) (pt []byte, buf *[]byte, err error) {
-	buf = plaintextBufs.Get().(*[]byte)
-	// The decoder only reads the string's bytes.
-	pt, err = strictBase64.AppendDecode((*buf)[:0], unsafe.Slice(unsafe.StringData(s), len(s)))
-	if err != nil {
-		releasePlaintext(pt, buf)
-		return nil, nil, err
-	}
-	return pt, buf, nil
-}
-
-// releasePlaintext clears pt and returns its buffer to the pool.
-func releasePlaintext(pt []byte, buf *[]byte) {
-	if buf == nil {
-		return
-	}
-	clear(pt[:cap(pt)])
-	if cap(pt) <= maxPooledPlaintext {
-		*buf = pt[:0]
-		plaintextBufs.Put(buf)
-	}
-}
+// decodePlaintext decodes the standard base64 plaintext of an Encrypt
+// request (as decodeBase64) into a fresh buffer, which the caller clears
+// once the service has used it.
+func decodePlaintext(s string) ([]byte, error) { return strictBase64.DecodeString(s) }
 
 // truncate shortens a caller-supplied value before it is echoed in a message.
 func truncate(s string, n int) string {

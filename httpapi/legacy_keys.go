@@ -99,7 +99,7 @@ func (s *Server) legacyKeyAction(ctx context.Context, action string, p params, o
 		}
 		defer clear(res.Plaintext)
 		noteKey(ctx, res.KeyID, res.KeyVersion)
-		return legacyGenerateDataKeyReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64String(base64.StdEncoding, res.Plaintext), CiphertextBlob: res.CiphertextBlob}, nil
+		return legacyGenerateDataKeyReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext), CiphertextBlob: res.CiphertextBlob}, nil
 	case "GetKeyAttributes":
 		md, err := s.kms.DescribeKey(ctx, keyID)
 		if err != nil {
