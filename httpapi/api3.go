@@ -44,17 +44,17 @@ type api3Envelope struct {
 	Response any `json:"Response"`
 }
 
-// api3Action is one API 3.0 action: how to make its request struct, and how
-// to serve it.
-type api3Action struct {
+// api3Handler serves one API 3.0 action: how to make its request struct,
+// and how to serve it.
+type api3Handler struct {
 	newRequest func() any
 	serve      func(s *Server, ctx context.Context, req any, rid string) (any, error)
 }
 
-// action3 adapts a typed handler to the action table. The handler's
+// typedAPI3Action adapts a typed handler to the action table. The handler's
 // response struct must have a RequestId field set through setRID.
-func action3[Req any, Resp any](fn func(s *Server, ctx context.Context, req *Req) (*Resp, error)) api3Action {
-	return api3Action{
+func typedAPI3Action[Req any, Resp any](fn func(s *Server, ctx context.Context, req *Req) (*Resp, error)) api3Handler {
+	return api3Handler{
 		newRequest: func() any { return new(Req) },
 		serve: func(s *Server, ctx context.Context, req any, rid string) (any, error) {
 			resp, err := fn(s, ctx, req.(*Req))
@@ -64,12 +64,6 @@ func action3[Req any, Resp any](fn func(s *Server, ctx context.Context, req *Req
 			return resp, nil
 		},
 	}
-}
-
-var api3Actions = map[string]api3Action{
-	"CreateKey": action3((*Server).createKey3),
-	"Encrypt":   action3((*Server).encrypt3),
-	"Decrypt":   action3((*Server).decrypt3),
 }
 
 // api3 serves POST / and GET /: API 3.0 in its TC3 shape (X-TC-* headers,
@@ -183,12 +177,15 @@ func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) 
 	}
 	info := infoFrom(ctx)
 	info.action = req.action
-	act, ok := api3Actions[req.action]
+	act, ok := s.actions.api3[req.action]
 	info.known = ok
 	if !ok {
 		return nil, apiErrorf("InvalidAction", "the action "+truncate(req.action, 64)+" is not supported")
 	}
-	in := act.newRequest()
+	if int64(len(req.body)) > act.bodyLimit(s.cfg.MaxBodyBytes) {
+		return nil, apiErrorf("InvalidParameter", "the request body is too large")
+	}
+	in := act.api3.newRequest()
 	if req.jsonBody != nil {
 		err = decodeJSONParams(req.jsonBody, in)
 	} else {
@@ -197,7 +194,7 @@ func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) 
 	if err != nil {
 		return nil, err
 	}
-	return act.serve(s, ctx, in, rid)
+	return act.api3.serve(s, ctx, in, rid)
 }
 
 // api3FromError maps an error to its API 3.0 code. Errors that are not the
@@ -300,15 +297,15 @@ func setRequestID(resp any, rid string) {
 // CreateKey
 
 type createKeyRequest struct {
-	Alias        *string    `json:"Alias"`
-	Description  *string    `json:"Description"`
-	KeyUsage     *string    `json:"KeyUsage"`
-	Type         *uint64    `json:"Type"`
-	Tags         []json3Tag `json:"Tags"`
-	HsmClusterId *string    `json:"HsmClusterId"`
+	Alias        *string       `json:"Alias"`
+	Description  *string       `json:"Description"`
+	KeyUsage     *string       `json:"KeyUsage"`
+	Type         *uint64       `json:"Type"`
+	Tags         []resourceTag `json:"Tags"`
+	HsmClusterId *string       `json:"HsmClusterId"`
 }
 
-type json3Tag struct {
+type resourceTag struct {
 	TagKey   *string `json:"TagKey"`
 	TagValue *string `json:"TagValue"`
 }
@@ -326,7 +323,7 @@ type createKeyResponse struct {
 	responseBase
 }
 
-func (s *Server) createKey3(ctx context.Context, req *createKeyRequest) (*createKeyResponse, error) {
+func (s *Server) createKey(ctx context.Context, req *createKeyRequest) (*createKeyResponse, error) {
 	if _, err := requireString("Alias", req.Alias); err != nil {
 		return nil, err
 	}
@@ -364,7 +361,7 @@ type encryptResponse struct {
 	responseBase
 }
 
-func (s *Server) encrypt3(ctx context.Context, req *encryptRequest) (*encryptResponse, error) {
+func (s *Server) encrypt(ctx context.Context, req *encryptRequest) (*encryptResponse, error) {
 	if _, err := requireString("KeyId", req.KeyId); err != nil {
 		return nil, err
 	}
@@ -400,7 +397,7 @@ type decryptResponse struct {
 	responseBase
 }
 
-func (s *Server) decrypt3(ctx context.Context, req *decryptRequest) (*decryptResponse, error) {
+func (s *Server) decrypt(ctx context.Context, req *decryptRequest) (*decryptResponse, error) {
 	if _, err := requireString("CiphertextBlob", req.CiphertextBlob); err != nil {
 		return nil, err
 	}

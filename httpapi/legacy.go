@@ -40,22 +40,6 @@ const (
 // checked elsewhere).
 var legacyCommonParams = []string{"Action", "Region", "Timestamp", "Nonce", "SecretId", "Signature", "SignatureMethod", "Token", "RequestClient"}
 
-// legacyActionParams lists the business parameters each action accepts.
-var legacyActionParams = map[string][]string{
-	"CreateKey": {"description", "alias", "keyUsage", "type"},
-	"Encrypt":   {"keyId", "plaintext", "encryptionContext"},
-	"Decrypt":   {"ciphertextBlob", "encryptionContext"},
-
-	"GenerateDataKey":     {"keyId", "keySpec", "numberOfBytes", "encryptionContext"},
-	"GetKeyAttributes":    {"keyId"},
-	"SetKeyAttributes":    {"keyId", "alias"},
-	"EnableKey":           {"keyId"},
-	"DisableKey":          {"keyId"},
-	"ListKey":             {"offset", "limit"},
-	"ScheduleKeyDeletion": {"keyId", "pendingWindowInDays"},
-	"CancelKeyDeletion":   {"keyId"},
-}
-
 // legacyError is an error answer of the legacy API.
 type legacyError struct {
 	code    int
@@ -148,7 +132,7 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 	defer s.release()
 	ctx = kms.WithPrincipal(ctx, principal)
 	action := p.get("Action")
-	allowed, ok := legacyActionParams[action]
+	act, ok := s.actions.legacy[action]
 	info := infoFrom(ctx)
 	info.action, info.known = action, ok
 	if !ok {
@@ -157,61 +141,65 @@ func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string
 		}
 		return nil, legacyErrorf(codeNoSuchAction, "action %q is not supported", truncate(action, 64))
 	}
-	if err := p.only(legacyCommonParams, allowed); err != nil {
+	if err := p.only(legacyCommonParams, act.legacyParams); err != nil {
 		return nil, err
 	}
-	ok200 := legacyReply{Code: codeOK, Message: "", RequestID: rid}
-	switch action {
-	case "CreateKey":
-		in := kms.CreateKeyInput{Alias: p.get("alias"), Description: p.get("description"), KeyUsage: p.get("keyUsage")}
-		if in.Alias == "" {
-			return nil, legacyErrorf(codeInvalidParameter, "missing parameter: alias")
-		}
-		if t := p.get("type"); t != "" && t != "1" {
-			return nil, legacyErrorf(codeInvalidParameter, "unsupported type %q: only 1 (normal CMK) is supported", truncate(t, 16))
-		}
-		md, err := s.kms.CreateKey(ctx, in)
-		if err != nil {
-			return nil, err
-		}
-		noteKey(ctx, md.KeyID, md.CurrentVersion)
-		return legacyCreateKeyReply{legacyReply: ok200, KeyMetadata: toLegacyMetadata(md)}, nil
+	return act.legacy(s, ctx, p, legacyReply{Code: codeOK, Message: "", RequestID: rid})
+}
 
-	case "Encrypt":
-		keyID, err := p.required("keyId")
-		if err != nil {
-			return nil, err
-		}
-		b64, err := p.required("plaintext")
-		if err != nil {
-			return nil, err
-		}
-		pt, err := decodePlaintext(b64)
-		if err != nil {
-			return nil, &legacyError{code: codePlaintextBase64, message: "(10690)plaintext is not encoded with base64"}
-		}
-		noteKey(ctx, keyID, 0)
-		res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: p.get("encryptionContext")})
-		clear(pt) // no plaintext outlives its request in our memory
-		if err != nil {
-			return nil, err
-		}
-		noteKey(ctx, res.KeyID, res.KeyVersion)
-		return legacyEncryptReply{legacyReply: ok200, KeyID: res.KeyID, CiphertextBlob: res.CiphertextBlob}, nil
-
-	case "Decrypt":
-		blob, err := p.required("ciphertextBlob")
-		if err != nil {
-			return nil, err
-		}
-		res, err := s.kms.Decrypt(ctx, kms.DecryptInput{CiphertextBlob: blob, EncryptionContext: p.get("encryptionContext")})
-		if err != nil {
-			return nil, err
-		}
-		noteKey(ctx, res.KeyID, res.KeyVersion)
-		return legacyDecryptReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
+// legacyCreateKey serves the legacy CreateKey.
+func (s *Server) legacyCreateKey(ctx context.Context, p params, ok legacyReply) (any, error) {
+	in := kms.CreateKeyInput{Alias: p.get("alias"), Description: p.get("description"), KeyUsage: p.get("keyUsage")}
+	if in.Alias == "" {
+		return nil, legacyErrorf(codeInvalidParameter, "missing parameter: alias")
 	}
-	return s.legacyKeyAction(ctx, action, p, ok200)
+	if t := p.get("type"); t != "" && t != "1" {
+		return nil, legacyErrorf(codeInvalidParameter, "unsupported type %q: only 1 (normal CMK) is supported", truncate(t, 16))
+	}
+	md, err := s.kms.CreateKey(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	noteKey(ctx, md.KeyID, md.CurrentVersion)
+	return legacyCreateKeyReply{legacyReply: ok, KeyMetadata: toLegacyMetadata(md)}, nil
+}
+
+// legacyEncrypt serves the legacy Encrypt.
+func (s *Server) legacyEncrypt(ctx context.Context, p params, ok legacyReply) (any, error) {
+	keyID, err := p.required("keyId")
+	if err != nil {
+		return nil, err
+	}
+	b64, err := p.required("plaintext")
+	if err != nil {
+		return nil, err
+	}
+	pt, err := decodePlaintext(b64)
+	if err != nil {
+		return nil, &legacyError{code: codePlaintextBase64, message: "(10690)plaintext is not encoded with base64"}
+	}
+	noteKey(ctx, keyID, 0)
+	res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: p.get("encryptionContext")})
+	clear(pt) // no plaintext outlives its request in our memory
+	if err != nil {
+		return nil, err
+	}
+	noteKey(ctx, res.KeyID, res.KeyVersion)
+	return legacyEncryptReply{legacyReply: ok, KeyID: res.KeyID, CiphertextBlob: res.CiphertextBlob}, nil
+}
+
+// legacyDecrypt serves the legacy Decrypt.
+func (s *Server) legacyDecrypt(ctx context.Context, p params, ok legacyReply) (any, error) {
+	blob, err := p.required("ciphertextBlob")
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.kms.Decrypt(ctx, kms.DecryptInput{CiphertextBlob: blob, EncryptionContext: p.get("encryptionContext")})
+	if err != nil {
+		return nil, err
+	}
+	noteKey(ctx, res.KeyID, res.KeyVersion)
+	return legacyDecryptReply{legacyReply: ok, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
 }
 
 // legacyFromDomain maps a domain error to its legacy code. Errors that are

@@ -155,6 +155,7 @@ type Server struct {
 	sigSync    *sigSync // nil unless Config.Signatures is set
 	hosts      map[string]bool
 	services   map[string]bool
+	actions    actionTable // every action served (actions.go)
 }
 
 // New returns a Server calling k. It is safe for concurrent use.
@@ -190,7 +191,7 @@ func New(k KMS, cfg Config) *Server {
 		cfg.ReadyCacheTTL = time.Second
 	}
 	s := &Server{kms: k, creds: k, admin: k, nonces: cfg.Nonces, cfg: cfg, log: cfg.Logger,
-		audit: cfg.Audit, slots: make(chan struct{}, cfg.MaxConcurrent)}
+		audit: cfg.Audit, slots: make(chan struct{}, cfg.MaxConcurrent), actions: newActionTable()}
 	if cfg.Audit != nil {
 		s.refusals = &refusalLog{sink: cfg.Audit, interval: cfg.RefusalAuditInterval, onError: func(err error) {
 			cfg.Logger.Error("audit trail unavailable: refusal summary not recorded", "err", err)
