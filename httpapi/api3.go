@@ -3,7 +3,6 @@ package httpapi
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -83,9 +82,9 @@ func (s *Server) api3(c echo.Context) error {
 	resp, err := s.api3Dispatch(ctx, r, rid)
 	if err != nil {
 		s.noteRefused(info, err)
-		ae := s.api3FromError(err, rid)
-		info.code = ae.Code
-		return s.finish(c, info, api3Envelope{Response: api3ErrorBody{Error: ae, RequestID: rid}}, failure)
+		w := s.toWireError(err, rid)
+		info.code = w.code
+		return s.finish(c, info, api3Envelope{Response: api3ErrorBody{Error: &apiError{Code: w.code, Message: w.message}, RequestID: rid}}, failure)
 	}
 	info.code = "0"
 	setRequestID(resp, rid)
@@ -195,90 +194,6 @@ func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) 
 		return nil, err
 	}
 	return act.api3.serve(s, ctx, in, rid)
-}
-
-// api3FromError maps an error to its API 3.0 code. Errors that are not the
-// caller's fault are logged with the request id and answered without
-// detail.
-func (s *Server) api3FromError(err error, rid string) *apiError {
-	var ae *apiError
-	if errors.As(err, &ae) {
-		return ae
-	}
-	var au *authError
-	if errors.As(err, &au) {
-		return &apiError{Code: au.api3, Message: au.message}
-	}
-	if pe, ok := isParamError(err); ok {
-		return &apiError{Code: pe.code, Message: pe.message}
-	}
-	switch {
-	case errors.Is(err, kms.ErrUsageLimit):
-		s.log.Error("request not served: key version usage limit reached and no new version could be made", "requestId", rid, "err", err)
-		return apiErrorf("LimitExceeded", "the key version reached its usage limit and a new version could not be created; retry later")
-	case errors.Is(err, kms.ErrInvalidKeyID):
-		return apiErrorf("InvalidParameterValue.InvalidKeyId", "the KeyId is invalid")
-	case errors.Is(err, kms.ErrInvalidPendingWindow):
-		return apiErrorf("InvalidParameter.InvalidPendingWindowInDays", "the PendingWindowInDays must be 7 to 30")
-	case errors.Is(err, kms.ErrInvalidRotateDays):
-		return apiErrorf("InvalidParameterValue", "the RotateDays must be 7 to 365")
-	case errors.Is(err, kms.ErrInvalidNumberOfBytes):
-		return apiErrorf("InvalidParameter", "the NumberOfBytes must be 1 to 1024")
-	case errors.Is(err, kms.ErrInvalidKeySpec):
-		return apiErrorf("InvalidParameter", "the KeySpec must be AES_128 or AES_256 (or give NumberOfBytes)")
-	case errors.Is(err, kms.ErrTooManyKeys):
-		return apiErrorf("InvalidParameterValue", "at most 100 KeyIds are allowed")
-	case errors.Is(err, kms.ErrDuplicateKeyID):
-		return apiErrorf("InvalidParameterValue.DuplicatedKeyId", "the KeyIds contain a duplicate")
-	case errors.Is(err, kms.ErrKeyArchived):
-		return apiErrorf("ResourceUnavailable.CmkArchived", "the CMK is archived")
-	case errors.Is(err, kms.ErrKeyShouldBeDisabled):
-		return apiErrorf("ResourceUnavailable.CmkShouldBeDisabled", "only a disabled CMK can be scheduled for deletion")
-	case errors.Is(err, kms.ErrKeyNotPendingDelete):
-		return apiErrorf("ResourceUnavailable.CmkNotPendingDelete", "the CMK is not pending deletion")
-	case errors.Is(err, kms.ErrPlaintextTooLong), errors.Is(err, kms.ErrPlaintextEmpty):
-		return apiErrorf("InvalidParameterValue.InvalidPlaintext", "the Plaintext must be 1 to 4096 bytes once base64-decoded")
-	case errors.Is(err, kms.ErrInvalidContext):
-		return apiErrorf("InvalidParameterValue", "the EncryptionContext must be a JSON object of strings, at most 1024 characters, without duplicate keys")
-	case errors.Is(err, kms.ErrInvalidCiphertext):
-		return apiErrorf("InvalidParameterValue.InvalidCiphertext", "the CiphertextBlob is invalid")
-	case errors.Is(err, kms.ErrInvalidAlias):
-		return apiErrorf("InvalidParameterValue.InvalidAlias", "the Alias must be 1-60 characters of A-Z a-z 0-9 _ -, start with a letter or digit, and not start with kms-")
-	case errors.Is(err, kms.ErrInvalidKeyUsage):
-		return apiErrorf("InvalidParameterValue.InvalidKeyUsage", "only the KeyUsage ENCRYPT_DECRYPT is supported")
-	case errors.Is(err, kms.ErrInvalidDesc):
-		return apiErrorf("InvalidParameterValue", "the Description must be at most 1024 bytes of UTF-8")
-	case errors.Is(err, kms.ErrAliasExists):
-		return apiErrorf("InvalidParameterValue.AliasAlreadyExists", "the Alias already exists")
-	case errors.Is(err, kms.ErrSelfChange), errors.Is(err, kms.ErrExceedsCaller):
-		return apiErrorf("UnauthorizedOperation", strings.TrimPrefix(err.Error(), "kms: "))
-	case errors.Is(err, kms.ErrUnauthorized):
-		return apiErrorf("UnauthorizedOperation", "the credential is not authorized for this operation on this resource")
-	case errors.Is(err, kms.ErrCredentialNotFound):
-		return apiErrorf("ResourceNotFound", "the credential does not exist")
-	case errors.Is(err, kms.ErrCredentialExists):
-		return apiErrorf("ResourceInUse", "the SecretId already exists")
-	case errors.Is(err, kms.ErrInvalidCredential), errors.Is(err, kms.ErrInvalidPolicy):
-		return apiErrorf("InvalidParameterValue", strings.TrimPrefix(err.Error(), "kms: "))
-	case errors.Is(err, kms.ErrKeyStateNotSupported):
-		return apiErrorf("ResourceUnavailable.CmkStateNotSupport", "the CMK's state does not allow this operation")
-	case errors.Is(err, kms.ErrKeyNotFound):
-		return apiErrorf("ResourceUnavailable.CmkNotFound", "the CMK does not exist")
-	case errors.Is(err, kms.ErrKeyDisabled):
-		return apiErrorf("ResourceUnavailable.CmkDisabled", "the CMK is disabled")
-	case errors.Is(err, kms.ErrLimitExceeded):
-		return apiErrorf("LimitExceeded.CmkLimitExceeded", "the CMK limit is reached")
-	case errors.Is(err, kms.ErrDecrypt):
-		return apiErrorf("FailedOperation.DecryptError", "decryption failed: the CiphertextBlob is not authentic or the EncryptionContext differs")
-	case errors.Is(err, kms.ErrBusy), errors.Is(err, context.DeadlineExceeded):
-		s.log.Warn("request not served", "requestId", rid, "err", err)
-		return apiErrorf("RequestLimitExceeded", "the HSM is busy, please retry")
-	case errors.Is(err, kms.ErrUnavailable):
-		s.log.Warn("request not served", "requestId", rid, "err", err)
-		return apiErrorf("UnsupportedOperation.ServiceTemporaryUnavailable", "the service is temporarily unavailable, please retry")
-	}
-	s.log.Error("internal error", "requestId", rid, "err", err)
-	return apiErrorf("InternalError", "internal error (RequestId "+rid+")")
 }
 
 // responseBase ends every successful API 3.0 response.

@@ -3,7 +3,6 @@ package httpapi
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -101,15 +100,8 @@ func (s *Server) legacy(c echo.Context) error {
 	reply, err := s.legacyDispatch(ctx, c.Request(), rid)
 	if err != nil {
 		s.noteRefused(info, err)
-		var le *legacyError
-		var ae *authError
-		switch {
-		case errors.As(err, &le):
-		case errors.As(err, &ae):
-			le = &legacyError{code: ae.legacy, message: ae.message}
-		default:
-			le = s.legacyFromDomain(err, rid)
-		}
+		w := s.toWireError(err, rid)
+		le := &legacyError{code: w.legacyCode, message: w.legacyMsg}
 		info.code = strconv.Itoa(le.code)
 		return s.finish(c, info, legacyReply{Code: le.code, Message: le.message, RequestID: rid}, failure)
 	}
@@ -200,62 +192,6 @@ func (s *Server) legacyDecrypt(ctx context.Context, p params, ok legacyReply) (a
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
 	return legacyDecryptReply{legacyReply: ok, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
-}
-
-// legacyFromDomain maps a domain error to its legacy code. Errors that are
-// not the caller's fault are logged with the request id and answered
-// without detail.
-func (s *Server) legacyFromDomain(err error, rid string) *legacyError {
-	switch {
-	case errors.Is(err, kms.ErrUsageLimit):
-		s.log.Error("request not served: key version usage limit reached and no new version could be made", "requestId", rid, "err", err)
-		return legacyErrorf(codeOperationFailed, "key version usage limit reached and a new version could not be created, please retry later")
-	case errors.Is(err, kms.ErrInvalidPendingWindow):
-		return legacyErrorf(codeInvalidParameter, "invalid pendingWindowInDays: 7 to 30")
-	case errors.Is(err, kms.ErrInvalidNumberOfBytes):
-		return legacyErrorf(codeInvalidParameter, "invalid numberOfBytes: 1 to 1024")
-	case errors.Is(err, kms.ErrInvalidKeySpec):
-		return legacyErrorf(codeInvalidParameter, "invalid keySpec: AES_128 or AES_256, or give numberOfBytes")
-	case errors.Is(err, kms.ErrKeyArchived):
-		return legacyErrorf(codeOperationFailed, "key is archived")
-	case errors.Is(err, kms.ErrKeyShouldBeDisabled):
-		return legacyErrorf(codeOperationFailed, "key must be disabled before it is scheduled for deletion")
-	case errors.Is(err, kms.ErrKeyNotPendingDelete):
-		return legacyErrorf(codeOperationFailed, "key is not pending deletion")
-	case errors.Is(err, kms.ErrInvalidContext):
-		return &legacyError{code: codeIllegalContext, message: "(10640)illegal encryptionContext"}
-	case errors.Is(err, kms.ErrPlaintextTooLong), errors.Is(err, kms.ErrPlaintextEmpty):
-		return &legacyError{code: codeEncryptFailed, message: "(10660)encryption failed, please check input parameters"}
-	case errors.Is(err, kms.ErrInvalidKeyID):
-		return legacyErrorf(codeInvalidParameter, "invalid keyId")
-	case errors.Is(err, kms.ErrInvalidAlias):
-		return legacyErrorf(codeInvalidParameter, "invalid alias: 1-60 characters of A-Z a-z 0-9 _ -, starting with a letter or digit, not starting with kms-")
-	case errors.Is(err, kms.ErrInvalidDesc):
-		return legacyErrorf(codeInvalidParameter, "invalid description: at most 1024 bytes of UTF-8")
-	case errors.Is(err, kms.ErrInvalidKeyUsage):
-		return legacyErrorf(codeInvalidParameter, "invalid keyUsage: only ENCRYPT/DECRYPT is supported")
-	case errors.Is(err, kms.ErrInvalidCiphertext):
-		return legacyErrorf(codeInvalidParameter, "invalid ciphertextBlob")
-	case errors.Is(err, kms.ErrUnauthorized):
-		return legacyErrorf(codeUnauthorized, "not authorized for this operation on this resource")
-	case errors.Is(err, kms.ErrKeyNotFound):
-		return legacyErrorf(codeNotFound, "key does not exist")
-	case errors.Is(err, kms.ErrKeyDisabled):
-		return legacyErrorf(codeOperationFailed, "key is disabled")
-	case errors.Is(err, kms.ErrKeyStateNotSupported):
-		return legacyErrorf(codeOperationFailed, "the key's state does not allow this operation")
-	case errors.Is(err, kms.ErrAliasExists):
-		return legacyErrorf(codeOperationFailed, "alias already exists")
-	case errors.Is(err, kms.ErrLimitExceeded):
-		return legacyErrorf(codeOperationFailed, "key limit exceeded")
-	case errors.Is(err, kms.ErrDecrypt):
-		return legacyErrorf(codeOperationFailed, "decryption failed: the ciphertextBlob is not authentic or the encryptionContext differs")
-	case errors.Is(err, kms.ErrBusy), errors.Is(err, kms.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		s.log.Warn("request not served", "requestId", rid, "err", err)
-		return legacyErrorf(codeUnavailable, "service temporarily unavailable, please retry")
-	}
-	s.log.Error("internal error", "requestId", rid, "err", err)
-	return legacyErrorf(codeInternal, "internal error (requestId %s)", rid)
 }
 
 func toLegacyMetadata(md kms.KeyMetadata) legacyKeyMetadata {
