@@ -326,19 +326,3 @@ func (s *Server) decrypt(ctx context.Context, req *decryptRequest) (*decryptResp
 	noteKey(ctx, res.KeyID, res.KeyVersion)
 	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
 }
-
-// requireString returns the value of a required string parameter, or
-// MissingParameter if it is absent or empty.
-func requireString(name string, v *string) (string, error) {
-	if v == nil || *v == "" {
-		return "", apiErrorf("MissingParameter", "the "+name+" parameter is missing")
-	}
-	return *v, nil
-}
-
-func deref(p *string) string {
-	if p == nil {
-		return ""
-	}
-	return *p
-}

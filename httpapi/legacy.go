@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strconv"
 	"time"
 
@@ -209,35 +208,6 @@ func toLegacyMetadata(md kms.KeyMetadata) legacyKeyMetadata {
 	}
 }
 
-// params is a strictly parsed parameter set: every name appears once.
-type params map[string]string
-
-func (p params) get(name string) string { return p[name] }
-
-func (p params) required(name string) (string, error) {
-	v := p[name]
-	if v == "" {
-		return "", legacyErrorf(codeInvalidParameter, "missing parameter: %s", name)
-	}
-	return v, nil
-}
-
-// only refuses any parameter that is neither common nor the action's own.
-func (p params) only(lists ...[]string) error {
-next:
-	for name := range p {
-		for _, l := range lists {
-			for _, a := range l {
-				if a == name {
-					continue next
-				}
-			}
-		}
-		return legacyErrorf(codeInvalidParameter, "unknown parameter: %q", truncate(name, 64))
-	}
-	return nil
-}
-
 // legacyParams reads the parameters: the query string of a GET, the form
 // body of a POST whatever its Content-Type (the legacy Python SDK sends
 // none). Query parameters of a POST are ignored, as the legacy API does.
@@ -260,43 +230,4 @@ func (s *Server) legacyParams(r *http.Request) (params, error) {
 		raw = string(body)
 	}
 	return parseParams(raw)
-}
-
-// parseParams parses an application/x-www-form-urlencoded string strictly:
-// bad escapes and repeated names are errors.
-func parseParams(raw string) (params, error) {
-	vals, err := url.ParseQuery(raw)
-	if err != nil {
-		return nil, legacyErrorf(codeInvalidParameter, "malformed parameters")
-	}
-	p := make(params, len(vals))
-	for k, v := range vals {
-		if len(v) != 1 {
-			return nil, legacyErrorf(codeInvalidParameter, "parameter %q given %d times", truncate(k, 64), len(v))
-		}
-		p[k] = v[0]
-	}
-	return p, nil
-}
-
-// decodeBase64 decodes standard, padded base64 strictly.
-func decodeBase64(s string) ([]byte, error) {
-	return strictBase64.DecodeString(s)
-}
-
-// strictBase64 is base64.StdEncoding refusing non-zero padding bits (made
-// once: Strict returns a new Encoding on every call).
-var strictBase64 = base64.StdEncoding.Strict()
-
-// decodePlaintext decodes the standard base64 plaintext of an Encrypt
-// request (as decodeBase64) into a fresh buffer, which the caller clears
-// once the service has used it.
-func decodePlaintext(s string) ([]byte, error) { return strictBase64.DecodeString(s) }
-
-// truncate shortens a caller-supplied value before it is echoed in a message.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }
