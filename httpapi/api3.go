@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -65,32 +64,6 @@ func typedAPI3Action[Req any, Resp any](fn func(s *Server, ctx context.Context, 
 	}
 }
 
-// api3 serves POST / and GET /: API 3.0 in its TC3 shape (X-TC-* headers,
-// JSON body or, for GET, business parameters in the query) and its
-// signature-v1 shape (everything in the query or the form body).
-func (s *Server) api3(c echo.Context) error {
-	rid := newRequestID()
-	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "api3"}
-	r := c.Request()
-	c.Response().Header().Set(RequestIDHeader, rid)
-	ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), reqInfoKey{}, info), s.cfg.RequestTimeout)
-	defer cancel()
-
-	failure := func() any {
-		return api3Envelope{Response: api3ErrorBody{Error: apiErrorf("InternalError", "the audit trail is unavailable; the request was not served (RequestId "+rid+")"), RequestID: rid}}
-	}
-	resp, err := s.api3Dispatch(ctx, r, rid)
-	if err != nil {
-		s.noteRefused(info, err)
-		w := s.toWireError(err, rid)
-		info.code = w.code
-		return s.finish(c, info, api3Envelope{Response: api3ErrorBody{Error: &apiError{Code: w.code, Message: w.message}, RequestID: rid}}, failure)
-	}
-	info.code = "0"
-	setRequestID(resp, rid)
-	return s.finish(c, info, api3Envelope{Response: resp}, failure)
-}
-
 // api3Request is an API 3.0 request once its shape is decoded.
 type api3Request struct {
 	action, version string
@@ -146,54 +119,74 @@ func (s *Server) readAPI3(r *http.Request) (*api3Request, error) {
 	return req, nil
 }
 
-func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) (any, error) {
-	req, err := s.readAPI3(r)
-	if err != nil {
-		return nil, err
+// authenticateAPI3 is the API 3.0 routes' authentication middleware: it
+// reads the request in its TC3 or signature-v1 shape and verifies its
+// signature; the request and its caller go on in the request record.
+func (s *Server) authenticateAPI3(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		info := infoFrom(r.Context())
+		req, err := s.readAPI3(r)
+		if err != nil {
+			return err
+		}
+		if req.tc3 {
+			info.principal, err = s.authTC3(r.Context(), r, req.body, req.action)
+		} else {
+			info.principal, err = s.authV1(r.Context(), r, "/", req.all)
+		}
+		if err != nil {
+			return err
+		}
+		info.api3 = req
+		return next(c)
 	}
-	var principal *kms.Principal
-	if req.tc3 {
-		principal, err = s.authTC3(ctx, r, req.body, req.action)
-	} else {
-		principal, err = s.authV1(ctx, r, "/", req.all)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := s.admit(infoFrom(ctx)); err != nil {
-		return nil, err
-	}
-	defer s.release()
-	ctx = kms.WithPrincipal(ctx, principal)
+}
+
+// serveAPI3 serves POST / and GET / once authenticated and admitted: API
+// 3.0 in its TC3 shape (X-TC-* headers, JSON body or, for GET, business
+// parameters in the query) and its signature-v1 shape (everything in the
+// query or the form body).
+func (s *Server) serveAPI3(c echo.Context) error {
+	ctx := c.Request().Context()
+	info := infoFrom(ctx)
+	req := info.api3
+	ctx = kms.WithPrincipal(ctx, info.principal)
 	if req.action == "" {
-		return nil, apiErrorf("MissingParameter", "the Action parameter is missing")
+		return apiErrorf("MissingParameter", "the Action parameter is missing")
 	}
 	if req.version == "" {
-		return nil, apiErrorf("MissingParameter", "the Version parameter is missing")
+		return apiErrorf("MissingParameter", "the Version parameter is missing")
 	}
 	if req.version != API3Version {
-		return nil, apiErrorf("NoSuchVersion", "the version "+truncate(req.version, 32)+" is not supported; use "+API3Version)
+		return apiErrorf("NoSuchVersion", "the version "+truncate(req.version, 32)+" is not supported; use "+API3Version)
 	}
-	info := infoFrom(ctx)
 	info.action = req.action
 	act, ok := s.actions.api3[req.action]
 	info.known = ok
 	if !ok {
-		return nil, apiErrorf("InvalidAction", "the action "+truncate(req.action, 64)+" is not supported")
+		return apiErrorf("InvalidAction", "the action "+truncate(req.action, 64)+" is not supported")
 	}
 	if int64(len(req.body)) > act.bodyLimit(s.cfg.MaxBodyBytes) {
-		return nil, apiErrorf("InvalidParameter", "the request body is too large")
+		return apiErrorf("InvalidParameter", "the request body is too large")
 	}
 	in := act.api3.newRequest()
+	var err error
 	if req.jsonBody != nil {
 		err = decodeJSONParams(req.jsonBody, in)
 	} else {
 		err = decodeFormParams(req.form, in)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return act.api3.serve(s, ctx, in, rid)
+	resp, err := act.api3.serve(s, ctx, in, info.requestID)
+	if err != nil {
+		return err
+	}
+	setRequestID(resp, info.requestID)
+	info.reply = api3Envelope{Response: resp}
+	return nil
 }
 
 // responseBase ends every successful API 3.0 response.

@@ -263,7 +263,7 @@ func (s *Server) authTC3(ctx context.Context, r *http.Request, body []byte, acti
 							return nil, err
 						}
 					}
-					return s.rateLimit(cred)
+					return cred.Principal, nil
 				}
 			}
 		}
@@ -381,18 +381,6 @@ func (s *Server) authV1(ctx context.Context, r *http.Request, path string, ps ma
 		return nil, fmt.Errorf("%w: nonce store: %w", kms.ErrUnavailable, err)
 	case !fresh:
 		return nil, errAuthReplay
-	}
-	return s.rateLimit(cred)
-}
-
-// rateLimit applies the credential's rate limit once its signature is
-// verified (so nobody can spend another caller's budget).
-func (s *Server) rateLimit(cred *kms.Credential) (*kms.Principal, error) {
-	if !s.limits.allow(cred.SecretID) {
-		if s.metrics != nil {
-			s.metrics.refused.WithLabelValues("rate").Inc()
-		}
-		return nil, errRateLimited
 	}
 	return cred.Principal, nil
 }

@@ -117,6 +117,9 @@ func domainErrorRow(err error) *errorRow {
 	return &internalErrorRow
 }
 
+// errAuditUnavailable fails a request whose audit line cannot be written.
+var errAuditUnavailable = errors.New("the audit trail is unavailable; the request was not served")
+
 // wireError is an error as both protocols answer it.
 type wireError struct {
 	code       string // API 3.0
@@ -134,6 +137,8 @@ func (s *Server) toWireError(err error, rid string) wireError {
 	var le *legacyError
 	var au *authError
 	switch {
+	case err == errAuditUnavailable:
+		return wireError{code: "InternalError", message: err.Error() + " (RequestId " + rid + ")", legacyCode: codeInternal, legacyMsg: err.Error()}
 	case errors.As(err, &au):
 		return wireError{code: au.api3, message: au.message, legacyCode: au.legacy, legacyMsg: au.message}
 	case errors.As(err, &ae):

@@ -5,8 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/http"
-	"strconv"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -84,58 +82,51 @@ type legacyDecryptReply struct {
 	Plaintext string `json:"plaintext"`
 }
 
-// legacy serves GET and POST /v2/index.php. Every answer is HTTP 200 with a
-// JSON body whose integer code is 0 on success.
-func (s *Server) legacy(c echo.Context) error {
-	rid := newRequestID()
-	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "legacy"}
-	c.Response().Header().Set(RequestIDHeader, rid)
-	ctx, cancel := context.WithTimeout(context.WithValue(c.Request().Context(), reqInfoKey{}, info), s.cfg.RequestTimeout)
-	defer cancel()
-
-	failure := func() any {
-		return legacyReply{Code: codeInternal, Message: "the audit trail is unavailable; the request was not served", RequestID: rid}
+// authenticateLegacy is the legacy routes' authentication middleware: it
+// reads the parameters and verifies their signature; they and the caller
+// go on in the request record.
+func (s *Server) authenticateLegacy(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		info := infoFrom(r.Context())
+		p, err := s.legacyParams(r)
+		if err != nil {
+			return err
+		}
+		if info.principal, err = s.authV1(r.Context(), r, LegacyPath, p); err != nil {
+			return err
+		}
+		info.params = p
+		return next(c)
 	}
-	reply, err := s.legacyDispatch(ctx, c.Request(), rid)
-	if err != nil {
-		s.noteRefused(info, err)
-		w := s.toWireError(err, rid)
-		le := &legacyError{code: w.legacyCode, message: w.legacyMsg}
-		info.code = strconv.Itoa(le.code)
-		return s.finish(c, info, legacyReply{Code: le.code, Message: le.message, RequestID: rid}, failure)
-	}
-	info.code = "0"
-	return s.finish(c, info, reply, failure)
 }
 
-func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string) (any, error) {
-	p, err := s.legacyParams(r)
-	if err != nil {
-		return nil, err
-	}
-	principal, err := s.authV1(ctx, r, LegacyPath, p)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.admit(infoFrom(ctx)); err != nil {
-		return nil, err
-	}
-	defer s.release()
-	ctx = kms.WithPrincipal(ctx, principal)
+// serveLegacy serves GET and POST /v2/index.php once authenticated and
+// admitted. Every answer is HTTP 200 with a JSON body whose integer code
+// is 0 on success.
+func (s *Server) serveLegacy(c echo.Context) error {
+	ctx := c.Request().Context()
+	info := infoFrom(ctx)
+	p := info.params
+	ctx = kms.WithPrincipal(ctx, info.principal)
 	action := p.get("Action")
 	act, ok := s.actions.legacy[action]
-	info := infoFrom(ctx)
 	info.action, info.known = action, ok
 	if !ok {
 		if action == "" {
-			return nil, legacyErrorf(codeInvalidParameter, "missing parameter: Action")
+			return legacyErrorf(codeInvalidParameter, "missing parameter: Action")
 		}
-		return nil, legacyErrorf(codeNoSuchAction, "action %q is not supported", truncate(action, 64))
+		return legacyErrorf(codeNoSuchAction, "action %q is not supported", truncate(action, 64))
 	}
 	if err := p.only(legacyCommonParams, act.legacyParams); err != nil {
-		return nil, err
+		return err
 	}
-	return act.legacy(s, ctx, p, legacyReply{Code: codeOK, Message: "", RequestID: rid})
+	reply, err := act.legacy(s, ctx, p, legacyReply{Code: codeOK, Message: "", RequestID: info.requestID})
+	if err != nil {
+		return err
+	}
+	info.reply = reply
+	return nil
 }
 
 // legacyCreateKey serves the legacy CreateKey.

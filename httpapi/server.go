@@ -234,10 +234,11 @@ func New(k KMS, cfg Config) *Server {
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = s.handleHTTPError
-	e.GET(LegacyPath, s.legacy)
-	e.POST(LegacyPath, s.legacy)
-	e.GET("/", s.api3)
-	e.POST("/", s.api3)
+	legacy, api3 := s.apiRoute(protocolLegacy, s.authenticateLegacy), s.apiRoute(protocolAPI3, s.authenticateAPI3)
+	e.GET(LegacyPath, s.serveLegacy, legacy...)
+	e.POST(LegacyPath, s.serveLegacy, legacy...)
+	e.GET("/", s.serveAPI3, api3...)
+	e.POST("/", s.serveAPI3, api3...)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	if cfg.Registry != nil {
@@ -288,23 +289,4 @@ func newRequestID() string {
 	b[23] = '-'
 	hex.Encode(b[24:], u[10:])
 	return string(b[:])
-}
-
-// handleHTTPError answers routing errors (unknown path, wrong method) and
-// anything a handler failed to answer itself, without internals.
-func (s *Server) handleHTTPError(err error, c echo.Context) {
-	if c.Response().Committed {
-		return
-	}
-	status := http.StatusInternalServerError
-	msg := "internal error"
-	if he, ok := err.(*echo.HTTPError); ok {
-		status = he.Code
-		msg = http.StatusText(status)
-	} else {
-		s.log.Error("unhandled request error", "path", c.Path(), "err", err)
-	}
-	rid := newRequestID()
-	c.Response().Header().Set(RequestIDHeader, rid)
-	_ = c.JSON(status, map[string]any{"code": status, "message": msg, "requestId": rid})
 }
