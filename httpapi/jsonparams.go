@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"reflect"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/go-json-experiment/json/jsontext"
 )
@@ -40,28 +41,25 @@ func decodeJSONParams(body []byte, dst any) error {
 	}
 	v := reflect.ValueOf(dst).Elem()
 	fields := fieldsOf(v.Type())
-	var seenBuf [8]string
-	seen := seenBuf[:0]
+	var seen uint64 // by fieldInfo.ordinal
 	for dec.PeekKind() != '}' {
-		tok, err := dec.ReadToken()
-		if err != nil || tok.Kind() != '"' {
+		raw, err := dec.ReadValue() // the member's name, quoted; valid until the next read
+		if err != nil || raw.Kind() != '"' {
 			return paramErrorf("InvalidParameter", "malformed JSON body")
 		}
-		name := tok.String()
-		for _, n := range seen {
-			if n == name {
-				return paramErrorf("InvalidParameter", "parameter %s is given twice", truncate(name, 64))
-			}
+		fi, known := lookupName(fields, raw)
+		if known && seen&(1<<fi.ordinal) != 0 {
+			return paramErrorf("InvalidParameter", "parameter %s is given twice", truncate(unquoteName(raw), 64))
 		}
-		fi, known := fields[name]
 		if !known {
+			name := unquoteName(raw) // before the next read reuses raw's bytes
 			if _, err := dec.ReadValue(); err != nil {
 				return paramErrorf("InvalidParameter", "malformed JSON body")
 			}
 			return paramErrorf("UnknownParameter", "the parameter %s is not recognized", truncate(name, 64))
 		}
-		seen = append(seen, name)
-		if err := decodeJSONField(dec, v.FieldByIndex(fi.index), name, fi); err != nil {
+		seen |= 1 << fi.ordinal
+		if err := decodeJSONField(dec, v.FieldByIndex(fi.index), fi); err != nil {
 			return err
 		}
 	}
@@ -90,11 +88,33 @@ func (jd *jsonDecoder) release() {
 	jsonDecoders.Put(jd)
 }
 
-// decodeJSONField decodes the next value of dec into f, the field of the
-// parameter name. null leaves f as it is.
-func decodeJSONField(dec *jsontext.Decoder, f reflect.Value, name string, fi fieldInfo) error {
+// lookupName finds the field of a member's name, raw as sent (quoted). A
+// plain ASCII name is looked up without being copied.
+func lookupName(fields map[string]fieldInfo, raw jsontext.Value) (fieldInfo, bool) {
+	inner := raw[1 : len(raw)-1]
+	for _, c := range inner {
+		if c == '\\' || c >= utf8.RuneSelf {
+			fi, ok := fields[unquoteName(raw)]
+			return fi, ok
+		}
+	}
+	fi, ok := fields[string(inner)] // no allocation for a map lookup
+	return fi, ok
+}
+
+// unquoteName returns a member's name, raw as sent (a valid JSON string),
+// unquoted as encoding/json does (invalid UTF-8 becomes U+FFFD).
+func unquoteName(raw jsontext.Value) string {
+	var n string
+	_ = json.Unmarshal(raw, &n)
+	return n
+}
+
+// decodeJSONField decodes the next value of dec into f, the field fi.
+// null leaves f as it is.
+func decodeJSONField(dec *jsontext.Decoder, f reflect.Value, fi fieldInfo) error {
 	wrongType := func() error {
-		return paramErrorf("InvalidParameter", "parameter %s has the wrong type (want %s)", name, typeName(fi.typ))
+		return paramErrorf("InvalidParameter", "parameter %s has the wrong type (want %s)", fi.name, typeName(fi.typ))
 	}
 	switch dec.PeekKind() {
 	case 'n':

@@ -35,8 +35,10 @@ func paramErrorf(code, format string, args ...any) *paramError {
 
 // fieldInfo describes one parameter of a request struct.
 type fieldInfo struct {
-	index []int
-	typ   reflect.Type
+	index   []int
+	typ     reflect.Type
+	ordinal int    // the field's number in its struct (< 64: request structs are small)
+	name    string // its JSON name
 }
 
 var fieldCache sync.Map // reflect.Type -> map[string]fieldInfo
@@ -53,7 +55,10 @@ func fieldsOf(t reflect.Type) map[string]fieldInfo {
 		if name == "" || name == "-" || !f.IsExported() {
 			continue
 		}
-		m[name] = fieldInfo{index: f.Index, typ: f.Type}
+		if i >= 64 {
+			panic("httpapi: request struct " + t.String() + " has more than 64 fields")
+		}
+		m[name] = fieldInfo{index: f.Index, typ: f.Type, ordinal: i, name: name}
 	}
 	fieldCache.Store(t, m)
 	return m

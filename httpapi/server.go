@@ -234,11 +234,12 @@ func New(k KMS, cfg Config) *Server {
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = s.handleHTTPError
-	legacy, api3 := s.apiRoute(protocolLegacy, s.authenticateLegacy), s.apiRoute(protocolAPI3, s.authenticateAPI3)
-	e.GET(LegacyPath, s.serveLegacy, legacy...)
-	e.POST(LegacyPath, s.serveLegacy, legacy...)
-	e.GET("/", s.serveAPI3, api3...)
-	e.POST("/", s.serveAPI3, api3...)
+	legacy := chain(s.serveLegacy, s.apiRoute(protocolLegacy, s.authenticateLegacy)...)
+	api3 := chain(s.serveAPI3, s.apiRoute(protocolAPI3, s.authenticateAPI3)...)
+	e.GET(LegacyPath, legacy)
+	e.POST(LegacyPath, legacy)
+	e.GET("/", api3)
+	e.POST("/", api3)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	if cfg.Registry != nil {
