@@ -443,6 +443,17 @@ func TestTLS12AEADOnly(t *testing.T) {
 			if _, err := handshake(tls.VersionTLS13); err != nil {
 				t.Fatalf("TLS 1.3: %v", err)
 			}
+			// HTTP/1.1 only: a client offering h2 does not get it.
+			d := tls.Dialer{Config: &tls.Config{RootCAs: roots, NextProtos: []string{"h2", "http/1.1"}}}
+			if nc, err := d.Dial("tcp", host); err != nil {
+				t.Fatal(err)
+			} else {
+				proto := nc.(*tls.Conn).ConnectionState().NegotiatedProtocol
+				nc.Close()
+				if proto == "h2" {
+					t.Fatal("ALPN negotiated h2, want HTTP/1.1 only")
+				}
+			}
 			// A real client over TLS 1.2 still works.
 			cpf := profile.NewClientProfile()
 			cpf.HttpProfile.Endpoint = host

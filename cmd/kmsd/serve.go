@@ -199,6 +199,10 @@ func newHTTPServer(cfg config, h http.Handler, log *slog.Logger) *httpServer {
 		IdleTimeout:       cfg.idleTimeout,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// HTTP/1.1 only, over TLS too (as the API listener has always
+		// been): no HTTP/2, whose many streams per connection would let one
+		// connection of the limited few carry any number of requests.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}}
 }
 
