@@ -202,6 +202,8 @@ func newHTTPServer(cfg config, h http.Handler, log *slog.Logger) *httpServer {
 		// HTTP/1.1 only, over TLS too (as the API listener has always
 		// been): no HTTP/2, whose many streams per connection would let one
 		// connection of the limited few carry any number of requests.
+		// (The certificate-reloading TLS config offers no ALPN protocol
+		// today, so h2 is not negotiated anyway; this keeps it so.)
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}}
 }
