@@ -3,10 +3,8 @@ package httpapi
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -44,17 +42,17 @@ type api3Envelope struct {
 	Response any `json:"Response"`
 }
 
-// api3Action is one API 3.0 action: how to make its request struct, and how
-// to serve it.
-type api3Action struct {
+// api3Handler serves one API 3.0 action: how to make its request struct,
+// and how to serve it.
+type api3Handler struct {
 	newRequest func() any
 	serve      func(s *Server, ctx context.Context, req any, rid string) (any, error)
 }
 
-// action3 adapts a typed handler to the action table. The handler's
+// typedAPI3Action adapts a typed handler to the action table. The handler's
 // response struct must have a RequestId field set through setRID.
-func action3[Req any, Resp any](fn func(s *Server, ctx context.Context, req *Req) (*Resp, error)) api3Action {
-	return api3Action{
+func typedAPI3Action[Req any, Resp any](fn func(s *Server, ctx context.Context, req *Req) (*Resp, error)) api3Handler {
+	return api3Handler{
 		newRequest: func() any { return new(Req) },
 		serve: func(s *Server, ctx context.Context, req any, rid string) (any, error) {
 			resp, err := fn(s, ctx, req.(*Req))
@@ -64,38 +62,6 @@ func action3[Req any, Resp any](fn func(s *Server, ctx context.Context, req *Req
 			return resp, nil
 		},
 	}
-}
-
-var api3Actions = map[string]api3Action{
-	"CreateKey": action3((*Server).createKey3),
-	"Encrypt":   action3((*Server).encrypt3),
-	"Decrypt":   action3((*Server).decrypt3),
-}
-
-// api3 serves POST / and GET /: API 3.0 in its TC3 shape (X-TC-* headers,
-// JSON body or, for GET, business parameters in the query) and its
-// signature-v1 shape (everything in the query or the form body).
-func (s *Server) api3(c echo.Context) error {
-	rid := newRequestID()
-	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "api3"}
-	r := c.Request()
-	c.Response().Header().Set(RequestIDHeader, rid)
-	ctx := withInfo(r.Context(), info, s.cfg.RequestTimeout)
-	defer info.ctx.stop()
-
-	failure := func() any {
-		return api3Envelope{Response: api3ErrorBody{Error: apiErrorf("InternalError", "the audit trail is unavailable; the request was not served (RequestId "+rid+")"), RequestID: rid}}
-	}
-	resp, err := s.api3Dispatch(ctx, r, rid)
-	if err != nil {
-		s.noteRefused(info, err)
-		ae := s.api3FromError(err, rid)
-		info.code = ae.Code
-		return s.finish(c, info, api3Envelope{Response: api3ErrorBody{Error: ae, RequestID: rid}}, failure)
-	}
-	info.code = "0"
-	setRequestID(resp, rid)
-	return s.finish(c, info, api3Envelope{Response: resp}, failure)
 }
 
 // api3Request is an API 3.0 request once its shape is decoded.
@@ -153,135 +119,74 @@ func (s *Server) readAPI3(r *http.Request) (*api3Request, error) {
 	return req, nil
 }
 
-func (s *Server) api3Dispatch(ctx context.Context, r *http.Request, rid string) (any, error) {
-	req, err := s.readAPI3(r)
-	if err != nil {
-		return nil, err
+// authenticateAPI3 is the API 3.0 routes' authentication middleware: it
+// reads the request in its TC3 or signature-v1 shape and verifies its
+// signature; the request and its caller go on in the request record.
+func (s *Server) authenticateAPI3(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		info := infoFrom(r.Context())
+		req, err := s.readAPI3(r)
+		if err != nil {
+			return err
+		}
+		if req.tc3 {
+			info.principal, err = s.authTC3(r.Context(), r, req.body, req.action)
+		} else {
+			info.principal, err = s.authV1(r.Context(), r, "/", req.all)
+		}
+		if err != nil {
+			return err
+		}
+		info.api3 = req
+		return next(c)
 	}
-	var principal *kms.Principal
-	if req.tc3 {
-		principal, err = s.authTC3(ctx, r, req.body, req.action)
-	} else {
-		principal, err = s.authV1(ctx, r, "/", req.all)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := s.admit(infoFrom(ctx)); err != nil {
-		return nil, err
-	}
-	defer s.release()
-	ctx = kms.WithPrincipal(ctx, principal)
+}
+
+// serveAPI3 serves POST / and GET / once authenticated and admitted: API
+// 3.0 in its TC3 shape (X-TC-* headers, JSON body or, for GET, business
+// parameters in the query) and its signature-v1 shape (everything in the
+// query or the form body).
+func (s *Server) serveAPI3(c echo.Context) error {
+	ctx := c.Request().Context()
+	info := infoFrom(ctx)
+	req := info.api3
+	ctx = kms.WithPrincipal(ctx, info.principal)
 	if req.action == "" {
-		return nil, apiErrorf("MissingParameter", "the Action parameter is missing")
+		return apiErrorf("MissingParameter", "the Action parameter is missing")
 	}
 	if req.version == "" {
-		return nil, apiErrorf("MissingParameter", "the Version parameter is missing")
+		return apiErrorf("MissingParameter", "the Version parameter is missing")
 	}
 	if req.version != API3Version {
-		return nil, apiErrorf("NoSuchVersion", "the version "+truncate(req.version, 32)+" is not supported; use "+API3Version)
+		return apiErrorf("NoSuchVersion", "the version "+truncate(req.version, 32)+" is not supported; use "+API3Version)
 	}
-	info := infoFrom(ctx)
 	info.action = req.action
-	act, ok := api3Actions[req.action]
+	act, ok := s.actions.api3[req.action]
 	info.known = ok
 	if !ok {
-		return nil, apiErrorf("InvalidAction", "the action "+truncate(req.action, 64)+" is not supported")
+		return apiErrorf("InvalidAction", "the action "+truncate(req.action, 64)+" is not supported")
 	}
-	in := act.newRequest()
+	if int64(len(req.body)) > act.bodyLimit(s.cfg.MaxBodyBytes) {
+		return apiErrorf("InvalidParameter", "the request body is too large")
+	}
+	in := act.api3.newRequest()
+	var err error
 	if req.jsonBody != nil {
 		err = decodeJSONParams(req.jsonBody, in)
 	} else {
 		err = decodeFormParams(req.form, in)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return act.serve(s, ctx, in, rid)
-}
-
-// api3FromError maps an error to its API 3.0 code. Errors that are not the
-// caller's fault are logged with the request id and answered without
-// detail.
-func (s *Server) api3FromError(err error, rid string) *apiError {
-	var ae *apiError
-	if errors.As(err, &ae) {
-		return ae
+	resp, err := act.api3.serve(s, ctx, in, info.requestID)
+	if err != nil {
+		return err
 	}
-	var au *authError
-	if errors.As(err, &au) {
-		return &apiError{Code: au.api3, Message: au.message}
-	}
-	if pe, ok := isParamError(err); ok {
-		return &apiError{Code: pe.code, Message: pe.message}
-	}
-	switch {
-	case errors.Is(err, kms.ErrUsageLimit):
-		s.log.Error("request not served: key version usage limit reached and no new version could be made", "requestId", rid, "err", err)
-		return apiErrorf("LimitExceeded", "the key version reached its usage limit and a new version could not be created; retry later")
-	case errors.Is(err, kms.ErrInvalidKeyID):
-		return apiErrorf("InvalidParameterValue.InvalidKeyId", "the KeyId is invalid")
-	case errors.Is(err, kms.ErrInvalidPendingWindow):
-		return apiErrorf("InvalidParameter.InvalidPendingWindowInDays", "the PendingWindowInDays must be 7 to 30")
-	case errors.Is(err, kms.ErrInvalidRotateDays):
-		return apiErrorf("InvalidParameterValue", "the RotateDays must be 7 to 365")
-	case errors.Is(err, kms.ErrInvalidNumberOfBytes):
-		return apiErrorf("InvalidParameter", "the NumberOfBytes must be 1 to 1024")
-	case errors.Is(err, kms.ErrInvalidKeySpec):
-		return apiErrorf("InvalidParameter", "the KeySpec must be AES_128 or AES_256 (or give NumberOfBytes)")
-	case errors.Is(err, kms.ErrTooManyKeys):
-		return apiErrorf("InvalidParameterValue", "at most 100 KeyIds are allowed")
-	case errors.Is(err, kms.ErrDuplicateKeyID):
-		return apiErrorf("InvalidParameterValue.DuplicatedKeyId", "the KeyIds contain a duplicate")
-	case errors.Is(err, kms.ErrKeyArchived):
-		return apiErrorf("ResourceUnavailable.CmkArchived", "the CMK is archived")
-	case errors.Is(err, kms.ErrKeyShouldBeDisabled):
-		return apiErrorf("ResourceUnavailable.CmkShouldBeDisabled", "only a disabled CMK can be scheduled for deletion")
-	case errors.Is(err, kms.ErrKeyNotPendingDelete):
-		return apiErrorf("ResourceUnavailable.CmkNotPendingDelete", "the CMK is not pending deletion")
-	case errors.Is(err, kms.ErrPlaintextTooLong), errors.Is(err, kms.ErrPlaintextEmpty):
-		return apiErrorf("InvalidParameterValue.InvalidPlaintext", "the Plaintext must be 1 to 4096 bytes once base64-decoded")
-	case errors.Is(err, kms.ErrInvalidContext):
-		return apiErrorf("InvalidParameterValue", "the EncryptionContext must be a JSON object of strings, at most 1024 characters, without duplicate keys")
-	case errors.Is(err, kms.ErrInvalidCiphertext):
-		return apiErrorf("InvalidParameterValue.InvalidCiphertext", "the CiphertextBlob is invalid")
-	case errors.Is(err, kms.ErrInvalidAlias):
-		return apiErrorf("InvalidParameterValue.InvalidAlias", "the Alias must be 1-60 characters of A-Z a-z 0-9 _ -, start with a letter or digit, and not start with kms-")
-	case errors.Is(err, kms.ErrInvalidKeyUsage):
-		return apiErrorf("InvalidParameterValue.InvalidKeyUsage", "only the KeyUsage ENCRYPT_DECRYPT is supported")
-	case errors.Is(err, kms.ErrInvalidDesc):
-		return apiErrorf("InvalidParameterValue", "the Description must be at most 1024 bytes of UTF-8")
-	case errors.Is(err, kms.ErrAliasExists):
-		return apiErrorf("InvalidParameterValue.AliasAlreadyExists", "the Alias already exists")
-	case errors.Is(err, kms.ErrSelfChange), errors.Is(err, kms.ErrExceedsCaller):
-		return apiErrorf("UnauthorizedOperation", strings.TrimPrefix(err.Error(), "kms: "))
-	case errors.Is(err, kms.ErrUnauthorized):
-		return apiErrorf("UnauthorizedOperation", "the credential is not authorized for this operation on this resource")
-	case errors.Is(err, kms.ErrCredentialNotFound):
-		return apiErrorf("ResourceNotFound", "the credential does not exist")
-	case errors.Is(err, kms.ErrCredentialExists):
-		return apiErrorf("ResourceInUse", "the SecretId already exists")
-	case errors.Is(err, kms.ErrInvalidCredential), errors.Is(err, kms.ErrInvalidPolicy):
-		return apiErrorf("InvalidParameterValue", strings.TrimPrefix(err.Error(), "kms: "))
-	case errors.Is(err, kms.ErrKeyStateNotSupported):
-		return apiErrorf("ResourceUnavailable.CmkStateNotSupport", "the CMK's state does not allow this operation")
-	case errors.Is(err, kms.ErrKeyNotFound):
-		return apiErrorf("ResourceUnavailable.CmkNotFound", "the CMK does not exist")
-	case errors.Is(err, kms.ErrKeyDisabled):
-		return apiErrorf("ResourceUnavailable.CmkDisabled", "the CMK is disabled")
-	case errors.Is(err, kms.ErrLimitExceeded):
-		return apiErrorf("LimitExceeded.CmkLimitExceeded", "the CMK limit is reached")
-	case errors.Is(err, kms.ErrDecrypt):
-		return apiErrorf("FailedOperation.DecryptError", "decryption failed: the CiphertextBlob is not authentic or the EncryptionContext differs")
-	case errors.Is(err, kms.ErrBusy), errors.Is(err, context.DeadlineExceeded):
-		s.log.Warn("request not served", "requestId", rid, "err", err)
-		return apiErrorf("RequestLimitExceeded", "the HSM is busy, please retry")
-	case errors.Is(err, kms.ErrUnavailable):
-		s.log.Warn("request not served", "requestId", rid, "err", err)
-		return apiErrorf("UnsupportedOperation.ServiceTemporaryUnavailable", "the service is temporarily unavailable, please retry")
-	}
-	s.log.Error("internal error", "requestId", rid, "err", err)
-	return apiErrorf("InternalError", "internal error (RequestId "+rid+")")
+	setRequestID(resp, info.requestID)
+	info.reply = api3Envelope{Response: resp}
+	return nil
 }
 
 // responseBase ends every successful API 3.0 response.
@@ -300,15 +205,15 @@ func setRequestID(resp any, rid string) {
 // CreateKey
 
 type createKeyRequest struct {
-	Alias        *string    `json:"Alias"`
-	Description  *string    `json:"Description"`
-	KeyUsage     *string    `json:"KeyUsage"`
-	Type         *uint64    `json:"Type"`
-	Tags         []json3Tag `json:"Tags"`
-	HsmClusterId *string    `json:"HsmClusterId"`
+	Alias        *string       `json:"Alias"`
+	Description  *string       `json:"Description"`
+	KeyUsage     *string       `json:"KeyUsage"`
+	Type         *uint64       `json:"Type"`
+	Tags         []resourceTag `json:"Tags"`
+	HsmClusterId *string       `json:"HsmClusterId"`
 }
 
-type json3Tag struct {
+type resourceTag struct {
 	TagKey   *string `json:"TagKey"`
 	TagValue *string `json:"TagValue"`
 }
@@ -326,7 +231,7 @@ type createKeyResponse struct {
 	responseBase
 }
 
-func (s *Server) createKey3(ctx context.Context, req *createKeyRequest) (*createKeyResponse, error) {
+func (s *Server) createKey(ctx context.Context, req *createKeyRequest) (*createKeyResponse, error) {
 	if _, err := requireString("Alias", req.Alias); err != nil {
 		return nil, err
 	}
@@ -364,20 +269,20 @@ type encryptResponse struct {
 	responseBase
 }
 
-func (s *Server) encrypt3(ctx context.Context, req *encryptRequest) (*encryptResponse, error) {
+func (s *Server) encrypt(ctx context.Context, req *encryptRequest) (*encryptResponse, error) {
 	if _, err := requireString("KeyId", req.KeyId); err != nil {
 		return nil, err
 	}
 	if _, err := requireString("Plaintext", req.Plaintext); err != nil {
 		return nil, err
 	}
-	pt, buf, err := decodePlaintext(*req.Plaintext)
+	pt, err := decodePlaintext(*req.Plaintext)
 	if err != nil {
 		return nil, apiErrorf("InvalidParameterValue.InvalidPlaintext", "the Plaintext is not standard base64")
 	}
 	noteKey(ctx, *req.KeyId, 0)
 	res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: *req.KeyId, Plaintext: pt, EncryptionContext: deref(req.EncryptionContext)})
-	releasePlaintext(pt, buf)
+	clear(pt) // no plaintext outlives its request in our memory
 	if err != nil {
 		return nil, err
 	}
@@ -400,7 +305,7 @@ type decryptResponse struct {
 	responseBase
 }
 
-func (s *Server) decrypt3(ctx context.Context, req *decryptRequest) (*decryptResponse, error) {
+func (s *Server) decrypt(ctx context.Context, req *decryptRequest) (*decryptResponse, error) {
 	if _, err := requireString("CiphertextBlob", req.CiphertextBlob); err != nil {
 		return nil, err
 	}
@@ -412,21 +317,5 @@ func (s *Server) decrypt3(ctx context.Context, req *decryptRequest) (*decryptRes
 		return nil, err
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64String(base64.StdEncoding, res.Plaintext)}, nil
-}
-
-// requireString returns the value of a required string parameter, or
-// MissingParameter if it is absent or empty.
-func requireString(name string, v *string) (string, error) {
-	if v == nil || *v == "" {
-		return "", apiErrorf("MissingParameter", "the "+name+" parameter is missing")
-	}
-	return *v, nil
-}
-
-func deref(p *string) string {
-	if p == nil {
-		return ""
-	}
-	return *p
+	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
 }

@@ -14,19 +14,6 @@ import (
 // This file binds a TC3 signature to its action when the action is not
 // signed, and pins the Host and the TC3 service a request may name.
 
-// syncFreeActions are the API 3.0 actions that change nothing: on a
-// cluster, a TC3 signature accepted with one of them is checked against
-// the node's memory only (the signatures the node accepted, and those the
-// other nodes published up to about two Config.SignatureSync ago), with no
-// store round trip. Every other action (those that change keys or
-// credentials, and ListCredentials) also claims its signature in the shared
-// ledger, after waiting two publication intervals, before it runs.
-var syncFreeActions = map[string]bool{
-	"Encrypt": true, "Decrypt": true, "GenerateDataKey": true, "ReEncrypt": true, "GenerateRandom": true,
-	"DescribeKey": true, "DescribeKeys": true, "ListKeys": true, "ListKeyDetail": true,
-	"GetKeyRotationStatus": true, "ListKeyVersions": true,
-}
-
 // bindTC3 remembers that the TC3 signature sig (which does not sign its
 // action), sent at ts, was accepted with action, and refuses it if it was
 // accepted with another action before, here or (on a cluster) on another
@@ -36,7 +23,8 @@ var syncFreeActions = map[string]bool{
 // carry one signature, and the Go SDK's retries re-send the request as
 // signed.
 func (s *Server) bindTC3(ctx context.Context, sig, action string, ts int64) error {
-	if _, known := api3Actions[action]; !known {
+	act, known := s.actions.api3[action]
+	if !known {
 		return nil // refused as InvalidAction once authenticated; nothing runs
 	}
 	expiry := time.Unix(ts, 0).Add(SignatureWindow)
@@ -52,7 +40,7 @@ func (s *Server) bindTC3(ctx context.Context, sig, action string, ts int64) erro
 		return nil
 	}
 	use := SignatureUse{Signature: sig, Action: action, Expiry: expiry}
-	if syncFreeActions[action] {
+	if act.syncFree {
 		if res == nonceFresh && !s.sigSync.add(use) {
 			return errAuthNoncesFull
 		}

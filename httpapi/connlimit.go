@@ -13,8 +13,8 @@ import (
 // as it is accepted (before any TLS handshake or byte of HTTP), counted in
 // kmsd_requests_refused_total (reason connections or
 // connections_per_address) and summarised in the audit trail. It works
-// under any server that serves a net.Listener (httpapi/h1, net/http with or
-// without TLS, which wraps this listener).
+// under any server that serves a net.Listener (net/http with or without
+// TLS, which wraps this listener).
 //
 // Why not golang.org/x/net/netutil.LimitListener: over its limit it stops
 // calling Accept, so further connections wait in the kernel's backlog,

@@ -27,15 +27,6 @@ type CredentialAdmin interface {
 	DeleteCredential(ctx context.Context, secretID string) error
 }
 
-func init() {
-	api3Actions["CreateCredential"] = action3((*Server).createCredential3)
-	api3Actions["ListCredentials"] = action3((*Server).listCredentials3)
-	api3Actions["EnableCredential"] = action3((*Server).enableCredential3)
-	api3Actions["DisableCredential"] = action3((*Server).disableCredential3)
-	api3Actions["UpdateCredentialPolicy"] = action3((*Server).updateCredentialPolicy3)
-	api3Actions["DeleteCredential"] = action3((*Server).deleteCredential3)
-}
-
 type credentialRequest struct {
 	SecretId *string `json:"SecretId"`
 	Name     *string `json:"Name"`
@@ -80,7 +71,7 @@ func parsePolicyParam(p *string) (kms.Policy, error) {
 	return pol, nil
 }
 
-func (s *Server) createCredential3(ctx context.Context, req *credentialRequest) (*createCredentialResponse, error) {
+func (s *Server) createCredential(ctx context.Context, req *credentialRequest) (*createCredentialResponse, error) {
 	if _, err := requireString("Name", req.Name); err != nil {
 		return nil, err
 	}
@@ -98,7 +89,7 @@ func (s *Server) createCredential3(ctx context.Context, req *credentialRequest) 
 	return &createCredentialResponse{SecretID: info.SecretID, SecretKey: key, Name: info.Name, CreateTime: uint64(info.CreatedAt.Unix())}, nil
 }
 
-func (s *Server) listCredentials3(ctx context.Context, req *credentialRequest) (*listCredentialsResponse, error) {
+func (s *Server) listCredentials(ctx context.Context, req *credentialRequest) (*listCredentialsResponse, error) {
 	if req.SecretId != nil || req.Name != nil || req.Policy != nil {
 		return nil, apiErrorf("UnknownParameter", "ListCredentials takes no parameters")
 	}
@@ -114,11 +105,11 @@ func (s *Server) listCredentials3(ctx context.Context, req *credentialRequest) (
 	return out, nil
 }
 
-func (s *Server) enableCredential3(ctx context.Context, req *credentialRequest) (*emptyResponse, error) {
+func (s *Server) enableCredential(ctx context.Context, req *credentialRequest) (*emptyResponse, error) {
 	return s.setCredentialEnabled(ctx, req, true)
 }
 
-func (s *Server) disableCredential3(ctx context.Context, req *credentialRequest) (*emptyResponse, error) {
+func (s *Server) disableCredential(ctx context.Context, req *credentialRequest) (*emptyResponse, error) {
 	return s.setCredentialEnabled(ctx, req, false)
 }
 
@@ -133,7 +124,7 @@ func (s *Server) setCredentialEnabled(ctx context.Context, req *credentialReques
 	return &emptyResponse{}, nil
 }
 
-func (s *Server) updateCredentialPolicy3(ctx context.Context, req *credentialRequest) (*emptyResponse, error) {
+func (s *Server) updateCredentialPolicy(ctx context.Context, req *credentialRequest) (*emptyResponse, error) {
 	id, err := requireString("SecretId", req.SecretId)
 	if err != nil {
 		return nil, err
@@ -148,7 +139,7 @@ func (s *Server) updateCredentialPolicy3(ctx context.Context, req *credentialReq
 	return &emptyResponse{}, nil
 }
 
-func (s *Server) deleteCredential3(ctx context.Context, req *credentialRequest) (*emptyResponse, error) {
+func (s *Server) deleteCredential(ctx context.Context, req *credentialRequest) (*emptyResponse, error) {
 	id, err := requireString("SecretId", req.SecretId)
 	if err != nil {
 		return nil, err

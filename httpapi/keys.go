@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/base64"
 
 	"github.com/google/uuid"
 
@@ -41,36 +40,6 @@ type KeyAdmin interface {
 	ReEncrypt(ctx context.Context, in kms.ReEncryptInput) (kms.ReEncryptResult, error)
 }
 
-func init() {
-	for name, a := range map[string]api3Action{
-		"DescribeKey":          action3((*Server).describeKey3),
-		"DescribeKeys":         action3((*Server).describeKeys3),
-		"ListKeys":             action3((*Server).listKeys3),
-		"ListKeyDetail":        action3((*Server).listKeyDetail3),
-		"EnableKey":            action3((*Server).enableKey3),
-		"DisableKey":           action3((*Server).disableKey3),
-		"EnableKeys":           action3((*Server).enableKeys3),
-		"DisableKeys":          action3((*Server).disableKeys3),
-		"ScheduleKeyDeletion":  action3((*Server).scheduleKeyDeletion3),
-		"CancelKeyDeletion":    action3((*Server).cancelKeyDeletion3),
-		"ArchiveKey":           action3((*Server).archiveKey3),
-		"CancelKeyArchive":     action3((*Server).cancelKeyArchive3),
-		"UpdateAlias":          action3((*Server).updateAlias3),
-		"UpdateKeyDescription": action3((*Server).updateKeyDescription3),
-		"RotateKey":            action3((*Server).rotateKey3),
-		"EnableKeyRotation":    action3((*Server).enableKeyRotation3),
-		"DisableKeyRotation":   action3((*Server).disableKeyRotation3),
-		"GetKeyRotationStatus": action3((*Server).getKeyRotationStatus3),
-		"GenerateDataKey":      action3((*Server).generateDataKey3),
-		"GenerateRandom":       action3((*Server).generateRandom3),
-		"ReEncrypt":            action3((*Server).reEncrypt3),
-		// hsmkms's own: versions and their usage counts.
-		"ListKeyVersions": action3((*Server).listKeyVersions3),
-	} {
-		api3Actions[name] = a
-	}
-}
-
 // memberAccount is accepted for wire compatibility; cross-account access
 // does not exist on-prem, so a non-empty one is refused.
 type memberAccount struct {
@@ -78,7 +47,7 @@ type memberAccount struct {
 	MemberUin   *uint64 `json:"MemberUin"`
 }
 
-type json3TagFilter struct {
+type resourceTagFilter struct {
 	TagKey   *string  `json:"TagKey"`
 	TagValue []string `json:"TagValue"`
 }
@@ -90,9 +59,9 @@ func noMemberAccount(m *memberAccount) error {
 	return nil
 }
 
-// KeyMetadata3 is the API 3.0 KeyMetadata; CurrentVersion is hsmkms's
+// KeyMetadata is the API 3.0 KeyMetadata; CurrentVersion is hsmkms's
 // extension (clients ignore unknown fields).
-type KeyMetadata3 struct {
+type KeyMetadata struct {
 	KeyID              string `json:"KeyId"`
 	Alias              string `json:"Alias"`
 	CreateTime         uint64 `json:"CreateTime"`
@@ -121,8 +90,8 @@ func unix(t interface{ Unix() int64 }, zero bool) uint64 {
 	return uint64(t.Unix())
 }
 
-func toMetadata3(md kms.KeyMetadata) KeyMetadata3 {
-	return KeyMetadata3{
+func toKeyMetadata(md kms.KeyMetadata) KeyMetadata {
+	return KeyMetadata{
 		KeyID: md.KeyID, Alias: md.Alias, CreateTime: uint64(md.CreateTime.Unix()), Description: md.Description,
 		KeyState: md.KeyState, KeyUsage: md.KeyUsage, Type: 2, KeyRotationEnabled: md.KeyRotationEnabled,
 		Owner: "user", NextRotateTime: unix(md.NextRotateTime, md.NextRotateTime.IsZero()),
@@ -171,11 +140,11 @@ type keyIDResponse struct {
 // DescribeKey, DescribeKeys
 
 type describeKeyResponse struct {
-	KeyMetadata KeyMetadata3 `json:"KeyMetadata"`
+	KeyMetadata KeyMetadata `json:"KeyMetadata"`
 	responseBase
 }
 
-func (s *Server) describeKey3(ctx context.Context, req *keyIDRequest) (*describeKeyResponse, error) {
+func (s *Server) describeKey(ctx context.Context, req *keyIDRequest) (*describeKeyResponse, error) {
 	id, err := requireKeyID(ctx, req.KeyId, req.MemberAccount)
 	if err != nil {
 		return nil, err
@@ -184,16 +153,16 @@ func (s *Server) describeKey3(ctx context.Context, req *keyIDRequest) (*describe
 	if err != nil {
 		return nil, err
 	}
-	return &describeKeyResponse{KeyMetadata: toMetadata3(md)}, nil
+	return &describeKeyResponse{KeyMetadata: toKeyMetadata(md)}, nil
 }
 
 type keyMetadatasResponse struct {
-	TotalCount   *uint64        `json:"TotalCount,omitempty"`
-	KeyMetadatas []KeyMetadata3 `json:"KeyMetadatas"`
+	TotalCount   *uint64       `json:"TotalCount,omitempty"`
+	KeyMetadatas []KeyMetadata `json:"KeyMetadatas"`
 	responseBase
 }
 
-func (s *Server) describeKeys3(ctx context.Context, req *keyIDsRequest) (*keyMetadatasResponse, error) {
+func (s *Server) describeKeys(ctx context.Context, req *keyIDsRequest) (*keyMetadatasResponse, error) {
 	ids, err := requireKeyIDs(req)
 	if err != nil {
 		return nil, err
@@ -202,9 +171,9 @@ func (s *Server) describeKeys3(ctx context.Context, req *keyIDsRequest) (*keyMet
 	if err != nil {
 		return nil, err
 	}
-	out := &keyMetadatasResponse{KeyMetadatas: make([]KeyMetadata3, len(mds))}
+	out := &keyMetadatasResponse{KeyMetadatas: make([]KeyMetadata, len(mds))}
 	for i, md := range mds {
-		out.KeyMetadatas[i] = toMetadata3(md)
+		out.KeyMetadatas[i] = toKeyMetadata(md)
 	}
 	return out, nil
 }
@@ -264,7 +233,7 @@ func paging(offset, limit, role *uint64, cluster *string) (in kms.ListKeysInput,
 	return in, none, nil
 }
 
-func (s *Server) listKeys3(ctx context.Context, req *listKeysRequest) (*listKeysResponse, error) {
+func (s *Server) listKeys(ctx context.Context, req *listKeysRequest) (*listKeysResponse, error) {
 	in, none, err := paging(req.Offset, req.Limit, req.Role, req.HsmClusterId)
 	if err != nil {
 		return nil, err
@@ -285,17 +254,17 @@ func (s *Server) listKeys3(ctx context.Context, req *listKeysRequest) (*listKeys
 }
 
 type listKeyDetailRequest struct {
-	Offset         *uint64          `json:"Offset"`
-	Limit          *uint64          `json:"Limit"`
-	Role           *uint64          `json:"Role"`
-	OrderType      *uint64          `json:"OrderType"`
-	KeyState       *uint64          `json:"KeyState"`
-	SearchKeyAlias *string          `json:"SearchKeyAlias"`
-	Origin         *string          `json:"Origin"`
-	KeyUsage       *string          `json:"KeyUsage"`
-	TagFilters     []json3TagFilter `json:"TagFilters"`
-	HsmClusterId   *string          `json:"HsmClusterId"`
-	MemberAccounts []memberAccount  `json:"MemberAccounts"`
+	Offset         *uint64             `json:"Offset"`
+	Limit          *uint64             `json:"Limit"`
+	Role           *uint64             `json:"Role"`
+	OrderType      *uint64             `json:"OrderType"`
+	KeyState       *uint64             `json:"KeyState"`
+	SearchKeyAlias *string             `json:"SearchKeyAlias"`
+	Origin         *string             `json:"Origin"`
+	KeyUsage       *string             `json:"KeyUsage"`
+	TagFilters     []resourceTagFilter `json:"TagFilters"`
+	HsmClusterId   *string             `json:"HsmClusterId"`
+	MemberAccounts []memberAccount     `json:"MemberAccounts"`
 }
 
 // keyStateFilter maps ListKeyDetail's KeyState numbers to states.
@@ -308,7 +277,7 @@ var keyStateFilter = map[uint64][]string{
 	5: {kms.StateArchived},
 }
 
-func (s *Server) listKeyDetail3(ctx context.Context, req *listKeyDetailRequest) (*keyMetadatasResponse, error) {
+func (s *Server) listKeyDetail(ctx context.Context, req *listKeyDetailRequest) (*keyMetadatasResponse, error) {
 	in, none, err := paging(req.Offset, req.Limit, req.Role, req.HsmClusterId)
 	if err != nil {
 		return nil, err
@@ -353,13 +322,13 @@ func (s *Server) listKeyDetail3(ctx context.Context, req *listKeyDetailRequest) 
 		return nil, err
 	}
 	total := uint64(0)
-	out := &keyMetadatasResponse{TotalCount: &total, KeyMetadatas: []KeyMetadata3{}}
+	out := &keyMetadatasResponse{TotalCount: &total, KeyMetadatas: []KeyMetadata{}}
 	if none {
 		return out, nil
 	}
 	total = uint64(res.TotalCount)
 	for _, md := range res.Keys {
-		out.KeyMetadatas = append(out.KeyMetadatas, toMetadata3(md))
+		out.KeyMetadatas = append(out.KeyMetadatas, toKeyMetadata(md))
 	}
 	return out, nil
 }
@@ -377,27 +346,27 @@ func (s *Server) simple(ctx context.Context, req *keyIDRequest, f func(context.C
 	return &emptyResponse{}, nil
 }
 
-func (s *Server) enableKey3(ctx context.Context, req *keyIDRequest) (*emptyResponse, error) {
+func (s *Server) enableKey(ctx context.Context, req *keyIDRequest) (*emptyResponse, error) {
 	return s.simple(ctx, req, s.kms.EnableKey)
 }
 
-func (s *Server) disableKey3(ctx context.Context, req *keyIDRequest) (*emptyResponse, error) {
+func (s *Server) disableKey(ctx context.Context, req *keyIDRequest) (*emptyResponse, error) {
 	return s.simple(ctx, req, s.kms.DisableKey)
 }
 
-func (s *Server) archiveKey3(ctx context.Context, req *keyIDRequest) (*emptyResponse, error) {
+func (s *Server) archiveKey(ctx context.Context, req *keyIDRequest) (*emptyResponse, error) {
 	return s.simple(ctx, req, s.kms.ArchiveKey)
 }
 
-func (s *Server) cancelKeyArchive3(ctx context.Context, req *keyIDRequest) (*emptyResponse, error) {
+func (s *Server) cancelKeyArchive(ctx context.Context, req *keyIDRequest) (*emptyResponse, error) {
 	return s.simple(ctx, req, s.kms.CancelKeyArchive)
 }
 
-func (s *Server) disableKeyRotation3(ctx context.Context, req *keyIDRequest) (*emptyResponse, error) {
+func (s *Server) disableKeyRotation(ctx context.Context, req *keyIDRequest) (*emptyResponse, error) {
 	return s.simple(ctx, req, s.kms.DisableKeyRotation)
 }
 
-func (s *Server) enableKeys3(ctx context.Context, req *keyIDsRequest) (*emptyResponse, error) {
+func (s *Server) enableKeys(ctx context.Context, req *keyIDsRequest) (*emptyResponse, error) {
 	ids, err := requireKeyIDs(req)
 	if err != nil {
 		return nil, err
@@ -405,7 +374,7 @@ func (s *Server) enableKeys3(ctx context.Context, req *keyIDsRequest) (*emptyRes
 	return &emptyResponse{}, s.kms.EnableKeys(ctx, ids)
 }
 
-func (s *Server) disableKeys3(ctx context.Context, req *keyIDsRequest) (*emptyResponse, error) {
+func (s *Server) disableKeys(ctx context.Context, req *keyIDsRequest) (*emptyResponse, error) {
 	ids, err := requireKeyIDs(req)
 	if err != nil {
 		return nil, err
@@ -425,7 +394,7 @@ type scheduleKeyDeletionResponse struct {
 	responseBase
 }
 
-func (s *Server) scheduleKeyDeletion3(ctx context.Context, req *scheduleKeyDeletionRequest) (*scheduleKeyDeletionResponse, error) {
+func (s *Server) scheduleKeyDeletion(ctx context.Context, req *scheduleKeyDeletionRequest) (*scheduleKeyDeletionResponse, error) {
 	id, err := requireKeyID(ctx, req.KeyId, req.MemberAccount)
 	if err != nil {
 		return nil, err
@@ -444,7 +413,7 @@ func (s *Server) scheduleKeyDeletion3(ctx context.Context, req *scheduleKeyDelet
 	return &scheduleKeyDeletionResponse{DeletionDate: uint64(md.DeletionDate.Unix()), KeyID: md.KeyID}, nil
 }
 
-func (s *Server) cancelKeyDeletion3(ctx context.Context, req *keyIDRequest) (*keyIDResponse, error) {
+func (s *Server) cancelKeyDeletion(ctx context.Context, req *keyIDRequest) (*keyIDResponse, error) {
 	id, err := requireKeyID(ctx, req.KeyId, req.MemberAccount)
 	if err != nil {
 		return nil, err
@@ -462,7 +431,7 @@ type updateAliasRequest struct {
 	MemberAccount *memberAccount `json:"MemberAccount"`
 }
 
-func (s *Server) updateAlias3(ctx context.Context, req *updateAliasRequest) (*emptyResponse, error) {
+func (s *Server) updateAlias(ctx context.Context, req *updateAliasRequest) (*emptyResponse, error) {
 	id, err := requireKeyID(ctx, req.KeyId, req.MemberAccount)
 	if err != nil {
 		return nil, err
@@ -479,7 +448,7 @@ type updateKeyDescriptionRequest struct {
 	MemberAccount *memberAccount `json:"MemberAccount"`
 }
 
-func (s *Server) updateKeyDescription3(ctx context.Context, req *updateKeyDescriptionRequest) (*emptyResponse, error) {
+func (s *Server) updateKeyDescription(ctx context.Context, req *updateKeyDescriptionRequest) (*emptyResponse, error) {
 	id, err := requireKeyID(ctx, req.KeyId, req.MemberAccount)
 	if err != nil {
 		return nil, err
@@ -498,7 +467,7 @@ type rotateKeyResponse struct {
 	responseBase
 }
 
-func (s *Server) rotateKey3(ctx context.Context, req *keyIDRequest) (*rotateKeyResponse, error) {
+func (s *Server) rotateKey(ctx context.Context, req *keyIDRequest) (*rotateKeyResponse, error) {
 	id, err := requireKeyID(ctx, req.KeyId, req.MemberAccount)
 	if err != nil {
 		return nil, err
@@ -518,7 +487,7 @@ type enableKeyRotationRequest struct {
 	MemberAccount *memberAccount `json:"MemberAccount"`
 }
 
-func (s *Server) enableKeyRotation3(ctx context.Context, req *enableKeyRotationRequest) (*emptyResponse, error) {
+func (s *Server) enableKeyRotation(ctx context.Context, req *enableKeyRotationRequest) (*emptyResponse, error) {
 	id, err := requireKeyID(ctx, req.KeyId, req.MemberAccount)
 	if err != nil {
 		return nil, err
@@ -543,7 +512,7 @@ type keyRotationStatusResponse struct {
 	responseBase
 }
 
-func (s *Server) getKeyRotationStatus3(ctx context.Context, req *keyIDRequest) (*keyRotationStatusResponse, error) {
+func (s *Server) getKeyRotationStatus(ctx context.Context, req *keyIDRequest) (*keyRotationStatusResponse, error) {
 	id, err := requireKeyID(ctx, req.KeyId, req.MemberAccount)
 	if err != nil {
 		return nil, err
@@ -573,7 +542,7 @@ type listKeyVersionsResponse struct {
 	responseBase
 }
 
-func (s *Server) listKeyVersions3(ctx context.Context, req *keyIDRequest) (*listKeyVersionsResponse, error) {
+func (s *Server) listKeyVersions(ctx context.Context, req *keyIDRequest) (*listKeyVersionsResponse, error) {
 	id, err := requireKeyID(ctx, req.KeyId, req.MemberAccount)
 	if err != nil {
 		return nil, err
@@ -587,114 +556,4 @@ func (s *Server) listKeyVersions3(ctx context.Context, req *keyIDRequest) (*list
 		out.Versions[i] = keyVersionView{Version: v.Version, CreateTime: uint64(v.CreatedAt.Unix()), EncryptionCount: v.EncryptionCount, Current: v.Current}
 	}
 	return out, nil
-}
-
-// Data keys
-
-type generateDataKeyRequest struct {
-	KeyId               *string    `json:"KeyId"`
-	KeySpec             *string    `json:"KeySpec"`
-	NumberOfBytes       *uint64    `json:"NumberOfBytes"`
-	EncryptionContext   *string    `json:"EncryptionContext"`
-	EncryptionPublicKey *string    `json:"EncryptionPublicKey"`
-	EncryptionAlgorithm *string    `json:"EncryptionAlgorithm"`
-	IsHostedByKms       *uint64    `json:"IsHostedByKms"`
-	DataKeyName         *string    `json:"DataKeyName"`
-	Description         *string    `json:"Description"`
-	HsmClusterId        *string    `json:"HsmClusterId"`
-	Tags                []json3Tag `json:"Tags"`
-}
-
-type generateDataKeyResponse struct {
-	KeyID          string `json:"KeyId"`
-	Plaintext      string `json:"Plaintext"`
-	CiphertextBlob string `json:"CiphertextBlob"`
-	DataKeyID      string `json:"DataKeyId"`
-	TagCode        uint64 `json:"TagCode"`
-	TagMsg         string `json:"TagMsg"`
-	responseBase
-}
-
-func (s *Server) generateDataKey3(ctx context.Context, req *generateDataKeyRequest) (*generateDataKeyResponse, error) {
-	id, err := requireKeyID(ctx, req.KeyId, nil)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case deref(req.EncryptionPublicKey) != "" || deref(req.EncryptionAlgorithm) != "":
-		return nil, apiErrorf("UnsupportedOperation", "EncryptionPublicKey is not supported")
-	case req.IsHostedByKms != nil && *req.IsHostedByKms != 0, deref(req.DataKeyName) != "", deref(req.Description) != "", len(req.Tags) > 0:
-		return nil, apiErrorf("UnsupportedOperation", "data keys hosted by KMS are not supported")
-	case deref(req.HsmClusterId) != "":
-		return nil, apiErrorf("InvalidParameterValue.InvalidHsmClusterId", "HSM clusters are not supported")
-	case req.KeySpec == nil && req.NumberOfBytes == nil:
-		return nil, apiErrorf("MissingParameter", "one of KeySpec and NumberOfBytes is required")
-	}
-	n := 0
-	if req.NumberOfBytes != nil {
-		if *req.NumberOfBytes < 1 || *req.NumberOfBytes > kms.MaxDataKeyBytes {
-			return nil, apiErrorf("InvalidParameter", "the NumberOfBytes must be 1 to 1024")
-		}
-		n = int(*req.NumberOfBytes)
-	}
-	res, err := s.kms.GenerateDataKey(ctx, kms.GenerateDataKeyInput{KeyID: id, KeySpec: deref(req.KeySpec), NumberOfBytes: n, EncryptionContext: deref(req.EncryptionContext)})
-	if err != nil {
-		return nil, err
-	}
-	defer clear(res.Plaintext)
-	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &generateDataKeyResponse{KeyID: res.KeyID, Plaintext: base64String(base64.StdEncoding, res.Plaintext), CiphertextBlob: res.CiphertextBlob}, nil
-}
-
-type generateRandomRequest struct {
-	NumberOfBytes *uint64 `json:"NumberOfBytes"`
-}
-
-type generateRandomResponse struct {
-	Plaintext string `json:"Plaintext"`
-	responseBase
-}
-
-func (s *Server) generateRandom3(ctx context.Context, req *generateRandomRequest) (*generateRandomResponse, error) {
-	if req.NumberOfBytes == nil {
-		return nil, apiErrorf("MissingParameter", "the NumberOfBytes parameter is missing")
-	}
-	if *req.NumberOfBytes < 1 || *req.NumberOfBytes > kms.MaxDataKeyBytes {
-		return nil, apiErrorf("InvalidParameter", "the NumberOfBytes must be 1 to 1024")
-	}
-	b, err := s.kms.GenerateRandom(ctx, int(*req.NumberOfBytes))
-	if err != nil {
-		return nil, err
-	}
-	return &generateRandomResponse{Plaintext: base64String(base64.StdEncoding, b)}, nil
-}
-
-type reEncryptRequest struct {
-	CiphertextBlob               *string `json:"CiphertextBlob"`
-	DestinationKeyId             *string `json:"DestinationKeyId"`
-	SourceEncryptionContext      *string `json:"SourceEncryptionContext"`
-	DestinationEncryptionContext *string `json:"DestinationEncryptionContext"`
-}
-
-type reEncryptResponse struct {
-	CiphertextBlob string `json:"CiphertextBlob"`
-	KeyID          string `json:"KeyId"`
-	SourceKeyID    string `json:"SourceKeyId"`
-	ReEncrypted    bool   `json:"ReEncrypted"`
-	responseBase
-}
-
-func (s *Server) reEncrypt3(ctx context.Context, req *reEncryptRequest) (*reEncryptResponse, error) {
-	if _, err := requireString("CiphertextBlob", req.CiphertextBlob); err != nil {
-		return nil, err
-	}
-	res, err := s.kms.ReEncrypt(ctx, kms.ReEncryptInput{
-		CiphertextBlob: *req.CiphertextBlob, DestinationKeyID: deref(req.DestinationKeyId),
-		SourceEncryptionContext: deref(req.SourceEncryptionContext), DestinationEncryptionContext: deref(req.DestinationEncryptionContext),
-	})
-	if err != nil {
-		return nil, err
-	}
-	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &reEncryptResponse{CiphertextBlob: res.CiphertextBlob, KeyID: res.KeyID, SourceKeyID: res.SourceKeyID, ReEncrypted: res.ReEncrypted}, nil
 }

@@ -3,14 +3,8 @@ package httpapi
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
-	"strconv"
-	"sync"
-	"time"
-	"unsafe"
 
 	"github.com/labstack/echo/v4"
 
@@ -41,22 +35,6 @@ const (
 // legacyCommonParams are accepted on every action (authentication itself is
 // checked elsewhere).
 var legacyCommonParams = []string{"Action", "Region", "Timestamp", "Nonce", "SecretId", "Signature", "SignatureMethod", "Token", "RequestClient"}
-
-// legacyActionParams lists the business parameters each action accepts.
-var legacyActionParams = map[string][]string{
-	"CreateKey": {"description", "alias", "keyUsage", "type"},
-	"Encrypt":   {"keyId", "plaintext", "encryptionContext"},
-	"Decrypt":   {"ciphertextBlob", "encryptionContext"},
-
-	"GenerateDataKey":     {"keyId", "keySpec", "numberOfBytes", "encryptionContext"},
-	"GetKeyAttributes":    {"keyId"},
-	"SetKeyAttributes":    {"keyId", "alias"},
-	"EnableKey":           {"keyId"},
-	"DisableKey":          {"keyId"},
-	"ListKey":             {"offset", "limit"},
-	"ScheduleKeyDeletion": {"keyId", "pendingWindowInDays"},
-	"CancelKeyDeletion":   {"keyId"},
-}
 
 // legacyError is an error answer of the legacy API.
 type legacyError struct {
@@ -104,172 +82,106 @@ type legacyDecryptReply struct {
 	Plaintext string `json:"plaintext"`
 }
 
-// legacy serves GET and POST /v2/index.php. Every answer is HTTP 200 with a
-// JSON body whose integer code is 0 on success.
-func (s *Server) legacy(c echo.Context) error {
-	rid := newRequestID()
-	info := &reqInfo{start: time.Now(), requestID: rid, protocol: "legacy"}
-	c.Response().Header().Set(RequestIDHeader, rid)
-	ctx := withInfo(c.Request().Context(), info, s.cfg.RequestTimeout)
-	defer info.ctx.stop()
-
-	failure := func() any {
-		return legacyReply{Code: codeInternal, Message: "the audit trail is unavailable; the request was not served", RequestID: rid}
-	}
-	reply, err := s.legacyDispatch(ctx, c.Request(), rid)
-	if err != nil {
-		s.noteRefused(info, err)
-		var le *legacyError
-		var ae *authError
-		switch {
-		case errors.As(err, &le):
-		case errors.As(err, &ae):
-			le = &legacyError{code: ae.legacy, message: ae.message}
-		default:
-			le = s.legacyFromDomain(err, rid)
+// authenticateLegacy is the legacy routes' authentication middleware: it
+// reads the parameters and verifies their signature; they and the caller
+// go on in the request record.
+func (s *Server) authenticateLegacy(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		info := infoFrom(r.Context())
+		p, err := s.legacyParams(r)
+		if err != nil {
+			return err
 		}
-		info.code = strconv.Itoa(le.code)
-		return s.finish(c, info, legacyReply{Code: le.code, Message: le.message, RequestID: rid}, failure)
+		if info.principal, err = s.authV1(r.Context(), r, LegacyPath, p); err != nil {
+			return err
+		}
+		info.params = p
+		return next(c)
 	}
-	info.code = "0"
-	return s.finish(c, info, reply, failure)
 }
 
-func (s *Server) legacyDispatch(ctx context.Context, r *http.Request, rid string) (any, error) {
-	p, err := s.legacyParams(r)
-	if err != nil {
-		return nil, err
-	}
-	principal, err := s.authV1(ctx, r, LegacyPath, p)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.admit(infoFrom(ctx)); err != nil {
-		return nil, err
-	}
-	defer s.release()
-	ctx = kms.WithPrincipal(ctx, principal)
-	action := p.get("Action")
-	allowed, ok := legacyActionParams[action]
+// serveLegacy serves GET and POST /v2/index.php once authenticated and
+// admitted. Every answer is HTTP 200 with a JSON body whose integer code
+// is 0 on success.
+func (s *Server) serveLegacy(c echo.Context) error {
+	ctx := c.Request().Context()
 	info := infoFrom(ctx)
+	p := info.params
+	ctx = kms.WithPrincipal(ctx, info.principal)
+	action := p.get("Action")
+	act, ok := s.actions.legacy[action]
 	info.action, info.known = action, ok
 	if !ok {
 		if action == "" {
-			return nil, legacyErrorf(codeInvalidParameter, "missing parameter: Action")
+			return legacyErrorf(codeInvalidParameter, "missing parameter: Action")
 		}
-		return nil, legacyErrorf(codeNoSuchAction, "action %q is not supported", truncate(action, 64))
+		return legacyErrorf(codeNoSuchAction, "action %q is not supported", truncate(action, 64))
 	}
-	if err := p.only(legacyCommonParams, allowed); err != nil {
-		return nil, err
+	if err := p.only(legacyCommonParams, act.legacyParams); err != nil {
+		return err
 	}
-	ok200 := legacyReply{Code: codeOK, Message: "", RequestID: rid}
-	switch action {
-	case "CreateKey":
-		in := kms.CreateKeyInput{Alias: p.get("alias"), Description: p.get("description"), KeyUsage: p.get("keyUsage")}
-		if in.Alias == "" {
-			return nil, legacyErrorf(codeInvalidParameter, "missing parameter: alias")
-		}
-		if t := p.get("type"); t != "" && t != "1" {
-			return nil, legacyErrorf(codeInvalidParameter, "unsupported type %q: only 1 (normal CMK) is supported", truncate(t, 16))
-		}
-		md, err := s.kms.CreateKey(ctx, in)
-		if err != nil {
-			return nil, err
-		}
-		noteKey(ctx, md.KeyID, md.CurrentVersion)
-		return legacyCreateKeyReply{legacyReply: ok200, KeyMetadata: toLegacyMetadata(md)}, nil
-
-	case "Encrypt":
-		keyID, err := p.required("keyId")
-		if err != nil {
-			return nil, err
-		}
-		b64, err := p.required("plaintext")
-		if err != nil {
-			return nil, err
-		}
-		pt, buf, err := decodePlaintext(b64)
-		if err != nil {
-			return nil, &legacyError{code: codePlaintextBase64, message: "(10690)plaintext is not encoded with base64"}
-		}
-		noteKey(ctx, keyID, 0)
-		res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: p.get("encryptionContext")})
-		releasePlaintext(pt, buf)
-		if err != nil {
-			return nil, err
-		}
-		noteKey(ctx, res.KeyID, res.KeyVersion)
-		return legacyEncryptReply{legacyReply: ok200, KeyID: res.KeyID, CiphertextBlob: res.CiphertextBlob}, nil
-
-	case "Decrypt":
-		blob, err := p.required("ciphertextBlob")
-		if err != nil {
-			return nil, err
-		}
-		res, err := s.kms.Decrypt(ctx, kms.DecryptInput{CiphertextBlob: blob, EncryptionContext: p.get("encryptionContext")})
-		if err != nil {
-			return nil, err
-		}
-		noteKey(ctx, res.KeyID, res.KeyVersion)
-		return legacyDecryptReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64String(base64.StdEncoding, res.Plaintext)}, nil
+	reply, err := act.legacy(s, ctx, p, legacyReply{Code: codeOK, Message: "", RequestID: info.requestID})
+	if err != nil {
+		return err
 	}
-	return s.legacyKeyAction(ctx, action, p, ok200)
+	info.reply = reply
+	return nil
 }
 
-// legacyFromDomain maps a domain error to its legacy code. Errors that are
-// not the caller's fault are logged with the request id and answered
-// without detail.
-func (s *Server) legacyFromDomain(err error, rid string) *legacyError {
-	switch {
-	case errors.Is(err, kms.ErrUsageLimit):
-		s.log.Error("request not served: key version usage limit reached and no new version could be made", "requestId", rid, "err", err)
-		return legacyErrorf(codeOperationFailed, "key version usage limit reached and a new version could not be created, please retry later")
-	case errors.Is(err, kms.ErrInvalidPendingWindow):
-		return legacyErrorf(codeInvalidParameter, "invalid pendingWindowInDays: 7 to 30")
-	case errors.Is(err, kms.ErrInvalidNumberOfBytes):
-		return legacyErrorf(codeInvalidParameter, "invalid numberOfBytes: 1 to 1024")
-	case errors.Is(err, kms.ErrInvalidKeySpec):
-		return legacyErrorf(codeInvalidParameter, "invalid keySpec: AES_128 or AES_256, or give numberOfBytes")
-	case errors.Is(err, kms.ErrKeyArchived):
-		return legacyErrorf(codeOperationFailed, "key is archived")
-	case errors.Is(err, kms.ErrKeyShouldBeDisabled):
-		return legacyErrorf(codeOperationFailed, "key must be disabled before it is scheduled for deletion")
-	case errors.Is(err, kms.ErrKeyNotPendingDelete):
-		return legacyErrorf(codeOperationFailed, "key is not pending deletion")
-	case errors.Is(err, kms.ErrInvalidContext):
-		return &legacyError{code: codeIllegalContext, message: "(10640)illegal encryptionContext"}
-	case errors.Is(err, kms.ErrPlaintextTooLong), errors.Is(err, kms.ErrPlaintextEmpty):
-		return &legacyError{code: codeEncryptFailed, message: "(10660)encryption failed, please check input parameters"}
-	case errors.Is(err, kms.ErrInvalidKeyID):
-		return legacyErrorf(codeInvalidParameter, "invalid keyId")
-	case errors.Is(err, kms.ErrInvalidAlias):
-		return legacyErrorf(codeInvalidParameter, "invalid alias: 1-60 characters of A-Z a-z 0-9 _ -, starting with a letter or digit, not starting with kms-")
-	case errors.Is(err, kms.ErrInvalidDesc):
-		return legacyErrorf(codeInvalidParameter, "invalid description: at most 1024 bytes of UTF-8")
-	case errors.Is(err, kms.ErrInvalidKeyUsage):
-		return legacyErrorf(codeInvalidParameter, "invalid keyUsage: only ENCRYPT/DECRYPT is supported")
-	case errors.Is(err, kms.ErrInvalidCiphertext):
-		return legacyErrorf(codeInvalidParameter, "invalid ciphertextBlob")
-	case errors.Is(err, kms.ErrUnauthorized):
-		return legacyErrorf(codeUnauthorized, "not authorized for this operation on this resource")
-	case errors.Is(err, kms.ErrKeyNotFound):
-		return legacyErrorf(codeNotFound, "key does not exist")
-	case errors.Is(err, kms.ErrKeyDisabled):
-		return legacyErrorf(codeOperationFailed, "key is disabled")
-	case errors.Is(err, kms.ErrKeyStateNotSupported):
-		return legacyErrorf(codeOperationFailed, "the key's state does not allow this operation")
-	case errors.Is(err, kms.ErrAliasExists):
-		return legacyErrorf(codeOperationFailed, "alias already exists")
-	case errors.Is(err, kms.ErrLimitExceeded):
-		return legacyErrorf(codeOperationFailed, "key limit exceeded")
-	case errors.Is(err, kms.ErrDecrypt):
-		return legacyErrorf(codeOperationFailed, "decryption failed: the ciphertextBlob is not authentic or the encryptionContext differs")
-	case errors.Is(err, kms.ErrBusy), errors.Is(err, kms.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		s.log.Warn("request not served", "requestId", rid, "err", err)
-		return legacyErrorf(codeUnavailable, "service temporarily unavailable, please retry")
+// legacyCreateKey serves the legacy CreateKey.
+func (s *Server) legacyCreateKey(ctx context.Context, p params, ok legacyReply) (any, error) {
+	in := kms.CreateKeyInput{Alias: p.get("alias"), Description: p.get("description"), KeyUsage: p.get("keyUsage")}
+	if in.Alias == "" {
+		return nil, legacyErrorf(codeInvalidParameter, "missing parameter: alias")
 	}
-	s.log.Error("internal error", "requestId", rid, "err", err)
-	return legacyErrorf(codeInternal, "internal error (requestId %s)", rid)
+	if t := p.get("type"); t != "" && t != "1" {
+		return nil, legacyErrorf(codeInvalidParameter, "unsupported type %q: only 1 (normal CMK) is supported", truncate(t, 16))
+	}
+	md, err := s.kms.CreateKey(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	noteKey(ctx, md.KeyID, md.CurrentVersion)
+	return legacyCreateKeyReply{legacyReply: ok, KeyMetadata: toLegacyMetadata(md)}, nil
+}
+
+// legacyEncrypt serves the legacy Encrypt.
+func (s *Server) legacyEncrypt(ctx context.Context, p params, ok legacyReply) (any, error) {
+	keyID, err := p.required("keyId")
+	if err != nil {
+		return nil, err
+	}
+	b64, err := p.required("plaintext")
+	if err != nil {
+		return nil, err
+	}
+	pt, err := decodePlaintext(b64)
+	if err != nil {
+		return nil, &legacyError{code: codePlaintextBase64, message: "(10690)plaintext is not encoded with base64"}
+	}
+	noteKey(ctx, keyID, 0)
+	res, err := s.kms.Encrypt(ctx, kms.EncryptInput{KeyID: keyID, Plaintext: pt, EncryptionContext: p.get("encryptionContext")})
+	clear(pt) // no plaintext outlives its request in our memory
+	if err != nil {
+		return nil, err
+	}
+	noteKey(ctx, res.KeyID, res.KeyVersion)
+	return legacyEncryptReply{legacyReply: ok, KeyID: res.KeyID, CiphertextBlob: res.CiphertextBlob}, nil
+}
+
+// legacyDecrypt serves the legacy Decrypt.
+func (s *Server) legacyDecrypt(ctx context.Context, p params, ok legacyReply) (any, error) {
+	blob, err := p.required("ciphertextBlob")
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.kms.Decrypt(ctx, kms.DecryptInput{CiphertextBlob: blob, EncryptionContext: p.get("encryptionContext")})
+	if err != nil {
+		return nil, err
+	}
+	noteKey(ctx, res.KeyID, res.KeyVersion)
+	return legacyDecryptReply{legacyReply: ok, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
 }
 
 func toLegacyMetadata(md kms.KeyMetadata) legacyKeyMetadata {
@@ -285,35 +197,6 @@ func toLegacyMetadata(md kms.KeyMetadata) legacyKeyMetadata {
 		KeyID: md.KeyID, Alias: md.Alias, CreateTime: md.CreateTime.Unix(), Description: md.Description,
 		KeyState: md.KeyState, KeyUsage: usage, DeleteTime: del,
 	}
-}
-
-// params is a strictly parsed parameter set: every name appears once.
-type params map[string]string
-
-func (p params) get(name string) string { return p[name] }
-
-func (p params) required(name string) (string, error) {
-	v := p[name]
-	if v == "" {
-		return "", legacyErrorf(codeInvalidParameter, "missing parameter: %s", name)
-	}
-	return v, nil
-}
-
-// only refuses any parameter that is neither common nor the action's own.
-func (p params) only(lists ...[]string) error {
-next:
-	for name := range p {
-		for _, l := range lists {
-			for _, a := range l {
-				if a == name {
-					continue next
-				}
-			}
-		}
-		return legacyErrorf(codeInvalidParameter, "unknown parameter: %q", truncate(name, 64))
-	}
-	return nil
 }
 
 // legacyParams reads the parameters: the query string of a GET, the form
@@ -338,72 +221,4 @@ func (s *Server) legacyParams(r *http.Request) (params, error) {
 		raw = string(body)
 	}
 	return parseParams(raw)
-}
-
-// parseParams parses an application/x-www-form-urlencoded string strictly:
-// bad escapes and repeated names are errors.
-func parseParams(raw string) (params, error) {
-	vals, err := url.ParseQuery(raw)
-	if err != nil {
-		return nil, legacyErrorf(codeInvalidParameter, "malformed parameters")
-	}
-	p := make(params, len(vals))
-	for k, v := range vals {
-		if len(v) != 1 {
-			return nil, legacyErrorf(codeInvalidParameter, "parameter %q given %d times", truncate(k, 64), len(v))
-		}
-		p[k] = v[0]
-	}
-	return p, nil
-}
-
-// decodeBase64 decodes standard, padded base64 strictly.
-func decodeBase64(s string) ([]byte, error) {
-	return strictBase64.DecodeString(s)
-}
-
-// strictBase64 is base64.StdEncoding refusing non-zero padding bits (made
-// once: Strict returns a new Encoding on every call).
-var strictBase64 = base64.StdEncoding.Strict()
-
-// plaintextBufs holds buffers for decoded Encrypt plaintexts, which the
-// service reads only during the call (kms.EncryptInput). They are cleared
-// before they go back, so no plaintext outlives its request in them.
-var plaintextBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
-// maxPooledPlaintext bounds the buffers kept in plaintextBufs.
-const maxPooledPlaintext = 8 << 10
-
-// decodePlaintext decodes the standard base64 s (as decodeBase64) into a
-// pooled buffer; the caller must give buf to releasePlaintext once the
-// plaintext is no longer used.
-func decodePlaintext(s string) (pt []byte, buf *[]byte, err error) {
-	buf = plaintextBufs.Get().(*[]byte)
-	// The decoder only reads the string's bytes.
-	pt, err = strictBase64.AppendDecode((*buf)[:0], unsafe.Slice(unsafe.StringData(s), len(s)))
-	if err != nil {
-		releasePlaintext(pt, buf)
-		return nil, nil, err
-	}
-	return pt, buf, nil
-}
-
-// releasePlaintext clears pt and returns its buffer to the pool.
-func releasePlaintext(pt []byte, buf *[]byte) {
-	if buf == nil {
-		return
-	}
-	clear(pt[:cap(pt)])
-	if cap(pt) <= maxPooledPlaintext {
-		*buf = pt[:0]
-		plaintextBufs.Put(buf)
-	}
-}
-
-// truncate shortens a caller-supplied value before it is echoed in a message.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

@@ -56,94 +56,144 @@ func (p params) legacyInt(name string, def, maxv int) (int, error) {
 	return n, nil
 }
 
-func (s *Server) legacyKeyAction(ctx context.Context, action string, p params, ok200 legacyReply) (any, error) {
-	if action == "ListKey" {
-		offset, err := p.legacyInt("offset", 0, 1<<31)
-		if err != nil {
-			return nil, err
-		}
-		limit, err := p.legacyInt("limit", defaultListLimit, maxListLimit)
-		if err != nil {
-			return nil, err
-		}
-		if limit == 0 {
-			limit = defaultListLimit
-		}
-		res, err := s.kms.ListKeys(ctx, kms.ListKeysInput{Offset: offset, Limit: limit})
-		if err != nil {
-			return nil, err
-		}
-		out := legacyListKeyReply{legacyReply: ok200, TotalCount: res.TotalCount, Keys: make([]legacyKeyIDRef, len(res.Keys))}
-		for i, k := range res.Keys {
-			out.Keys[i] = legacyKeyIDRef{KeyID: k.KeyID}
-		}
-		return out, nil
-	}
-
-	keyID, err := p.required("keyId")
+// legacyListKey serves the legacy ListKey.
+func (s *Server) legacyListKey(ctx context.Context, p params, ok legacyReply) (any, error) {
+	offset, err := p.legacyInt("offset", 0, 1<<31)
 	if err != nil {
 		return nil, err
 	}
-	noteKey(ctx, keyID, 0)
-	switch action {
-	case "GenerateDataKey":
-		// The Java SDK always sends numberOfBytes, 0 when the caller gave
-		// none: 0 means "not given".
-		n, err := p.legacyInt("numberOfBytes", 0, kms.MaxDataKeyBytes)
-		if err != nil {
-			return nil, err
-		}
-		res, err := s.kms.GenerateDataKey(ctx, kms.GenerateDataKeyInput{KeyID: keyID, KeySpec: p.get("keySpec"), NumberOfBytes: n, EncryptionContext: p.get("encryptionContext")})
-		if err != nil {
-			return nil, err
-		}
-		defer clear(res.Plaintext)
-		noteKey(ctx, res.KeyID, res.KeyVersion)
-		return legacyGenerateDataKeyReply{legacyReply: ok200, KeyID: res.KeyID, Plaintext: base64String(base64.StdEncoding, res.Plaintext), CiphertextBlob: res.CiphertextBlob}, nil
-	case "GetKeyAttributes":
-		md, err := s.kms.DescribeKey(ctx, keyID)
-		if err != nil {
-			return nil, err
-		}
-		return legacyCreateKeyReply{legacyReply: ok200, KeyMetadata: toLegacyMetadata(md)}, nil
-	case "SetKeyAttributes":
-		alias, err := p.required("alias")
-		if err != nil {
-			return nil, err
-		}
-		if err := s.kms.UpdateAlias(ctx, keyID, alias); err != nil {
-			return nil, err
-		}
-		return ok200, nil
-	case "EnableKey":
-		if err := s.kms.EnableKey(ctx, keyID); err != nil {
-			return nil, err
-		}
-		return ok200, nil
-	case "DisableKey":
-		if err := s.kms.DisableKey(ctx, keyID); err != nil {
-			return nil, err
-		}
-		return ok200, nil
-	case "ScheduleKeyDeletion":
-		if _, err := p.required("pendingWindowInDays"); err != nil {
-			return nil, err
-		}
-		days, err := p.legacyInt("pendingWindowInDays", 0, 1<<16)
-		if err != nil {
-			return nil, err
-		}
-		md, err := s.kms.ScheduleKeyDeletion(ctx, keyID, days)
-		if err != nil {
-			return nil, err
-		}
-		return legacyScheduleReply{legacyReply: ok200, KeyID: md.KeyID, DeletionDate: md.DeletionDate.Unix()}, nil
-	case "CancelKeyDeletion":
-		md, err := s.kms.CancelKeyDeletion(ctx, keyID)
-		if err != nil {
-			return nil, err
-		}
-		return legacyKeyIDReply{legacyReply: ok200, KeyID: md.KeyID}, nil
+	limit, err := p.legacyInt("limit", defaultListLimit, maxListLimit)
+	if err != nil {
+		return nil, err
 	}
-	return nil, legacyErrorf(codeNoSuchAction, "action %q is not supported", truncate(action, 64))
+	if limit == 0 {
+		limit = defaultListLimit
+	}
+	res, err := s.kms.ListKeys(ctx, kms.ListKeysInput{Offset: offset, Limit: limit})
+	if err != nil {
+		return nil, err
+	}
+	out := legacyListKeyReply{legacyReply: ok, TotalCount: res.TotalCount, Keys: make([]legacyKeyIDRef, len(res.Keys))}
+	for i, k := range res.Keys {
+		out.Keys[i] = legacyKeyIDRef{KeyID: k.KeyID}
+	}
+	return out, nil
+}
+
+// legacyKeyID returns the keyId parameter every legacy action but
+// CreateKey and ListKey requires, noted for the audit trail.
+func legacyKeyID(ctx context.Context, p params) (string, error) {
+	keyID, err := p.required("keyId")
+	if err != nil {
+		return "", err
+	}
+	noteKey(ctx, keyID, 0)
+	return keyID, nil
+}
+
+// legacyGenerateDataKey serves the legacy GenerateDataKey.
+func (s *Server) legacyGenerateDataKey(ctx context.Context, p params, ok legacyReply) (any, error) {
+	keyID, err := legacyKeyID(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	// The Java SDK always sends numberOfBytes, 0 when the caller gave
+	// none: 0 means "not given".
+	n, err := p.legacyInt("numberOfBytes", 0, kms.MaxDataKeyBytes)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.kms.GenerateDataKey(ctx, kms.GenerateDataKeyInput{KeyID: keyID, KeySpec: p.get("keySpec"), NumberOfBytes: n, EncryptionContext: p.get("encryptionContext")})
+	if err != nil {
+		return nil, err
+	}
+	defer clear(res.Plaintext)
+	noteKey(ctx, res.KeyID, res.KeyVersion)
+	return legacyGenerateDataKeyReply{legacyReply: ok, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext), CiphertextBlob: res.CiphertextBlob}, nil
+}
+
+// legacyGetKeyAttributes serves the legacy GetKeyAttributes.
+func (s *Server) legacyGetKeyAttributes(ctx context.Context, p params, ok legacyReply) (any, error) {
+	keyID, err := legacyKeyID(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	md, err := s.kms.DescribeKey(ctx, keyID)
+	if err != nil {
+		return nil, err
+	}
+	return legacyCreateKeyReply{legacyReply: ok, KeyMetadata: toLegacyMetadata(md)}, nil
+}
+
+// legacySetKeyAttributes serves the legacy SetKeyAttributes.
+func (s *Server) legacySetKeyAttributes(ctx context.Context, p params, ok legacyReply) (any, error) {
+	keyID, err := legacyKeyID(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	alias, err := p.required("alias")
+	if err != nil {
+		return nil, err
+	}
+	if err := s.kms.UpdateAlias(ctx, keyID, alias); err != nil {
+		return nil, err
+	}
+	return ok, nil
+}
+
+// legacyEnableKey serves the legacy EnableKey.
+func (s *Server) legacyEnableKey(ctx context.Context, p params, ok legacyReply) (any, error) {
+	keyID, err := legacyKeyID(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.kms.EnableKey(ctx, keyID); err != nil {
+		return nil, err
+	}
+	return ok, nil
+}
+
+// legacyDisableKey serves the legacy DisableKey.
+func (s *Server) legacyDisableKey(ctx context.Context, p params, ok legacyReply) (any, error) {
+	keyID, err := legacyKeyID(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.kms.DisableKey(ctx, keyID); err != nil {
+		return nil, err
+	}
+	return ok, nil
+}
+
+// legacyScheduleKeyDeletion serves the legacy ScheduleKeyDeletion.
+func (s *Server) legacyScheduleKeyDeletion(ctx context.Context, p params, ok legacyReply) (any, error) {
+	keyID, err := legacyKeyID(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.required("pendingWindowInDays"); err != nil {
+		return nil, err
+	}
+	days, err := p.legacyInt("pendingWindowInDays", 0, 1<<16)
+	if err != nil {
+		return nil, err
+	}
+	md, err := s.kms.ScheduleKeyDeletion(ctx, keyID, days)
+	if err != nil {
+		return nil, err
+	}
+	return legacyScheduleReply{legacyReply: ok, KeyID: md.KeyID, DeletionDate: md.DeletionDate.Unix()}, nil
+}
+
+// legacyCancelKeyDeletion serves the legacy CancelKeyDeletion.
+func (s *Server) legacyCancelKeyDeletion(ctx context.Context, p params, ok legacyReply) (any, error) {
+	keyID, err := legacyKeyID(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	md, err := s.kms.CancelKeyDeletion(ctx, keyID)
+	if err != nil {
+		return nil, err
+	}
+	return legacyKeyIDReply{legacyReply: ok, KeyID: md.KeyID}, nil
 }

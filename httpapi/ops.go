@@ -13,6 +13,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"hsmkms/audit"
+	"hsmkms/kms"
 )
 
 // This file holds what every request goes through besides its action:
@@ -40,7 +41,11 @@ type reqInfo struct {
 	served     bool   // authenticated and admitted (admit): audited line by line
 	verified   bool   // refused after its signature was verified (noteRefused)
 
-	ctx reqCtx // the request's context carrying this reqInfo (withInfo)
+	principal *kms.Principal // the caller, once authenticated
+	api3      *api3Request   // API 3.0: the request, once authenticated
+	params    params         // legacy: the parameters, once authenticated
+	reply     any            // the success reply, set by the action
+	wire      *wireError     // the answer to the error the request failed with
 }
 
 type reqInfoKey struct{}
@@ -50,6 +55,13 @@ func infoFrom(ctx context.Context) *reqInfo {
 	if i == nil {
 		return &reqInfo{} // a throwaway record: callers never check for nil
 	}
+	return i
+}
+
+// apiInfo returns the record of an API request, or nil outside the API
+// routes (health, metrics, routing errors).
+func apiInfo(c echo.Context) *reqInfo {
+	i, _ := c.Request().Context().Value(reqInfoKey{}).(*reqInfo)
 	return i
 }
 
@@ -91,11 +103,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// finish ends a request: it records the audit line (failing the request if
-// that is impossible: nothing is served unrecorded), the metrics, and writes
-// the reply. failure builds the reply sent instead when the audit fails.
-func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func() any) error {
+// recordRequest records the audit line of a request (or, for a request
+// refused before it was served, its share of a refusal summary) and its
+// metrics. It returns the audit trail's error: the request must then be
+// answered with errAuditUnavailable, as nothing is served unrecorded.
+func (s *Server) recordRequest(c echo.Context, info *reqInfo) error {
 	elapsed := time.Since(info.start)
+	var auditErr error
 	if s.audit != nil && !info.served {
 		// Refused before being served: summarised (admission.go).
 		secretID := ""
@@ -109,9 +123,8 @@ func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func()
 			Protocol: info.protocol, Action: truncate(info.action, 64), KeyID: info.keyID, KeyVersion: info.keyVersion,
 			Code: info.code, Latency: elapsed,
 		}
-		if err := recordAudit(s.audit, ev); err != nil {
-			s.log.Error("audit trail unavailable: request refused", "requestId", info.requestID, "err", err)
-			reply = failure()
+		if auditErr = recordAudit(s.audit, ev); auditErr != nil {
+			s.log.Error("audit trail unavailable: request refused", "requestId", info.requestID, "err", auditErr)
 			info.code = "AuditFailure"
 		}
 	}
@@ -124,7 +137,7 @@ func (s *Server) finish(c echo.Context, info *reqInfo, reply any, failure func()
 		m.requests.Inc()
 		m.duration.Observe(elapsed.Seconds())
 	}
-	return s.writeReply(c, reply)
+	return auditErr
 }
 
 // recordAudit writes ev to sink. The audit write gets its own short

@@ -1,8 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"unicode/utf8"
-	"unsafe"
 )
 
 // This file decodes API 3.0 business parameters into request structs,
@@ -39,8 +35,10 @@ func paramErrorf(code, format string, args ...any) *paramError {
 
 // fieldInfo describes one parameter of a request struct.
 type fieldInfo struct {
-	index []int
-	typ   reflect.Type
+	index   []int
+	typ     reflect.Type
+	ordinal int    // the field's number in its struct (< 64: request structs are small)
+	name    string // its JSON name
 }
 
 var fieldCache sync.Map // reflect.Type -> map[string]fieldInfo
@@ -57,274 +55,13 @@ func fieldsOf(t reflect.Type) map[string]fieldInfo {
 		if name == "" || name == "-" || !f.IsExported() {
 			continue
 		}
-		m[name] = fieldInfo{index: f.Index, typ: f.Type}
+		if i >= 64 {
+			panic("httpapi: request struct " + t.String() + " has more than 64 fields")
+		}
+		m[name] = fieldInfo{index: f.Index, typ: f.Type, ordinal: i, name: name}
 	}
 	fieldCache.Store(t, m)
 	return m
-}
-
-// decodeJSONParams decodes a JSON object body into dst (a pointer to a
-// struct). An empty body is an empty object. The strings it stores may
-// share body's bytes: body must not be modified afterwards.
-//
-// The common shape (an object whose values are plain strings or null, into
-// string or *string fields) takes decodeJSONFast, which allocates only the
-// strings it stores; anything else, including every error, is decoded by
-// decodeJSONParamsSlow, the reference implementation, so both give the same
-// result and the same error for every input (FuzzDecodeJSONParamsFast).
-func decodeJSONParams(body []byte, dst any) error {
-	if decodeJSONFast(body, dst) {
-		return nil
-	}
-	return decodeJSONParamsSlow(body, dst)
-}
-
-// maxFastParams bounds the members decodeJSONFast handles.
-const maxFastParams = 8
-
-// decodeJSONFast decodes body into dst and reports true if body is, after
-// optional white space, an object of at most maxFastParams members with
-// distinct known names without escapes whose values are null or strings
-// (valid UTF-8, no \u escapes), each into a string or *string field,
-// followed only by white space. Otherwise it reports false and leaves dst untouched.
-//
-// Strings without escapes are stored without a copy: they share body's
-// bytes, so body must not be modified once decodeJSONFast has returned
-// (request bodies are read into a fresh buffer per request and never
-// written again).
-func decodeJSONFast(body []byte, dst any) bool {
-	rv := reflect.ValueOf(dst)
-	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
-		return false
-	}
-	v := rv.Elem()
-	fields := fieldsOf(v.Type())
-	type member struct {
-		fi      fieldInfo
-		name    []byte
-		value   []byte // nil for null
-		escaped bool
-	}
-	var ms [maxFastParams]member
-	n := 0
-	i := skipWS(body, 0)
-	if i == len(body) {
-		return true // an empty body is an empty object
-	}
-	if body[i] != '{' {
-		return false
-	}
-	i = skipWS(body, i+1)
-	if i < len(body) && body[i] == '}' {
-		i++
-	} else {
-		for {
-			name, esc, j, ok := plainString(body, i)
-			if !ok || esc {
-				return false // names with escapes: the reference path
-			}
-			i = skipWS(body, j)
-			if i == len(body) || body[i] != ':' {
-				return false
-			}
-			i = skipWS(body, i+1)
-			var value []byte
-			var escaped bool
-			if j := i + 4; j <= len(body) && string(body[i:j]) == "null" {
-				i = j
-			} else if value, escaped, i, ok = plainString(body, i); !ok {
-				return false
-			} else if value == nil {
-				value = body[i-1 : i-1] // "" is not null
-			}
-			fi, known := fields[string(name)]
-			if !known || n == maxFastParams {
-				return false
-			}
-			if t := fi.typ; t.Kind() != reflect.String && (t.Kind() != reflect.Pointer || t.Elem().Kind() != reflect.String) {
-				return false
-			}
-			for _, m := range ms[:n] {
-				if string(m.name) == string(name) {
-					return false // the reference path reports it
-				}
-			}
-			ms[n] = member{fi: fi, name: name, value: value, escaped: escaped}
-			n++
-			i = skipWS(body, i)
-			if i == len(body) {
-				return false
-			}
-			if body[i] == '}' {
-				i++
-				break
-			}
-			if body[i] != ',' {
-				return false
-			}
-			i = skipWS(body, i+1)
-		}
-	}
-	if skipWS(body, i) != len(body) {
-		return false
-	}
-	for _, m := range ms[:n] {
-		if m.value == nil {
-			continue
-		}
-		f := v.FieldByIndex(m.fi.index)
-		var str string
-		if m.escaped {
-			str = unescapeSimple(m.value)
-		} else {
-			// No copy: the string shares body's bytes (see the contract).
-			str = unsafe.String(unsafe.SliceData(m.value), len(m.value))
-		}
-		if f.Kind() == reflect.String {
-			f.SetString(str)
-		} else {
-			f.Set(reflect.ValueOf(&str))
-		}
-	}
-	return true
-}
-
-// skipWS returns the index of the first byte at or after i that is not JSON
-// white space.
-func skipWS(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// plainString parses a JSON string at b[i] and returns its raw content
-// (between the quotes; nil when empty), whether it holds escapes, and the
-// index after its closing quote. ok is false when the string is malformed
-// or outside what unescapeSimple decodes exactly as encoding/json does: a
-// \u escape, or bytes that are not valid UTF-8.
-func plainString(b []byte, i int) (s []byte, escaped bool, next int, ok bool) {
-	if i >= len(b) || b[i] != '"' {
-		return nil, false, 0, false
-	}
-	// Fast: up to the next quote, no escape, ASCII without controls.
-	if q := bytes.IndexByte(b[i+1:], '"'); q >= 0 {
-		if seg := b[i+1 : i+1+q]; bytes.IndexByte(seg, '\\') < 0 && asciiNoControl(seg) {
-			if q == 0 {
-				return nil, false, i + 2, true
-			}
-			return seg, false, i + 2 + q, true
-		}
-	}
-	ascii := true
-	for j := i + 1; j < len(b); j++ {
-		switch c := b[j]; {
-		case c == '"':
-			if j == i+1 {
-				return nil, false, j + 1, true
-			}
-			s = b[i+1 : j]
-			if !ascii && !utf8.Valid(s) {
-				return nil, false, 0, false
-			}
-			return s, escaped, j + 1, true
-		case c == '\\':
-			j++
-			if j == len(b) {
-				return nil, false, 0, false
-			}
-			switch b[j] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				escaped = true
-			default:
-				return nil, false, 0, false
-			}
-		case c < 0x20:
-			return nil, false, 0, false
-		case c >= utf8.RuneSelf:
-			ascii = false
-		}
-	}
-	return nil, false, 0, false
-}
-
-// unescapeSimple decodes the content of a string plainString accepted.
-func unescapeSimple(s []byte) string {
-	out := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c != '\\' {
-			out = append(out, c)
-			continue
-		}
-		i++
-		switch s[i] {
-		case 'b':
-			c = '\b'
-		case 'f':
-			c = '\f'
-		case 'n':
-			c = '\n'
-		case 'r':
-			c = '\r'
-		case 't':
-			c = '\t'
-		default: // " \ /
-			c = s[i]
-		}
-		out = append(out, c)
-	}
-	return string(out)
-}
-
-// decodeJSONParamsSlow is decodeJSONParams for every input: the reference
-// implementation, built on encoding/json.
-func decodeJSONParamsSlow(body []byte, dst any) error {
-	body = bytes.TrimSpace(body)
-	if len(body) == 0 {
-		return nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil || tok != json.Delim('{') {
-		return paramErrorf("InvalidParameter", "the request body must be a JSON object")
-	}
-	v := reflect.ValueOf(dst).Elem()
-	fields := fieldsOf(v.Type())
-	seen := make(map[string]bool, 4)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return paramErrorf("InvalidParameter", "malformed JSON body")
-		}
-		name := tok.(string)
-		if seen[name] {
-			return paramErrorf("InvalidParameter", "parameter %s is given twice", truncate(name, 64))
-		}
-		seen[name] = true
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return paramErrorf("InvalidParameter", "malformed JSON body")
-		}
-		fi, ok := fields[name]
-		if !ok {
-			return paramErrorf("UnknownParameter", "the parameter %s is not recognized", truncate(name, 64))
-		}
-		if bytes.Equal(raw, []byte("null")) {
-			continue
-		}
-		if err := json.Unmarshal(raw, v.FieldByIndex(fi.index).Addr().Interface()); err != nil {
-			return paramErrorf("InvalidParameter", "parameter %s has the wrong type (want %s)", name, typeName(fi.typ))
-		}
-	}
-	if _, err := dec.Token(); err != nil {
-		return paramErrorf("InvalidParameter", "malformed JSON body")
-	}
-	if _, err := dec.Token(); err == nil {
-		return paramErrorf("InvalidParameter", "data after the JSON object")
-	}
-	return nil
 }
 
 // readBody reads at most max+1 bytes of r's body (so the caller can tell a

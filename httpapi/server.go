@@ -160,6 +160,7 @@ type Server struct {
 	sigSync    *sigSync // nil unless Config.Signatures is set
 	hosts      map[string]bool
 	services   map[string]bool
+	actions    actionTable // every action served (actions.go)
 }
 
 // New returns a Server calling k. It is safe for concurrent use.
@@ -195,7 +196,7 @@ func New(k KMS, cfg Config) *Server {
 		cfg.ReadyCacheTTL = time.Second
 	}
 	s := &Server{kms: k, creds: k, admin: k, nonces: cfg.Nonces, cfg: cfg, log: cfg.Logger,
-		audit: cfg.Audit, slots: make(chan struct{}, cfg.MaxConcurrent)}
+		audit: cfg.Audit, slots: make(chan struct{}, cfg.MaxConcurrent), actions: newActionTable()}
 	if cfg.Audit != nil {
 		s.refusals = &refusalLog{sink: cfg.Audit, interval: cfg.RefusalAuditInterval, onError: func(err error) {
 			cfg.Logger.Error("audit trail unavailable: refusal summary not recorded", "err", err)
@@ -238,10 +239,12 @@ func New(k KMS, cfg Config) *Server {
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = s.handleHTTPError
-	e.GET(LegacyPath, s.legacy)
-	e.POST(LegacyPath, s.legacy)
-	e.GET("/", s.api3)
-	e.POST("/", s.api3)
+	legacy := chain(s.serveLegacy, s.apiRoute(protocolLegacy, s.authenticateLegacy)...)
+	api3 := chain(s.serveAPI3, s.apiRoute(protocolAPI3, s.authenticateAPI3)...)
+	e.GET(LegacyPath, legacy)
+	e.POST(LegacyPath, legacy)
+	e.GET("/", api3)
+	e.POST("/", api3)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	if cfg.Registry != nil {
@@ -292,23 +295,4 @@ func newRequestID() string {
 	b[23] = '-'
 	hex.Encode(b[24:], u[10:])
 	return string(b[:])
-}
-
-// handleHTTPError answers routing errors (unknown path, wrong method) and
-// anything a handler failed to answer itself, without internals.
-func (s *Server) handleHTTPError(err error, c echo.Context) {
-	if c.Response().Committed {
-		return
-	}
-	status := http.StatusInternalServerError
-	msg := "internal error"
-	if he, ok := err.(*echo.HTTPError); ok {
-		status = he.Code
-		msg = http.StatusText(status)
-	} else {
-		s.log.Error("unhandled request error", "path", c.Path(), "err", err)
-	}
-	rid := newRequestID()
-	c.Response().Header().Set(RequestIDHeader, rid)
-	_ = c.JSON(status, map[string]any{"code": status, "message": msg, "requestId": rid})
 }

@@ -115,6 +115,9 @@ func TestConfigFile(t *testing.T) {
 		{name: "usage limit above 2^32", file: "keys:\n  usage_limit_per_version: 8589934592\npkcs11:\n  module: module.so\n  pin_file: pin\n", want: "usage-limit"},
 		{name: "two PIN sources", file: "pkcs11:\n  module: module.so\n  pin_file: pin\n", env: map[string]string{"KMSD_PIN": "1"}, want: "twice"},
 		{name: "no PIN", file: "pkcs11:\n  module: module.so\n", want: "no PIN"},
+		{name: "deprecated http_server still loads", file: "listen:\n  http_server: h1\npkcs11:\n  module: module.so\n  pin_file: pin\n"},
+		{name: "deprecated http_server stdlib", file: "listen:\n  http_server: stdlib\npkcs11:\n  module: module.so\n  pin_file: pin\n"},
+		{name: "deprecated http_server misspelt", file: "listen:\n  http_server: h2\npkcs11:\n  module: module.so\n  pin_file: pin\n", want: "http-server"},
 		{name: "two documents", file: "log:\n  level: info\n---\nlog:\n  level: debug\n", want: "more than one"},
 		{name: "auth settings", file: "pkcs11:\n  module: module.so\n  pin_file: pin\nauth:\n  require_signed_action: true\n  allowed_hosts: [kms.corp.example, 10.0.0.5]\n  tc3_services: [kms, kmsd]\n",
 			check: func(t *testing.T, c config) {

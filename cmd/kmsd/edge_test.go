@@ -111,10 +111,10 @@ func startEdgeServer(t *testing.T, extra ...string) (*server, string) {
 // and its signature verified, so stalled bodies cannot keep a signed
 // request out.
 func TestStalledBodiesDoNotBlockSignedRequests(t *testing.T) {
-	for _, srv := range []string{"h1", "stdlib"} {
+	for _, srv := range []string{"nethttp"} {
 		t.Run(srv, func(t *testing.T) {
 			const slots, stalled = 16, 24
-			s, _ := startEdgeServer(t, "KMSD_HTTP_SERVER="+srv, "KMSD_MAX_CONCURRENT="+strconv.Itoa(slots), "KMSD_READ_TIMEOUT=60s")
+			s, _ := startEdgeServer(t, "KMSD_MAX_CONCURRENT="+strconv.Itoa(slots), "KMSD_READ_TIMEOUT=60s")
 			c := sdkClient(t, s, "TC3-HMAC-SHA256", "POST", adminID, adminKey)
 			key := sdkCreateKey(t, c, "stalled-"+srv)
 			host := strings.TrimPrefix(s.url, "http://")
@@ -201,9 +201,9 @@ func healthy(nc net.Conn, host string) bool {
 // Finding 5: a cap on connections, in total and per client address;
 // connections over it are closed at once, counted and audited.
 func TestConnectionLimits(t *testing.T) {
-	for _, srv := range []string{"h1", "stdlib"} {
+	for _, srv := range []string{"nethttp"} {
 		t.Run(srv, func(t *testing.T) {
-			s, data := startEdgeServer(t, "KMSD_HTTP_SERVER="+srv, "KMSD_MAX_CONNECTIONS=6", "KMSD_MAX_CONNECTIONS_PER_ADDRESS=3",
+			s, data := startEdgeServer(t, "KMSD_MAX_CONNECTIONS=6", "KMSD_MAX_CONNECTIONS_PER_ADDRESS=3",
 				"KMSD_READ_HEADER_TIMEOUT=60s", "KMSD_IDLE_TIMEOUT=60s", "KMSD_REFUSAL_AUDIT_INTERVAL=100ms")
 			host := strings.TrimPrefix(s.url, "http://")
 			var first []net.Conn
@@ -410,12 +410,12 @@ func TestReadyzSharesOneCheck(t *testing.T) {
 
 // Finding 9: TLS 1.2 with AEAD suites only; TLS 1.3 as Go does.
 func TestTLS12AEADOnly(t *testing.T) {
-	for _, srv := range []string{"h1", "stdlib"} {
+	for _, srv := range []string{"nethttp"} {
 		t.Run(srv, func(t *testing.T) {
 			dir := t.TempDir()
 			ca := newCA(t, "server CA")
 			sc, sk := ca.issue(t, "kmsd", true)
-			s, _ := startEdgeServer(t, "KMSD_HTTP_SERVER="+srv,
+			s, _ := startEdgeServer(t,
 				"KMSD_TLS_CERT_FILE="+write(t, dir, "server.pem", sc), "KMSD_TLS_KEY_FILE="+write(t, dir, "server.key", sk))
 			host := strings.TrimPrefix(s.url, "http://")
 			roots := x509.NewCertPool()
@@ -442,6 +442,17 @@ func TestTLS12AEADOnly(t *testing.T) {
 			}
 			if _, err := handshake(tls.VersionTLS13); err != nil {
 				t.Fatalf("TLS 1.3: %v", err)
+			}
+			// HTTP/1.1 only: a client offering h2 does not get it.
+			d := tls.Dialer{Config: &tls.Config{RootCAs: roots, NextProtos: []string{"h2", "http/1.1"}}}
+			if nc, err := d.Dial("tcp", host); err != nil {
+				t.Fatal(err)
+			} else {
+				proto := nc.(*tls.Conn).ConnectionState().NegotiatedProtocol
+				nc.Close()
+				if proto == "h2" {
+					t.Fatal("ALPN negotiated h2, want HTTP/1.1 only")
+				}
 			}
 			// A real client over TLS 1.2 still works.
 			cpf := profile.NewClientProfile()

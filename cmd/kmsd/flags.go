@@ -23,7 +23,7 @@ import (
 type config struct {
 	addr           string
 	allowPlainHTTP bool
-	httpServer     string // "h1" or "stdlib"
+	httpServer     string // deprecated listen.http_server as given ("" when unset); ignored
 	gcHeapFloor    uint64 // 0: GOGC untouched
 	tlsCert        string
 	tlsKey         string
@@ -162,7 +162,7 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	fs.String("config", "", "configuration file (env KMSD_CONFIG); see kmsd.example.yaml")
 	def("addr", "KMSD_ADDR", str(fc.Listen.Address), "127.0.0.1:8080", "listen address")
 	def("allow-plain-http", "KMSD_ALLOW_PLAIN_HTTP", boolean(fc.Listen.AllowPlainHTTP), "false", "serve plain HTTP on a non-loopback address")
-	def("http-server", "KMSD_HTTP_SERVER", str(fc.Listen.HTTPServer), "h1", "HTTP server of the API listener: h1 (kmsd's lean HTTP/1.1 server) or stdlib (Go's net/http)")
+	def("http-server", "KMSD_HTTP_SERVER", str(fc.Listen.HTTPServer), "", "deprecated and ignored: the API listener is always served by Go's net/http (h1 and stdlib are accepted)")
 	def("tls-cert", "KMSD_TLS_CERT_FILE", str(fc.TLS.CertFile), "", "TLS certificate chain (PEM); enables HTTPS")
 	def("tls-key", "KMSD_TLS_KEY_FILE", str(fc.TLS.KeyFile), "", "TLS private key (PEM)")
 	def("tls-client-ca", "KMSD_TLS_CLIENT_CA_FILE", str(fc.TLS.ClientCAFile), "", "CA certificates (PEM) clients must present a certificate from (mTLS)")
@@ -255,8 +255,8 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		c := config{addr: v("addr"), module: v("module"), dataDir: v("data-dir"), tlsCert: v("tls-cert"), tlsKey: v("tls-key"), clientCA: v("tls-client-ca")}
 		c.allowPlainHTTP = parseBool("allow-plain-http")
 		c.httpServer = v("http-server")
-		if c.httpServer != "h1" && c.httpServer != "stdlib" {
-			bad("http-server", "%q: want h1 or stdlib", c.httpServer)
+		if c.httpServer != "" && c.httpServer != "h1" && c.httpServer != "stdlib" {
+			bad("http-server", "%q: want h1 or stdlib (deprecated: both mean net/http)", c.httpServer)
 		}
 		if _, _, err := net.SplitHostPort(c.addr); err != nil {
 			bad("addr", "%q: %v", c.addr, err)

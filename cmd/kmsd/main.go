@@ -165,6 +165,9 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 		return err
 	}
 	ln = api.Listener(ln) // connection limits, total and per client address
+	if cfg.httpServer != "" {
+		log.Warn("listen.http_server (KMSD_HTTP_SERVER, -http-server) is deprecated and ignored: the API listener is served by Go's net/http", "http_server", cfg.httpServer)
+	}
 	srv := newHTTPServer(cfg, api.Handler(), log)
 	scheme := "http"
 	var tlsConfig *tls.Config
@@ -175,7 +178,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.serve(ln, tlsConfig) }()
-	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenName(), "sessions", cfg.sessions, "audit", cfg.auditFile, "gomaxprocs", procs, "http_server", cfg.httpServer)
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenName(), "sessions", cfg.sessions, "audit", cfg.auditFile, "gomaxprocs", procs, "http_server", "net/http")
 
 	select {
 	case err := <-serveErr:

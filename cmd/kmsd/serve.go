@@ -20,7 +20,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"hsmkms/hsm/p11"
-	"hsmkms/httpapi/h1"
 )
 
 // certReloader serves the TLS certificate (and the client CA pool of mTLS)
@@ -170,49 +169,32 @@ func noLimit(n int) int {
 	return n
 }
 
-// httpServer is the API listener's server: httpapi/h1 (default) or
-// net/http (-http-server stdlib).
-type httpServer interface {
-	serve(ln net.Listener, tlsConfig *tls.Config) error
-	Shutdown(ctx context.Context) error
-}
+// httpServer serves the API listener with net/http.
+type httpServer struct{ http.Server }
 
-func newHTTPServer(cfg config, h http.Handler, log *slog.Logger) httpServer {
-	if cfg.httpServer == "stdlib" {
-		return &stdlibServer{http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: cfg.readHeader,
-			ReadTimeout:       cfg.readTimeout,
-			WriteTimeout:      cfg.writeTimeout,
-			IdleTimeout:       cfg.idleTimeout,
-			MaxHeaderBytes:    16 << 10,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		}}
-	}
-	return &h1Server{h1.Server{
+func newHTTPServer(cfg config, h http.Handler, log *slog.Logger) *httpServer {
+	return &httpServer{http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: cfg.readHeader,
 		ReadTimeout:       cfg.readTimeout,
 		WriteTimeout:      cfg.writeTimeout,
 		IdleTimeout:       cfg.idleTimeout,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          log,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// HTTP/1.1 only, over TLS too (as the API listener has always
+		// been): no HTTP/2, whose many streams per connection would let one
+		// connection of the limited few carry any number of requests.
+		// (The certificate-reloading TLS config offers no ALPN protocol
+		// today, so h2 is not negotiated anyway; this keeps it so.)
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}}
 }
 
-type stdlibServer struct{ http.Server }
-
-func (s *stdlibServer) serve(ln net.Listener, tlsConfig *tls.Config) error {
+// serve serves ln, with TLS when tlsConfig is set, until Shutdown.
+func (s *httpServer) serve(ln net.Listener, tlsConfig *tls.Config) error {
 	if tlsConfig != nil {
 		s.TLSConfig = tlsConfig
 		return s.ServeTLS(ln, "", "")
 	}
-	return s.Serve(ln)
-}
-
-type h1Server struct{ h1.Server }
-
-func (s *h1Server) serve(ln net.Listener, tlsConfig *tls.Config) error {
-	s.TLSConfig = tlsConfig
 	return s.Serve(ln)
 }

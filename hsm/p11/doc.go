@@ -31,11 +31,11 @@
 // at the same time (one shared session crashes SoftHSM2). A call that finds
 // no free session waits until its context is done and then returns
 // hsm.ErrBusy wrapping ctx.Err(); a context already done on entry gives the
-// same error without waiting. A waiting call watches its context's Err,
-// looked at every 5 ms, not its Done channel (waiters.go: a Done channel
-// and its timer per call are a measurable cost at full load), so it
-// notices the end of its context within about 5 ms. Running PKCS#11 calls
-// cannot be interrupted.
+// same error without waiting. A waiting call selects on the pool, its
+// context's Done channel and the Token's own down and closing signals, so
+// it returns as soon as its context ends, the token goes down
+// (hsm.ErrUnavailable) or Close starts. Running PKCS#11 calls cannot be
+// interrupted.
 //
 // A session that the module declares dead (CKR_SESSION_HANDLE_INVALID,
 // CKR_SESSION_CLOSED, CKR_DEVICE_ERROR), or that is stuck in an active

@@ -67,7 +67,7 @@ func (t *Token) halt(err error) {
 		return
 	}
 	t.down.Store(true)
-	t.waiters.wakeAll()
+	close(*t.downC.Load()) // wakes every call waiting for a session
 	if t.cfg.Observer != nil {
 		t.cfg.Observer.Reinit(t.halted.Load())
 	}
@@ -129,8 +129,10 @@ func (t *Token) Stats() Stats {
 
 // health is the part of Token that recovery uses.
 type health struct {
-	down      atomic.Bool  // set before waiting calls are woken (waiters.wakeAll)
-	failures  atomic.Int32 // consecutive unavailable calls
+	down      atomic.Bool                   // set before the down signal is closed
+	downC     atomic.Pointer[chan struct{}] // closed when the Token goes down; a fresh one once it is back
+	waiting   atomic.Int32                  // calls waiting for a session
+	failures  atomic.Int32                  // consecutive unavailable calls
 	reinits   atomic.Uint64
 	waits     atomic.Uint64
 	waitNanos atomic.Int64
@@ -170,6 +172,15 @@ func isDownErr(err error) bool {
 	return errors.As(err, &pe) && pe.down
 }
 
+// newDownSignal makes the channel the next goDown closes.
+func (h *health) newDownSignal() {
+	c := make(chan struct{})
+	h.downC.Store(&c)
+}
+
+// downSignal returns the channel closed when the Token goes down.
+func (h *health) downSignal() <-chan struct{} { return *h.downC.Load() }
+
 // goDown marks the Token down (once) and starts the recovery loop.
 func (t *Token) goDown() {
 	t.recMu.Lock()
@@ -186,7 +197,7 @@ func (t *Token) goDown() {
 		return
 	}
 	t.down.Store(true)
-	t.waiters.wakeAll()
+	close(*t.downC.Load()) // wakes every call waiting for a session
 	done := make(chan struct{})
 	t.recovery = done
 	go t.recoverLoop(done)
@@ -220,6 +231,7 @@ func (t *Token) recoverLoop(done chan struct{}) {
 			}
 			t.failures.Store(0)
 			t.reinits.Add(1)
+			t.newDownSignal()
 			t.down.Store(false)
 			if t.cfg.Observer != nil {
 				t.cfg.Observer.Reinit(nil)

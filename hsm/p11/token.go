@@ -37,7 +37,6 @@ type Token struct {
 	mu      sync.RWMutex
 	closed  bool
 	closing chan struct{} // closed when Close starts
-	waiters waiters       // calls waiting for a session (waiters.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -111,6 +110,7 @@ func OpenToken(ctx context.Context, cfg Config) (tok *Token, err error) {
 		now:        time.Now,
 	}
 	t.noCopies.Store(cfg.NoWorkingCopies)
+	t.newDownSignal()
 	defer func() {
 		if r := recover(); r != nil {
 			err = panicError("OpenToken", r)
@@ -298,22 +298,9 @@ func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
 	case s = <-t.pool:
 	default:
 		start := time.Now()
-		w := t.waiters.add(ctx)
-		// goDown and Close set their state before they wake the waiters,
-		// so a waiter registered too late for their wake sees the state
-		// here.
-		err := t.waitErr(ctx)
-		for err == nil {
-			select {
-			case s = <-t.pool:
-			case <-w.wake:
-				if err = t.waitErr(ctx); err == nil {
-					continue // a stale wake
-				}
-			}
-			break
-		}
-		t.waiters.remove(w)
+		t.waiting.Add(1)
+		err := t.waitForSession(ctx, &s)
+		t.waiting.Add(-1)
 		if err != nil {
 			return 0, err
 		}
@@ -334,6 +321,31 @@ func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
 		s = ns
 	}
 	return s, nil
+}
+
+// waitForSession waits for a session from the pool into *s until ctx is
+// done, the Token goes down or Close starts, whichever comes first, and
+// says why it stopped waiting (nil: *s is a session).
+func (t *Token) waitForSession(ctx context.Context, s *pkcs11.SessionHandle) error {
+	for {
+		// The down signal is loaded before the down flag is looked at:
+		// goDown sets the flag before it closes the signal, and recovery
+		// makes a fresh signal before it clears the flag, so a wait never
+		// misses the Token going down.
+		down := t.downSignal()
+		if err := t.waitErr(ctx); err != nil {
+			return err
+		}
+		select {
+		case *s = <-t.pool:
+			return nil
+		case <-ctx.Done():
+		case <-down:
+		case <-t.closing:
+		}
+		// Why we woke is decided by waitErr; a closed signal of a past
+		// outage only loops once more.
+	}
 }
 
 // waitErr is why a call waiting for a session must stop waiting, or nil.
@@ -456,7 +468,6 @@ func (t *Token) Close() error {
 		first = true
 		t.recMu.Lock()
 		close(t.closing)
-		t.waiters.close()
 		recovery := t.recovery
 		t.recMu.Unlock()
 		if recovery != nil {

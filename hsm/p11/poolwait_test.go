@@ -4,38 +4,15 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"hsmkms/hsm"
 )
 
-// noDoneCtx is a context whose Done must not be called: it proves that a
-// call waiting for a session waits by its context's Err alone, with no
-// channel or timer of its own. end ends it (Err turns non-nil).
-type noDoneCtx struct {
-	context.Context
-	t     *testing.T
-	ended atomic.Bool
-	dones atomic.Int32
-}
-
-func (c *noDoneCtx) Done() <-chan struct{} {
-	c.dones.Add(1)
-	return c.Context.Done()
-}
-
-func (c *noDoneCtx) Err() error {
-	if c.ended.Load() {
-		return context.Canceled
-	}
-	return nil
-}
-
-// A waiting call notices the end of its context without Done, within a
-// few poll intervals; the reaper disarms once nobody waits.
-func TestWaiterEndsByErr(t *testing.T) {
+// A call waiting for a session returns as soon as its context ends (it
+// waits on ctx.Done, not by polling), and stops counting as waiting.
+func TestWaiterEndsWithContext(t *testing.T) {
 	tok, _ := newTestToken(t, 1)
 	id := []byte("waiter")
 	mustGenerate(t, tok, id)
@@ -43,14 +20,15 @@ func TestWaiterEndsByErr(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := &noDoneCtx{Context: context.Background(), t: t}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	res := make(chan error, 1)
 	go func() {
 		_, _, err := tok.Seal(ctx, id, []byte("x"), testAAD)
 		res <- err
 	}()
 	eventually(t, "the call waits", func() error {
-		if n := tok.waiting(); n != 1 {
+		if n := tok.waitingCalls(); n != 1 {
 			return errors.New("not waiting yet")
 		}
 		return nil
@@ -58,32 +36,24 @@ func TestWaiterEndsByErr(t *testing.T) {
 	select {
 	case err := <-res:
 		t.Fatalf("returned while its context was live: %v", err)
-	case <-time.After(5 * waitPoll):
+	default:
 	}
 	ended := time.Now()
-	ctx.ended.Store(true)
+	cancel()
 	select {
 	case err := <-res:
 		if !errors.Is(err, hsm.ErrBusy) || !errors.Is(err, context.Canceled) {
 			t.Fatalf("err = %v, want hsm.ErrBusy and context.Canceled", err)
 		}
 		if d := time.Since(ended); d > time.Second {
-			t.Fatalf("noticed after %v, want within a few %v", d, waitPoll)
+			t.Fatalf("noticed after %v, want at once", d)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the end of the context was not noticed")
 	}
-	if n := ctx.dones.Load(); n != 0 {
-		t.Fatalf("Done called %d times while waiting", n)
+	if n := tok.waitingCalls(); n != 0 {
+		t.Fatalf("%d calls still counted as waiting", n)
 	}
-	eventually(t, "the reaper disarms", func() error {
-		tok.waiters.mu.Lock()
-		defer tok.waiters.mu.Unlock()
-		if tok.waiters.armed || tok.waiters.n != 0 {
-			return errors.New("still armed")
-		}
-		return nil
-	})
 	tok.pool <- s
 	if _, _, err := tok.Seal(testCtx(t), id, []byte("x"), testAAD); err != nil {
 		t.Fatalf("Seal after the session came back: %v", err)
@@ -114,7 +84,7 @@ func TestWaitersWokenByDownAndRelease(t *testing.T) {
 		}()
 	}
 	eventually(t, "8 calls wait", func() error {
-		if tok.waiting() != 8 {
+		if tok.waitingCalls() != 8 {
 			return errors.New("not all waiting")
 		}
 		return nil
@@ -142,7 +112,7 @@ func TestWaitersWokenByDownAndRelease(t *testing.T) {
 		}()
 	}
 	eventually(t, "4 calls wait", func() error {
-		if tok.waiting() != 4 {
+		if tok.waitingCalls() != 4 {
 			return errors.New("not all waiting")
 		}
 		return nil
@@ -169,9 +139,5 @@ func TestWaitersWokenByDownAndRelease(t *testing.T) {
 	})
 }
 
-// waiting reports how many calls wait for a session, for tests.
-func (t *Token) waiting() int {
-	t.waiters.mu.Lock()
-	defer t.waiters.mu.Unlock()
-	return t.waiters.n
-}
+// waitingCalls reports how many calls wait for a session, for tests.
+func (t *Token) waitingCalls() int { return int(t.waiting.Load()) }

@@ -1,0 +1,117 @@
+package httpapi
+
+import "context"
+
+// This file is the one table of the actions the edge serves: for each, the
+// names it has in each protocol, the policy action the domain checks for it
+// (package kms authorises; the table names it so that the edge and the
+// domain can be held to the same list, see TestActionTableMatchesPolicy),
+// its body limit and its handlers.
+
+// action is one action of the API.
+type action struct {
+	// api3Name and legacyName are the action's names in API 3.0 and in the
+	// legacy API; "" when the protocol does not serve it.
+	api3Name, legacyName string
+	// policy is the policy action the domain checks ("kms:Encrypt",
+	// "kms-admin:CreateCredential").
+	policy string
+	// maxBody caps the request body of the action; 0 means
+	// Config.MaxBodyBytes, which also caps any other value (the body is
+	// read before the action is known for the form shapes).
+	maxBody int64
+	// syncFree marks the actions that change no key or credential: on a
+	// cluster, a TC3 signature accepted with one of them is checked
+	// against the node's memory only (the signatures the node accepted,
+	// and those the other nodes published up to about two
+	// Config.SignatureSync ago), with no store round trip. Every other
+	// action also claims its signature in the shared ledger, after
+	// waiting two publication intervals, before it runs (bind.go).
+	syncFree bool
+	// api3 serves the API 3.0 action (api3.go, keys.go, credentials.go).
+	api3 api3Handler
+	// legacy serves the legacy action (legacy.go, legacy_keys.go);
+	// legacyParams are the business parameters it accepts.
+	legacy       legacyHandler
+	legacyParams []string
+}
+
+// legacyHandler serves one legacy action; ok is the success envelope its
+// reply embeds.
+type legacyHandler func(s *Server, ctx context.Context, p params, ok legacyReply) (any, error)
+
+// actionTable finds an action by its name in each protocol.
+type actionTable struct {
+	all          []*action
+	api3, legacy map[string]*action
+}
+
+// newActionTable returns the table of every action served.
+func newActionTable() actionTable {
+	all := []*action{
+		{api3Name: "CreateKey", legacyName: "CreateKey", policy: "kms:CreateKey",
+			api3: typedAPI3Action((*Server).createKey), legacy: (*Server).legacyCreateKey, legacyParams: []string{"description", "alias", "keyUsage", "type"}},
+		{api3Name: "Encrypt", legacyName: "Encrypt", policy: "kms:Encrypt", syncFree: true,
+			api3: typedAPI3Action((*Server).encrypt), legacy: (*Server).legacyEncrypt, legacyParams: []string{"keyId", "plaintext", "encryptionContext"}},
+		{api3Name: "Decrypt", legacyName: "Decrypt", policy: "kms:Decrypt", syncFree: true,
+			api3: typedAPI3Action((*Server).decrypt), legacy: (*Server).legacyDecrypt, legacyParams: []string{"ciphertextBlob", "encryptionContext"}},
+		{api3Name: "GenerateDataKey", legacyName: "GenerateDataKey", policy: "kms:GenerateDataKey", syncFree: true,
+			api3: typedAPI3Action((*Server).generateDataKey), legacy: (*Server).legacyGenerateDataKey, legacyParams: []string{"keyId", "keySpec", "numberOfBytes", "encryptionContext"}},
+		{api3Name: "ReEncrypt", policy: "kms:ReEncrypt", syncFree: true, api3: typedAPI3Action((*Server).reEncrypt)},
+		{api3Name: "GenerateRandom", policy: "kms:GenerateRandom", syncFree: true, api3: typedAPI3Action((*Server).generateRandom)},
+
+		{api3Name: "DescribeKey", legacyName: "GetKeyAttributes", policy: "kms:DescribeKey", syncFree: true,
+			api3: typedAPI3Action((*Server).describeKey), legacy: (*Server).legacyGetKeyAttributes, legacyParams: []string{"keyId"}},
+		{api3Name: "DescribeKeys", policy: "kms:DescribeKeys", syncFree: true, api3: typedAPI3Action((*Server).describeKeys)},
+		{api3Name: "ListKeys", legacyName: "ListKey", policy: "kms:ListKeys", syncFree: true,
+			api3: typedAPI3Action((*Server).listKeys), legacy: (*Server).legacyListKey, legacyParams: []string{"offset", "limit"}},
+		{api3Name: "ListKeyDetail", policy: "kms:ListKeyDetail", syncFree: true, api3: typedAPI3Action((*Server).listKeyDetail)},
+		{api3Name: "GetKeyRotationStatus", policy: "kms:GetKeyRotationStatus", syncFree: true, api3: typedAPI3Action((*Server).getKeyRotationStatus)},
+		// hsmkms's own: versions and their usage counts.
+		{api3Name: "ListKeyVersions", policy: "kms:DescribeKey", syncFree: true, api3: typedAPI3Action((*Server).listKeyVersions)},
+
+		{api3Name: "UpdateAlias", legacyName: "SetKeyAttributes", policy: "kms:UpdateAlias",
+			api3: typedAPI3Action((*Server).updateAlias), legacy: (*Server).legacySetKeyAttributes, legacyParams: []string{"keyId", "alias"}},
+		{api3Name: "UpdateKeyDescription", policy: "kms:UpdateKeyDescription", api3: typedAPI3Action((*Server).updateKeyDescription)},
+		{api3Name: "EnableKey", legacyName: "EnableKey", policy: "kms:EnableKey",
+			api3: typedAPI3Action((*Server).enableKey), legacy: (*Server).legacyEnableKey, legacyParams: []string{"keyId"}},
+		{api3Name: "DisableKey", legacyName: "DisableKey", policy: "kms:DisableKey",
+			api3: typedAPI3Action((*Server).disableKey), legacy: (*Server).legacyDisableKey, legacyParams: []string{"keyId"}},
+		{api3Name: "EnableKeys", policy: "kms:EnableKeys", api3: typedAPI3Action((*Server).enableKeys)},
+		{api3Name: "DisableKeys", policy: "kms:DisableKeys", api3: typedAPI3Action((*Server).disableKeys)},
+		{api3Name: "ScheduleKeyDeletion", legacyName: "ScheduleKeyDeletion", policy: "kms:ScheduleKeyDeletion",
+			api3: typedAPI3Action((*Server).scheduleKeyDeletion), legacy: (*Server).legacyScheduleKeyDeletion, legacyParams: []string{"keyId", "pendingWindowInDays"}},
+		{api3Name: "CancelKeyDeletion", legacyName: "CancelKeyDeletion", policy: "kms:CancelKeyDeletion",
+			api3: typedAPI3Action((*Server).cancelKeyDeletion), legacy: (*Server).legacyCancelKeyDeletion, legacyParams: []string{"keyId"}},
+		{api3Name: "ArchiveKey", policy: "kms:ArchiveKey", api3: typedAPI3Action((*Server).archiveKey)},
+		{api3Name: "CancelKeyArchive", policy: "kms:CancelKeyArchive", api3: typedAPI3Action((*Server).cancelKeyArchive)},
+		{api3Name: "RotateKey", policy: "kms:RotateKey", api3: typedAPI3Action((*Server).rotateKey)},
+		{api3Name: "EnableKeyRotation", policy: "kms:EnableKeyRotation", api3: typedAPI3Action((*Server).enableKeyRotation)},
+		{api3Name: "DisableKeyRotation", policy: "kms:DisableKeyRotation", api3: typedAPI3Action((*Server).disableKeyRotation)},
+
+		{api3Name: "CreateCredential", policy: "kms-admin:CreateCredential", api3: typedAPI3Action((*Server).createCredential)},
+		{api3Name: "ListCredentials", policy: "kms-admin:ListCredentials", api3: typedAPI3Action((*Server).listCredentials)},
+		{api3Name: "EnableCredential", policy: "kms-admin:EnableCredential", api3: typedAPI3Action((*Server).enableCredential)},
+		{api3Name: "DisableCredential", policy: "kms-admin:DisableCredential", api3: typedAPI3Action((*Server).disableCredential)},
+		{api3Name: "UpdateCredentialPolicy", policy: "kms-admin:UpdateCredentialPolicy", api3: typedAPI3Action((*Server).updateCredentialPolicy)},
+		{api3Name: "DeleteCredential", policy: "kms-admin:DeleteCredential", api3: typedAPI3Action((*Server).deleteCredential)},
+	}
+	t := actionTable{all: all, api3: map[string]*action{}, legacy: map[string]*action{}}
+	for _, a := range all {
+		if a.api3Name != "" {
+			t.api3[a.api3Name] = a
+		}
+		if a.legacyName != "" {
+			t.legacy[a.legacyName] = a
+		}
+	}
+	return t
+}
+
+// bodyLimit is the largest request body a accepts under cfgMax.
+func (a *action) bodyLimit(cfgMax int64) int64 {
+	if a.maxBody > 0 && a.maxBody < cfgMax {
+		return a.maxBody
+	}
+	return cfgMax
+}

@@ -1,0 +1,39 @@
+package httpapi
+
+import (
+	"slices"
+	"testing"
+
+	"hsmkms/kms"
+)
+
+// The action table names, for each action, a policy action the domain
+// knows, and every policy action of the domain is served by some action.
+func TestActionTableMatchesPolicy(t *testing.T) {
+	tab := newActionTable()
+	known := append(kms.KeyActions(), kms.AdminActions()...)
+	used := map[string]bool{}
+	for _, a := range tab.all {
+		if !slices.Contains(known, a.policy) {
+			t.Errorf("%s/%s: policy action %q is not one the domain checks", a.api3Name, a.legacyName, a.policy)
+		}
+		used[a.policy] = true
+		if a.api3Name == "" && a.legacyName == "" {
+			t.Errorf("%s: served by no protocol", a.policy)
+		}
+		if (a.api3Name != "") != (a.api3.serve != nil) || (a.legacyName != "") != (a.legacy != nil) {
+			t.Errorf("%s/%s: a protocol name without a handler, or the reverse", a.api3Name, a.legacyName)
+		}
+		if a.bodyLimit(64<<10) > 64<<10 {
+			t.Errorf("%s: body limit above the server's", a.api3Name)
+		}
+	}
+	for _, p := range known {
+		if !used[p] {
+			t.Errorf("policy action %s is served by no action", p)
+		}
+	}
+	if len(tab.api3) != 31 || len(tab.legacy) != 11 {
+		t.Fatalf("%d API 3.0 and %d legacy actions, want 31 and 11", len(tab.api3), len(tab.legacy))
+	}
+}
