@@ -28,6 +28,9 @@ func TestActionTableMatchesPolicy(t *testing.T) {
 			t.Errorf("%s: body limit above the server's", a.api3Name)
 		}
 	}
+	// kms-admin:Reseal is granted to `kmsd reseal`, run locally by whoever
+	// holds the token PIN; no API action serves it.
+	used["kms-admin:Reseal"] = true
 	for _, p := range known {
 		if !used[p] {
 			t.Errorf("policy action %s is served by no action", p)
