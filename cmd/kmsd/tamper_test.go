@@ -320,7 +320,7 @@ func destroyMACKey(t *testing.T, tok softhsm.Token) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	h, err := p11.OpenToken(ctx, p11.Config{ModulePath: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, Sessions: 1})
+	h, err := p11.OpenToken(ctx, p11.Config{ModulePath: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN, InitArgs: tok.InitArgs, Sessions: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
