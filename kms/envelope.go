@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
-	"unsafe"
 
 	"hsmkms/hsm"
 )
@@ -198,13 +197,5 @@ func parseEnvelope(b []byte) (Envelope, error) {
 	return e, nil
 }
 
-// encodeBlob returns b in base64 with one allocation (EncodeToString makes
-// two): the bytes written are never changed after the conversion.
-func encodeBlob(b []byte) string {
-	if len(b) == 0 {
-		return ""
-	}
-	out := make([]byte, blobEncoding.EncodedLen(len(b)))
-	blobEncoding.Encode(out, b)
-	return unsafe.String(&out[0], len(out))
-}
+// encodeBlob returns b in base64.
+func encodeBlob(b []byte) string { return blobEncoding.EncodeToString(b) }
