@@ -211,6 +211,15 @@ func (t *Token) probeUnmodifiableCopies(ctx context.Context) error {
 // Errors: as GenerateKey; hsm.ErrUnavailable also if several secret keys
 // already share the id, or racing creators did not settle.
 func (t *Token) EnsureKey(ctx context.Context, objectID []byte, label string) (created bool, err error) {
+	return t.ensureFixedKey(ctx, objectID, label, func(s pkcs11.SessionHandle, claimID []byte, claimLabel string) (pkcs11.ObjectHandle, error) {
+		return t.generateAES(s, claimID, claimLabel, true)
+	})
+}
+
+// ensureFixedKey checks objectID and label, enters the Token and runs
+// ensureFixed with gen, observed as C_GenerateKey: the common part of
+// EnsureKey and EnsureMACKey.
+func (t *Token) ensureFixedKey(ctx context.Context, objectID []byte, label string, gen fixedGen) (created bool, err error) {
 	if err := checkObjectID(objectID); err != nil {
 		return false, err
 	}
@@ -222,9 +231,7 @@ func (t *Token) EnsureKey(ctx context.Context, objectID []byte, label string) (c
 	}
 	defer t.mu.RUnlock()
 	defer func(start time.Time) { t.observe("C_GenerateKey", start, err) }(time.Now())
-	return t.ensureFixed(ctx, objectID, label, func(s pkcs11.SessionHandle, claimID []byte, claimLabel string) (pkcs11.ObjectHandle, error) {
-		return t.generateAES(s, claimID, claimLabel, true)
-	})
+	return t.ensureFixed(ctx, objectID, label, gen)
 }
 
 // find returns up to max handles of secret keys whose CKA_ID is objectID.

@@ -73,18 +73,7 @@ func (t *Token) generateMAC(s pkcs11.SessionHandle, objectID []byte, label strin
 // settle); hsm.ErrBusy. Safe for concurrent use; serialised with
 // GenerateKey and EnsureKey.
 func (t *Token) EnsureMACKey(ctx context.Context, objectID []byte, label string) (created bool, err error) {
-	if err := checkObjectID(objectID); err != nil {
-		return false, err
-	}
-	if len(label) > maxLabel || !printable(label) {
-		return false, fmt.Errorf("%w: key label must be printable UTF-8 of at most %d bytes", hsm.ErrInvalidInput, maxLabel)
-	}
-	if err := t.enter(); err != nil {
-		return false, err
-	}
-	defer t.mu.RUnlock()
-	defer func(start time.Time) { t.observe("C_GenerateKey", start, err) }(time.Now())
-	return t.ensureFixed(ctx, objectID, label, func(s pkcs11.SessionHandle, claimID []byte, claimLabel string) (pkcs11.ObjectHandle, error) {
+	return t.ensureFixedKey(ctx, objectID, label, func(s pkcs11.SessionHandle, claimID []byte, claimLabel string) (pkcs11.ObjectHandle, error) {
 		return t.generateMAC(s, claimID, claimLabel, true)
 	})
 }
