@@ -70,16 +70,7 @@ const NSSInstallHint = "NSS softoken is not installed: run `sudo apt-get install
 
 // FindNSSModule returns the path of libsoftokn3.so.
 func FindNSSModule() (string, error) {
-	cands := NSSModuleCandidates
-	if m := os.Getenv("NSS_SOFTOKEN_MODULE"); m != "" {
-		cands = append([]string{m}, cands...)
-	}
-	for _, c := range cands {
-		if _, err := os.Stat(c); err == nil {
-			return c, nil
-		}
-	}
-	return "", fmt.Errorf("%s", NSSInstallHint)
+	return findModule("NSS_SOFTOKEN_MODULE", NSSModuleCandidates, NSSInstallHint)
 }
 
 // NSSInitArgs is the C_Initialize library-parameters string that opens the

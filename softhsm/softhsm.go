@@ -11,6 +11,7 @@ package softhsm
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -35,8 +36,13 @@ const InstallHint = "SoftHSM2 is not installed: run `sudo apt-get install -y sof
 // FindModule returns the path of the SoftHSM2 PKCS#11 module, or an error
 // that says how to install it.
 func FindModule() (string, error) {
-	cands := ModuleCandidates
-	if m := os.Getenv("SOFTHSM2_MODULE"); m != "" {
+	return findModule("SOFTHSM2_MODULE", ModuleCandidates, InstallHint)
+}
+
+// findModule returns the first of the path in the environment variable
+// envVar (when set) and cands that exists, or an error saying hint.
+func findModule(envVar string, cands []string, hint string) (string, error) {
+	if m := os.Getenv(envVar); m != "" {
 		cands = append([]string{m}, cands...)
 	}
 	for _, c := range cands {
@@ -44,7 +50,7 @@ func FindModule() (string, error) {
 			return c, nil
 		}
 	}
-	return "", fmt.Errorf("%s", InstallHint)
+	return "", errors.New(hint)
 }
 
 // Token describes a token made for one test (SoftHSM2 or NSS softoken), or
