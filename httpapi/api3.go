@@ -185,7 +185,8 @@ func (s *Server) serveAPI3(c echo.Context) error {
 		return err
 	}
 	setRequestID(resp, info.requestID)
-	info.reply = api3Envelope{Response: resp}
+	info.envelope.Response = resp
+	info.reply = &info.envelope // the record's own envelope: no copy into an interface
 	return nil
 }
 

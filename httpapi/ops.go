@@ -45,6 +45,7 @@ type reqInfo struct {
 	api3      *api3Request   // API 3.0: the request, once authenticated
 	params    params         // legacy: the parameters, once authenticated
 	reply     any            // the success reply, set by the action
+	envelope  api3Envelope   // API 3.0: the success reply's envelope (reply points here)
 	wire      *wireError     // the answer to the error the request failed with
 }
 
