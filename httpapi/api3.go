@@ -74,33 +74,35 @@ type api3Request struct {
 	all             map[string]string // signature v1: every parameter, for the signature
 }
 
-func (s *Server) readAPI3(r *http.Request) (*api3Request, error) {
+// readAPI3 reads r in its TC3 or signature-v1 shape into req (the
+// request record's own, so that the hot path allocates none).
+func (s *Server) readAPI3(r *http.Request, req *api3Request) error {
 	body, err := readBody(r, s.cfg.MaxBodyBytes)
 	if err != nil {
-		return nil, apiErrorf("InvalidParameter", "cannot read the request body")
+		return apiErrorf("InvalidParameter", "cannot read the request body")
 	}
 	if int64(len(body)) > s.cfg.MaxBodyBytes {
-		return nil, apiErrorf("InvalidParameter", "the request body is too large")
+		return apiErrorf("InvalidParameter", "the request body is too large")
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
-		return nil, apiErrorf("UnsupportedProtocol", "only GET and POST are supported")
+		return apiErrorf("UnsupportedProtocol", "only GET and POST are supported")
 	}
 	if action := hget(r.Header, "X-Tc-Action"); action != "" || strings.HasPrefix(hget(r.Header, "Authorization"), tcsign.Algorithm) {
-		req := &api3Request{action: action, version: hget(r.Header, "X-Tc-Version"), tc3: true, body: body}
+		*req = api3Request{action: action, version: hget(r.Header, "X-Tc-Version"), tc3: true, body: body}
 		if r.Method == http.MethodPost {
 			ct := strings.ToLower(hget(r.Header, "Content-Type"))
 			if !strings.HasPrefix(ct, "application/json") {
-				return nil, apiErrorf("InvalidParameter", "TC3 POST requests must be application/json")
+				return apiErrorf("InvalidParameter", "TC3 POST requests must be application/json")
 			}
 			req.jsonBody = body
-			return req, nil
+			return nil
 		}
 		p, err := parseParams(r.URL.RawQuery)
 		if err != nil {
-			return nil, apiErrorf("InvalidParameter", "malformed query string")
+			return apiErrorf("InvalidParameter", "malformed query string")
 		}
 		req.form = p
-		return req, nil
+		return nil
 	}
 	raw := r.URL.RawQuery
 	if r.Method == http.MethodPost {
@@ -108,15 +110,15 @@ func (s *Server) readAPI3(r *http.Request) (*api3Request, error) {
 	}
 	p, err := parseParams(raw)
 	if err != nil {
-		return nil, apiErrorf("InvalidParameter", "malformed parameters")
+		return apiErrorf("InvalidParameter", "malformed parameters")
 	}
-	req := &api3Request{action: p["Action"], version: p["Version"], form: map[string]string{}, all: p}
+	*req = api3Request{action: p["Action"], version: p["Version"], form: map[string]string{}, all: p}
 	for k, v := range p {
 		if !api3CommonParams[k] {
 			req.form[k] = v
 		}
 	}
-	return req, nil
+	return nil
 }
 
 // authenticateAPI3 is the API 3.0 routes' authentication middleware: it
@@ -126,7 +128,8 @@ func (s *Server) authenticateAPI3(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		r := c.Request()
 		info := infoFrom(r.Context())
-		req, err := s.readAPI3(r)
+		req := &info.api3Req
+		err := s.readAPI3(r, req)
 		if err != nil {
 			return err
 		}
@@ -185,7 +188,8 @@ func (s *Server) serveAPI3(c echo.Context) error {
 		return err
 	}
 	setRequestID(resp, info.requestID)
-	info.reply = api3Envelope{Response: resp}
+	info.envelope.Response = resp
+	info.reply = &info.envelope // the record's own envelope: no copy into an interface
 	return nil
 }
 

@@ -1,9 +1,12 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -77,8 +80,46 @@ func (s *Server) record(next echo.HandlerFunc) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		return c.JSON(http.StatusOK, info.reply)
+		return sendJSON(c, http.StatusOK, info.reply)
 	}
+}
+
+// replyEncoder is an encoding/json Encoder bound to its own buffer,
+// reused across requests (replyEncoders).
+type replyEncoder struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+// replyEncoders holds the reply encoders not in use.
+var replyEncoders = sync.Pool{New: func() any {
+	r := new(replyEncoder)
+	r.enc = json.NewEncoder(&r.buf)
+	return r
+}}
+
+// maxPooledReply is the largest reply buffer kept for reuse; the buffers
+// of larger replies (long key lists) are left to the garbage collector.
+const maxPooledReply = 64 << 10
+
+// sendJSON answers c with code and v as Echo's c.JSON does (encoding/json,
+// HTML-safe escaping, a final newline, Content-Type application/json),
+// but encodes into a pooled buffer with a pooled Encoder and does not
+// parse the query string for Echo's "pretty" switch: API replies are never
+// indented. The buffer is cleared once written, so no reply (a Decrypt's
+// plaintext) stays in memory past its request.
+func sendJSON(c echo.Context, code int, v any) error {
+	r := replyEncoders.Get().(*replyEncoder)
+	r.buf.Reset()
+	err := r.enc.Encode(v)
+	if err == nil {
+		err = c.Blob(code, echo.MIMEApplicationJSON, r.buf.Bytes())
+	}
+	clear(r.buf.Bytes())
+	if r.buf.Cap() <= maxPooledReply {
+		replyEncoders.Put(r)
+	}
+	return err
 }
 
 // limitRate applies the caller's rate limit, once its signature is
@@ -123,7 +164,7 @@ func (s *Server) handleHTTPError(err error, c echo.Context) {
 		if info.protocol == protocolAPI3 {
 			reply = api3Envelope{Response: api3ErrorBody{Error: &apiError{Code: w.code, Message: w.message}, RequestID: info.requestID}}
 		}
-		_ = c.JSON(http.StatusOK, reply)
+		_ = sendJSON(c, http.StatusOK, reply)
 		return
 	}
 	status := http.StatusInternalServerError

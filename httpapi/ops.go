@@ -42,10 +42,15 @@ type reqInfo struct {
 	verified   bool   // refused after its signature was verified (noteRefused)
 
 	principal *kms.Principal // the caller, once authenticated
-	api3      *api3Request   // API 3.0: the request, once authenticated
+	api3      *api3Request   // API 3.0: the request, once authenticated (points to api3Req)
 	params    params         // legacy: the parameters, once authenticated
 	reply     any            // the success reply, set by the action
 	wire      *wireError     // the answer to the error the request failed with
+
+	// The record's own storage for api3 and reply, so that an API 3.0
+	// request allocates neither.
+	api3Req  api3Request
+	envelope api3Envelope
 }
 
 type reqInfoKey struct{}

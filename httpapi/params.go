@@ -67,6 +67,9 @@ func fieldsOf(t reflect.Type) map[string]fieldInfo {
 // readBody reads at most max+1 bytes of r's body (so the caller can tell a
 // body over max), as io.ReadAll(io.LimitReader(r.Body, max+1)) does, but
 // into one buffer sized from Content-Length when the request declares one.
+// A body read to its end is closed at once: net/http then has nothing left
+// to drain after the handler (it would otherwise copy the body's remainder,
+// empty, to io.Discard through an io.LimitReader of its own).
 func readBody(r *http.Request, max int64) ([]byte, error) {
 	if n := r.ContentLength; n >= 0 && n <= max {
 		// One byte more than declared, so that EOF is seen without growing.
@@ -75,6 +78,7 @@ func readBody(r *http.Request, max int64) ([]byte, error) {
 			m, err := r.Body.Read(b[len(b):cap(b)])
 			b = b[:len(b)+m]
 			if err == io.EOF {
+				r.Body.Close()
 				return b, nil
 			}
 			if err != nil {
