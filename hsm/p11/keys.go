@@ -167,18 +167,7 @@ func (t *Token) probeUnmodifiableCopies(ctx context.Context) error {
 		return nil
 	}
 	return t.do(ctx, func(s pkcs11.SessionHandle) error {
-		tmpl := []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hsm.KeyBytes),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
-			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
-			pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
-		}
+		tmpl := sessionAESTemplate(pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false))
 		h, err := t.mod.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
 		if err != nil {
 			if templateRefused(classify("C_GenerateKey", err)) {
@@ -465,4 +454,21 @@ func (t *Token) cacheListed(ids [][]byte, handles []pkcs11.ObjectHandle) {
 		}
 	}
 	t.hmu.Unlock()
+}
+
+// sessionAESTemplate is the template of a throwaway AES-256 session key
+// (not a token object; private, sensitive, not extractable, encrypt and
+// decrypt only) plus extra, for the start-up probes and self-check.
+func sessionAESTemplate(extra ...*pkcs11.Attribute) []*pkcs11.Attribute {
+	return append([]*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hsm.KeyBytes),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+	}, extra...)
 }

@@ -143,18 +143,7 @@ func oneLine(s string) string {
 // key, in the configured IV mode, through the same code as Seal and Open,
 // and checks that a changed tag is refused.
 func (t *Token) gcmRoundTrip(s pkcs11.SessionHandle) error {
-	tmpl := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, hsm.KeyBytes),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
-		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, "hsmkms self-check"),
-	}
+	tmpl := sessionAESTemplate(pkcs11.NewAttribute(pkcs11.CKA_LABEL, "hsmkms self-check"))
 	h, err := t.mod.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
 	if err != nil {
 		return classify("C_GenerateKey", err)
