@@ -1,11 +1,11 @@
 package kms
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 )
 
@@ -143,13 +143,8 @@ func AdminPolicy() Policy {
 // fault.
 func ParsePolicy(doc string) (Policy, error) {
 	var p Policy
-	dec := json.NewDecoder(bytes.NewReader([]byte(doc)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
-		return Policy{}, fmt.Errorf("%w: %v", ErrInvalidPolicy, err)
-	}
-	if dec.More() {
-		return Policy{}, fmt.Errorf("%w: data after the policy object", ErrInvalidPolicy)
+	if err := decodePolicyJSON(doc, &p); err != nil {
+		return Policy{}, err
 	}
 	return p, p.Validate()
 }
@@ -451,6 +446,22 @@ func authorize(ctx context.Context, action, resource string) error {
 	}
 	if !p.Policy.Allows(action, resource) {
 		return fmt.Errorf("%w: %s on %s", ErrUnauthorized, action, resource)
+	}
+	return nil
+}
+
+// decodePolicyJSON decodes exactly one JSON object from doc into v, refusing
+// unknown fields and anything but white space after the object (a stray
+// "]" or "}" included, which json.Decoder.More does not report). Errors
+// wrap ErrInvalidPolicy.
+func decodePolicyJSON(doc string, v any) error {
+	dec := json.NewDecoder(strings.NewReader(doc))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidPolicy, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: data after the policy object", ErrInvalidPolicy)
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package kms
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -48,13 +47,8 @@ func encodeStoredPolicy(p Policy) (string, error) {
 //     deny never denies less than it did.
 func parseStoredPolicy(doc string) (p Policy, notes []string, err error) {
 	var sp storedPolicy
-	dec := json.NewDecoder(bytes.NewReader([]byte(doc)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&sp); err != nil {
-		return Policy{}, nil, fmt.Errorf("%w: %v", ErrInvalidPolicy, err)
-	}
-	if dec.More() {
-		return Policy{}, nil, fmt.Errorf("%w: data after the policy object", ErrInvalidPolicy)
+	if err := decodePolicyJSON(doc, &sp); err != nil {
+		return Policy{}, nil, err
 	}
 	p = Policy{Version: sp.Version, Statement: sp.Statement}
 	switch sp.Format {

@@ -56,6 +56,27 @@ func TestParsePolicyRejects(t *testing.T) {
 			t.Errorf("ParsePolicy(%s) = %v, want ErrInvalidPolicy", doc, err)
 		}
 	}
+	// Data after the object, stray closing delimiters included, which
+	// json.Decoder.More does not report (found by
+	// FuzzStoredPolicyNeverWidens): refused when saved and when read back.
+	for _, doc := range []string{
+		`{"version":"2.0","statement":[{"effect":"allow","action":["kms:*"],"resource":["*"]}]}]`,
+		`{"version":"2.0","statement":[{"effect":"allow","action":["kms:*"],"resource":["*"]}]}}`,
+		`{"version":"2.0","statement":[{"effect":"allow","action":["kms:*"],"resource":["*"]}]} x`,
+		`{"version":"2.0","statement":[{"effect":"allow","action":["kms:*"],"resource":["*"]}]} {}`,
+	} {
+		if _, err := ParsePolicy(doc); !errors.Is(err, ErrInvalidPolicy) {
+			t.Errorf("ParsePolicy(%s) = %v, want ErrInvalidPolicy", doc, err)
+		}
+		if _, _, err := parseStoredPolicy(doc); !errors.Is(err, ErrInvalidPolicy) {
+			t.Errorf("parseStoredPolicy(%s) = %v, want ErrInvalidPolicy", doc, err)
+		}
+	}
+	// White space after the object is not data.
+	doc := "{\"version\":\"2.0\",\"statement\":[{\"effect\":\"allow\",\"action\":[\"kms:*\"],\"resource\":[\"*\"]}]}\n\t "
+	if _, err := ParsePolicy(doc); err != nil {
+		t.Errorf("ParsePolicy with trailing white space: %v", err)
+	}
 }
 
 func TestAuthorizeNeedsPrincipal(t *testing.T) {
