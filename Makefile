@@ -18,6 +18,12 @@ BENCH_SOAK ?= 1m
 SOAK ?= 10m
 SOAK_WARM ?= 400s
 BENCH_ARGS ?=
+# The software-only KMS mock that make bench sets beside kmsd's Encrypt
+# (scripts/loadgen/mock.go): local-kms at a pinned version, installed into
+# bin/ from the Go module proxy (go install verifies it against the checksum
+# database). MOCK= leaves the cell out.
+LOCAL_KMS_VERSION := v0.0.0-20260228092603-2a5e92d09ab6
+MOCK ?= bin/local-kms
 
 .PHONY: all setup token build run test vet fuzz clean bench soak
 
@@ -69,7 +75,8 @@ fuzz:
 # same harness is part of make test (scripts/loadgen/smoke_test.go).
 bench: setup
 	$(GO) build -o bin/ ./cmd/... ./scripts/loadgen
-	bin/loadgen -kmsd bin/kmsd -soak $(BENCH_SOAK) $(BENCH_ARGS)
+	$(if $(MOCK),GOBIN=$(CURDIR)/bin $(GO) install github.com/nsmithuk/local-kms@$(LOCAL_KMS_VERSION))
+	bin/loadgen -kmsd bin/kmsd $(if $(MOCK),-mock $(MOCK)) -soak $(BENCH_SOAK) $(BENCH_ARGS)
 
 soak: setup
 	$(GO) build -o bin/ ./cmd/... ./scripts/loadgen

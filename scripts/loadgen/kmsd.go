@@ -187,6 +187,8 @@ type snapshot struct {
 	selfCPU time.Duration
 }
 
+func (k *kmsd) address() string { return k.addr }
+
 func (k *kmsd) snap() snapshot {
 	var s snapshot
 	s.ticks, _ = cpuTicks(k.cmd.Process.Pid)

@@ -51,6 +51,9 @@ type options struct {
 	// clientProcs is the load generator's GOMAXPROCS while it drives kmsd
 	// (0: Go's default). Raw cells always run at Go's default.
 	clientProcs int
+	// mockBin is a local-kms binary (mock.go); "" leaves out the
+	// software-mock cell.
+	mockBin string
 }
 
 func main() {
@@ -73,6 +76,7 @@ func main() {
 	flag.StringVar(&parts, "parts", "main,manykeys,network,twonode,soak", "parts to run")
 	flag.StringVar(&opsFlag, "ops", "", "main run: comma-separated operations to drive (encrypt, decrypt, generatedatakey, legacy-encrypt; default all)")
 	flag.IntVar(&o.clientProcs, "client-procs", 1, "GOMAXPROCS of the load generator while it drives kmsd (0: Go's default); the raw cells run at Go's default")
+	flag.StringVar(&o.mockBin, "mock", "", "local-kms binary: adds a mock-encrypt cell (a software-only AWS KMS mock, same load) beside kmsd's Encrypt")
 	cpuProfile := flag.String("cpuprofile", "", "write the load generator's own CPU profile to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -201,9 +205,24 @@ func runBench(ctx context.Context, o options, out io.Writer) (err error) {
 		return err
 	}
 	defer closePools()
+	if o.mockBin != "" && o.parts["main"] {
+		m, err := startMock(o.mockBin, filepath.Join(o.workDir, "local-kms"))
+		if err != nil {
+			return err
+		}
+		defer m.stop()
+		op, err := mockEncryptOp(m, o.size)
+		if err != nil {
+			return err
+		}
+		op.tgt = m
+		ops = append(ops, op)
+	}
 
 	var rawRates []float64
 	encRatio := map[int][]float64{}
+	// Per round: kmsd's Encrypt rate over the software mock's (mock.go).
+	mockRatio := map[int][]float64{}
 	stats := map[string]*cellStats{}
 	key := func(op string, c int) string { return op + "@" + strconv.Itoa(c) }
 
@@ -242,13 +261,25 @@ func runBench(ctx context.Context, o options, out io.Writer) (err error) {
 					cs = &cellStats{}
 					stats[key(c.op.name, c.c)] = cs
 				}
-				rps := measure(k, c.c, c.op.src, o.warm, o.dur, cs)
+				var tgt target = k
+				if c.op.tgt != nil {
+					tgt = c.op.tgt
+				}
+				rps := measure(tgt, c.c, c.op.src, o.warm, o.dur, cs)
 				if c.op.name == "encrypt" {
 					encRatio[c.c] = append(encRatio[c.c], rps/rawRate)
 				}
 				line += fmt.Sprintf("; %s %.0f", key(c.op.name, c.c), rps)
 			}
 			fmt.Fprintln(out, line)
+			if o.mockBin != "" {
+				for _, c := range o.conc {
+					e, m := stats[key("encrypt", c)], stats[key("mock-encrypt", c)]
+					if e != nil && m != nil && len(e.rps) == r+1 && len(m.rps) == r+1 && m.rps[r] > 0 {
+						mockRatio[c] = append(mockRatio[c], e.rps[r]/m.rps[r])
+					}
+				}
+			}
 		}
 		lo, hi := minmax(rawRates)
 		fmt.Fprintf(out, "\nraw ceiling (1 KiB CKM_AES_GCM, 1 session, 1 goroutine): %.0f ops/s (min %.0f, max %.0f)\n\n", median(rawRates), lo, hi)
@@ -278,6 +309,11 @@ func runBench(ctx context.Context, o options, out io.Writer) (err error) {
 		}
 		for _, c := range o.conc {
 			fmt.Fprintf(out, "encrypt_ratio_to_raw_hsm@%d: %.2f (per-round %s)\n", c, median(encRatio[c]), fmtList(encRatio[c]))
+		}
+		for _, c := range o.conc {
+			if len(mockRatio[c]) > 0 {
+				fmt.Fprintf(out, "encrypt_ratio_to_software_mock@%d: %.2f (per-round %s; kmsd's signed API 3.0 Encrypt over local-kms's unsigned AWS Encrypt)\n", c, median(mockRatio[c]), fmtList(mockRatio[c]))
+			}
 		}
 	}
 

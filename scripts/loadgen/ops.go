@@ -10,6 +10,8 @@ type opSpec struct {
 	name  string
 	src   func(w int) source
 	avail string // "" when available, else why not
+	// tgt is the server the op drives; nil means kmsd.
+	tgt target
 }
 
 // buildOps makes the request pools of the main run.

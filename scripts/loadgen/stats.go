@@ -39,10 +39,17 @@ type cellStats struct {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e6) }
 
+// target is a server a cell drives: kmsd, or the software mock
+// (mock.go).
+type target interface {
+	address() string
+	snap() snapshot
+}
+
 // measure runs one closed-loop cell against k and records it in cs.
-func measure(k *kmsd, conc int, src func(w int) source, warm, d time.Duration, cs *cellStats) float64 {
+func measure(k target, conc int, src func(w int) source, warm, d time.Duration, cs *cellStats) float64 {
 	var a, b snapshot
-	r := drive(k.addr, conc, src, warm, d, func(start bool) {
+	r := drive(k.address(), conc, src, warm, d, func(start bool) {
 		if start {
 			a = k.snap()
 		} else {
