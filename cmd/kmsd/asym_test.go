@@ -30,6 +30,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 	tckms "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/kms/v20190118"
@@ -626,5 +627,98 @@ func TestTamperedAsymmetricKey(t *testing.T) {
 	}
 	if n := s.metric(t, "kmsd_integrity_failing_rows"); n != 2 {
 		t.Errorf("kmsd_integrity_failing_rows %v, want 2", n)
+	}
+}
+
+// TestCrashAsymmetric: kmsd killed between the key pair's token object
+// and the store (create:intent, create:generated), or in the middle of the
+// purge of an asymmetric key, leaves neither an orphan private key nor a
+// dangling key once restarted.
+func TestCrashAsymmetric(t *testing.T) {
+	for _, point := range []string{"create:intent", "create:generated", "purge:destroyed-one"} {
+		t.Run(point, func(t *testing.T) {
+			env, _ := crashEnv(t)
+			s := startFaulty(t, env)
+			keyID, err := sdkCreate(t, s.sdk(), "survivor", "ASYMMETRIC_SIGN_VERIFY_ECC")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.stop()
+
+			if point == "purge:destroyed-one" {
+				s = startFaulty(t, env)
+				c := s.sdk()
+				dis := tckms.NewDisableKeyRequest()
+				dis.KeyId = common.StringPtr(keyID)
+				if _, err := c.DisableKey(dis); err != nil {
+					t.Fatal(err)
+				}
+				sk := tckms.NewScheduleKeyDeletionRequest()
+				sk.KeyId, sk.PendingWindowInDays = common.StringPtr(keyID), common.Uint64Ptr(7)
+				if _, err := c.ScheduleKeyDeletion(sk); err != nil {
+					t.Fatal(err)
+				}
+				s.stop()
+				later := append(env, "KMSD_CLOCK_OFFSET=192h", "KMSD_MAINTENANCE_INTERVAL=200ms")
+				if s := startFaulty(t, append(later, "KMSD_FAULT_POINT="+point)); s != nil {
+					s.killed()
+				}
+				s = startFaulty(t, later)
+				if rec := s.recovery(); rec["missing"] != 0 || rec["unresolved"] != 0 {
+					t.Fatalf("recovery %v", rec)
+				}
+				dk := tckms.NewDescribeKeyRequest()
+				dk.KeyId = common.StringPtr(keyID)
+				c = s.sdk()
+				for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+					d, err := c.DescribeKey(dk)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if *d.Response.KeyMetadata.KeyState == "Deleted" {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("not purged: %s", d.ToJsonString())
+					}
+				}
+				s.stop()
+				s = startFaulty(t, later)
+				if rec := s.recovery(); rec["orphans"] != 0 || rec["missing"] != 0 {
+					t.Fatalf("recovery after the purge %v: the private key survived or is reported missing", rec)
+				}
+				return
+			}
+
+			s = startFaulty(t, append(env, "KMSD_FAULT_POINT="+point))
+			if _, err := sdkCreate(t, s.sdk(), "lost", "ASYMMETRIC_DECRYPT_RSA_2048"); err == nil {
+				t.Fatal("CreateKey answered although kmsd was killed")
+			}
+			s.killed()
+
+			s = startFaulty(t, env)
+			if rec := s.recovery(); rec["rolled_back"] != 1 || rec["orphans"] != 0 || rec["missing"] != 0 || rec["unresolved"] != 0 {
+				t.Fatalf("recovery %v", rec)
+			}
+			c := s.sdk()
+			lk := tckms.NewListKeyDetailRequest()
+			lk.KeyUsage = common.StringPtr("ALL")
+			if r, err := c.ListKeyDetail(lk); err != nil || *r.Response.TotalCount != 1 || *r.Response.KeyMetadatas[0].KeyId != keyID {
+				t.Fatalf("ListKeyDetail after the crash: %v %v", r, err)
+			}
+			gp := tckms.NewGetPublicKeyRequest()
+			gp.KeyId = common.StringPtr(keyID)
+			if _, err := c.GetPublicKey(gp); err != nil {
+				t.Fatalf("GetPublicKey of the survivor: %v", err)
+			}
+			if _, err := sdkCreate(t, c, "lost", "ASYMMETRIC_DECRYPT_RSA_2048"); err != nil {
+				t.Fatalf("CreateKey after the crash: %v", err)
+			}
+			s.stop()
+			s = startFaulty(t, env)
+			if rec := s.recovery(); rec["rolled_back"] != 0 || rec["orphans"] != 0 || rec["missing"] != 0 {
+				t.Fatalf("second recovery %v: a private key was left behind", rec)
+			}
+		})
 	}
 }
