@@ -722,3 +722,71 @@ func TestCrashAsymmetric(t *testing.T) {
 		})
 	}
 }
+
+// TestKmsctlAsymmetric: the kmsctl commands of the asymmetric keys, with
+// openssl on the other side (as the README shows them).
+func TestKmsctlAsymmetric(t *testing.T) {
+	s, _, _ := newServer(t)
+	dir := t.TempDir()
+	ctl := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(binDir, "kmsctl"), append([]string{"-endpoint", s.url}, args...)...)
+		cmd.Env = append(os.Environ(), "TENCENTCLOUD_SECRET_ID="+adminID, "TENCENTCLOUD_SECRET_KEY="+adminKey)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return string(out), fmt.Errorf("%v: %s", err, stderr.String())
+		}
+		return string(out), nil
+	}
+	must := func(args ...string) string {
+		t.Helper()
+		out, err := ctl(args...)
+		if err != nil {
+			t.Fatalf("kmsctl %v: %v", args, err)
+		}
+		return out
+	}
+	keyID := func(out string) string {
+		t.Helper()
+		m := regexp.MustCompile(`keyId\s+(\S+)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no keyId in:\n%s", out)
+		}
+		return m[1]
+	}
+	if out := must("list-algorithms"); !strings.Contains(out, "ASYMMETRIC_SIGN_VERIFY_ECDSA384") || !strings.Contains(out, "ENCRYPT_DECRYPT") {
+		t.Fatalf("list-algorithms:\n%s", out)
+	}
+	signer := keyID(must("create-key", "-alias", "ctl-signer", "-key-usage", "ASYMMETRIC_SIGN_VERIFY_ECDSA384"))
+	pemFile, msgFile, sigFile := filepath.Join(dir, "pub.pem"), filepath.Join(dir, "msg"), filepath.Join(dir, "sig")
+	must("get-public-key", "-key-id", signer, "-out", pemFile)
+	if err := os.WriteFile(msgFile, []byte(secret("a release signed through kmsctl")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	must("sign", "-key-id", signer, "-algorithm", "ECC_P384_R1", "-in", msgFile, "-out", sigFile)
+	if out, err := exec.Command(openssl(t), "dgst", "-sha384", "-verify", pemFile, "-signature", sigFile, msgFile).CombinedOutput(); err != nil {
+		t.Fatalf("openssl does not verify kmsctl's signature: %v\n%s", err, out)
+	}
+	if out := must("verify", "-key-id", signer, "-algorithm", "ECC_P384_R1", "-in", msgFile, "-signature-file", sigFile); !regexpLine(out, "SignatureValid", "true") {
+		t.Fatalf("verify:\n%s", out)
+	}
+	if out, err := ctl("verify", "-key-id", signer, "-algorithm", "ECC_P384_R1", "-message", "another message", "-signature-file", sigFile); err == nil || !regexpLine(out, "SignatureValid", "false") {
+		t.Fatalf("verify of another message: %v\n%s", err, out)
+	}
+
+	decrypter := keyID(must("create-key", "-alias", "ctl-decrypter", "-key-usage", "ASYMMETRIC_DECRYPT_RSA_2048"))
+	must("get-public-key", "-key-id", decrypter, "-out", pemFile)
+	ptFile, ctFile := filepath.Join(dir, "pt"), filepath.Join(dir, "ct")
+	pt := secret("wrapped by openssl for the token")
+	if err := os.WriteFile(ptFile, []byte(pt), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(openssl(t), "pkeyutl", "-encrypt", "-pubin", "-inkey", pemFile, "-in", ptFile, "-out", ctFile,
+		"-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha1").CombinedOutput(); err != nil {
+		t.Fatalf("openssl pkeyutl -encrypt: %v\n%s", err, out)
+	}
+	if out := must("rsa-decrypt", "-key-id", decrypter, "-algorithm", "RSAES_OAEP_SHA_1", "-in", ctFile); out != pt {
+		t.Fatalf("rsa-decrypt: %q", out)
+	}
+}
