@@ -197,9 +197,12 @@ func (s *Service) generateObject(ctx context.Context, usage string, objectID []b
 }
 
 // refuseAsymmetric is the check of the symmetric operations (Encrypt,
-// Decrypt, GenerateDataKey, ReEncrypt): an asymmetric key is refused.
+// Decrypt, GenerateDataKey, ReEncrypt): an asymmetric key is refused. A
+// symmetric key's usage is always stored as DefaultKeyUsage
+// (normaliseKeyUsage; "" in rows made by hand), so a few comparisons and
+// no lookup on the hot path.
 func refuseAsymmetric(k *keyEntry) error {
-	if len(k.rec.PublicKey) > 0 || IsAsymmetricUsage(k.meta.KeyUsage) {
+	if len(k.rec.PublicKey) > 0 || k.meta.KeyUsage != DefaultKeyUsage && k.meta.KeyUsage != "" {
 		return fmt.Errorf("%w: %s is an %s key", ErrInvalidKeyUsage, k.meta.KeyID, k.meta.KeyUsage)
 	}
 	return nil
