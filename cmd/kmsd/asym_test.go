@@ -36,6 +36,7 @@ import (
 	tckms "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/kms/v20190118"
 
 	"hsmkms/softhsm"
+	"hsmkms/softhsm/faultmod"
 )
 
 // asymCase is one asymmetric KeyUsage and its signature algorithms.
@@ -788,5 +789,40 @@ func TestKmsctlAsymmetric(t *testing.T) {
 	}
 	if out := must("rsa-decrypt", "-key-id", decrypter, "-algorithm", "RSAES_OAEP_SHA_1", "-in", ctFile); out != pt {
 		t.Fatalf("rsa-decrypt: %q", out)
+	}
+}
+
+// TestAsymMechanismMissing: kmsd asks the module which mechanisms it has.
+// With CKM_EC_KEY_PAIR_GEN hidden (by the fault-injection module, as on a
+// token without it), ListAlgorithms drops the ECC usages and CreateKey of
+// one answers UnsupportedOperation naming the mechanism, while RSA keys
+// are still made; once the mechanism is back, so are the usages.
+func TestAsymMechanismMissing(t *testing.T) {
+	tok := softhsm.NewSoftHSM2TokenNoEnv(t)
+	so := faultmod.Build(t)
+	ctl := faultmod.NewController(t)
+	env := append(kmsdEnv(tok, t.TempDir()), ctl.Env()...)
+	env = append(env, "KMSD_PKCS11_MODULE="+so)
+	bootstrap(t, env)
+	s := startKMSD(t, env)
+	c := s.sdk()
+
+	ctl.HideMechanism(0x1040) // CKM_EC_KEY_PAIR_GEN (only hsm/p11 imports PKCS#11)
+	la, err := c.ListAlgorithms(tckms.NewListAlgorithmsRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := la.ToJsonString(); strings.Contains(got, "ECC") || strings.Contains(got, "ECDSA384") || !strings.Contains(got, "ASYMMETRIC_SIGN_VERIFY_RSA_2048") {
+		t.Fatalf("ListAlgorithms without CKM_EC_KEY_PAIR_GEN: %s", got)
+	}
+	if _, err := sdkCreate(t, c, "ecc", "ASYMMETRIC_SIGN_VERIFY_ECC"); sdkCode(err) != "UnsupportedOperation" || !strings.Contains(err.Error(), "CKM_EC_KEY_PAIR_GEN") {
+		t.Fatalf("CreateKey ECC without CKM_EC_KEY_PAIR_GEN: %v", err)
+	}
+	if _, err := sdkCreate(t, c, "rsa", "ASYMMETRIC_SIGN_VERIFY_RSA_2048"); err != nil {
+		t.Fatalf("CreateKey RSA: %v", err)
+	}
+	ctl.Reset()
+	if _, err := sdkCreate(t, c, "ecc", "ASYMMETRIC_SIGN_VERIFY_ECC"); err != nil {
+		t.Fatalf("CreateKey ECC with the mechanism back: %v", err)
 	}
 }
