@@ -84,3 +84,66 @@ type MACer interface {
 	// an error wrapping ErrNotAuthentic if it does not.
 	VerifyMAC(ctx context.Context, objectID, msg, mac []byte) error
 }
+
+// ---------------------------------------------------------------------------
+// Asymmetric keys
+
+// KeySpec names the kind of an asymmetric key pair.
+type KeySpec string
+
+// Key pair kinds.
+const (
+	SpecRSA2048 KeySpec = "RSA_2048" // RSA, 2048-bit modulus, public exponent 65537
+	SpecECP256  KeySpec = "EC_P256"  // ECDSA on NIST P-256 (secp256r1)
+	SpecECP384  KeySpec = "EC_P384"  // ECDSA on NIST P-384 (secp384r1)
+)
+
+// KeyPairUse is the one use a private key allows.
+type KeyPairUse uint8
+
+// Uses of a private key: a key pair either signs or decrypts, never both.
+const (
+	UseSign KeyPairUse = iota + 1
+	UseDecrypt
+)
+
+// SignMechanism names how a private key signs a digest.
+type SignMechanism uint8
+
+// Signature mechanisms. Every one signs a digest computed by the caller.
+const (
+	// SignRSAPKCS1SHA256: RSASSA-PKCS1-v1_5 over a SHA-256 digest
+	// (CKM_RSA_PKCS over the DER DigestInfo).
+	SignRSAPKCS1SHA256 SignMechanism = iota + 1
+	// SignRSAPSSSHA256: RSASSA-PSS, SHA-256, MGF1-SHA-256, 32-byte salt
+	// (CKM_RSA_PKCS_PSS).
+	SignRSAPSSSHA256
+	// SignECDSA: ECDSA over a digest of any length (CKM_ECDSA); the
+	// signature is r||s, each the size of the curve's order.
+	SignECDSA
+)
+
+// RSAPadding names an RSA encryption padding.
+type RSAPadding uint8
+
+// RSA encryption paddings.
+const (
+	PadPKCS1v15   RSAPadding = iota + 1 // RSAES-PKCS1-v1_5 (CKM_RSA_PKCS)
+	PadOAEPSHA1                         // RSAES-OAEP, SHA-1, MGF1-SHA-1, no label
+	PadOAEPSHA256                       // RSAES-OAEP, SHA-256, MGF1-SHA-256, no label
+)
+
+// AsymSupport says which asymmetric operations a token offers (asked of
+// the module with C_GetMechanismInfo).
+type AsymSupport struct {
+	// Specs lists the key pair kinds the token can generate.
+	Specs []KeySpec
+	// Sign lists the signature mechanisms it offers (CKF_SIGN).
+	Sign []SignMechanism
+	// Decrypt lists the RSA paddings it decrypts (CKF_DECRYPT).
+	Decrypt []RSAPadding
+	// Missing names, for what the token does not offer, the PKCS#11
+	// mechanism that is missing, by what it would serve ("RSA_2048",
+	// "EC_P256", "SM2", "SM4", "RSA_PSS_SHA_256"...).
+	Missing map[string]string
+}

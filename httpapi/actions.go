@@ -95,6 +95,13 @@ func newActionTable() actionTable {
 		{api3Name: "DisableCredential", policy: "kms-admin:DisableCredential", api3: typedAPI3Action((*Server).disableCredential)},
 		{api3Name: "UpdateCredentialPolicy", policy: "kms-admin:UpdateCredentialPolicy", api3: typedAPI3Action((*Server).updateCredentialPolicy)},
 		{api3Name: "DeleteCredential", policy: "kms-admin:DeleteCredential", api3: typedAPI3Action((*Server).deleteCredential)},
+
+		// Asymmetric keys (asym.go).
+		{api3Name: "GetPublicKey", policy: "kms:GetPublicKey", syncFree: true, api3: typedAPI3Action((*Server).getPublicKey)},
+		{api3Name: "SignByAsymmetricKey", policy: "kms:SignByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).signByAsymmetricKey)},
+		{api3Name: "VerifyByAsymmetricKey", policy: "kms:VerifyByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).verifyByAsymmetricKey)},
+		{api3Name: "AsymmetricRsaDecrypt", policy: "kms:AsymmetricRsaDecrypt", syncFree: true, api3: typedAPI3Action((*Server).asymmetricRsaDecrypt)},
+		{api3Name: "ListAlgorithms", policy: "kms:ListAlgorithms", syncFree: true, api3: typedAPI3Action((*Server).listAlgorithms)},
 	}
 	t := actionTable{all: all, api3: map[string]*action{}, legacy: map[string]*action{}}
 	for _, a := range all {

@@ -95,8 +95,12 @@ func TestEveryAPI3Action(t *testing.T) {
 		"CreateCredential":       `{"Name":"n","Policy":"{\"version\":\"2.0\",\"statement\":[{\"effect\":\"allow\",\"action\":[\"kms:Encrypt\"],\"resource\":[\"*\"]}]}"}`,
 		"UpdateCredentialPolicy": `{"SecretId":"AKIDx","Policy":"{\"version\":\"2.0\",\"statement\":[{\"effect\":\"allow\",\"action\":[\"kms:Encrypt\"],\"resource\":[\"*\"]}]}"}`,
 		"EnableCredential":       `{"SecretId":"AKIDx"}`, "DisableCredential": `{"SecretId":"AKIDx"}`, "DeleteCredential": `{"SecretId":"AKIDx"}`,
+		"SignByAsymmetricKey":   `{"KeyId":"` + key + `","Algorithm":"ECC_P256_R1","Message":"aGk="}`,
+		"VerifyByAsymmetricKey": `{"KeyId":"` + key + `","Algorithm":"ECC_P256_R1","Message":"aGk=","SignatureValue":"aGk="}`,
+		"AsymmetricRsaDecrypt":  `{"KeyId":"` + key + `","Algorithm":"RSAES_OAEP_SHA_256","Ciphertext":"aGk="}`,
+		"ListAlgorithms":        `{}`,
 	}
-	noneRequired := map[string]bool{"ListKeys": true, "ListKeyDetail": true, "ListCredentials": true, "GenerateRandom": false}
+	noneRequired := map[string]bool{"ListKeys": true, "ListKeyDetail": true, "ListCredentials": true, "GenerateRandom": false, "ListAlgorithms": true}
 	for name := range s.actions.api3 {
 		t.Run(name, func(t *testing.T) {
 			send := func(body string) string {

@@ -316,6 +316,9 @@ func sameRecord(a, b store.Key) bool {
 	if !sameMetadata(a, b) || a.Gen != b.Gen || string(a.MAC) != string(b.MAC) || len(a.Versions) != len(b.Versions) {
 		return false
 	}
+	if a.Usage != b.Usage || string(a.PublicKey) != string(b.PublicKey) { // asym.go: re-verified on a refresh
+		return false
+	}
 	for i := range a.Versions {
 		if a.Versions[i].Number != b.Versions[i].Number || string(a.Versions[i].ObjectID) != string(b.Versions[i].ObjectID) ||
 			string(a.Versions[i].MAC) != string(b.Versions[i].MAC) {

@@ -56,8 +56,13 @@ func normaliseKeyUsage(u string) (string, error) {
 	switch u {
 	case "", DefaultKeyUsage, LegacyKeyUsage:
 		return DefaultKeyUsage, nil
+	case UsageSM2Decrypt, UsageSM2Sign: // refused by checkUsageSupported, naming the mechanism
+		return u, nil
 	}
-	return "", fmt.Errorf("%w: only %s is supported", ErrInvalidKeyUsage, DefaultKeyUsage)
+	if IsAsymmetricUsage(u) {
+		return u, nil
+	}
+	return "", fmt.Errorf("%w: %q is not a KeyUsage", ErrInvalidKeyUsage, u)
 }
 
 // reserve claims alias and one unit of the key limit for a CreateKey in
@@ -118,6 +123,9 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 	if err != nil {
 		return KeyMetadata{}, err
 	}
+	if err := s.checkUsageSupported(ctx, usage); err != nil {
+		return KeyMetadata{}, err
+	}
 
 	s.recoverMu.RLock()
 	defer s.recoverMu.RUnlock()
@@ -155,8 +163,12 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 
 	// 2. Token object. A failure may still have created it (a timeout
 	// after the token acted), so roll back in every case.
-	if err := s.hsm.GenerateKey(ctx, objectID, keyID+"/v1"); err != nil {
+	publicKey, err := s.generateObject(ctx, usage, objectID, keyID+"/v1") // asym.go
+	if err != nil {
 		s.rollback(ctx, log, objectID)
+		if errors.Is(err, ErrUnsupported) {
+			return KeyMetadata{}, err
+		}
 		return KeyMetadata{}, s.hsmErr(log, "create key", err)
 	}
 	s.fault("create:generated")
@@ -172,6 +184,7 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		CreatedAt:   now,
 		Versions:    []store.Version{{Number: 1, ObjectID: objectID, CreatedAt: now}},
 		Gen:         1,
+		PublicKey:   publicKey, // nil for a symmetric key
 	}
 	if err := s.sealKey(ctx, &rec); err != nil {
 		s.rollback(ctx, log, objectID)

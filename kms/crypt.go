@@ -35,6 +35,9 @@ func (s *Service) encryptingKey(ctx context.Context, id uuid.UUID, keyID, op str
 	if k == nil {
 		return nil, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
 	}
+	if err := refuseAsymmetric(k); err != nil { // asym.go
+		return nil, err
+	}
 	if err := s.checkEncryptState(k, op); err != nil {
 		return nil, err
 	}
@@ -242,6 +245,9 @@ func (s *Service) open(ctx context.Context, env Envelope, ec EncryptionContext, 
 		} else if nk != nil {
 			k, v = nk, nk.version(env.KeyVersion)
 		}
+	}
+	if err := refuseAsymmetric(k); err != nil { // asym.go
+		return nil, 0, nil, err
 	}
 	if err := s.checkDecryptState(k, op); err != nil {
 		return nil, 0, nil, err

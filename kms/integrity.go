@@ -24,7 +24,8 @@ import (
 //
 //   - keys: id, alias, description, usage, state, origin, creation and
 //     deletion dates, rotation settings, last rotation, the number and the
-//     highest number of their versions, and the row's generation;
+//     highest number of their versions, the row's generation, and the
+//     public key of an asymmetric key;
 //   - key versions: key id, number, token object id and creation date (not
 //     the usage reservation, a high-water mark every node raises);
 //   - credentials: SecretId, name, policy, enabled flag, creation date, the
@@ -207,9 +208,15 @@ func keyMsg(r store.Key) []byte {
 	if n := len(r.Versions); n > 0 {
 		top = r.Versions[n-1].Number
 	}
-	return newMACMsg(KindKey).str(r.ID).str(r.Alias).str(r.Description).str(r.Usage).str(r.State).str(r.Origin).
+	m := newMACMsg(KindKey).str(r.ID).str(r.Alias).str(r.Description).str(r.Usage).str(r.State).str(r.Origin).
 		time(r.CreatedAt).time(r.DeletionDate).flag(r.RotationEnabled).u64(uint64(r.RotateDays)).time(r.LastRotatedAt).
-		u64(uint64(len(r.Versions))).u64(uint64(top)).u64(r.Gen).b
+		u64(uint64(len(r.Versions))).u64(uint64(top)).u64(r.Gen)
+	// Optional fields are appended, named, only when set, so the rows
+	// sealed before they existed keep their MACs.
+	if len(r.PublicKey) > 0 {
+		m.str("public_key").bytes(r.PublicKey)
+	}
+	return m.b
 }
 
 func versionMsg(keyID string, v store.Version) []byte {

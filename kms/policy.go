@@ -106,8 +106,10 @@ var (
 		"kms:DisableKeys", "kms:EnableKey", "kms:EnableKeyRotation", "kms:EnableKeys",
 		"kms:Encrypt", "kms:GenerateDataKey", "kms:GetKeyRotationStatus", "kms:ReEncrypt",
 		"kms:RotateKey", "kms:ScheduleKeyDeletion", "kms:UpdateAlias", "kms:UpdateKeyDescription",
+		// Asymmetric keys (asym.go).
+		"kms:AsymmetricRsaDecrypt", "kms:GetPublicKey", "kms:SignByAsymmetricKey", "kms:VerifyByAsymmetricKey",
 	}
-	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys"}
+	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys", "kms:ListAlgorithms"}
 	adminActions    = []string{
 		actCreateCredential, actDeleteCredential, actDisableCredential,
 		actEnableCredential, actListCredentials, actReseal, actUpdateCredentialPolicy,

@@ -37,6 +37,9 @@ func (s *Service) RotateKey(ctx context.Context, keyID string) (KeyMetadata, err
 		return KeyMetadata{}, err
 	}
 	defer release()
+	if err := refuseRotation(k); err != nil { // asym.go
+		return KeyMetadata{}, err
+	}
 	switch k.meta.KeyState {
 	case StateEnabled:
 	case StateDisabled:
@@ -159,6 +162,9 @@ func (s *Service) DisableKeyRotation(ctx context.Context, keyID string) error {
 }
 
 func rotationState(k *keyEntry) error {
+	if err := refuseRotation(k); err != nil { // asym.go
+		return err
+	}
 	switch k.meta.KeyState {
 	case StateEnabled, StateDisabled:
 		return nil

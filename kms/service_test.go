@@ -113,7 +113,9 @@ func TestCreateKeyValidation(t *testing.T) {
 		{CreateKeyInput{Alias: "a", Description: "\xff"}, ErrInvalidDesc},
 		{CreateKeyInput{Alias: "a", KeyUsage: "SIGN_VERIFY"}, ErrInvalidKeyUsage},
 		{CreateKeyInput{Alias: "a", KeyUsage: "encrypt_decrypt"}, ErrInvalidKeyUsage},
-		{CreateKeyInput{Alias: "a", KeyUsage: "ASYMMETRIC_DECRYPT_RSA_2048"}, ErrInvalidKeyUsage},
+		{CreateKeyInput{Alias: "a", KeyUsage: "ASYMMETRIC_DECRYPT_RSA_4096"}, ErrInvalidKeyUsage},
+		{CreateKeyInput{Alias: "a", KeyUsage: "ASYMMETRIC_DECRYPT_RSA_2048"}, ErrUnsupported}, // the fake HSM has no key pairs
+		{CreateKeyInput{Alias: "a", KeyUsage: "ASYMMETRIC_SIGN_VERIFY_SM2"}, ErrUnsupported},
 	}
 	for _, c := range cases {
 		if _, err := e.svc.CreateKey(adminCtx, c.in); !errIs(err, c.want) {

@@ -52,7 +52,7 @@ type Config struct {
 type CreateKeyInput struct {
 	Alias       string // required, 1-60 of [A-Za-z0-9_-], first a letter or digit, unique
 	Description string // optional, at most 1024 bytes
-	KeyUsage    string // "" or "ENCRYPT_DECRYPT"
+	KeyUsage    string // "" or "ENCRYPT_DECRYPT", or an asymmetric usage (asym.go)
 }
 
 // KeyMetadata describes a key as the API reports it.

@@ -78,6 +78,11 @@ func testStore(t *testing.T, h storeHarness) {
 					{Number: 4294967295, ObjectID: []byte("vmax"), CreatedAt: baseTime.Add(4 * time.Second)},
 				},
 			}},
+			{name: "asymmetric key with its public key", key: store.Key{
+				ID: keyID(5), Alias: "signer", Usage: "ASYMMETRIC_SIGN_VERIFY_ECC", State: "Enabled", CreatedAt: baseTime,
+				PublicKey: append([]byte{0x30, 0x59, 0x00}, bytes.Repeat([]byte{0xEC}, 88)...),
+				Versions:  []store.Version{{Number: 1, ObjectID: []byte("private"), CreatedAt: baseTime}},
+			}},
 			{name: "time at the edges of the storable range", key: store.Key{
 				ID: keyID(4), State: "Enabled", CreatedAt: time.Date(1700, 1, 1, 0, 0, 0, 1, time.UTC),
 				DeletionDate: time.Date(2262, 1, 1, 0, 0, 0, 999999999, time.UTC),

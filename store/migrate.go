@@ -105,6 +105,11 @@ CREATE TABLE audit_anchors (
 	mac  BLOB    NULL
 ) STRICT;
 `,
+	// v5: asymmetric keys: the DER SubjectPublicKeyInfo of the key pair
+	// (NULL for a symmetric key), covered by the key's MAC.
+	`
+ALTER TABLE keys ADD COLUMN public_key BLOB NULL;
+`,
 }
 
 // migrate brings the database behind db up to len(steps), one step per

@@ -80,10 +80,10 @@ func (p *Postgres) CreateKey(ctx context.Context, k Key) (err error) {
 		created, _ := toNanos(k.CreatedAt)
 		_, err := tx.Exec(ctx,
 			`INSERT INTO keys (id, alias, description, usage, state, origin, created_at, deletion_date,
-			                   rotation_enabled, rotate_days, last_rotated_at, gen, mac)
-			 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+			                   rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key)
+			 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
 			k.ID, k.Alias, k.Description, k.Usage, k.State, k.Origin, created, nullNanos(k.DeletionDate),
-			k.RotationEnabled, int64(k.RotateDays), nullNanos(k.LastRotatedAt), int64(k.Gen), k.MAC)
+			k.RotationEnabled, int64(k.RotateDays), nullNanos(k.LastRotatedAt), int64(k.Gen), k.MAC, k.PublicKey)
 		if err != nil {
 			switch code, constraint := pgConstraint(err); {
 			case code == "23505" && constraint == "keys_pkey":
@@ -111,7 +111,7 @@ func (p *Postgres) CreateKey(ctx context.Context, k Key) (err error) {
 	})
 }
 
-const pgKeyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac`
+const pgKeyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key`
 
 func pgScanKey(row pgx.Row) (Key, error) {
 	var (
@@ -121,7 +121,7 @@ func pgScanKey(row pgx.Row) (Key, error) {
 		gen                   int64
 	)
 	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion,
-		&k.RotationEnabled, &rotateDays, &lastRotated, &gen, &k.MAC); err != nil {
+		&k.RotationEnabled, &rotateDays, &lastRotated, &gen, &k.MAC, &k.PublicKey); err != nil {
 		return Key{}, err
 	}
 	k.CreatedAt = fromNanos(created)

@@ -101,6 +101,10 @@ CREATE TABLE audit_anchors (
 	mac  BYTEA  NULL
 );
 `,
+	// v7: asymmetric keys (SQLite's v5).
+	`
+ALTER TABLE keys ADD COLUMN public_key BYTEA NULL;
+`,
 }
 
 // migrate applies every pending step in one transaction holding the

@@ -120,10 +120,10 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 	created, _ := toNanos(k.CreatedAt)
 	_, err = tx.ExecContext(ctx,
 		`INSERT INTO keys (id, alias, description, usage, state, origin, created_at, deletion_date,
-		                   rotation_enabled, rotate_days, last_rotated_at, gen, mac)
-		 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		                   rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key)
+		 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		k.ID, k.Alias, k.Description, k.Usage, k.State, k.Origin, created, nullTime(k.DeletionDate),
-		boolInt(k.RotationEnabled), int64(k.RotateDays), nullTime(k.LastRotatedAt), int64(k.Gen), k.MAC)
+		boolInt(k.RotationEnabled), int64(k.RotateDays), nullTime(k.LastRotatedAt), int64(k.Gen), k.MAC, k.PublicKey)
 	switch {
 	case isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY):
 		return ErrKeyExists
@@ -294,7 +294,7 @@ func (s *SQLite) ObjectIDs(ctx context.Context) ([][]byte, error) {
 	return out, nil
 }
 
-const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac`
+const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key`
 
 // scanKey scans the keyColumns of one row.
 func scanKey(row interface{ Scan(...any) error }) (Key, error) {
@@ -308,7 +308,7 @@ func scanKey(row interface{ Scan(...any) error }) (Key, error) {
 		gen         int64
 	)
 	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion,
-		&rotation, &rotateDays, &lastRotated, &gen, &k.MAC); err != nil {
+		&rotation, &rotateDays, &lastRotated, &gen, &k.MAC, &k.PublicKey); err != nil {
 		return Key{}, err
 	}
 	k.CreatedAt = fromNanos(created)

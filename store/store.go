@@ -71,6 +71,10 @@ type Key struct {
 	RotationEnabled bool
 	RotateDays      uint32
 	LastRotatedAt   time.Time
+	// PublicKey is the DER SubjectPublicKeyInfo of an asymmetric key (its
+	// private half is the token object of version 1); nil for a symmetric
+	// key. Immutable once stored (UpdateKey leaves it as it is).
+	PublicKey []byte
 	// Versions in ascending order of Number; never empty for a stored key.
 	Versions []Version
 	// Gen is the row's generation: every change writes a higher one

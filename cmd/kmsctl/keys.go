@@ -52,7 +52,7 @@ var keyCommands = map[string]keyCommand{
 		{name: "search", param: "SearchKeyAlias", usage: "part of a key id or alias"},
 		{name: "order", param: "OrderType", kind: integer, usage: "0 newest first, 1 oldest first"},
 		{name: "origin", param: "Origin", usage: "TENCENT_KMS, EXTERNAL or ALL"},
-		{name: "key-usage", param: "KeyUsage", usage: "ENCRYPT_DECRYPT or ALL"}}},
+		{name: "key-usage", param: "KeyUsage", usage: "ENCRYPT_DECRYPT (default), an asymmetric KeyUsage, or ALL"}}},
 	"key-versions": {"ListKeyVersions", "-key-id ID", []keyFlag{keyIDFlag}},
 	"enable-key":   {"EnableKey", "-key-id ID", []keyFlag{keyIDFlag}},
 	"disable-key":  {"DisableKey", "-key-id ID", []keyFlag{keyIDFlag}},
@@ -94,6 +94,7 @@ func keyCommandUsage() string {
 	for _, n := range names {
 		fmt.Fprintf(&b, "  %-24s %s\n", n, keyCommands[n].summary)
 	}
+	b.WriteString(asymCommandUsage()) // asym.go
 	return b.String()
 }
 

@@ -46,7 +46,7 @@ func main() {
 const usage = `usage: kmsctl [-endpoint URL] COMMAND [flags]
 
 commands:
-  create-key  -alias NAME [-description TEXT]
+  create-key  -alias NAME [-description TEXT] [-key-usage USAGE]
   encrypt     -key-id ID [-context JSON] (-plaintext TEXT | -in FILE|-)
   decrypt     [-context JSON] (-blob BLOB | -in FILE|-) [-out FILE]
   credentials create -name NAME (-admin | -policy-file FILE)
@@ -102,6 +102,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if kc, ok := keyCommands[cmd]; ok {
 		return runKeyCommand(ctx, c, cmd, kc, rest, stdout, stderr)
 	}
+	if ac, ok := asymCommands[cmd]; ok { // asym.go
+		return ac.run(ctx, c, rest, stdin, stdout, stderr)
+	}
 	fs.Usage()
 	return fmt.Errorf("unknown command %q", cmd)
 }
@@ -111,11 +114,16 @@ func createKey(ctx context.Context, c *client, args []string, stdout, stderr io.
 	fs.SetOutput(stderr)
 	alias := fs.String("alias", "", "alias of the key (required)")
 	desc := fs.String("description", "", "description")
+	keyUsage := fs.String("key-usage", "", "ENCRYPT_DECRYPT (default), ASYMMETRIC_DECRYPT_RSA_2048, ASYMMETRIC_SIGN_VERIFY_RSA_2048, ASYMMETRIC_SIGN_VERIFY_ECC or ASYMMETRIC_SIGN_VERIFY_ECDSA384")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *alias == "" {
 		return errors.New("create-key: -alias is required")
+	}
+	params := map[string]any{"Alias": *alias, "Description": *desc}
+	if *keyUsage != "" {
+		params["KeyUsage"] = *keyUsage
 	}
 	var m struct {
 		KeyID      string `json:"KeyId"`
@@ -123,7 +131,7 @@ func createKey(ctx context.Context, c *client, args []string, stdout, stderr io.
 		CreateTime int64  `json:"CreateTime"`
 		KeyState   string `json:"KeyState"`
 	}
-	if err := c.call(ctx, "CreateKey", map[string]any{"Alias": *alias, "Description": *desc}, &m); err != nil {
+	if err := c.call(ctx, "CreateKey", params, &m); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "keyId\t%s\nalias\t%s\nstate\t%s\ncreated\t%s\n", m.KeyID, m.Alias, m.KeyState, time.Unix(m.CreateTime, 0).UTC().Format(time.RFC3339))

@@ -300,6 +300,7 @@ func downgradeSQLite(t *testing.T, tok softhsm.Token, data string, edits []strin
 		`ALTER TABLE keys DROP COLUMN gen`, `ALTER TABLE keys DROP COLUMN mac`,
 		`ALTER TABLE key_versions DROP COLUMN mac`, `ALTER TABLE pending_objects DROP COLUMN mac`,
 		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`, `DROP TABLE audit_anchors`,
+		`ALTER TABLE keys DROP COLUMN public_key`, // v5: asymmetric keys
 		`PRAGMA user_version = 3`,
 	}, edits...) {
 		if _, err := db.Exec(q); err != nil {
@@ -433,7 +434,8 @@ func TestUpgradePostgres(t *testing.T) {
 		`ALTER TABLE keys DROP COLUMN gen`, `ALTER TABLE keys DROP COLUMN mac`,
 		`ALTER TABLE key_versions DROP COLUMN mac`, `ALTER TABLE pending_objects DROP COLUMN mac`,
 		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`, `DROP TABLE audit_anchors`,
-		`DROP TABLE tc3_signatures`, `UPDATE hsmkms_schema SET version = 4`,
+		`DROP TABLE tc3_signatures`, `ALTER TABLE keys DROP COLUMN public_key`, // v7: asymmetric keys
+		`UPDATE hsmkms_schema SET version = 4`,
 	} {
 		if _, err := conn.Exec(t.Context(), q); err != nil {
 			t.Fatalf("%s: %v", q, err)

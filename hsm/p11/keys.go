@@ -223,10 +223,21 @@ func (t *Token) ensureFixedKey(ctx context.Context, objectID []byte, label strin
 	return t.ensureFixed(ctx, objectID, label, gen)
 }
 
-// find returns up to max handles of secret keys whose CKA_ID is objectID.
+// find returns up to max handles of secret keys whose CKA_ID is objectID,
+// or, if there is none, of private keys (asymmetric CMKs, asym.go).
 func (t *Token) find(s pkcs11.SessionHandle, objectID []byte, max int) ([]pkcs11.ObjectHandle, error) {
+	hs, err := t.findClass(s, pkcs11.CKO_SECRET_KEY, objectID, max)
+	if err != nil || len(hs) > 0 {
+		return hs, err
+	}
+	return t.findClass(s, pkcs11.CKO_PRIVATE_KEY, objectID, max)
+}
+
+// findClass returns up to max handles of objects of class whose CKA_ID is
+// objectID.
+func (t *Token) findClass(s pkcs11.SessionHandle, class uint, objectID []byte, max int) ([]pkcs11.ObjectHandle, error) {
 	tmpl := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID), // never a working copy's (copyID)
 	}
 	if err := t.mod.FindObjectsInit(s, tmpl); err != nil {
@@ -323,7 +334,8 @@ func (t *Token) withKey(ctx context.Context, objectID []byte, op func(s pkcs11.S
 	})
 }
 
-// DestroyKey destroys the secret key objectID (C_DestroyObject) and drops
+// DestroyKey destroys the key objectID (C_DestroyObject; a secret key, or
+// the private key of an asymmetric CMK) and drops
 // its cached handle. The lookup always asks the token, not the cache.
 //
 // Errors: hsm.ErrInvalidInput if objectID is not 1..64 bytes;
@@ -357,7 +369,7 @@ func (t *Token) DestroyKey(ctx context.Context, objectID []byte) (err error) {
 	})
 }
 
-// KeyIDs returns the CKA_ID of every secret key on the token whose
+// KeyIDs returns the CKA_ID of every secret key and private key on the token whose
 // CKA_LABEL starts with the configured LabelPrefix, sorted bytewise.
 // Objects destroyed while the listing runs are skipped.
 //
@@ -374,31 +386,34 @@ func (t *Token) KeyIDs(ctx context.Context) (_ [][]byte, err error) {
 	var handles []pkcs11.ObjectHandle
 	err = t.do(ctx, func(s pkcs11.SessionHandle) error {
 		ids, handles = nil, nil
-		tmpl := []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), // never a working copy
-		}
-		if err := t.mod.FindObjectsInit(s, tmpl); err != nil {
-			return classify("C_FindObjectsInit", err)
-		}
 		var all []pkcs11.ObjectHandle
-		var ferr error
-		for {
-			hs, _, err := t.mod.FindObjects(s, 128)
-			if err != nil {
-				ferr = classify("C_FindObjects", err)
-				break
+		// Secret keys (AES CMKs), then private keys (asymmetric CMKs).
+		for _, class := range []uint{pkcs11.CKO_SECRET_KEY, pkcs11.CKO_PRIVATE_KEY} {
+			tmpl := []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), // never a working copy
 			}
-			if len(hs) == 0 {
-				break
+			if err := t.mod.FindObjectsInit(s, tmpl); err != nil {
+				return classify("C_FindObjectsInit", err)
 			}
-			all = append(all, hs...)
-		}
-		if err := t.mod.FindObjectsFinal(s); err != nil && ferr == nil {
-			ferr = classify("C_FindObjectsFinal", err)
-		}
-		if ferr != nil {
-			return ferr
+			var ferr error
+			for {
+				hs, _, err := t.mod.FindObjects(s, 128)
+				if err != nil {
+					ferr = classify("C_FindObjects", err)
+					break
+				}
+				if len(hs) == 0 {
+					break
+				}
+				all = append(all, hs...)
+			}
+			if err := t.mod.FindObjectsFinal(s); err != nil && ferr == nil {
+				ferr = classify("C_FindObjectsFinal", err)
+			}
+			if ferr != nil {
+				return ferr
+			}
 		}
 		for _, h := range all {
 			if err := ctxErr(ctx); err != nil {

@@ -20,7 +20,10 @@ package p11
 // CKF_VERIFY; only C_Sign is called) for the metadata MAC key;
 // functions C_GenerateRandom, C_FindObjects, C_GetAttributeValue,
 // C_SetAttributeValue (fixed-id keys only), C_CopyObject (optional),
-// C_DestroyObject.
+// C_DestroyObject. Asymmetric CMKs (asym.go), when used, and asked with
+// C_GetMechanismInfo first: CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_EC_KEY_PAIR_GEN,
+// CKM_RSA_PKCS, CKM_RSA_PKCS_PSS, CKM_RSA_PKCS_OAEP, CKM_ECDSA
+// (C_GenerateKeyPair, C_Sign, C_Decrypt).
 //
 //	behaviour                      SoftHSM2              NSS softoken            elsewhere                    here
 //	C_Initialize pReserved         refused (ARGS_BAD)    required: configdir=... -                            Config.InitArgs, both at start-up and re-initialisation
@@ -46,3 +49,7 @@ package p11
 //	wrong PIN                      CKR_PIN_INCORRECT     CKR_PIN_INCORRECT       Luna, CloudHSM lock the user halt: never C_Login again with that PIN
 //	slots                          ids change on init    2 (crypto + database)   -                            token by label or RFC 7512 URI, never slot id
 //	tokens                         label per token       label from dbTokenDescription, serial 0000000000000000   URI with token= (serial not unique on NSS)
+//	OAEP with SHA-256 (C_DecryptInit) ARGUMENTS_BAD (SHA-1  works                   ?                            hsm.ErrMisconfigured naming the mechanism (asym.go);
+//	                               only)                                                                       kmsd answers UnsupportedOperation
+//	bad PKCS#1 v1.5 padding        an error              implicit rejection: a   ?                            every C_Decrypt failure is hsm.ErrNotAuthentic, one answer
+//	(C_Decrypt, CKM_RSA_PKCS)                            synthetic plaintext                                  (asym.go); no padding oracle in either case
