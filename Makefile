@@ -57,7 +57,7 @@ test: setup vet
 # (e.g. make fuzz FUZZTIME=2000000x for a longer campaign).
 FUZZ_TARGETS := kms:FuzzParseBlob kms:FuzzParseContext kms:FuzzParsePolicy kms:FuzzStoredPolicyNeverWidens \
 	httpapi:FuzzParseParams httpapi:FuzzDecodeJSONParams httpapi:FuzzDecodeFormParams \
-	httpapi:FuzzParseTC3Authorization httpapi:FuzzDecodeJSONParamsMatchesReference audit:FuzzVerify
+	httpapi:FuzzParseTC3Authorization httpapi:FuzzDecodeJSONParamsMatchesReference httpapi:FuzzSigV4Verifier audit:FuzzVerify
 fuzz:
 	@set -e; log=$$(mktemp); trap 'rm -f $$log' EXIT; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz ./$${t%%:*} $${t#*:} ($(FUZZTIME))"; \

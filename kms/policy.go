@@ -106,9 +106,12 @@ var (
 		"kms:DisableKeys", "kms:EnableKey", "kms:EnableKeyRotation", "kms:EnableKeys",
 		"kms:Encrypt", "kms:GenerateDataKey", "kms:GetKeyRotationStatus", "kms:ReEncrypt",
 		"kms:RotateKey", "kms:ScheduleKeyDeletion", "kms:UpdateAlias", "kms:UpdateKeyDescription",
+		// The AWS KMS API's own actions (httpapi/aws*.go).
+		"kms:CreateAlias", "kms:DeleteAlias", "kms:GenerateDataKeyWithoutPlaintext",
 	}
-	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys"}
-	adminActions    = []string{
+	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys",
+		"kms:ListAliases"}
+	adminActions = []string{
 		actCreateCredential, actDeleteCredential, actDisableCredential,
 		actEnableCredential, actListCredentials, actReseal, actUpdateCredentialPolicy,
 	}
