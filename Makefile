@@ -38,6 +38,7 @@ run: token build
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	cd test/consumers && $(GO) vet ./...
 	@scripts/check-layering.sh
 
 # The PKCS#11 conformance suite (hsm/p11) and kmsd's end-to-end tests run
@@ -49,6 +50,10 @@ SECOND_MODULE_PKGS ?= ./hsm/p11 ./cmd/kmsd
 test: setup vet
 	$(GO) test -race -count=1 ./...
 	KMS_TEST_PKCS11=nss $(GO) test -race -count=1 $(SECOND_MODULE_PKGS)
+	# Real AWS KMS API consumers (Vault/OpenBao's awskms seal, SOPS), in a
+	# nested module of their own: SOPS brings the Google, Azure and Vault
+	# clients with it (test/consumers/go.mod).
+	cd test/consumers && $(GO) test -race -count=1 ./...
 	# Allocation counts of the hot path, without -race (which makes sync.Pool drop items).
 	$(GO) test -count=1 -run 'Allocs' ./httpapi ./tcsign ./kms
 	@$(MAKE) --no-print-directory fuzz
