@@ -204,6 +204,25 @@ func TestSigV4MatchesSDKSigner(t *testing.T) {
 	}
 }
 
+// A second X-Amz-Target (or X-Amz-Date) is refused, even when signed:
+// the action served is the one verified.
+func TestSigV4OneTarget(t *testing.T) {
+	now := time.Now()
+	s := awsTestServer(&fakeKMS{}, Config{Clock: func() time.Time { return now }})
+	for _, h := range []string{"X-Amz-Target", "X-Amz-Date"} {
+		req := awsTestRequest(t, "Encrypt", awsEncBody, now, func(r *http.Request) {
+			r.Header.Add("X-Amz-Target", awsTargetPrefix+"Decrypt")
+		})
+		if h == "X-Amz-Date" {
+			req = awsTestRequest(t, "Encrypt", awsEncBody, now, nil)
+			req.Header.Add(h, req.Header.Get(h))
+		}
+		if st, e, _ := awsReply(t, s, req); st != 400 || e.Type != "IncompleteSignatureException" {
+			t.Fatalf("two %s: HTTP %d %+v", h, st, e)
+		}
+	}
+}
+
 // A request re-sent as is within the window is served again (as AWS
 // does): its signature binds its action and its body, so it can only
 // repeat itself.

@@ -159,6 +159,9 @@ func (s *Server) authSigV4(ctx context.Context, r *http.Request, body []byte) (*
 	if r.URL.RawQuery != "" {
 		return nil, "", errAWSQuery
 	}
+	if len(r.Header["X-Amz-Date"]) > 1 || len(r.Header["X-Amz-Target"]) > 1 || len(r.Header["Authorization"]) > 1 {
+		return nil, "", errAWSMalformed // one value each: what is verified is what is served
+	}
 	amzDate := hget(r.Header, "X-Amz-Date")
 	t, err := time.Parse(awsDateFormat, amzDate)
 	if err != nil {

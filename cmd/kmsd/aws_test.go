@@ -37,13 +37,27 @@ const (
 	awsAccount = "123456789012"
 )
 
-// newAWSServer starts kmsd with the AWS API on (two regions).
-func newAWSServer(t *testing.T) *server {
+// newAWSServer starts kmsd with the AWS API on (two regions) and returns
+// it with its data directory.
+func newAWSServer(t *testing.T, extra ...string) (*server, string) {
 	t.Helper()
 	tok := softhsm.NewTokenNoEnv(t)
-	env := append(kmsdEnv(tok, t.TempDir()), "KMSD_AWS_REGIONS="+awsRegion+",us-east-1", "KMSD_AWS_ACCOUNT_ID="+awsAccount)
+	data := t.TempDir()
+	env := append(kmsdEnv(tok, data), "KMSD_AWS_REGIONS="+awsRegion+",us-east-1", "KMSD_AWS_ACCOUNT_ID="+awsAccount)
 	bootstrap(t, env)
-	return startKMSD(t, env)
+	return startKMSD(t, append(env, extra...)), data
+}
+
+// auditedAWS returns the audit lines of the AWS API with action and code.
+func auditedAWS(t *testing.T, data, action, code string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, m := range auditLines(t, data) {
+		if m["protocol"] == "aws" && (action == "" || m["action"] == action) && m["code"] == code {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // awsClient is the AWS SDK's KMS client for kmsd with a credential, no
@@ -83,7 +97,7 @@ func wantAWSErr(t *testing.T, what string, err error, typ string, status int) {
 }
 
 func TestAWSSDK(t *testing.T) {
-	s := newAWSServer(t)
+	s, data := newAWSServer(t)
 	ctx := context.Background()
 	c := awsClient(s, adminID, adminKey)
 
@@ -302,12 +316,28 @@ func TestAWSSDK(t *testing.T) {
 	wantAWSErr(t, "an action not served", err, "UnknownOperationException", 400)
 	_, err = c.Encrypt(ctx, &awskms.EncryptInput{KeyId: aws.String(id), Plaintext: make([]byte, 4097)})
 	wantAWSErr(t, "Encrypt of 4097 bytes", err, "ValidationException", 400)
+
+	// The audit trail records the AWS actions like the others: protocol
+	// aws, the action, the key, the caller and the __type (0: served).
+	enc0 := auditedAWS(t, data, "Encrypt", "0")
+	if len(enc0) < 2 || enc0[0]["keyId"] != id || enc0[0]["secretId"] != adminID {
+		t.Fatalf("audited AWS Encrypts: %v", enc0)
+	}
+	for _, w := range []struct{ action, code string }{
+		{"CreateKey", "0"}, {"CreateAlias", "0"}, {"UpdateAlias", "0"}, {"DeleteAlias", "0"}, {"ScheduleKeyDeletion", "0"},
+		{"Decrypt", "IncorrectKeyException"}, {"Encrypt", "DisabledException"}, {"TagResource", "UnsupportedOperationException"},
+		{"UpdateKeyDescription", "UnknownOperationException"},
+	} {
+		if len(auditedAWS(t, data, w.action, w.code)) == 0 {
+			t.Errorf("no audit line of the AWS %s answered %s", w.action, w.code)
+		}
+	}
 }
 
 // TestAWSPolicies: the AWS actions are authorised by the credential's
 // policy, with the AWS-only actions under their own names.
 func TestAWSPolicies(t *testing.T) {
-	s := newAWSServer(t)
+	s, _ := newAWSServer(t)
 	ctx := context.Background()
 	admin := awsClient(s, adminID, adminKey)
 	ck, err := admin.CreateKey(ctx, &awskms.CreateKeyInput{})
@@ -365,7 +395,7 @@ func TestAWSPolicies(t *testing.T) {
 // TestAWSCrossProtocol: a blob made through one protocol decrypts through
 // the other with the same encryption context, both ways.
 func TestAWSCrossProtocol(t *testing.T) {
-	s := newAWSServer(t)
+	s, _ := newAWSServer(t)
 	ctx := context.Background()
 	c := awsClient(s, adminID, adminKey)
 	tc := sdkClient(t, s, "TC3-HMAC-SHA256", "POST", adminID, adminKey)
@@ -466,7 +496,7 @@ func sendAWS(t *testing.T, req *http.Request) (status int, typ, msg string, raw 
 // TestAWSSigV4 sends requests signed by the AWS SDK's v4 signer, then
 // broken in each way a verifier must catch.
 func TestAWSSigV4(t *testing.T) {
-	s := newAWSServer(t)
+	s, data := newAWSServer(t, "KMSD_REFUSAL_AUDIT_INTERVAL=1s")
 	body := `{"NumberOfBytes":16}`
 	now := time.Now()
 	ok := signedAWSRequest(t, s, adminID, adminKey, awsRegion, "kms", "GenerateRandom", body, now, nil, nil)
@@ -537,4 +567,8 @@ func TestAWSSigV4(t *testing.T) {
 			}
 		})
 	}
+	// Refused authentications are summarised in the audit trail.
+	within(t, 15*time.Second, "AWS refusals in the audit trail", func() bool {
+		return len(auditedAWS(t, data, "", "InvalidSignatureException")) > 0 && len(auditedAWS(t, data, "", "UnrecognizedClientException")) > 0
+	})
 }
