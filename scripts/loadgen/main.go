@@ -5,7 +5,8 @@
 // goroutine, through hsm/p11), starts kmsd on the same token and drives it
 // over loopback with keep-alive connections: API 3.0 Encrypt, Decrypt and
 // GenerateDataKey (TC3-signed, from pre-signed pools) and legacy Encrypt
-// (HmacSHA256, signed per request). Raw and HTTP cells are interleaved in
+// (HmacSHA256, signed per request), and the AWS KMS API's Encrypt (SigV4,
+// signed by the AWS SDK's signer, from a pre-signed pool). Raw and HTTP cells are interleaved in
 // rounds, and every ratio is the median of per-round ratios. It then runs
 // the many-keys check and a mixed soak. See BENCHMARKS.md.
 package main
@@ -71,7 +72,7 @@ func main() {
 	flag.IntVar(&o.soakConc, "soak-conc", 16, "soak clients")
 	flag.DurationVar(&o.soakWarm, "soak-warm", 0, "uncounted load before the soak's start RSS, in addition to -soak (0: the first 10% of -soak); e.g. 400s lets the legacy replay cache (300 s window, kept by the minute) fill first")
 	flag.StringVar(&parts, "parts", "main,manykeys,network,twonode,soak", "parts to run")
-	flag.StringVar(&opsFlag, "ops", "", "main run: comma-separated operations to drive (encrypt, decrypt, generatedatakey, legacy-encrypt; default all)")
+	flag.StringVar(&opsFlag, "ops", "", "main run: comma-separated operations to drive (encrypt, decrypt, generatedatakey, legacy-encrypt, aws-encrypt; default all)")
 	flag.IntVar(&o.clientProcs, "client-procs", 1, "GOMAXPROCS of the load generator while it drives kmsd (0: Go's default); the raw cells run at Go's default")
 	cpuProfile := flag.String("cpuprofile", "", "write the load generator's own CPU profile to this file")
 	flag.Parse()
