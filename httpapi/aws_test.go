@@ -204,6 +204,20 @@ func TestSigV4MatchesSDKSigner(t *testing.T) {
 	}
 }
 
+// The SDKs sign the host without a default port: a Host sent with :443
+// or :80 still verifies; another port does not.
+func TestSigV4DefaultPort(t *testing.T) {
+	now := time.Now()
+	s := awsTestServer(&fakeKMS{}, Config{Clock: func() time.Time { return now }})
+	for port, ok := range map[string]bool{":443": true, ":80": true, ":8443": false} {
+		req := awsTestRequest(t, "Encrypt", awsEncBody, now, nil)
+		req.Host = "example.com" + port
+		if st, e, _ := awsReply(t, s, req); (st == 200) != ok {
+			t.Fatalf("Host example.com%s: HTTP %d %+v", port, st, e)
+		}
+	}
+}
+
 // A second X-Amz-Target (or X-Amz-Date) is refused, even when signed:
 // the action served is the one verified.
 func TestSigV4OneTarget(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"hash"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -189,6 +190,7 @@ func (s *Server) authSigV4(ctx context.Context, r *http.Request, body []byte) (*
 	c = append(c, r.Method...)
 	c = append(c, "\n/\n\n"...) // canonical URI "/" (the only path served) and an empty query
 	var hasHost, hasDate, hasTarget bool
+	hostAt := 0 // offset of the host's value in c
 	prev := ""
 	for rest := a.signedHeaders; ; {
 		n, more, found := strings.Cut(rest, ";")
@@ -201,6 +203,7 @@ func (s *Server) authSigV4(ctx context.Context, r *http.Request, body []byte) (*
 		switch n {
 		case "host":
 			hasHost = true
+			hostAt = len(c)
 			c = append(c, r.Host...)
 		case "x-amz-date":
 			hasDate = true
@@ -240,12 +243,23 @@ func (s *Server) authSigV4(ctx context.Context, r *http.Request, body []byte) (*
 		}
 		return nil, "", err
 	}
-	var sig [2 * sha256.Size]byte
+	var sig, want [2 * sha256.Size]byte
+	copy(want[:], a.signature) // parseSigV4Authorization accepts 64 characters only
 	s.awsKeys.sign(&sig, cred.SecretKey, a.date, a.region, amzDate, a.scope, c)
-	if !hmac.Equal(sig[:], []byte(a.signature)) {
-		return nil, "", errAWSSignature
+	if hmac.Equal(sig[:], want[:]) {
+		return cred.Principal, a.region, nil
 	}
-	return cred.Principal, a.region, nil
+	// The SDKs sign the host without a default port (:443 for https, :80
+	// for http); a client or proxy may still send it in Host.
+	if hn, port, err := net.SplitHostPort(r.Host); err == nil && (port == "443" || port == "80") {
+		tail := string(c[hostAt+len(r.Host):])
+		c = append(append(c[:hostAt], hn...), tail...)
+		s.awsKeys.sign(&sig, cred.SecretKey, a.date, a.region, amzDate, a.scope, c)
+		if hmac.Equal(sig[:], want[:]) {
+			return cred.Principal, a.region, nil
+		}
+	}
+	return nil, "", errAWSSignature
 }
 
 // appendCanonicalValues appends a header's values as SigV4 canonicalises
