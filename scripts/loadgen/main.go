@@ -52,6 +52,8 @@ type options struct {
 	// clientProcs is the load generator's GOMAXPROCS while it drives kmsd
 	// (0: Go's default). Raw cells always run at Go's default.
 	clientProcs int
+	// localKMS adds the aws-encrypt cell against local-kms (localkms.go).
+	localKMS bool
 }
 
 func main() {
@@ -74,6 +76,7 @@ func main() {
 	flag.StringVar(&parts, "parts", "main,manykeys,network,twonode,soak", "parts to run")
 	flag.StringVar(&opsFlag, "ops", "", "main run: comma-separated operations to drive (encrypt, decrypt, generatedatakey, legacy-encrypt, aws-encrypt; default all)")
 	flag.IntVar(&o.clientProcs, "client-procs", 1, "GOMAXPROCS of the load generator while it drives kmsd (0: Go's default); the raw cells run at Go's default")
+	flag.BoolVar(&o.localKMS, "local-kms", false, "after the main run, run the aws-encrypt cell against github.com/nsmithuk/local-kms (pinned; a software-only AWS KMS mock, built into the kmsd binary's directory with go install) for comparison")
 	cpuProfile := flag.String("cpuprofile", "", "write the load generator's own CPU profile to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -279,6 +282,18 @@ func runBench(ctx context.Context, o options, out io.Writer) (err error) {
 		}
 		for _, c := range o.conc {
 			fmt.Fprintf(out, "encrypt_ratio_to_raw_hsm@%d: %.2f (per-round %s)\n", c, median(encRatio[c]), fmtList(encRatio[c]))
+		}
+		if o.localKMS {
+			fmt.Fprintln(out, "\n== local-kms comparison ==")
+			cpu := map[int]float64{}
+			for _, c := range o.conc {
+				if cs := stats[key("aws-encrypt", c)]; cs != nil {
+					cpu[c] = median(cs.srvCPU)
+				}
+			}
+			if err := localKMSRun(ctx, o, out, cpu); err != nil {
+				return fmt.Errorf("local-kms comparison: %w", err)
+			}
 		}
 	}
 
