@@ -382,6 +382,13 @@ func TestAWSPolicies(t *testing.T) {
 	} {
 		wantAWSErr(t, name+" without its policy action", call(), "AccessDeniedException", 400)
 	}
+	// An alias name resolves before the policy is checked on its key: a
+	// name no key holds is NotFound, one on a key outside the policy
+	// AccessDenied (as with AWS KMS).
+	_, err = c.DescribeKey(ctx, &awskms.DescribeKeyInput{KeyId: aws.String("alias/none")})
+	wantAWSErr(t, "DescribeKey of an alias no key holds", err, "NotFoundException", 400)
+	_, err = c.DescribeKey(ctx, &awskms.DescribeKeyInput{KeyId: aws.String("alias/sops")})
+	wantAWSErr(t, "DescribeKey of an alias outside the policy", err, "AccessDeniedException", 400)
 	// kms:GenerateDataKeyWithoutPlaintext is its own action.
 	wo := s.sdkCred(t, adminID, adminKey).create("aws-wo", `{"effect":"allow","action":["kms:GenerateDataKeyWithoutPlaintext"],"resource":"`+id+`"}`)
 	cw := awsClient(s, wo.id, wo.key)
