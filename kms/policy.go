@@ -109,9 +109,8 @@ var (
 		// The AWS KMS API's own actions (httpapi/aws*.go).
 		"kms:CreateAlias", "kms:DeleteAlias", "kms:GenerateDataKeyWithoutPlaintext",
 	}
-	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys",
-		"kms:ListAliases"}
-	adminActions = []string{
+	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys", "kms:ListAliases"}
+	adminActions    = []string{
 		actCreateCredential, actDeleteCredential, actDisableCredential,
 		actEnableCredential, actListCredentials, actReseal, actUpdateCredentialPolicy,
 	}
