@@ -62,7 +62,14 @@ type awsScheduleKeyDeletionResponse struct {
 	PendingWindowInDays int64  `json:"PendingWindowInDays"`
 }
 
+// awsScheduleKeyDeletion schedules an Enabled or Disabled key's deletion,
+// as AWS does (an Enabled key is disabled in the same change, which needs
+// kms:DisableKey too).
 func (s *Server) awsScheduleKeyDeletion(ctx context.Context, req *awsScheduleKeyDeletionRequest) (*awsScheduleKeyDeletionResponse, error) {
+	a, err := s.awsAdmin()
+	if err != nil {
+		return nil, err
+	}
 	days := int64(kms.MaxPendingWindowDays) // AWS's default, 30
 	if req.PendingWindowInDays != nil {
 		days = *req.PendingWindowInDays
@@ -74,7 +81,7 @@ func (s *Server) awsScheduleKeyDeletion(ctx context.Context, req *awsScheduleKey
 	if err != nil {
 		return nil, err
 	}
-	md, err := s.kms.ScheduleKeyDeletion(ctx, id, int(days))
+	md, err := a.DisableAndScheduleKeyDeletion(ctx, id, int(days))
 	if err != nil {
 		return nil, err
 	}

@@ -22,6 +22,7 @@ type AWSKeyAdmin interface {
 	SetAlias(ctx context.Context, action, keyID, alias string, replace bool) error
 	ListAliases(ctx context.Context, in kms.ListKeysInput) (kms.ListKeysResult, error)
 	GenerateDataKeyWithoutPlaintext(ctx context.Context, in kms.GenerateDataKeyInput) (kms.GenerateDataKeyResult, error)
+	DisableAndScheduleKeyDeletion(ctx context.Context, keyID string, pendingWindowInDays int) (kms.KeyMetadata, error)
 }
 
 func (s *Server) awsAdmin() (AWSKeyAdmin, error) {

@@ -5,6 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"time"
+
+	"hsmkms/store"
 )
 
 // Aliases as the AWS KMS API addresses them (httpapi/aws*.go). A key has
@@ -81,4 +85,26 @@ func (s *Service) GenerateDataKeyWithoutPlaintext(ctx context.Context, in Genera
 	clear(res.Plaintext)
 	res.Plaintext = nil
 	return res, err
+}
+
+// DisableAndScheduleKeyDeletion schedules the deletion of a key as AWS KMS
+// does, Enabled or Disabled: an Enabled key is disabled in the same change,
+// which then needs kms:DisableKey as well as kms:ScheduleKeyDeletion (so no
+// policy allows more through the AWS API than through the Tencent ones,
+// where disabling comes first). Errors are ScheduleKeyDeletion's; an
+// Archived key still gives ErrKeyShouldBeDisabled.
+func (s *Service) DisableAndScheduleKeyDeletion(ctx context.Context, keyID string, pendingWindowInDays int) (KeyMetadata, error) {
+	if pendingWindowInDays < MinPendingWindowDays || pendingWindowInDays > MaxPendingWindowDays {
+		return KeyMetadata{}, fmt.Errorf("%w: %d", ErrInvalidPendingWindow, pendingWindowInDays)
+	}
+	schedule := scheduleDeletion(pendingWindowInDays)
+	return s.change(ctx, "kms:ScheduleKeyDeletion", keyID, func(k *keyEntry, r *store.Key, now time.Time) error {
+		if r.State == StateEnabled {
+			if err := authorize(ctx, "kms:DisableKey", keyID); err != nil {
+				return err
+			}
+			r.State = StateDisabled
+		}
+		return schedule(k, r, now)
+	})
 }

@@ -72,3 +72,33 @@ func TestSetAliasAndPlaceholders(t *testing.T) {
 		t.Fatalf("Decrypt of a data key made without plaintext: %v", err)
 	}
 }
+
+// The AWS ScheduleKeyDeletion: an Enabled key is disabled and scheduled in
+// one change, with kms:DisableKey as well as kms:ScheduleKeyDeletion.
+func TestDisableAndScheduleKeyDeletion(t *testing.T) {
+	e := newEnv(t, Config{})
+	k := e.create(t, "doomed")
+	only := func(actions string) context.Context {
+		return WithPrincipal(context.Background(), &Principal{SecretID: "AKIDx", Policy: mustPolicy(t, pol(`{"effect":"allow","action":[`+actions+`],"resource":"*"}`))})
+	}
+	if _, err := e.svc.DisableAndScheduleKeyDeletion(only(`"kms:ScheduleKeyDeletion"`), k.KeyID, 7); !errIs(err, ErrUnauthorized) {
+		t.Fatalf("scheduling an Enabled key without kms:DisableKey: %v", err)
+	}
+	if md, err := e.svc.DescribeKey(adminCtx, k.KeyID); err != nil || md.KeyState != StateEnabled {
+		t.Fatalf("a refused schedule changed the key: %+v %v", md, err)
+	}
+	if _, err := e.svc.DisableAndScheduleKeyDeletion(adminCtx, k.KeyID, 6); !errIs(err, ErrInvalidPendingWindow) {
+		t.Fatalf("6 days: %v", err)
+	}
+	md, err := e.svc.DisableAndScheduleKeyDeletion(only(`"kms:ScheduleKeyDeletion","kms:DisableKey"`), k.KeyID, 7)
+	if err != nil || md.KeyState != StatePendingDelete || md.DeletionDate.IsZero() {
+		t.Fatalf("scheduling an Enabled key: %+v %v", md, err)
+	}
+	if md, err := e.svc.CancelKeyDeletion(adminCtx, k.KeyID); err != nil || md.KeyState != StateDisabled {
+		t.Fatalf("cancel: %+v %v", md, err)
+	}
+	// A Disabled key needs kms:ScheduleKeyDeletion only.
+	if _, err := e.svc.DisableAndScheduleKeyDeletion(only(`"kms:ScheduleKeyDeletion"`), k.KeyID, 7); err != nil {
+		t.Fatalf("scheduling a Disabled key: %v", err)
+	}
+}

@@ -276,6 +276,18 @@ func TestAWSSDK(t *testing.T) {
 	_, err = c.EnableKeyRotation(ctx, &awskms.EnableKeyRotationInput{KeyId: aws.String(id), RotationPeriodInDays: aws.Int32(2560)})
 	wantAWSErr(t, "EnableKeyRotation beyond 365 days", err, "ValidationException", 400)
 
+	// ScheduleKeyDeletion of an Enabled key (as AWS: disabled in the same
+	// change); cancelled, it is Disabled.
+	if sd, err := c.ScheduleKeyDeletion(ctx, &awskms.ScheduleKeyDeletionInput{KeyId: aws.String(otherID)}); err != nil || *sd.PendingWindowInDays != 30 {
+		t.Fatalf("ScheduleKeyDeletion of an Enabled key: %v", err)
+	}
+	if cd, err := c.CancelKeyDeletion(ctx, &awskms.CancelKeyDeletionInput{KeyId: aws.String(otherID)}); err != nil || !strings.HasSuffix(*cd.KeyId, otherID) {
+		t.Fatalf("CancelKeyDeletion: %v", err)
+	}
+	if d, err := c.DescribeKey(ctx, &awskms.DescribeKeyInput{KeyId: aws.String(otherID)}); err != nil || d.KeyMetadata.KeyState != types.KeyStateDisabled {
+		t.Fatalf("a cancelled deletion leaves the key %v (%v), want Disabled", d.KeyMetadata.KeyState, err)
+	}
+
 	// States: DisabledException, KMSInvalidStateException.
 	if _, err := c.DisableKey(ctx, &awskms.DisableKeyInput{KeyId: aws.String(id)}); err != nil {
 		t.Fatalf("DisableKey: %v", err)
@@ -382,6 +394,11 @@ func TestAWSPolicies(t *testing.T) {
 	} {
 		wantAWSErr(t, name+" without its policy action", call(), "AccessDeniedException", 400)
 	}
+	// kms:ScheduleKeyDeletion alone does not delete an Enabled key: that
+	// takes kms:DisableKey too, as through the Tencent APIs.
+	sched := s.sdkCred(t, adminID, adminKey).create("aws-sched", `{"effect":"allow","action":["kms:ScheduleKeyDeletion"],"resource":"`+id+`"}`)
+	_, err = awsClient(s, sched.id, sched.key).ScheduleKeyDeletion(ctx, &awskms.ScheduleKeyDeletionInput{KeyId: aws.String(id)})
+	wantAWSErr(t, "ScheduleKeyDeletion of an Enabled key with kms:ScheduleKeyDeletion only", err, "AccessDeniedException", 400)
 	// An alias name resolves before the policy is checked on its key: a
 	// name no key holds is NotFound, one on a key outside the policy
 	// AccessDenied (as with AWS KMS).
