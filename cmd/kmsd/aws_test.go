@@ -98,6 +98,9 @@ func wantAWSErr(t *testing.T, what string, err error, typ string, status int) {
 
 func TestAWSSDK(t *testing.T) {
 	s, data := newAWSServer(t)
+	if want := `"aws_regions":["` + awsRegion + `","us-east-1"]`; !strings.Contains(s.stderr.String(), want) {
+		t.Fatalf("the start-up line does not say %s:\n%s", want, s.stderr.String())
+	}
 	ctx := context.Background()
 	c := awsClient(s, adminID, adminKey)
 

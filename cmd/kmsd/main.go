@@ -179,7 +179,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.serve(ln, tlsConfig) }()
-	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenName(), "sessions", cfg.sessions, "audit", cfg.auditFile, "gomaxprocs", procs, "http_server", "net/http")
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenName(), "sessions", cfg.sessions, "audit", cfg.auditFile, "gomaxprocs", procs, "http_server", "net/http", "aws_regions", cfg.awsRegions)
 
 	select {
 	case err := <-serveErr:
