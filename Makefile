@@ -44,6 +44,7 @@ run: token build
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	cd test/consumers && $(GO) vet ./...
 	@scripts/check-layering.sh
 
 # The PKCS#11 conformance suite (hsm/p11) and kmsd's end-to-end tests run
@@ -55,6 +56,10 @@ SECOND_MODULE_PKGS ?= ./hsm/p11 ./cmd/kmsd
 test: setup vet
 	$(GO) test -race -count=1 ./...
 	KMS_TEST_PKCS11=nss $(GO) test -race -count=1 $(SECOND_MODULE_PKGS)
+	# Real AWS KMS API consumers (Vault/OpenBao's awskms seal, SOPS), in a
+	# nested module of their own: SOPS brings the Google, Azure and Vault
+	# clients with it (test/consumers/go.mod).
+	cd test/consumers && $(GO) test -race -count=1 ./...
 	# Allocation counts of the hot path, without -race (which makes sync.Pool drop items).
 	$(GO) test -count=1 -run 'Allocs' ./httpapi ./tcsign ./kms
 	@$(MAKE) --no-print-directory fuzz
@@ -63,7 +68,7 @@ test: setup vet
 # (e.g. make fuzz FUZZTIME=2000000x for a longer campaign).
 FUZZ_TARGETS := kms:FuzzParseBlob kms:FuzzParseContext kms:FuzzParsePolicy kms:FuzzStoredPolicyNeverWidens \
 	httpapi:FuzzParseParams httpapi:FuzzDecodeJSONParams httpapi:FuzzDecodeFormParams \
-	httpapi:FuzzParseTC3Authorization httpapi:FuzzDecodeJSONParamsMatchesReference audit:FuzzVerify
+	httpapi:FuzzParseTC3Authorization httpapi:FuzzDecodeJSONParamsMatchesReference httpapi:FuzzSigV4Verifier audit:FuzzVerify
 fuzz:
 	@set -e; log=$$(mktemp); trap 'rm -f $$log' EXIT; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz ./$${t%%:*} $${t#*:} ($(FUZZTIME))"; \

@@ -34,6 +34,11 @@ type action struct {
 	// legacyParams are the business parameters it accepts.
 	legacy       legacyHandler
 	legacyParams []string
+	// awsName is the action's name in the AWS KMS API (X-Amz-Target:
+	// TrentService.<awsName>), "" when it does not serve it; aws serves it
+	// (awskeys.go), with the same shape as an API 3.0 handler.
+	awsName string
+	aws     api3Handler
 }
 
 // legacyHandler serves one legacy action; ok is the success envelope its
@@ -42,52 +47,75 @@ type legacyHandler func(s *Server, ctx context.Context, p params, ok legacyReply
 
 // actionTable finds an action by its name in each protocol.
 type actionTable struct {
-	all          []*action
-	api3, legacy map[string]*action
+	all               []*action
+	api3, legacy, aws map[string]*action
 }
 
 // newActionTable returns the table of every action served.
 func newActionTable() actionTable {
 	all := []*action{
 		{api3Name: "CreateKey", legacyName: "CreateKey", policy: "kms:CreateKey",
-			api3: typedAPI3Action((*Server).createKey), legacy: (*Server).legacyCreateKey, legacyParams: []string{"description", "alias", "keyUsage", "type"}},
+			api3: typedAPI3Action((*Server).createKey), legacy: (*Server).legacyCreateKey, legacyParams: []string{"description", "alias", "keyUsage", "type"},
+			awsName: "CreateKey", aws: typedAPI3Action((*Server).awsCreateKey)},
 		{api3Name: "Encrypt", legacyName: "Encrypt", policy: "kms:Encrypt", syncFree: true,
-			api3: typedAPI3Action((*Server).encrypt), legacy: (*Server).legacyEncrypt, legacyParams: []string{"keyId", "plaintext", "encryptionContext"}},
+			api3: typedAPI3Action((*Server).encrypt), legacy: (*Server).legacyEncrypt, legacyParams: []string{"keyId", "plaintext", "encryptionContext"},
+			awsName: "Encrypt", aws: typedAPI3Action((*Server).awsEncrypt)},
 		{api3Name: "Decrypt", legacyName: "Decrypt", policy: "kms:Decrypt", syncFree: true,
-			api3: typedAPI3Action((*Server).decrypt), legacy: (*Server).legacyDecrypt, legacyParams: []string{"ciphertextBlob", "encryptionContext"}},
+			api3: typedAPI3Action((*Server).decrypt), legacy: (*Server).legacyDecrypt, legacyParams: []string{"ciphertextBlob", "encryptionContext"},
+			awsName: "Decrypt", aws: typedAPI3Action((*Server).awsDecrypt)},
 		{api3Name: "GenerateDataKey", legacyName: "GenerateDataKey", policy: "kms:GenerateDataKey", syncFree: true,
-			api3: typedAPI3Action((*Server).generateDataKey), legacy: (*Server).legacyGenerateDataKey, legacyParams: []string{"keyId", "keySpec", "numberOfBytes", "encryptionContext"}},
-		{api3Name: "ReEncrypt", policy: "kms:ReEncrypt", syncFree: true, api3: typedAPI3Action((*Server).reEncrypt)},
-		{api3Name: "GenerateRandom", policy: "kms:GenerateRandom", syncFree: true, api3: typedAPI3Action((*Server).generateRandom)},
+			api3: typedAPI3Action((*Server).generateDataKey), legacy: (*Server).legacyGenerateDataKey, legacyParams: []string{"keyId", "keySpec", "numberOfBytes", "encryptionContext"},
+			awsName: "GenerateDataKey", aws: typedAPI3Action((*Server).awsGenerateDataKey)},
+		{api3Name: "ReEncrypt", policy: "kms:ReEncrypt", syncFree: true, api3: typedAPI3Action((*Server).reEncrypt),
+			awsName: "ReEncrypt", aws: typedAPI3Action((*Server).awsReEncrypt)},
+		{api3Name: "GenerateRandom", policy: "kms:GenerateRandom", syncFree: true, api3: typedAPI3Action((*Server).generateRandom),
+			awsName: "GenerateRandom", aws: typedAPI3Action((*Server).awsGenerateRandom)},
 
 		{api3Name: "DescribeKey", legacyName: "GetKeyAttributes", policy: "kms:DescribeKey", syncFree: true,
-			api3: typedAPI3Action((*Server).describeKey), legacy: (*Server).legacyGetKeyAttributes, legacyParams: []string{"keyId"}},
+			api3: typedAPI3Action((*Server).describeKey), legacy: (*Server).legacyGetKeyAttributes, legacyParams: []string{"keyId"},
+			awsName: "DescribeKey", aws: typedAPI3Action((*Server).awsDescribeKey)},
 		{api3Name: "DescribeKeys", policy: "kms:DescribeKeys", syncFree: true, api3: typedAPI3Action((*Server).describeKeys)},
 		{api3Name: "ListKeys", legacyName: "ListKey", policy: "kms:ListKeys", syncFree: true,
-			api3: typedAPI3Action((*Server).listKeys), legacy: (*Server).legacyListKey, legacyParams: []string{"offset", "limit"}},
+			api3: typedAPI3Action((*Server).listKeys), legacy: (*Server).legacyListKey, legacyParams: []string{"offset", "limit"},
+			awsName: "ListKeys", aws: typedAPI3Action((*Server).awsListKeys)},
 		{api3Name: "ListKeyDetail", policy: "kms:ListKeyDetail", syncFree: true, api3: typedAPI3Action((*Server).listKeyDetail)},
-		{api3Name: "GetKeyRotationStatus", policy: "kms:GetKeyRotationStatus", syncFree: true, api3: typedAPI3Action((*Server).getKeyRotationStatus)},
+		{api3Name: "GetKeyRotationStatus", policy: "kms:GetKeyRotationStatus", syncFree: true, api3: typedAPI3Action((*Server).getKeyRotationStatus),
+			awsName: "GetKeyRotationStatus", aws: typedAPI3Action((*Server).awsGetKeyRotationStatus)},
 		// hsmkms's own: versions and their usage counts.
 		{api3Name: "ListKeyVersions", policy: "kms:DescribeKey", syncFree: true, api3: typedAPI3Action((*Server).listKeyVersions)},
 
 		{api3Name: "UpdateAlias", legacyName: "SetKeyAttributes", policy: "kms:UpdateAlias",
-			api3: typedAPI3Action((*Server).updateAlias), legacy: (*Server).legacySetKeyAttributes, legacyParams: []string{"keyId", "alias"}},
+			api3: typedAPI3Action((*Server).updateAlias), legacy: (*Server).legacySetKeyAttributes, legacyParams: []string{"keyId", "alias"},
+			awsName: "UpdateAlias", aws: typedAPI3Action((*Server).awsUpdateAlias)},
 		{api3Name: "UpdateKeyDescription", policy: "kms:UpdateKeyDescription", api3: typedAPI3Action((*Server).updateKeyDescription)},
 		{api3Name: "EnableKey", legacyName: "EnableKey", policy: "kms:EnableKey",
-			api3: typedAPI3Action((*Server).enableKey), legacy: (*Server).legacyEnableKey, legacyParams: []string{"keyId"}},
+			api3: typedAPI3Action((*Server).enableKey), legacy: (*Server).legacyEnableKey, legacyParams: []string{"keyId"},
+			awsName: "EnableKey", aws: typedAPI3Action((*Server).awsEnableKey)},
 		{api3Name: "DisableKey", legacyName: "DisableKey", policy: "kms:DisableKey",
-			api3: typedAPI3Action((*Server).disableKey), legacy: (*Server).legacyDisableKey, legacyParams: []string{"keyId"}},
+			api3: typedAPI3Action((*Server).disableKey), legacy: (*Server).legacyDisableKey, legacyParams: []string{"keyId"},
+			awsName: "DisableKey", aws: typedAPI3Action((*Server).awsDisableKey)},
 		{api3Name: "EnableKeys", policy: "kms:EnableKeys", api3: typedAPI3Action((*Server).enableKeys)},
 		{api3Name: "DisableKeys", policy: "kms:DisableKeys", api3: typedAPI3Action((*Server).disableKeys)},
 		{api3Name: "ScheduleKeyDeletion", legacyName: "ScheduleKeyDeletion", policy: "kms:ScheduleKeyDeletion",
-			api3: typedAPI3Action((*Server).scheduleKeyDeletion), legacy: (*Server).legacyScheduleKeyDeletion, legacyParams: []string{"keyId", "pendingWindowInDays"}},
+			api3: typedAPI3Action((*Server).scheduleKeyDeletion), legacy: (*Server).legacyScheduleKeyDeletion, legacyParams: []string{"keyId", "pendingWindowInDays"},
+			awsName: "ScheduleKeyDeletion", aws: typedAPI3Action((*Server).awsScheduleKeyDeletion)},
 		{api3Name: "CancelKeyDeletion", legacyName: "CancelKeyDeletion", policy: "kms:CancelKeyDeletion",
-			api3: typedAPI3Action((*Server).cancelKeyDeletion), legacy: (*Server).legacyCancelKeyDeletion, legacyParams: []string{"keyId"}},
+			api3: typedAPI3Action((*Server).cancelKeyDeletion), legacy: (*Server).legacyCancelKeyDeletion, legacyParams: []string{"keyId"},
+			awsName: "CancelKeyDeletion", aws: typedAPI3Action((*Server).awsCancelKeyDeletion)},
 		{api3Name: "ArchiveKey", policy: "kms:ArchiveKey", api3: typedAPI3Action((*Server).archiveKey)},
 		{api3Name: "CancelKeyArchive", policy: "kms:CancelKeyArchive", api3: typedAPI3Action((*Server).cancelKeyArchive)},
-		{api3Name: "RotateKey", policy: "kms:RotateKey", api3: typedAPI3Action((*Server).rotateKey)},
-		{api3Name: "EnableKeyRotation", policy: "kms:EnableKeyRotation", api3: typedAPI3Action((*Server).enableKeyRotation)},
-		{api3Name: "DisableKeyRotation", policy: "kms:DisableKeyRotation", api3: typedAPI3Action((*Server).disableKeyRotation)},
+		{api3Name: "RotateKey", policy: "kms:RotateKey", api3: typedAPI3Action((*Server).rotateKey),
+			awsName: "RotateKeyOnDemand", aws: typedAPI3Action((*Server).awsRotateKeyOnDemand)},
+		{api3Name: "EnableKeyRotation", policy: "kms:EnableKeyRotation", api3: typedAPI3Action((*Server).enableKeyRotation),
+			awsName: "EnableKeyRotation", aws: typedAPI3Action((*Server).awsEnableKeyRotation)},
+		{api3Name: "DisableKeyRotation", policy: "kms:DisableKeyRotation", api3: typedAPI3Action((*Server).disableKeyRotation),
+			awsName: "DisableKeyRotation", aws: typedAPI3Action((*Server).awsDisableKeyRotation)},
+
+		// The AWS KMS API's own actions (awskeys.go).
+		{awsName: "GenerateDataKeyWithoutPlaintext", policy: "kms:GenerateDataKeyWithoutPlaintext", syncFree: true, aws: typedAPI3Action((*Server).awsGenerateDataKeyWithoutPlaintext)},
+		{awsName: "CreateAlias", policy: "kms:CreateAlias", aws: typedAPI3Action((*Server).awsCreateAlias)},
+		{awsName: "DeleteAlias", policy: "kms:DeleteAlias", aws: typedAPI3Action((*Server).awsDeleteAlias)},
+		{awsName: "ListAliases", policy: "kms:ListAliases", syncFree: true, aws: typedAPI3Action((*Server).awsListAliases)},
 
 		{api3Name: "CreateCredential", policy: "kms-admin:CreateCredential", api3: typedAPI3Action((*Server).createCredential)},
 		{api3Name: "ListCredentials", policy: "kms-admin:ListCredentials", api3: typedAPI3Action((*Server).listCredentials)},
@@ -103,13 +131,16 @@ func newActionTable() actionTable {
 		{api3Name: "AsymmetricRsaDecrypt", policy: "kms:AsymmetricRsaDecrypt", syncFree: true, api3: typedAPI3Action((*Server).asymmetricRsaDecrypt)},
 		{api3Name: "ListAlgorithms", policy: "kms:ListAlgorithms", syncFree: true, api3: typedAPI3Action((*Server).listAlgorithms)},
 	}
-	t := actionTable{all: all, api3: map[string]*action{}, legacy: map[string]*action{}}
+	t := actionTable{all: all, api3: map[string]*action{}, legacy: map[string]*action{}, aws: map[string]*action{}}
 	for _, a := range all {
 		if a.api3Name != "" {
 			t.api3[a.api3Name] = a
 		}
 		if a.legacyName != "" {
 			t.legacy[a.legacyName] = a
+		}
+		if a.awsName != "" {
+			t.aws[a.awsName] = a
 		}
 	}
 	return t

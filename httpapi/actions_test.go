@@ -18,10 +18,10 @@ func TestActionTableMatchesPolicy(t *testing.T) {
 			t.Errorf("%s/%s: policy action %q is not one the domain checks", a.api3Name, a.legacyName, a.policy)
 		}
 		used[a.policy] = true
-		if a.api3Name == "" && a.legacyName == "" {
+		if a.api3Name == "" && a.legacyName == "" && a.awsName == "" {
 			t.Errorf("%s: served by no protocol", a.policy)
 		}
-		if (a.api3Name != "") != (a.api3.serve != nil) || (a.legacyName != "") != (a.legacy != nil) {
+		if (a.api3Name != "") != (a.api3.serve != nil) || (a.legacyName != "") != (a.legacy != nil) || (a.awsName != "") != (a.aws.serve != nil) {
 			t.Errorf("%s/%s: a protocol name without a handler, or the reverse", a.api3Name, a.legacyName)
 		}
 		if a.bodyLimit(64<<10) > 64<<10 {
@@ -36,7 +36,7 @@ func TestActionTableMatchesPolicy(t *testing.T) {
 			t.Errorf("policy action %s is served by no action", p)
 		}
 	}
-	if len(tab.api3) != 36 || len(tab.legacy) != 11 {
-		t.Fatalf("%d API 3.0 and %d legacy actions, want 36 and 11", len(tab.api3), len(tab.legacy))
+	if len(tab.api3) != 36 || len(tab.legacy) != 11 || len(tab.aws) != 21 {
+		t.Fatalf("%d API 3.0, %d legacy and %d AWS actions, want 36, 11 and 21", len(tab.api3), len(tab.legacy), len(tab.aws))
 	}
 }

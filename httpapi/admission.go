@@ -93,6 +93,11 @@ func (s *Server) noteRefused(info *reqInfo, err error) {
 	if info.served {
 		return
 	}
+	var aw *awsError
+	if errors.As(err, &aw) && aw.auth {
+		s.countRefusal(refusedAuth)
+		return
+	}
 	var ae *authError
 	if errors.As(err, &ae) {
 		if ae.api3 == errRateLimited.api3 {

@@ -311,6 +311,7 @@ func TestErrorTableRows(t *testing.T) {
 		kms.ErrAsymDecrypt:                              {"FailedOperation.DecryptError", 5100, 0},
 		kms.ErrInvalidDesc:                              {"InvalidParameterValue", 4000, 0},
 		kms.ErrAliasExists:                              {"InvalidParameterValue.AliasAlreadyExists", 5100, 0},
+		kms.ErrKeyHasAlias:                              {"UnsupportedOperation", 5100, 0},
 		kms.ErrSelfChange:                               {"UnauthorizedOperation", 4102, 0},
 		kms.ErrExceedsCaller:                            {"UnauthorizedOperation", 4102, 0},
 		kms.ErrUnauthorized:                             {"UnauthorizedOperation", 4102, 0},

@@ -23,6 +23,9 @@ type errorRow struct {
 	// legacyCode and legacyMessage are the legacy answer.
 	legacyCode    int
 	legacyMessage string
+	// aws is the AWS KMS API's __type (its message is message); its HTTP
+	// status is awsStatus(aws).
+	aws string
 	// level, when above slog.LevelInfo, logs the error with the request id.
 	level slog.Level
 	// logMessage is what is logged at level.
@@ -36,83 +39,85 @@ const noLog = slog.LevelInfo
 // errors.Is matches wins (ErrUsageLimit wraps the error that stopped the
 // new version; ErrSelfChange wraps ErrUnauthorized).
 var errorTable = []errorRow{
-	{errs: []error{kms.ErrUsageLimit}, code: "LimitExceeded", message: "the key version reached its usage limit and a new version could not be created; retry later",
+	{errs: []error{kms.ErrUsageLimit}, aws: "LimitExceededException", code: "LimitExceeded", message: "the key version reached its usage limit and a new version could not be created; retry later",
 		legacyCode: codeOperationFailed, legacyMessage: "key version usage limit reached and a new version could not be created, please retry later",
 		level: slog.LevelError, logMessage: "request not served: key version usage limit reached and no new version could be made"},
-	{errs: []error{kms.ErrInvalidKeyID}, code: "InvalidParameterValue.InvalidKeyId", message: "the KeyId is invalid",
+	{errs: []error{kms.ErrInvalidKeyID}, aws: "NotFoundException", code: "InvalidParameterValue.InvalidKeyId", message: "the KeyId is invalid",
 		legacyCode: codeInvalidParameter, legacyMessage: "invalid keyId"},
-	{errs: []error{kms.ErrInvalidPendingWindow}, code: "InvalidParameter.InvalidPendingWindowInDays", message: "the PendingWindowInDays must be 7 to 30",
+	{errs: []error{kms.ErrInvalidPendingWindow}, aws: "ValidationException", code: "InvalidParameter.InvalidPendingWindowInDays", message: "the PendingWindowInDays must be 7 to 30",
 		legacyCode: codeInvalidParameter, legacyMessage: "invalid pendingWindowInDays: 7 to 30"},
-	{errs: []error{kms.ErrInvalidRotateDays}, code: "InvalidParameterValue", message: "the RotateDays must be 7 to 365",
+	{errs: []error{kms.ErrInvalidRotateDays}, aws: "ValidationException", code: "InvalidParameterValue", message: "the RotateDays must be 7 to 365",
 		legacyCode: codeInvalidParameter, legacyMessage: "invalid rotateDays: 7 to 365"},
-	{errs: []error{kms.ErrInvalidNumberOfBytes}, code: "InvalidParameter", message: "the NumberOfBytes must be 1 to 1024",
+	{errs: []error{kms.ErrInvalidNumberOfBytes}, aws: "ValidationException", code: "InvalidParameter", message: "the NumberOfBytes must be 1 to 1024",
 		legacyCode: codeInvalidParameter, legacyMessage: "invalid numberOfBytes: 1 to 1024"},
-	{errs: []error{kms.ErrInvalidKeySpec}, code: "InvalidParameter", message: "the KeySpec must be AES_128 or AES_256 (or give NumberOfBytes)",
+	{errs: []error{kms.ErrInvalidKeySpec}, aws: "ValidationException", code: "InvalidParameter", message: "the KeySpec must be AES_128 or AES_256 (or give NumberOfBytes)",
 		legacyCode: codeInvalidParameter, legacyMessage: "invalid keySpec: AES_128 or AES_256, or give numberOfBytes"},
-	{errs: []error{kms.ErrTooManyKeys}, code: "InvalidParameterValue", message: "at most 100 KeyIds are allowed",
+	{errs: []error{kms.ErrTooManyKeys}, aws: "ValidationException", code: "InvalidParameterValue", message: "at most 100 KeyIds are allowed",
 		legacyCode: codeInvalidParameter, legacyMessage: "at most 100 keyIds are allowed"},
-	{errs: []error{kms.ErrDuplicateKeyID}, code: "InvalidParameterValue.DuplicatedKeyId", message: "the KeyIds contain a duplicate",
+	{errs: []error{kms.ErrDuplicateKeyID}, aws: "ValidationException", code: "InvalidParameterValue.DuplicatedKeyId", message: "the KeyIds contain a duplicate",
 		legacyCode: codeInvalidParameter, legacyMessage: "the keyIds contain a duplicate"},
-	{errs: []error{kms.ErrKeyArchived}, code: "ResourceUnavailable.CmkArchived", message: "the CMK is archived",
+	{errs: []error{kms.ErrKeyArchived}, aws: "KMSInvalidStateException", code: "ResourceUnavailable.CmkArchived", message: "the CMK is archived",
 		legacyCode: codeOperationFailed, legacyMessage: "key is archived"},
-	{errs: []error{kms.ErrKeyShouldBeDisabled}, code: "ResourceUnavailable.CmkShouldBeDisabled", message: "only a disabled CMK can be scheduled for deletion",
+	{errs: []error{kms.ErrKeyShouldBeDisabled}, aws: "KMSInvalidStateException", code: "ResourceUnavailable.CmkShouldBeDisabled", message: "only a disabled CMK can be scheduled for deletion",
 		legacyCode: codeOperationFailed, legacyMessage: "key must be disabled before it is scheduled for deletion"},
-	{errs: []error{kms.ErrKeyNotPendingDelete}, code: "ResourceUnavailable.CmkNotPendingDelete", message: "the CMK is not pending deletion",
+	{errs: []error{kms.ErrKeyNotPendingDelete}, aws: "KMSInvalidStateException", code: "ResourceUnavailable.CmkNotPendingDelete", message: "the CMK is not pending deletion",
 		legacyCode: codeOperationFailed, legacyMessage: "key is not pending deletion"},
-	{errs: []error{kms.ErrPlaintextTooLong, kms.ErrPlaintextEmpty}, code: "InvalidParameterValue.InvalidPlaintext", message: "the Plaintext must be 1 to 4096 bytes once base64-decoded",
+	{errs: []error{kms.ErrPlaintextTooLong, kms.ErrPlaintextEmpty}, aws: "ValidationException", code: "InvalidParameterValue.InvalidPlaintext", message: "the Plaintext must be 1 to 4096 bytes once base64-decoded",
 		legacyCode: codeEncryptFailed, legacyMessage: "(10660)encryption failed, please check input parameters"},
-	{errs: []error{kms.ErrInvalidContext}, code: "InvalidParameterValue", message: "the EncryptionContext must be a JSON object of strings, at most 1024 characters, without duplicate keys",
+	{errs: []error{kms.ErrInvalidContext}, aws: "ValidationException", code: "InvalidParameterValue", message: "the EncryptionContext must be a JSON object of strings, at most 1024 characters, without duplicate keys",
 		legacyCode: codeIllegalContext, legacyMessage: "(10640)illegal encryptionContext"},
-	{errs: []error{kms.ErrInvalidCiphertext}, code: "InvalidParameterValue.InvalidCiphertext", message: "the CiphertextBlob is invalid",
+	{errs: []error{kms.ErrInvalidCiphertext}, aws: "InvalidCiphertextException", code: "InvalidParameterValue.InvalidCiphertext", message: "the CiphertextBlob is invalid",
 		legacyCode: codeInvalidParameter, legacyMessage: "invalid ciphertextBlob"},
-	{errs: []error{kms.ErrInvalidAlias}, code: "InvalidParameterValue.InvalidAlias", message: "the Alias must be 1-60 characters of A-Z a-z 0-9 _ -, start with a letter or digit, and not start with kms-",
+	{errs: []error{kms.ErrInvalidAlias}, aws: "InvalidAliasNameException", code: "InvalidParameterValue.InvalidAlias", message: "the Alias must be 1-60 characters of A-Z a-z 0-9 _ -, start with a letter or digit, and not start with kms-",
 		legacyCode: codeInvalidParameter, legacyMessage: "invalid alias: 1-60 characters of A-Z a-z 0-9 _ -, starting with a letter or digit, not starting with kms-"},
-	{errs: []error{kms.ErrInvalidKeyUsage}, code: "InvalidParameterValue.InvalidKeyUsage", message: "the KeyUsage is not valid, or the key's KeyUsage does not allow this operation",
+	{errs: []error{kms.ErrInvalidKeyUsage}, aws: "InvalidKeyUsageException", code: "InvalidParameterValue.InvalidKeyUsage", message: "the KeyUsage is not valid, or the key's KeyUsage does not allow this operation",
 		legacyCode: codeInvalidParameter, legacyMessage: "invalid keyUsage: only ENCRYPT/DECRYPT is supported"},
 	// Asymmetric keys (kms/asym.go).
-	{errs: []error{kms.ErrUnsupported}, code: "UnsupportedOperation",
+	{errs: []error{kms.ErrUnsupported}, aws: "UnsupportedOperationException", code: "UnsupportedOperation",
 		legacyCode: codeInvalidParameter},
-	{errs: []error{kms.ErrRotateNotSupported}, code: "UnsupportedOperation.RotateNotSupported", message: "asymmetric keys do not rotate",
+	{errs: []error{kms.ErrRotateNotSupported}, aws: "UnsupportedOperationException", code: "UnsupportedOperation.RotateNotSupported", message: "asymmetric keys do not rotate",
 		legacyCode: codeOperationFailed, legacyMessage: "asymmetric keys do not rotate"},
-	{errs: []error{kms.ErrInvalidAlgorithm, kms.ErrInvalidMessage}, code: "InvalidParameterValue",
+	{errs: []error{kms.ErrInvalidAlgorithm, kms.ErrInvalidMessage}, aws: "ValidationException", code: "InvalidParameterValue",
 		legacyCode: codeInvalidParameter},
-	{errs: []error{kms.ErrAsymDecrypt}, code: "FailedOperation.DecryptError", message: "decryption failed",
+	{errs: []error{kms.ErrAsymDecrypt}, aws: "InvalidCiphertextException", code: "FailedOperation.DecryptError", message: "decryption failed",
 		legacyCode: codeOperationFailed, legacyMessage: "decryption failed"},
-	{errs: []error{kms.ErrInvalidDesc}, code: "InvalidParameterValue", message: "the Description must be at most 1024 bytes of UTF-8",
+	{errs: []error{kms.ErrInvalidDesc}, aws: "ValidationException", code: "InvalidParameterValue", message: "the Description must be at most 1024 bytes of UTF-8",
 		legacyCode: codeInvalidParameter, legacyMessage: "invalid description: at most 1024 bytes of UTF-8"},
-	{errs: []error{kms.ErrAliasExists}, code: "InvalidParameterValue.AliasAlreadyExists", message: "the Alias already exists",
+	{errs: []error{kms.ErrKeyHasAlias}, aws: "LimitExceededException", code: "UnsupportedOperation", message: "the key already has an alias, and a key has one alias only: delete it (DeleteAlias) or move it (UpdateAlias) first",
+		legacyCode: codeOperationFailed, legacyMessage: "the key already has an alias"},
+	{errs: []error{kms.ErrAliasExists}, aws: "AlreadyExistsException", code: "InvalidParameterValue.AliasAlreadyExists", message: "the Alias already exists",
 		legacyCode: codeOperationFailed, legacyMessage: "alias already exists"},
-	{errs: []error{kms.ErrSelfChange, kms.ErrExceedsCaller}, code: "UnauthorizedOperation",
+	{errs: []error{kms.ErrSelfChange, kms.ErrExceedsCaller}, aws: "AccessDeniedException", code: "UnauthorizedOperation",
 		legacyCode: codeUnauthorized},
-	{errs: []error{kms.ErrUnauthorized}, code: "UnauthorizedOperation", message: "the credential is not authorized for this operation on this resource",
+	{errs: []error{kms.ErrUnauthorized}, aws: "AccessDeniedException", code: "UnauthorizedOperation", message: "the credential is not authorized for this operation on this resource",
 		legacyCode: codeUnauthorized, legacyMessage: "not authorized for this operation on this resource"},
-	{errs: []error{kms.ErrCredentialNotFound}, code: "ResourceNotFound", message: "the credential does not exist",
+	{errs: []error{kms.ErrCredentialNotFound}, aws: "NotFoundException", code: "ResourceNotFound", message: "the credential does not exist",
 		legacyCode: codeNotFound, legacyMessage: "credential does not exist"},
-	{errs: []error{kms.ErrCredentialExists}, code: "ResourceInUse", message: "the SecretId already exists",
+	{errs: []error{kms.ErrCredentialExists}, aws: "AlreadyExistsException", code: "ResourceInUse", message: "the SecretId already exists",
 		legacyCode: codeOperationFailed, legacyMessage: "secretId already exists"},
-	{errs: []error{kms.ErrInvalidCredential, kms.ErrInvalidPolicy}, code: "InvalidParameterValue",
+	{errs: []error{kms.ErrInvalidCredential, kms.ErrInvalidPolicy}, aws: "ValidationException", code: "InvalidParameterValue",
 		legacyCode: codeInvalidParameter},
-	{errs: []error{kms.ErrKeyStateNotSupported}, code: "ResourceUnavailable.CmkStateNotSupport", message: "the CMK's state does not allow this operation",
+	{errs: []error{kms.ErrKeyStateNotSupported}, aws: "KMSInvalidStateException", code: "ResourceUnavailable.CmkStateNotSupport", message: "the CMK's state does not allow this operation",
 		legacyCode: codeOperationFailed, legacyMessage: "the key's state does not allow this operation"},
-	{errs: []error{kms.ErrKeyNotFound}, code: "ResourceUnavailable.CmkNotFound", message: "the CMK does not exist",
+	{errs: []error{kms.ErrKeyNotFound}, aws: "NotFoundException", code: "ResourceUnavailable.CmkNotFound", message: "the CMK does not exist",
 		legacyCode: codeNotFound, legacyMessage: "key does not exist"},
-	{errs: []error{kms.ErrKeyDisabled}, code: "ResourceUnavailable.CmkDisabled", message: "the CMK is disabled",
+	{errs: []error{kms.ErrKeyDisabled}, aws: "DisabledException", code: "ResourceUnavailable.CmkDisabled", message: "the CMK is disabled",
 		legacyCode: codeOperationFailed, legacyMessage: "key is disabled"},
-	{errs: []error{kms.ErrLimitExceeded}, code: "LimitExceeded.CmkLimitExceeded", message: "the CMK limit is reached",
+	{errs: []error{kms.ErrLimitExceeded}, aws: "LimitExceededException", code: "LimitExceeded.CmkLimitExceeded", message: "the CMK limit is reached",
 		legacyCode: codeOperationFailed, legacyMessage: "key limit exceeded"},
-	{errs: []error{kms.ErrDecrypt}, code: "FailedOperation.DecryptError", message: "decryption failed: the CiphertextBlob is not authentic or the EncryptionContext differs",
+	{errs: []error{kms.ErrDecrypt}, aws: "InvalidCiphertextException", code: "FailedOperation.DecryptError", message: "decryption failed: the CiphertextBlob is not authentic or the EncryptionContext differs",
 		legacyCode: codeOperationFailed, legacyMessage: "decryption failed: the ciphertextBlob is not authentic or the encryptionContext differs"},
-	{errs: []error{kms.ErrBusy, context.DeadlineExceeded}, code: "RequestLimitExceeded", message: "the HSM is busy, please retry",
+	{errs: []error{kms.ErrBusy, context.DeadlineExceeded}, aws: "ThrottlingException", code: "RequestLimitExceeded", message: "the HSM is busy, please retry",
 		legacyCode: codeUnavailable, legacyMessage: "service temporarily unavailable, please retry",
 		level: slog.LevelWarn, logMessage: "request not served"},
-	{errs: []error{kms.ErrUnavailable}, code: "UnsupportedOperation.ServiceTemporaryUnavailable", message: "the service is temporarily unavailable, please retry",
+	{errs: []error{kms.ErrUnavailable}, aws: "DependencyTimeoutException", code: "UnsupportedOperation.ServiceTemporaryUnavailable", message: "the service is temporarily unavailable, please retry",
 		legacyCode: codeUnavailable, legacyMessage: "service temporarily unavailable, please retry",
 		level: slog.LevelWarn, logMessage: "request not served"},
 }
 
 // internalErrorRow answers any error no row matches: logged, never
 // detailed (the message names the request id, filled in by wireError).
-var internalErrorRow = errorRow{code: "InternalError", legacyCode: codeInternal, level: slog.LevelError, logMessage: "internal error"}
+var internalErrorRow = errorRow{code: "InternalError", aws: "KMSInternalException", legacyCode: codeInternal, level: slog.LevelError, logMessage: "internal error"}
 
 // domainErrorRow returns the row of a domain error.
 func domainErrorRow(err error) *errorRow {
@@ -129,12 +134,14 @@ func domainErrorRow(err error) *errorRow {
 // errAuditUnavailable fails a request whose audit line cannot be written.
 var errAuditUnavailable = errors.New("the audit trail is unavailable; the request was not served")
 
-// wireError is an error as both protocols answer it.
+// wireError is an error as every protocol answers it.
 type wireError struct {
 	code       string // API 3.0
 	message    string
 	legacyCode int
 	legacyMsg  string
+	awsType    string // AWS KMS API
+	awsMessage string
 }
 
 // toWireError maps err to its answer in both protocols: the edge's own
@@ -142,6 +149,25 @@ type wireError struct {
 // codes; domain errors take their row of errorTable, logged at the row's
 // level with the request id rid.
 func (s *Server) toWireError(err error, rid string) wireError {
+	if typ, msg, ok := awsWireError(err); ok && err != errAuditUnavailable {
+		var aw *awsError
+		if errors.As(err, &aw) { // the AWS API's own: answered by no other protocol
+			return wireError{code: "InvalidParameter", message: aw.message, legacyCode: codeInvalidParameter, legacyMsg: aw.message, awsType: typ, awsMessage: msg}
+		}
+		w := s.toWireErrorTencent(err, rid)
+		w.awsType, w.awsMessage = typ, msg
+		return w
+	}
+	w := s.toWireErrorTencent(err, rid)
+	if w.awsType == "" {
+		w.awsType, w.awsMessage = "KMSInternalException", w.message
+	}
+	return w
+}
+
+// toWireErrorTencent is toWireError for the Tencent protocols, with the
+// AWS column of domain errors.
+func (s *Server) toWireErrorTencent(err error, rid string) wireError {
 	var ae *apiError
 	var le *legacyError
 	var au *authError
@@ -162,7 +188,7 @@ func (s *Server) toWireError(err error, rid string) wireError {
 	if row.level > noLog {
 		s.log.Log(context.Background(), row.level, row.logMessage, "requestId", rid, "err", err)
 	}
-	w := wireError{code: row.code, message: row.message, legacyCode: row.legacyCode, legacyMsg: row.legacyMessage}
+	w := wireError{code: row.code, message: row.message, legacyCode: row.legacyCode, legacyMsg: row.legacyMessage, awsType: row.aws}
 	switch {
 	case row == &internalErrorRow:
 		w.message = "internal error (RequestId " + rid + ")"
@@ -171,5 +197,6 @@ func (s *Server) toWireError(err error, rid string) wireError {
 		w.message = strings.TrimPrefix(err.Error(), "kms: ")
 		w.legacyMsg = w.message
 	}
+	w.awsMessage = w.message
 	return w
 }

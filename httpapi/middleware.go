@@ -80,6 +80,9 @@ func (s *Server) record(next echo.HandlerFunc) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
+		if info.protocol == protocolAWS {
+			return sendJSONAs(c, http.StatusOK, awsContentType, info.reply)
+		}
 		return sendJSON(c, http.StatusOK, info.reply)
 	}
 }
@@ -109,11 +112,16 @@ const maxPooledReply = 64 << 10
 // indented. The buffer is cleared once written, so no reply (a Decrypt's
 // plaintext) stays in memory past its request.
 func sendJSON(c echo.Context, code int, v any) error {
+	return sendJSONAs(c, code, echo.MIMEApplicationJSON, v)
+}
+
+// sendJSONAs is sendJSON with the Content-Type contentType.
+func sendJSONAs(c echo.Context, code int, contentType string, v any) error {
 	r := replyEncoders.Get().(*replyEncoder)
 	r.buf.Reset()
 	err := r.enc.Encode(v)
 	if err == nil {
-		err = c.Blob(code, echo.MIMEApplicationJSON, r.buf.Bytes())
+		err = c.Blob(code, contentType, r.buf.Bytes())
 	}
 	clear(r.buf.Bytes())
 	if r.buf.Cap() <= maxPooledReply {
@@ -160,6 +168,11 @@ func (s *Server) handleHTTPError(err error, c echo.Context) {
 			m := s.toWireError(err, info.requestID)
 			w = &m
 		}
+		if info.protocol == protocolAWS {
+			c.Response().Header().Set(awsRequestIDHeader, info.requestID)
+			sendAWSError(c, w)
+			return
+		}
 		var reply any = legacyReply{Code: w.legacyCode, Message: w.legacyMsg, RequestID: info.requestID}
 		if info.protocol == protocolAPI3 {
 			reply = api3Envelope{Response: api3ErrorBody{Error: &apiError{Code: w.code, Message: w.message}, RequestID: info.requestID}}
@@ -189,8 +202,11 @@ const (
 // codeIn returns the code w is answered with in protocol, as the audit
 // trail and the metrics record it.
 func (w wireError) codeIn(protocol string) string {
-	if protocol == protocolAPI3 {
+	switch protocol {
+	case protocolAPI3:
 		return w.code
+	case protocolAWS:
+		return w.awsType
 	}
 	return strconv.Itoa(w.legacyCode)
 }

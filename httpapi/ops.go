@@ -51,6 +51,9 @@ type reqInfo struct {
 	// request allocates neither.
 	api3Req  api3Request
 	envelope api3Envelope
+
+	aws    *awsRequest // AWS KMS API: the request, once authenticated (points to awsReq)
+	awsReq awsRequest
 }
 
 type reqInfoKey struct{}

@@ -4,6 +4,8 @@
 // codes. It never touches PKCS#11 and holds no key material.
 //
 // Protocols:
+//   - the AWS KMS API (aws.go): POST / with X-Amz-Target:
+//     TrentService.<Action>, AWS Signature Version 4, awsJson1.1 replies;
 //   - the legacy API ("API 2.0"): GET or POST /v2/index.php with an Action
 //     parameter, lowerCamel business parameters, HmacSHA1/HmacSHA256
 //     signatures with Nonce replay protection, and a JSON reply
@@ -119,6 +121,8 @@ type Config struct {
 	// SignatureSync is how often signatures are published to and read
 	// from Signatures; 0 means DefaultSignatureSync.
 	SignatureSync time.Duration
+	// AWS configures the AWS KMS API (aws.go); its zero value disables it.
+	AWS AWSConfig
 	// Degraded, if set, lists by name the conditions under which the node
 	// serves but an operator must act (a value of 0 means none): /readyz
 	// then answers 200 with status "degraded" and the names. kmsd reports
@@ -161,6 +165,10 @@ type Server struct {
 	hosts      map[string]bool
 	services   map[string]bool
 	actions    actionTable // every action served (actions.go)
+
+	awsRegions map[string]bool // Config.AWS.Regions
+	awsAccount string
+	awsKeys    awsKeyCache // derived SigV4 signing keys (awssign.go)
 }
 
 // New returns a Server calling k. It is safe for concurrent use.
@@ -207,6 +215,10 @@ func New(k KMS, cfg Config) *Server {
 	}
 	s.sigs, s.actionSeed = newNonceCache(cfg.MaxNonces), maphash.MakeSeed()
 	s.hosts, s.services = set(cfg.AllowedHosts, true), set(cfg.TC3Services, false)
+	s.awsRegions, s.awsAccount = awsRegionSet(cfg.AWS.Regions), cfg.AWS.AccountID
+	if s.awsAccount == "" {
+		s.awsAccount = DefaultAWSAccountID
+	}
 	if cfg.Signatures != nil {
 		if cfg.SignatureSync <= 0 {
 			cfg.SignatureSync = DefaultSignatureSync
@@ -244,7 +256,8 @@ func New(k KMS, cfg Config) *Server {
 	e.GET(LegacyPath, legacy)
 	e.POST(LegacyPath, legacy)
 	e.GET("/", api3)
-	e.POST("/", api3)
+	aws := chain(s.serveAWS, s.apiRoute(protocolAWS, s.authenticateAWS)...)
+	e.POST("/", routeAWS(aws, api3))
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	if cfg.Registry != nil {

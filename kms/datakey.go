@@ -61,11 +61,16 @@ func dataKeyLength(spec string, n int) (int, error) {
 // ErrInvalidContext, ErrUnauthorized; the key state errors of Encrypt;
 // ErrUsageLimit; ErrBusy, ErrUnavailable, ErrInternal.
 func (s *Service) GenerateDataKey(ctx context.Context, in GenerateDataKeyInput) (GenerateDataKeyResult, error) {
+	return s.generateDataKey(ctx, "kms:GenerateDataKey", in)
+}
+
+// generateDataKey is GenerateDataKey authorising action.
+func (s *Service) generateDataKey(ctx context.Context, action string, in GenerateDataKeyInput) (GenerateDataKeyResult, error) {
 	id, ok := parseKeyID(in.KeyID)
 	if !ok {
 		return GenerateDataKeyResult{}, ErrInvalidKeyID
 	}
-	if err := authorize(ctx, "kms:GenerateDataKey", in.KeyID); err != nil {
+	if err := authorize(ctx, action, in.KeyID); err != nil {
 		return GenerateDataKeyResult{}, err
 	}
 	n, err := dataKeyLength(in.KeySpec, in.NumberOfBytes)

@@ -487,12 +487,21 @@ func (s *Service) CancelKeyArchive(ctx context.Context, keyID string) error {
 // ErrAliasExists (held by another key that is not Deleted, or being
 // created), ErrInternal.
 func (s *Service) UpdateAlias(ctx context.Context, keyID, alias string) error {
+	return s.setAlias(ctx, "kms:UpdateAlias", keyID, alias, nil)
+}
+
+// setAlias is UpdateAlias authorising action; when replaceable is not nil,
+// a key whose current alias it refuses keeps it (ErrKeyHasAlias).
+func (s *Service) setAlias(ctx context.Context, action, keyID, alias string, replaceable func(string) bool) error {
 	if err := validateAlias(alias); err != nil {
 		return err
 	}
-	_, err := s.change(ctx, "kms:UpdateAlias", keyID, func(k *keyEntry, r *store.Key, _ time.Time) error {
+	_, err := s.change(ctx, action, keyID, func(k *keyEntry, r *store.Key, _ time.Time) error {
 		if err := notPendingDelete(k, r); err != nil {
 			return err
+		}
+		if replaceable != nil && r.Alias != alias && !replaceable(r.Alias) {
+			return fmt.Errorf("%w: %q", ErrKeyHasAlias, r.Alias)
 		}
 		s.mu.RLock()
 		holder, held := s.aliases[alias]

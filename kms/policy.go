@@ -108,8 +108,10 @@ var (
 		"kms:RotateKey", "kms:ScheduleKeyDeletion", "kms:UpdateAlias", "kms:UpdateKeyDescription",
 		// Asymmetric keys (asym.go).
 		"kms:AsymmetricRsaDecrypt", "kms:GetPublicKey", "kms:SignByAsymmetricKey", "kms:VerifyByAsymmetricKey",
+		// The AWS KMS API's own actions (httpapi/aws*.go).
+		"kms:CreateAlias", "kms:DeleteAlias", "kms:GenerateDataKeyWithoutPlaintext",
 	}
-	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys", "kms:ListAlgorithms"}
+	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys", "kms:ListAlgorithms", "kms:ListAliases"}
 	adminActions    = []string{
 		actCreateCredential, actDeleteCredential, actDisableCredential,
 		actEnableCredential, actListCredentials, actReseal, actUpdateCredentialPolicy,

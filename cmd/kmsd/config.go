@@ -98,6 +98,11 @@ type fileConfig struct {
 		AllowedHosts        []string `yaml:"allowed_hosts"`
 		TC3Services         []string `yaml:"tc3_services"`
 	} `yaml:"auth"`
+	// AWS enables the AWS KMS API (httpapi/aws.go) on the API listener.
+	AWS struct {
+		Regions   []string `yaml:"regions"`
+		AccountID string   `yaml:"account_id"`
+	} `yaml:"aws"`
 }
 
 // duration is a time.Duration written as "5s", "100ms"...

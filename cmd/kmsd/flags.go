@@ -67,6 +67,9 @@ type config struct {
 	requireSignedAction bool
 	allowedHosts        []string
 	tc3Services         []string
+	// The AWS KMS API (README "The AWS KMS API").
+	awsRegions   []string
+	awsAccountID string
 }
 
 // parseConfig reads the configuration file (if any), the environment and
@@ -220,6 +223,8 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	def("require-signed-action", "KMSD_REQUIRE_SIGNED_ACTION", boolean(fc.Auth.RequireSignedAction), "false", "refuse TC3 requests that do not sign x-tc-action (the official SDKs do not)")
 	def("allowed-hosts", "KMSD_ALLOWED_HOSTS", strings.Join(fc.Auth.AllowedHosts, ","), "", "comma-separated host names a request's Host may name (empty: any)")
 	def("tc3-services", "KMSD_TC3_SERVICES", strings.Join(fc.Auth.TC3Services, ","), "", "comma-separated services a TC3 credential scope may name (empty: kms, and the Node.js SDK's service for an IP or dotless endpoint)")
+	def("aws-regions", "KMSD_AWS_REGIONS", strings.Join(fc.AWS.Regions, ","), "", "comma-separated regions an AWS SigV4 credential scope may name; empty disables the AWS KMS API")
+	def("aws-account-id", "KMSD_AWS_ACCOUNT_ID", fc.AWS.AccountID, httpapi.DefaultAWSAccountID, "the 12-digit account of the AWS KMS API's ARNs")
 	pinEnv := fc.PKCS11.PINEnv
 	if pinEnv == "" {
 		pinEnv = "KMSD_PIN"
@@ -382,6 +387,15 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 			return out
 		}
 		c.allowedHosts, c.tc3Services = list("allowed-hosts"), list("tc3-services")
+		c.awsRegions, c.awsAccountID = list("aws-regions"), v("aws-account-id")
+		for _, r := range c.awsRegions {
+			if len(r) > 32 || strings.Trim(r, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+				bad("aws-regions", "%q is not a region name (lower-case letters, digits and -)", r)
+			}
+		}
+		if len(c.awsAccountID) != 12 || strings.Trim(c.awsAccountID, "0123456789") != "" {
+			bad("aws-account-id", "%q is not 12 digits", c.awsAccountID)
+		}
 		pin, pinErr := readPIN(v("pin-file"), pinEnv, env)
 		if pinErr != nil {
 			errs = append(errs, pinErr)

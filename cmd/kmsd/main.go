@@ -148,6 +148,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 		Degraded: func() map[string]int { return map[string]int{"integrity": len(svc.IntegrityFailures())} },
 	}
 	apiCfg.RequireSignedAction, apiCfg.AllowedHosts, apiCfg.TC3Services = cfg.requireSignedAction, cfg.allowedHosts, cfg.tc3Services
+	apiCfg.AWS = httpapi.AWSConfig{Regions: cfg.awsRegions, AccountID: cfg.awsAccountID}
 	if n, ok := svc.Store().(nonceStore); ok {
 		apiCfg.Nonces = sharedNonces{n} // signature v1 nonces remembered by every node
 	}
@@ -178,7 +179,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.serve(ln, tlsConfig) }()
-	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenName(), "sessions", cfg.sessions, "audit", cfg.auditFile, "gomaxprocs", procs, "http_server", "net/http")
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "mtls", cfg.clientCA != "", "token", cfg.tokenName(), "sessions", cfg.sessions, "audit", cfg.auditFile, "gomaxprocs", procs, "http_server", "net/http", "aws_regions", cfg.awsRegions)
 
 	select {
 	case err := <-serveErr:

@@ -44,6 +44,7 @@ func kmsdEnv(tok softhsm.Token, dataDir string, extra ...string) []string {
 		"KMSD_ADDR=127.0.0.1:0",
 		"KMSD_DEBUG_ADDR=127.0.0.1:0",
 		"KMSD_LOG_LEVEL=info",
+		"KMSD_AWS_REGIONS="+awsBenchRegion, // the aws-encrypt cell (aws.go)
 	)
 	return append(env, extra...)
 }

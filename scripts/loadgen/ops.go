@@ -64,6 +64,11 @@ func buildOps(host, keyID string, size int) ([]opSpec, func(), error) {
 		return nil, nil, err
 	}
 	ops = append(ops, opSpec{name: "legacy-encrypt", src: func(w int) source { c := *ls; c.buf = nil; return &c }})
+	awsOp, awsPool := awsEncryptOp(host, keyID, size)
+	if awsPool != nil {
+		pools = append(pools, awsPool)
+	}
+	ops = append(ops, awsOp)
 	return ops, func() {
 		for _, p := range pools {
 			p.close()

@@ -113,13 +113,19 @@ const benchContext = `{"app":"bench","tenant":"t1"}`
 type tc3Pool struct {
 	host, action string
 	bodies       [][]byte
+	request      func(host, action string, body []byte, ts int64) []byte // tc3Request, awsRequest
 	reqs         atomic.Pointer[[][]byte]
 	stopOnce     sync.Once
 	stopc        chan struct{}
 }
 
 func newTC3Pool(host, action string, bodies [][]byte) *tc3Pool {
-	p := &tc3Pool{host: host, action: action, bodies: bodies, stopc: make(chan struct{})}
+	return newSignedPool(host, action, bodies, tc3Request)
+}
+
+// newSignedPool is a pool of requests made by request.
+func newSignedPool(host, action string, bodies [][]byte, request func(host, action string, body []byte, ts int64) []byte) *tc3Pool {
+	p := &tc3Pool{host: host, action: action, bodies: bodies, request: request, stopc: make(chan struct{})}
 	p.sign()
 	go func() {
 		t := time.NewTicker(60 * time.Second)
@@ -140,7 +146,7 @@ func (p *tc3Pool) sign() {
 	ts := time.Now().Unix()
 	rs := make([][]byte, len(p.bodies))
 	for i, b := range p.bodies {
-		rs[i] = tc3Request(p.host, p.action, b, ts)
+		rs[i] = p.request(p.host, p.action, b, ts)
 	}
 	p.reqs.Store(&rs)
 }

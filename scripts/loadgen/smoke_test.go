@@ -38,7 +38,7 @@ func TestBenchSmoke(t *testing.T) {
 	s := out.String()
 	for _, want := range []string{
 		"raw ceiling (1 KiB CKM_AES_GCM",
-		"\nencrypt ", "\ndecrypt ", "\ngeneratedatakey ", "\nlegacy-encrypt ",
+		"\nencrypt ", "\ndecrypt ", "\ngeneratedatakey ", "\nlegacy-encrypt ", "\naws-encrypt ",
 		"created 5 CMKs", "kmsd start-up with 6 keys",
 		"network_hsm_ratio_to_ideal: ",
 		"two_node_ratio_to_one: ",

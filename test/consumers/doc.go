@@ -1,0 +1,2 @@
+// Package consumers runs real AWS KMS clients against kmsd.
+package consumers
