@@ -125,9 +125,12 @@ func newActionTable() actionTable {
 		{api3Name: "DeleteCredential", policy: "kms-admin:DeleteCredential", api3: typedAPI3Action((*Server).deleteCredential)},
 
 		// Asymmetric keys (asym.go).
-		{api3Name: "GetPublicKey", policy: "kms:GetPublicKey", syncFree: true, api3: typedAPI3Action((*Server).getPublicKey)},
-		{api3Name: "SignByAsymmetricKey", policy: "kms:SignByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).signByAsymmetricKey)},
-		{api3Name: "VerifyByAsymmetricKey", policy: "kms:VerifyByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).verifyByAsymmetricKey)},
+		{api3Name: "GetPublicKey", policy: "kms:GetPublicKey", syncFree: true, api3: typedAPI3Action((*Server).getPublicKey),
+			awsName: "GetPublicKey", aws: typedAPI3Action((*Server).awsGetPublicKey)},
+		{api3Name: "SignByAsymmetricKey", policy: "kms:SignByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).signByAsymmetricKey),
+			awsName: "Sign", aws: typedAPI3Action((*Server).awsSign)},
+		{api3Name: "VerifyByAsymmetricKey", policy: "kms:VerifyByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).verifyByAsymmetricKey),
+			awsName: "Verify", aws: typedAPI3Action((*Server).awsVerify)},
 		{api3Name: "AsymmetricRsaDecrypt", policy: "kms:AsymmetricRsaDecrypt", syncFree: true, api3: typedAPI3Action((*Server).asymmetricRsaDecrypt)},
 		{api3Name: "ListAlgorithms", policy: "kms:ListAlgorithms", syncFree: true, api3: typedAPI3Action((*Server).listAlgorithms)},
 	}

@@ -109,6 +109,9 @@ func (s *Server) awsEncrypt(ctx context.Context, req *awsEncryptRequest) (*awsEn
 	if err := required("plaintext", req.Plaintext); err != nil {
 		return nil, err
 	}
+	if isAsymAlgorithm(req.EncryptionAlgorithm) {
+		return s.awsRSAEncrypt(ctx, req) // awsasym.go
+	}
 	if err := checkAlgorithm("EncryptionAlgorithm", req.EncryptionAlgorithm); err != nil {
 		return nil, err
 	}
@@ -154,6 +157,9 @@ type awsDecryptResponse struct {
 func (s *Server) awsDecrypt(ctx context.Context, req *awsDecryptRequest) (*awsDecryptResponse, error) {
 	if err := required("ciphertextBlob", req.CiphertextBlob); err != nil {
 		return nil, err
+	}
+	if isAsymAlgorithm(req.EncryptionAlgorithm) {
+		return s.awsRSADecrypt(ctx, req) // awsasym.go
 	}
 	if err := checkAlgorithm("EncryptionAlgorithm", req.EncryptionAlgorithm); err != nil {
 		return nil, err
@@ -366,7 +372,8 @@ type awsKeyMetadata struct {
 	KeyManager            string   `json:"KeyManager"`
 	CustomerMasterKeySpec string   `json:"CustomerMasterKeySpec"`
 	KeySpec               string   `json:"KeySpec"`
-	EncryptionAlgorithms  []string `json:"EncryptionAlgorithms"`
+	EncryptionAlgorithms  []string `json:"EncryptionAlgorithms,omitempty"`
+	SigningAlgorithms     []string `json:"SigningAlgorithms,omitempty"`
 	MultiRegion           bool     `json:"MultiRegion"`
 }
 
@@ -383,11 +390,12 @@ func awsKeyState(st string) string {
 }
 
 func (s *Server) toAWSKeyMetadata(region string, md kms.KeyMetadata) *awsKeyMetadata {
+	k := awsKindOf(md.KeyUsage)
 	out := &awsKeyMetadata{
 		AWSAccountID: s.awsAccount, KeyID: md.KeyID, Arn: s.keyARN(region, md.KeyID), CreationDate: md.CreateTime.Unix(),
-		Enabled: md.KeyState == kms.StateEnabled, Description: md.Description, KeyUsage: md.KeyUsage, KeyState: awsKeyState(md.KeyState),
-		Origin: "AWS_KMS", KeyManager: "CUSTOMER", CustomerMasterKeySpec: symmetricDefault, KeySpec: symmetricDefault,
-		EncryptionAlgorithms: []string{symmetricDefault},
+		Enabled: md.KeyState == kms.StateEnabled, Description: md.Description, KeyUsage: k.keyUsage, KeyState: awsKeyState(md.KeyState),
+		Origin: "AWS_KMS", KeyManager: "CUSTOMER", CustomerMasterKeySpec: k.keySpec, KeySpec: k.keySpec,
+		EncryptionAlgorithms: k.encAlgs, SigningAlgorithms: k.signAlgs,
 	}
 	if md.Origin != kms.OriginTencentKMS {
 		out.Origin = md.Origin
@@ -425,10 +433,6 @@ func (s *Server) awsCreateKey(ctx context.Context, req *awsCreateKeyRequest) (*a
 		return nil, awsErrorf("UnsupportedOperationException", "key policies are not supported: authorisation is by credential policies (kmsctl credentials)")
 	case len(req.Tags) > 0 && string(req.Tags) != "[]":
 		return nil, awsErrorf("UnsupportedOperationException", "tags are not supported yet (pending)")
-	case req.KeyUsage != nil && *req.KeyUsage != kms.DefaultKeyUsage:
-		return nil, awsErrorf("UnsupportedOperationException", "only the KeyUsage ENCRYPT_DECRYPT is supported (asymmetric and HMAC keys are pending)")
-	case req.KeySpec != nil && *req.KeySpec != symmetricDefault, req.CustomerMasterKeySpec != nil && *req.CustomerMasterKeySpec != symmetricDefault:
-		return nil, awsErrorf("UnsupportedOperationException", "only the KeySpec SYMMETRIC_DEFAULT is supported (asymmetric and HMAC keys are pending)")
 	case req.Origin != nil && *req.Origin != "AWS_KMS":
 		return nil, unsupported("an Origin other than AWS_KMS")
 	case req.CustomKeyStoreId != nil, req.XksKeyId != nil:
@@ -436,7 +440,11 @@ func (s *Server) awsCreateKey(ctx context.Context, req *awsCreateKeyRequest) (*a
 	case req.MultiRegion != nil && *req.MultiRegion:
 		return nil, unsupported("MultiRegion")
 	}
-	md, err := s.kms.CreateKey(ctx, kms.CreateKeyInput{Alias: kms.NewPlaceholderAlias(), Description: deref(req.Description)})
+	usage, err := awsCreateUsage(req.KeySpec, req.CustomerMasterKeySpec, req.KeyUsage) // awsasym.go
+	if err != nil {
+		return nil, err
+	}
+	md, err := s.kms.CreateKey(ctx, kms.CreateKeyInput{Alias: kms.NewPlaceholderAlias(), Description: deref(req.Description), KeyUsage: usage})
 	if err != nil {
 		return nil, err
 	}

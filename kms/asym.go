@@ -244,9 +244,10 @@ func (s *Service) asymKey(ctx context.Context, keyID, op string, usages func(str
 
 // PublicKey is the answer of GetPublicKey.
 type PublicKey struct {
-	KeyID string
-	DER   []byte // SubjectPublicKeyInfo
-	PEM   string // "-----BEGIN PUBLIC KEY-----" ...
+	KeyID    string
+	KeyUsage string // the key's KeyUsage (UsageRSADecrypt, UsageRSASign...)
+	DER      []byte // SubjectPublicKeyInfo
+	PEM      string // "-----BEGIN PUBLIC KEY-----" ...
 }
 
 // GetPublicKey returns the public key of an Enabled asymmetric key, from
@@ -262,7 +263,7 @@ func (s *Service) GetPublicKey(ctx context.Context, keyID string) (PublicKey, er
 		return PublicKey{}, err
 	}
 	der := append([]byte(nil), k.rec.PublicKey...)
-	return PublicKey{KeyID: k.meta.KeyID, DER: der,
+	return PublicKey{KeyID: k.meta.KeyID, KeyUsage: k.meta.KeyUsage, DER: der,
 		PEM: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}, nil
 }
 
