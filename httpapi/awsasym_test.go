@@ -141,6 +141,7 @@ func TestAWSAsymmetricEdge(t *testing.T) {
 			check: func(f *awsAsymFake, r map[string]any) string {
 				return want(f.encAlg == kms.AlgRSAESOAEPSHA1 && r["CiphertextBlob"] == "Y3Q=" && r["EncryptionAlgorithm"] == "RSAES_OAEP_SHA_1", f.encAlg, r)
 			}},
+		{name: "RSA", action: "ReEncrypt", body: `{"CiphertextBlob":"Y3Q=","DestinationKeyId":"` + awsAsymKey + `","SourceEncryptionAlgorithm":"RSAES_OAEP_SHA_1"}`, typ: "UnsupportedOperationException"},
 		{name: "RSA too long", action: "Encrypt", body: `{` + k + `,"Plaintext":"cHQ=","EncryptionAlgorithm":"RSAES_OAEP_SHA_1"}`, domainErr: kms.ErrPlaintextTooLong, typ: "ValidationException"},
 	}
 	now := time.Now()

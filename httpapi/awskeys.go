@@ -48,6 +48,9 @@ func unsupported(field string) error {
 }
 
 func checkAlgorithm(field string, v *string) error {
+	if isAsymAlgorithm(v) {
+		return awsErrorf("UnsupportedOperationException", field+" "+*v+" is not supported here (asymmetric ciphertexts are served by Encrypt and Decrypt only)")
+	}
 	if v != nil && *v != "" && *v != symmetricDefault {
 		return awsErrorf("ValidationException", field+" must be SYMMETRIC_DEFAULT (the only algorithm of a symmetric key)")
 	}

@@ -131,6 +131,20 @@ func TestAWSAsymmetricKeys(t *testing.T) {
 	}
 	checkAWSAsymRefusals(t, c, keys)
 	checkAWSAsymPolicies(t, s, keys)
+	_, err := c.ReEncrypt(ctx, &awskms.ReEncryptInput{CiphertextBlob: make([]byte, 256), DestinationKeyId: aws.String(keys["RSA_2048/ENCRYPT_DECRYPT"]),
+		SourceKeyId: aws.String(keys["RSA_2048/ENCRYPT_DECRYPT"]), SourceEncryptionAlgorithm: types.EncryptionAlgorithmSpecRsaesOaepSha1})
+	wantAWSErr(t, "ReEncrypt of an RSA ciphertext", err, "UnsupportedOperationException", 400)
+
+	// The audit trail records the asymmetric actions like the others
+	// (never their messages: the leak check of TestMain).
+	for _, w := range []struct{ action, code string }{
+		{"CreateKey", "0"}, {"GetPublicKey", "0"}, {"Sign", "0"}, {"Verify", "0"}, {"Verify", "KMSInvalidSignatureException"},
+		{"Decrypt", "0"}, {"Encrypt", "0"}, {"Sign", "AccessDeniedException"},
+	} {
+		if len(auditedAWS(t, data, w.action, w.code)) == 0 {
+			t.Errorf("no audit line of the AWS %s answered %s", w.action, w.code)
+		}
+	}
 }
 
 // checkAWSSign signs through the AWS API and checks the signature with
