@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,6 +34,11 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	// TestSIGTERM runs this binary as the plugin itself.
+	if os.Getenv("KMS_PLUGIN_TEST_MAIN") == "1" {
+		main()
+		return
+	}
 	dir, err := os.MkdirTemp("", "kms-plugin-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -95,6 +101,13 @@ type testKMSD struct {
 // credential and starts kmsd on a free loopback port.
 func newKMSD(t *testing.T) *testKMSD {
 	t.Helper()
+	return newKMSDWith(t, nil)
+}
+
+// newKMSDWith is newKMSD with extra environment for kmsd (e.g. TLS); the
+// administrator's client uses adminTLS (https) if it is not nil.
+func newKMSDWith(t *testing.T, adminTLS *tls.Config, extraEnv ...string) *testKMSD {
+	t.Helper()
 	tok := softhsm.NewTokenNoEnv(t)
 	var env []string
 	for _, kv := range os.Environ() {
@@ -105,6 +118,7 @@ func newKMSD(t *testing.T) *testKMSD {
 	env = append(env, append(tok.Env(),
 		"KMSD_PKCS11_MODULE="+tok.Module, "KMSD_TOKEN_LABEL="+tok.Label, "KMSD_PIN="+tok.PIN,
 		"KMSD_DATA_DIR="+t.TempDir())...)
+	env = append(env, extraEnv...)
 	cmd := exec.Command(filepath.Join(binDir, "kmsd"), "credentials", "import", "-admin", "-name", "plugin-admin", "-if-none")
 	cmd.Env = append(env, "TENCENTCLOUD_SECRET_ID="+adminID, "TENCENTCLOUD_SECRET_KEY="+adminKey)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -112,7 +126,12 @@ func newKMSD(t *testing.T) *testKMSD {
 	}
 	k := &testKMSD{t: t, env: env}
 	k.start("127.0.0.1:0")
-	admin, err := kmsclient.New(kmsclient.Config{Endpoint: "http://" + k.proc.addr, SecretID: adminID, SecretKey: adminKey, Timeout: 30 * time.Second})
+	cfg := kmsclient.Config{Endpoint: "http://" + k.proc.addr, SecretID: adminID, SecretKey: adminKey, Timeout: 30 * time.Second}
+	if adminTLS != nil {
+		cfg.Endpoint = "https://" + k.proc.addr
+		cfg.TLS = adminTLS
+	}
+	admin, err := kmsclient.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
