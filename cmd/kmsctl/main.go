@@ -211,6 +211,10 @@ func input(inline, file string, stdin io.Reader, inlineFlag string) ([]byte, err
 	return nil, fmt.Errorf("give %s or -in FILE (or -in - for standard input)", inlineFlag)
 }
 
+// apiError is an error answer of kmsd (Code, Message, RequestID); commands
+// test for it with errors.As.
+type apiError = kmsclient.APIError
+
 // client is kmsctl's handle on kmsd: a kmsclient.Client with the call
 // shape kmsctl's commands use.
 type client struct{ *kmsclient.Client }
