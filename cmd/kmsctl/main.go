@@ -16,22 +16,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
-	"hsmkms/tcsign"
+	"hsmkms/kmsclient"
 )
 
 func main() {
@@ -83,11 +79,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("-endpoint %q: want http://HOST:PORT or https://HOST:PORT", *endpoint)
 	}
-	c := &client{endpoint: strings.TrimRight(*endpoint, "/"), host: u.Host, http: &http.Client{Timeout: *timeout},
-		secretID: os.Getenv("TENCENTCLOUD_SECRET_ID"), secretKey: os.Getenv("TENCENTCLOUD_SECRET_KEY")}
-	if c.secretID == "" || c.secretKey == "" {
+	secretID, secretKey := os.Getenv("TENCENTCLOUD_SECRET_ID"), os.Getenv("TENCENTCLOUD_SECRET_KEY")
+	if secretID == "" || secretKey == "" {
 		return errors.New("set TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY (make run prints a development credential)")
 	}
+	kc, err := kmsclient.New(kmsclient.Config{Endpoint: *endpoint, SecretID: secretID, SecretKey: secretKey, Timeout: *timeout})
+	if err != nil {
+		return err
+	}
+	c := &client{kc}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "create-key":
@@ -219,69 +219,16 @@ func input(inline, file string, stdin io.Reader, inlineFlag string) ([]byte, err
 	return nil, fmt.Errorf("give %s or -in FILE (or -in - for standard input)", inlineFlag)
 }
 
-// client calls kmsd's API 3.0, signing with TC3-HMAC-SHA256.
-type client struct {
-	endpoint, host      string
-	secretID, secretKey string
-	http                *http.Client
-}
+// apiError is an error answer of kmsd (Code, Message, RequestID); commands
+// test for it with errors.As.
+type apiError = kmsclient.APIError
 
-// apiError is an error answer of kmsd.
-type apiError struct {
-	Code      string
-	Message   string
-	RequestID string
-}
+// client is kmsctl's handle on kmsd: a kmsclient.Client with the call
+// shape kmsctl's commands use.
+type client struct{ *kmsclient.Client }
 
-func (e *apiError) Error() string {
-	return fmt.Sprintf("%s: %s (RequestId %s)", e.Code, e.Message, e.RequestID)
-}
-
-// call sends one API 3.0 action with params as its JSON body and decodes the
-// Response object into out.
+// call sends one API 3.0 action with params as its JSON body and decodes
+// the Response object into out (see kmsclient.Client.Call).
 func (c *client) call(ctx context.Context, action string, params map[string]any, out any) error {
-	body, err := json.Marshal(params)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint+"/", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	ts := time.Now().Unix()
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-TC-Action", action)
-	req.Header.Set("X-TC-Version", "2019-01-18")
-	req.Header.Set("X-TC-Timestamp", strconv.FormatInt(ts, 10))
-	// The action is signed: a captured request cannot be re-sent as another.
-	req.Header.Set("Authorization", tcsign.SignTC3Action(c.secretID, c.secretKey, "kms", http.MethodPost, c.host, "application/json", "", action, ts, body))
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: HTTP %d", action, resp.StatusCode)
-	}
-	var env struct {
-		Response json.RawMessage `json:"Response"`
-	}
-	var head struct {
-		Error *struct {
-			Code    string `json:"Code"`
-			Message string `json:"Message"`
-		} `json:"Error"`
-		RequestID string `json:"RequestId"`
-	}
-	if err := json.Unmarshal(raw, &env); err != nil || env.Response == nil || json.Unmarshal(env.Response, &head) != nil {
-		return fmt.Errorf("%s: unexpected reply from %s", action, c.endpoint)
-	}
-	if head.Error != nil {
-		return &apiError{Code: head.Error.Code, Message: head.Error.Message, RequestID: head.RequestID}
-	}
-	return json.Unmarshal(env.Response, out)
+	return c.Call(ctx, action, params, out)
 }
