@@ -20,7 +20,11 @@ package p11
 // CKF_VERIFY; only C_Sign is called) for the metadata MAC key;
 // functions C_GenerateRandom, C_FindObjects, C_GetAttributeValue,
 // C_SetAttributeValue (fixed-id keys only), C_CopyObject (optional),
-// C_DestroyObject.
+// C_DestroyObject. Key import (import.go), checked when used, never at
+// start-up: CKM_RSA_PKCS_KEY_PAIR_GEN (CKF_GENERATE_KEY_PAIR, 2048 bits),
+// CKM_RSA_PKCS_OAEP (CKF_UNWRAP; each hash probed), CKM_AES_ECB or
+// CKM_AES_CBC (key check value), CKM_AES_KEY_WRAP_PAD or CKM_AES_KEY_WRAP
+// (only where CKA_VALUE_LEN of an unwrapped key reads 0).
 //
 //	behaviour                      SoftHSM2              NSS softoken            elsewhere                    here
 //	C_Initialize pReserved         refused (ARGS_BAD)    required: configdir=... -                            Config.InitArgs, both at start-up and re-initialisation
@@ -46,3 +50,9 @@ package p11
 //	wrong PIN                      CKR_PIN_INCORRECT     CKR_PIN_INCORRECT       Luna, CloudHSM lock the user halt: never C_Login again with that PIN
 //	slots                          ids change on init    2 (crypto + database)   -                            token by label or RFC 7512 URI, never slot id
 //	tokens                         label per token       label from dbTokenDescription, serial 0000000000000000   URI with token= (serial not unique on NSS)
+//	C_UnwrapKey OAEP hash (import) SHA-1 only (SHA-256:  SHA-1 and SHA-256      ?                            probed once per hash (OAEPSupported); RSAES_OAEP_SHA_256
+//	                               CKR_ARGUMENTS_BAD)                                                         refused by GetParametersForImport with UnsupportedOperation
+//	C_UnwrapKey CKA_VALUE_LEN      READ_ONLY in template;  accepted; reports 32   ?                            left out of the template; a 0 read back is measured by
+//	                               reads 0 afterwards                                                         AES-key-wrapping a session copy (lengthByWrap, import.go)
+//	bad OAEP / wrong-size material GENERAL_ERROR or        WRAPPED_KEY_INVALID,    ?                            all hsm.ErrNotAuthentic (unwrapRefused): the material is wrong
+//	                               WRAPPED_KEY_INVALID     ENCRYPTED_DATA_INVALID
