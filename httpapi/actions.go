@@ -88,6 +88,10 @@ func newActionTable() actionTable {
 		{api3Name: "RotateKey", policy: "kms:RotateKey", api3: typedAPI3Action((*Server).rotateKey)},
 		{api3Name: "EnableKeyRotation", policy: "kms:EnableKeyRotation", api3: typedAPI3Action((*Server).enableKeyRotation)},
 		{api3Name: "DisableKeyRotation", policy: "kms:DisableKeyRotation", api3: typedAPI3Action((*Server).disableKeyRotation)},
+		// Imported key material (import.go).
+		{api3Name: "GetParametersForImport", policy: "kms:GetParametersForImport", api3: typedAPI3Action((*Server).getParametersForImport)},
+		{api3Name: "ImportKeyMaterial", policy: "kms:ImportKeyMaterial", api3: typedAPI3Action((*Server).importKeyMaterial)},
+		{api3Name: "DeleteImportedKeyMaterial", policy: "kms:DeleteImportedKeyMaterial", api3: typedAPI3Action((*Server).deleteImportedKeyMaterial)},
 
 		{api3Name: "CreateCredential", policy: "kms-admin:CreateCredential", api3: typedAPI3Action((*Server).createCredential)},
 		{api3Name: "ListCredentials", policy: "kms-admin:ListCredentials", api3: typedAPI3Action((*Server).listCredentials)},

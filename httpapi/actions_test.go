@@ -36,7 +36,7 @@ func TestActionTableMatchesPolicy(t *testing.T) {
 			t.Errorf("policy action %s is served by no action", p)
 		}
 	}
-	if len(tab.api3) != 31 || len(tab.legacy) != 11 {
-		t.Fatalf("%d API 3.0 and %d legacy actions, want 31 and 11", len(tab.api3), len(tab.legacy))
+	if len(tab.api3) != 34 || len(tab.legacy) != 11 {
+		t.Fatalf("%d API 3.0 and %d legacy actions, want 34 and 11", len(tab.api3), len(tab.legacy))
 	}
 }

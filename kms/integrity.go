@@ -207,9 +207,11 @@ func keyMsg(r store.Key) []byte {
 	if n := len(r.Versions); n > 0 {
 		top = r.Versions[n-1].Number
 	}
-	return newMACMsg(KindKey).str(r.ID).str(r.Alias).str(r.Description).str(r.Usage).str(r.State).str(r.Origin).
+	m := newMACMsg(KindKey).str(r.ID).str(r.Alias).str(r.Description).str(r.Usage).str(r.State).str(r.Origin).
 		time(r.CreatedAt).time(r.DeletionDate).flag(r.RotationEnabled).u64(uint64(r.RotateDays)).time(r.LastRotatedAt).
-		u64(uint64(len(r.Versions))).u64(uint64(top)).u64(r.Gen).b
+		u64(uint64(len(r.Versions))).u64(uint64(top)).u64(r.Gen)
+	materialMsgSuffix(m, r)
+	return m.b
 }
 
 func versionMsg(keyID string, v store.Version) []byte {

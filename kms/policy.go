@@ -106,6 +106,7 @@ var (
 		"kms:DisableKeys", "kms:EnableKey", "kms:EnableKeyRotation", "kms:EnableKeys",
 		"kms:Encrypt", "kms:GenerateDataKey", "kms:GetKeyRotationStatus", "kms:ReEncrypt",
 		"kms:RotateKey", "kms:ScheduleKeyDeletion", "kms:UpdateAlias", "kms:UpdateKeyDescription",
+		"kms:GetParametersForImport", "kms:ImportKeyMaterial", "kms:DeleteImportedKeyMaterial",
 	}
 	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys"}
 	adminActions    = []string{

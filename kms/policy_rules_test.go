@@ -106,7 +106,7 @@ func TestPolicyValidation(t *testing.T) {
 	}{
 		{"misspelt action", `{"effect":"deny","action":"kms:Decrpyt","resource":"` + keyB + `"}`, `action "kms:Decrpyt" is not an action`},
 		{"wildcard matching nothing", `{"effect":"deny","action":"kms:Decrpyt*","resource":"` + keyB + `"}`, `matches no action`},
-		{"kms:Delete* (no key action is Delete...)", `{"effect":"allow","action":"kms:Delete*","resource":"*"}`, `matches no action`},
+		{"kms:Destroy* (no key action is Destroy...)", `{"effect":"allow","action":"kms:Destroy*","resource":"*"}`, `matches no action`},
 		{"wildcard in the middle", `{"effect":"deny","action":"kms:*crypt","resource":"` + keyB + `"}`, `only a trailing *`},
 		{"wildcard across namespaces", `{"effect":"allow","action":"kms*","resource":"*"}`, `the namespace must be`},
 		{"short wildcard", `{"effect":"allow","action":"k*","resource":"*"}`, `the namespace must be`},
