@@ -18,7 +18,11 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"hash"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -304,6 +308,40 @@ func TestImportKeyMaterialSDK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// kmsctl: an EXTERNAL key made and filled from a key file, wrapped
+	// locally; its ciphertexts open under the file's key.
+	ctl := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(binDir, "kmsctl"), append([]string{"-endpoint", s.url}, args...)...)
+		cmd.Env = append(os.Environ(), "TENCENTCLOUD_SECRET_ID="+adminID, "TENCENTCLOUD_SECRET_KEY="+adminKey)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("kmsctl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	out := ctl("create-key", "-alias", "from-kmsctl", "-type", "2")
+	ctlKey := strings.Fields(out)[1]
+	if !strings.Contains(out, "PendingImport") {
+		t.Fatalf("kmsctl create-key -type 2:\n%s", out)
+	}
+	keyFile := filepath.Join(t.TempDir(), "aes.key")
+	ctlMaterial := make([]byte, 32)
+	rand.Read(ctlMaterial)
+	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(ctlMaterial)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := ctl("import-key", "-key-id", ctlKey, "-key-file", keyFile); !strings.Contains(out, "Enabled") {
+		t.Fatalf("kmsctl import-key:\n%s", out)
+	}
+	ctlBlob, err := encryptWith(c, ctlKey, "via kmsctl", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := openEnvelope(t, ctlMaterial, ctlBlob, nil); string(got) != "via kmsctl" {
+		t.Fatalf("stdlib decryption %q", got)
+	}
 	s.stop()
 
 	// Two hours later the material has expired: the maintenance job
@@ -330,11 +368,11 @@ func TestImportKeyMaterialSDK(t *testing.T) {
 	}
 	s.stop()
 	secrets, wrapping := tokenObjects(t, tok)
-	// The token holds the normal key only (byok-2 never got material,
-	// byok's expired), and the wrapping keys of the parameters issued
-	// and neither used nor expired: none.
-	if secrets != 1 || wrapping != 0 {
-		t.Fatalf("token holds %d CMK objects and %d wrapping keys, want 1 and 0", secrets, wrapping)
+	// The token holds the normal key and kmsctl's (byok-2 never got
+	// material, byok's expired), and the wrapping keys of the parameters
+	// issued and neither used nor expired: none.
+	if secrets != 2 || wrapping != 0 {
+		t.Fatalf("token holds %d CMK objects and %d wrapping keys, want 2 and 0", secrets, wrapping)
 	}
 }
 
