@@ -62,7 +62,7 @@ func getImportParams(t *testing.T, c *tckms.Client, keyID, alg string) (importPa
 	if *r.KeyId != keyID || *r.ImportToken == "" {
 		t.Fatalf("GetParametersForImport %s", resp.ToJsonString())
 	}
-	return importParams{token: *r.ImportToken, pub: rpk, validTo: *r.ParametersValidTo}, nil
+	return importParams{token: secret(*r.ImportToken), pub: rpk, validTo: *r.ParametersValidTo}, nil
 }
 
 // wrapMaterial wraps material as an importer does, with the stdlib.
@@ -76,7 +76,7 @@ func wrapMaterial(t *testing.T, p importParams, alg string, material []byte) str
 	if err != nil {
 		t.Fatal(err)
 	}
-	return base64.StdEncoding.EncodeToString(w)
+	return secret(base64.StdEncoding.EncodeToString(w))
 }
 
 func importMaterial(c *tckms.Client, keyID, wrapped, token string, validTo uint64) error {
@@ -148,6 +148,7 @@ func TestImportKeyMaterialSDK(t *testing.T) {
 	other := make([]byte, 32)
 	rand.Read(material)
 	rand.Read(other)
+	watchMaterial(material, other)
 
 	// A normal key takes no material; Type 3 does not exist.
 	normal := s.createKey("normal")
@@ -329,6 +330,7 @@ func TestImportKeyMaterialSDK(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "aes.key")
 	ctlMaterial := make([]byte, 32)
 	rand.Read(ctlMaterial)
+	watchMaterial(ctlMaterial)
 	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(ctlMaterial)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -373,6 +375,15 @@ func TestImportKeyMaterialSDK(t *testing.T) {
 	// issued and neither used nor expired: none.
 	if secrets != 2 || wrapping != 0 {
 		t.Fatalf("token holds %d CMK objects and %d wrapping keys, want 2 and 0", secrets, wrapping)
+	}
+}
+
+// watchMaterial registers key material (raw, base64, hex) with the leak
+// check: none may reach kmsd's log or audit trail.
+func watchMaterial(keys ...[]byte) {
+	for _, k := range keys {
+		secret(string(k))
+		secret(hex.EncodeToString(k))
 	}
 }
 
@@ -443,6 +454,7 @@ func TestCrashImport(t *testing.T) {
 			env, tok := crashEnv(t)
 			material := make([]byte, 32)
 			rand.Read(material)
+			watchMaterial(material)
 			s := startFaulty(t, append(env, "KMSD_FAULT_POINT="+point))
 			c := s.sdk()
 			ck := tckms.NewCreateKeyRequest()
