@@ -537,3 +537,48 @@ func TestCrashImport(t *testing.T) {
 		})
 	}
 }
+
+// Two nodes on one PostgreSQL database and one token: parameters issued
+// by one node are used on the other, and the material imported on one
+// expires by the background jobs of the other (whose clock runs two hours
+// ahead), which the first then serves as PendingImport.
+func TestClusterImportExpiry(t *testing.T) {
+	c := newCluster(t)
+	b := c.startFaulty("KMSD_CLOCK_OFFSET=2h", "KMSD_MAINTENANCE_INTERVAL=100ms")
+	within(t, 10*time.Second, "B runs the background jobs", func() bool {
+		return strings.Contains(b.stderr.String(), "this node now runs the background jobs")
+	})
+	a := c.start()
+	ca, cb := a.sdk(), b.sdk()
+	material := make([]byte, 32)
+	rand.Read(material)
+	watchMaterial(material)
+
+	ck := tckms.NewCreateKeyRequest()
+	ck.Alias, ck.Type = common.StringPtr("shared-byok"), common.Uint64Ptr(2)
+	created, err := ca.CreateKey(ck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyID := *created.Response.KeyId
+	const alg = "RSAES_OAEP_SHA_1"
+	p, err := getImportParams(t, cb, keyID, alg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := importMaterial(ca, keyID, wrapMaterial(t, p, alg, material), p.token, uint64(time.Now().Add(time.Hour).Unix())); err != nil {
+		t.Fatalf("import on A with B's parameters: %v", err)
+	}
+	waitState(t, ca, keyID, "PendingImport")
+	if _, err := encryptWith(ca, keyID, "too late", ""); sdkCode(err) != "ResourceUnavailable.CmkStateNotSupport" {
+		t.Fatalf("Encrypt on A after B expired the material: %v", err)
+	}
+	if !strings.Contains(b.stderr.String(), "imported key material destroyed") {
+		t.Fatalf("B did not destroy the material:\n%s", b.stderr.String())
+	}
+	a.stop()
+	b.stop()
+	if secrets, wrapping := tokenObjects(t, c.tok); secrets != 0 || wrapping != 0 {
+		t.Fatalf("token holds %d CMK objects and %d wrapping keys, want none", secrets, wrapping)
+	}
+}
