@@ -12,6 +12,7 @@ import (
 	"errors"
 	"hash"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/miekg/pkcs11"
@@ -193,5 +194,38 @@ func TestImportKeyMaterialRoundTrip(t *testing.T) {
 		if err := tok.DestroyWrappingKey(ctx, objectID); !errors.Is(err, hsm.ErrKeyNotFound) {
 			t.Fatalf("DestroyWrappingKey(CMK id) = %v, want ErrKeyNotFound", err)
 		}
+	}
+}
+
+// A module without the mechanisms of key import: each call fails with
+// hsm.ErrMisconfigured naming the mechanism (C_GetMechanismInfo is asked
+// first), and nothing is left on the token. Needs SoftHSM2 (the fault
+// module wraps it).
+func TestImportMechanismsChecked(t *testing.T) {
+	tok, ctl := newFaultToken(t, 2, nil)
+	ctx := testCtx(t)
+	ctl.HideMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN)
+	if _, err := tok.GenerateWrappingKey(ctx, []byte("wrap-hidden-0001"), "x"); !errors.Is(err, hsm.ErrMisconfigured) ||
+		!strings.Contains(err.Error(), "CKM_RSA_PKCS_KEY_PAIR_GEN") {
+		t.Fatalf("GenerateWrappingKey without CKM_RSA_PKCS_KEY_PAIR_GEN = %v", err)
+	}
+	ctl.HideMechanism(pkcs11.CKM_RSA_PKCS_OAEP)
+	pub, err := tok.GenerateWrappingKey(ctx, []byte("wrap-ok-00000001"), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped := wrapFor(t, pub, hsm.OAEPSHA1, make([]byte, 32))
+	if _, err := tok.ImportKey(ctx, []byte("wrap-ok-00000001"), hsm.OAEPSHA1, wrapped, []byte("import-hidden-01"), "x", true); !errors.Is(err, hsm.ErrMisconfigured) ||
+		!strings.Contains(err.Error(), "CKM_RSA_PKCS_OAEP") {
+		t.Fatalf("ImportKey without CKM_RSA_PKCS_OAEP = %v", err)
+	}
+	if err := tok.OAEPSupported(ctx, hsm.OAEPSHA1); !errors.Is(err, hsm.ErrMisconfigured) || !strings.Contains(err.Error(), "CKM_RSA_PKCS_OAEP") {
+		t.Fatalf("OAEPSupported without CKM_RSA_PKCS_OAEP = %v", err)
+	}
+	if ids, err := tok.KeyIDs(ctx); err != nil || len(ids) != 0 {
+		t.Fatalf("KeyIDs = %x, %v: something was unwrapped", ids, err)
+	}
+	if ids, err := tok.WrappingKeyIDs(ctx); err != nil || len(ids) != 1 {
+		t.Fatalf("WrappingKeyIDs = %x, %v; want only the one made", ids, err)
 	}
 }
