@@ -138,3 +138,22 @@ func TestIntegrationImportExpiryAndTamper(t *testing.T) {
 		t.Fatalf("Recover = %+v, %v", rep, err)
 	}
 }
+
+// A wrapping key on the token that no import parameters and no intent name
+// (left by hand, or by a store restored from an older backup) is reported
+// by Recover as an orphan and left in place.
+func TestIntegrationOrphanWrappingKeyReported(t *testing.T) {
+	r := newRig(t, kms.Config{})
+	ctx := adminCtx()
+	stray := []byte("stray-wrapping-1")
+	if _, err := r.h.GenerateWrappingKey(ctx, stray, "stray"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.svc.Recover(ctx)
+	if err != nil || !slices.ContainsFunc(rep.Orphans, func(id []byte) bool { return bytes.Equal(id, stray) }) {
+		t.Fatalf("Recover = %+v, %v; want the stray wrapping key among the orphans", rep, err)
+	}
+	if ids, err := r.h.WrappingKeyIDs(ctx); err != nil || len(ids) != 1 {
+		t.Fatalf("WrappingKeyIDs = %x, %v: an orphan was destroyed", ids, err)
+	}
+}
