@@ -249,6 +249,17 @@ func TestImportKeyMaterialSDK(t *testing.T) {
 	if got := openEnvelope(t, material, blob, [][2]string{{"app", "b"}, {"tenant", "a"}}); string(got) != "imported and checked" {
 		t.Fatalf("stdlib decryption: %q", got)
 	}
+	// A data key under the imported key: its blob opens with the stdlib too.
+	gdk = tckms.NewGenerateDataKeyRequest()
+	gdk.KeyId, gdk.KeySpec = common.StringPtr(keyID), common.StringPtr("AES_256")
+	dk, err := c.GenerateDataKey(gdk)
+	if err != nil {
+		t.Fatalf("GenerateDataKey under the imported key: %v", err)
+	}
+	plainDK, _ := base64.StdEncoding.DecodeString(*dk.Response.Plaintext)
+	if got := openEnvelope(t, material, *dk.Response.CiphertextBlob, nil); !bytesEqual(got, plainDK) || len(got) != 32 {
+		t.Fatal("the data key's blob does not hold the data key")
+	}
 	// The token is used up; a token for this key does not import elsewhere.
 	if err := importMaterial(c, keyID, wrapped, p.token, 0); sdkCode(err) != "InvalidParameter" {
 		t.Fatalf("a used ImportToken: %v", err)
@@ -377,6 +388,8 @@ func TestImportKeyMaterialSDK(t *testing.T) {
 		t.Fatalf("token holds %d CMK objects and %d wrapping keys, want 2 and 0", secrets, wrapping)
 	}
 }
+
+func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 
 // watchMaterial registers key material (raw, base64, hex) with the leak
 // check: none may reach kmsd's log or audit trail.
