@@ -247,7 +247,8 @@ type ImportParameters struct {
 // (PendingDelete), ErrTooManyImportParameters; ErrBusy, ErrUnavailable,
 // ErrInternal.
 func (s *Service) GetParametersForImport(ctx context.Context, keyID, algorithm, keySpec string) (ImportParameters, error) {
-	if _, ok := parseKeyID(keyID); !ok {
+	id, ok := parseKeyID(keyID)
+	if !ok {
 		return ImportParameters{}, ErrInvalidKeyID
 	}
 	if err := authorize(ctx, "kms:GetParametersForImport", keyID); err != nil {
@@ -264,8 +265,14 @@ func (s *Service) GetParametersForImport(ctx context.Context, keyID, algorithm, 
 	if err != nil {
 		return ImportParameters{}, err
 	}
-	k, err := s.lookupLive(keyID)
+	k, err := s.lookupCtx(ctx, id) // read-through: made on another node a moment ago
 	if err != nil {
+		return ImportParameters{}, err
+	}
+	if k == nil || k.meta.KeyState == StateDeleted {
+		return ImportParameters{}, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
+	}
+	if err := checkUsable(k); err != nil {
 		return ImportParameters{}, err
 	}
 	if k.meta.Origin != OriginExternal {
