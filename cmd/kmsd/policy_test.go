@@ -288,7 +288,7 @@ func TestPolicyValidationThroughSDK(t *testing.T) {
 		{"trailing slash", "kms:Decrypt", "qcs::kms:ap-guangzhou:uin/1:key/" + keyB + "/", keyB + `/"`},
 		{"another service", "kms:Decrypt", "qcs::cos:ap-guangzhou:uin/1:*", `"cos"`},
 		{"credential action in kms:", "kms:UpdateCredentialPolicy", "*", `kms-admin:UpdateCredentialPolicy`},
-		{"wildcard matching no action", "kms:Delete*", "*", `"kms:Delete*" matches no action`},
+		{"wildcard matching no action", "kms:Destroy*", "*", `"kms:Destroy*" matches no action`},
 	}
 	for _, f := range forms {
 		t.Run(f.name, func(t *testing.T) {
