@@ -460,8 +460,9 @@ func tokenObjects(t *testing.T, tok softhsm.Token) (secrets, wrapping int) {
 // missing or orphaned, the token holds exactly what the store says, and
 // the import works on.
 func TestCrashImport(t *testing.T) {
-	points := []string{"import:params-intent", "import:wrapping-generated", "import:intent", "import:unwrapped",
-		"import:params-deleted", "unload:intent", "unload:written"}
+	// "import:params-intent" and "unload:intent" (an intent and nothing
+	// else) are the case every crash test of CreateKey covers.
+	points := []string{"import:wrapping-generated", "import:intent", "import:unwrapped", "import:params-deleted", "unload:written"}
 	for _, point := range points {
 		t.Run(point, func(t *testing.T) {
 			env, tok := crashEnv(t)
