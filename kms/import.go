@@ -1,10 +1,12 @@
 package kms
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -370,4 +372,45 @@ func (s *Service) destroyWrapping(ctx context.Context, objectID []byte) error {
 		return err
 	}
 	return nil
+}
+
+// ResealImportParams accepts the stored import parameters whose wrapping
+// key's object id is wrapIDHex (hex, as IntegrityFailure.ID names them),
+// after an administrator checked them: their MAC is computed anew over the
+// row as stored. Requires kms-admin:Reseal.
+func (s *Service) ResealImportParams(ctx context.Context, wrapIDHex string) error {
+	if err := authorize(ctx, actReseal, "*"); err != nil {
+		return err
+	}
+	wrapID, err := hex.DecodeString(wrapIDHex)
+	if err != nil || len(wrapID) == 0 {
+		return fmt.Errorf("kms: reseal import parameters: %q is not a hex object id", wrapIDHex)
+	}
+	if reservedObject(wrapID) {
+		return fmt.Errorf("kms: reseal import parameters: %x is a reserved token object; delete the row instead", wrapID)
+	}
+	_, ist, err := s.importer()
+	if err != nil {
+		return err
+	}
+	all, err := ist.ListImportParams(ctx)
+	if err != nil {
+		return storeErr("reseal import parameters", err)
+	}
+	for _, p := range all {
+		if !bytes.Equal(p.WrappingObjectID, wrapID) {
+			continue
+		}
+		m, err := s.mac(ctx, importMsg(p))
+		if err != nil {
+			return err
+		}
+		if err := ist.SetImportParamsMAC(ctx, p.TokenHash, m); err != nil {
+			return storeErr("reseal import parameters", err)
+		}
+		s.clearIntegrity(KindImport, wrapIDHex)
+		s.log.Warn("kms: import parameters resealed by an administrator", "object_id", wrapIDHex, "key_id", p.KeyID)
+		return nil
+	}
+	return fmt.Errorf("kms: reseal import parameters: none with wrapping object id %s", wrapIDHex)
 }

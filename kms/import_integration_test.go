@@ -2,11 +2,13 @@ package kms_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"slices"
 	"sync/atomic"
@@ -155,5 +157,48 @@ func TestIntegrationOrphanWrappingKeyReported(t *testing.T) {
 	}
 	if ids, err := r.h.WrappingKeyIDs(ctx); err != nil || len(ids) != 1 {
 		t.Fatalf("WrappingKeyIDs = %x, %v: an orphan was destroyed", ids, err)
+	}
+}
+
+// Import parameters whose MAC is wrong are refused until an administrator
+// reseals them; then the import works.
+func TestIntegrationResealImportParams(t *testing.T) {
+	r := newRig(t, kms.Config{})
+	ctx := adminCtx()
+	md, err := r.svc.CreateKey(ctx, kms.CreateKeyInput{Alias: "byok", Type: kms.KeyTypeExternal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := r.svc.GetParametersForImport(ctx, md.KeyID, kms.WrapRSAESOAEPSHA1, kms.WrappingKeySpecRSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := r.st.ListImportParams(ctx)
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("ListImportParams %+v %v", rows, err)
+	}
+	if err := r.st.SetImportParamsMAC(ctx, rows[0].TokenHash, make([]byte, 32)); err != nil {
+		t.Fatal(err)
+	}
+	in := kms.ImportKeyMaterialInput{KeyID: md.KeyID, EncryptedKeyMaterial: wrapSHA1(t, p, bytes.Repeat([]byte{9}, 32)), ImportToken: p.ImportToken}
+	if _, err := r.svc.ImportKeyMaterial(ctx, in); !errors.Is(err, kms.ErrIntegrity) {
+		t.Fatalf("ImportKeyMaterial with a bad MAC: %v", err)
+	}
+	id := hex.EncodeToString(rows[0].WrappingObjectID)
+	keysOnly, err := kms.ParsePolicy(`{"version":"2.0","statement":[{"effect":"allow","action":["kms:*"],"resource":["*"]}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.svc.ResealImportParams(kms.WithPrincipal(context.Background(), &kms.Principal{Name: "app", Policy: keysOnly}), id); !errors.Is(err, kms.ErrUnauthorized) {
+		t.Fatalf("ResealImportParams without kms-admin:Reseal: %v", err)
+	}
+	if err := r.svc.ResealImportParams(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if fs := r.svc.IntegrityFailures(); len(fs) != 0 {
+		t.Fatalf("failures after the reseal: %+v", fs)
+	}
+	if got, err := r.svc.ImportKeyMaterial(ctx, in); err != nil || got.KeyState != kms.StateEnabled {
+		t.Fatalf("ImportKeyMaterial after the reseal = %+v, %v", got, err)
 	}
 }
