@@ -116,6 +116,13 @@ func newActionTable() actionTable {
 		{awsName: "CreateAlias", policy: "kms:CreateAlias", aws: typedAPI3Action((*Server).awsCreateAlias)},
 		{awsName: "DeleteAlias", policy: "kms:DeleteAlias", aws: typedAPI3Action((*Server).awsDeleteAlias)},
 		{awsName: "ListAliases", policy: "kms:ListAliases", syncFree: true, aws: typedAPI3Action((*Server).awsListAliases)},
+		{api3Name: "RotateKey", policy: "kms:RotateKey", api3: typedAPI3Action((*Server).rotateKey)},
+		{api3Name: "EnableKeyRotation", policy: "kms:EnableKeyRotation", api3: typedAPI3Action((*Server).enableKeyRotation)},
+		{api3Name: "DisableKeyRotation", policy: "kms:DisableKeyRotation", api3: typedAPI3Action((*Server).disableKeyRotation)},
+		// Imported key material (import.go).
+		{api3Name: "GetParametersForImport", policy: "kms:GetParametersForImport", api3: typedAPI3Action((*Server).getParametersForImport)},
+		{api3Name: "ImportKeyMaterial", policy: "kms:ImportKeyMaterial", api3: typedAPI3Action((*Server).importKeyMaterial)},
+		{api3Name: "DeleteImportedKeyMaterial", policy: "kms:DeleteImportedKeyMaterial", api3: typedAPI3Action((*Server).deleteImportedKeyMaterial)},
 
 		{api3Name: "CreateCredential", policy: "kms-admin:CreateCredential", api3: typedAPI3Action((*Server).createCredential)},
 		{api3Name: "ListCredentials", policy: "kms-admin:ListCredentials", api3: typedAPI3Action((*Server).listCredentials)},

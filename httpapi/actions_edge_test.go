@@ -92,6 +92,8 @@ func TestEveryAPI3Action(t *testing.T) {
 		"ListKeys": `{}`, "ListKeyDetail": `{}`, "ListCredentials": `{}`,
 		"UpdateAlias": `{"KeyId":"` + key + `","Alias":"b"}`, "UpdateKeyDescription": `{"KeyId":"` + key + `","Description":"d"}`,
 		"ScheduleKeyDeletion": `{"KeyId":"` + key + `","PendingWindowInDays":7}`, "EnableKeyRotation": `{"KeyId":"` + key + `"}`,
+		"GetParametersForImport": `{"KeyId":"` + key + `","WrappingAlgorithm":"RSAES_OAEP_SHA_256","WrappingKeySpec":"RSA_2048"}`,
+		"ImportKeyMaterial":      `{"KeyId":"` + key + `","EncryptedKeyMaterial":"bQ==","ImportToken":"dA==","ValidTo":0}`,
 		"CreateCredential":       `{"Name":"n","Policy":"{\"version\":\"2.0\",\"statement\":[{\"effect\":\"allow\",\"action\":[\"kms:Encrypt\"],\"resource\":[\"*\"]}]}"}`,
 		"UpdateCredentialPolicy": `{"SecretId":"AKIDx","Policy":"{\"version\":\"2.0\",\"statement\":[{\"effect\":\"allow\",\"action\":[\"kms:Encrypt\"],\"resource\":[\"*\"]}]}"}`,
 		"EnableCredential":       `{"SecretId":"AKIDx"}`, "DisableCredential": `{"SecretId":"AKIDx"}`, "DeleteCredential": `{"SecretId":"AKIDx"}`,

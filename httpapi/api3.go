@@ -239,8 +239,14 @@ func (s *Server) createKey(ctx context.Context, req *createKeyRequest) (*createK
 	if _, err := requireString("Alias", req.Alias); err != nil {
 		return nil, err
 	}
-	if req.Type != nil && *req.Type != 1 {
-		return nil, apiErrorf("InvalidParameterValue.InvalidType", "only Type 1 (a CMK created by KMS) is supported")
+	var keyType int
+	if req.Type != nil {
+		switch *req.Type {
+		case kms.KeyTypeKMS, kms.KeyTypeExternal:
+			keyType = int(*req.Type)
+		default:
+			return nil, apiErrorf("InvalidParameterValue.InvalidType", "the Type must be 1 (created by KMS) or 2 (EXTERNAL: imported key material)")
+		}
 	}
 	if req.HsmClusterId != nil && *req.HsmClusterId != "" {
 		return nil, apiErrorf("InvalidParameterValue.InvalidHsmClusterId", "HSM clusters are not supported")
@@ -248,7 +254,7 @@ func (s *Server) createKey(ctx context.Context, req *createKeyRequest) (*createK
 	if len(req.Tags) > 0 {
 		return nil, apiErrorf("UnsupportedOperation", "tags are not supported")
 	}
-	md, err := s.kms.CreateKey(ctx, kms.CreateKeyInput{Alias: *req.Alias, Description: deref(req.Description), KeyUsage: deref(req.KeyUsage)})
+	md, err := s.kms.CreateKey(ctx, kms.CreateKeyInput{Alias: *req.Alias, Description: deref(req.Description), KeyUsage: deref(req.KeyUsage), Type: keyType})
 	if err != nil {
 		return nil, err
 	}

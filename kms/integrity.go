@@ -216,6 +216,7 @@ func keyMsg(r store.Key) []byte {
 	if len(r.PublicKey) > 0 {
 		m.str("public_key").bytes(r.PublicKey)
 	}
+	materialMsgSuffix(m, r)
 	return m.b
 }
 

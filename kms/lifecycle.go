@@ -269,7 +269,7 @@ func toDisabled(k *keyEntry, r *store.Key, _ time.Time) error {
 func scheduleDeletion(days int) stateChange {
 	return func(k *keyEntry, r *store.Key, now time.Time) error {
 		switch r.State {
-		case StateDisabled:
+		case StateDisabled, StatePendingImport:
 			r.State = StatePendingDelete
 			r.DeletionDate = now.Add(time.Duration(days) * 24 * time.Hour)
 			return nil
@@ -288,6 +288,9 @@ func cancelDeletion(k *keyEntry, r *store.Key, now time.Time) error {
 		return fmt.Errorf("%w: %s: the deletion window has ended and the key is being purged", ErrKeyStateNotSupported, k.meta.KeyID)
 	}
 	r.State = StateDisabled
+	if materialAbsent(*r) {
+		r.State = StatePendingImport
+	}
 	r.DeletionDate = time.Time{}
 	return nil
 }

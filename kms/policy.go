@@ -110,6 +110,7 @@ var (
 		"kms:AsymmetricRsaDecrypt", "kms:GetPublicKey", "kms:SignByAsymmetricKey", "kms:VerifyByAsymmetricKey",
 		// The AWS KMS API's own actions (httpapi/aws*.go).
 		"kms:CreateAlias", "kms:DeleteAlias", "kms:GenerateDataKeyWithoutPlaintext",
+		"kms:GetParametersForImport", "kms:ImportKeyMaterial", "kms:DeleteImportedKeyMaterial",
 	}
 	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys", "kms:ListAlgorithms", "kms:ListAliases"}
 	adminActions    = []string{

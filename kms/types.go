@@ -39,7 +39,9 @@ type Config struct {
 	// FaultPoint, if set, is called at named points of CreateKey, RotateKey
 	// and the purge ("create:intent", "create:generated",
 	// "rotate:intent", "rotate:generated", "purge:destroyed-one",
-	// "purge:destroyed-all"). Crash tests use it to kill the process at a
+	// "purge:destroyed-all"; key import: "import:params-intent",
+	// "import:wrapping-generated", "import:intent", "import:unwrapped",
+	// "import:params-deleted", "unload:intent", "unload:written"). Crash tests use it to kill the process at a
 	// chosen point; production leaves it nil.
 	FaultPoint func(point string)
 	// OnIntegrityFailure, if set, is called (synchronously, without locks
@@ -53,6 +55,10 @@ type CreateKeyInput struct {
 	Alias       string // required, 1-60 of [A-Za-z0-9_-], first a letter or digit, unique
 	Description string // optional, at most 1024 bytes
 	KeyUsage    string // "" or "ENCRYPT_DECRYPT", or an asymmetric usage (asym.go)
+	// Type is 0 or KeyTypeKMS (the token generates the material) or
+	// KeyTypeExternal (Origin EXTERNAL, state PendingImport until
+	// ImportKeyMaterial; import.go).
+	Type int
 }
 
 // KeyMetadata describes a key as the API reports it.
@@ -71,6 +77,8 @@ type KeyMetadata struct {
 	RotateDays         uint32    // rotation period when KeyRotationEnabled
 	LastRotateTime     time.Time // zero if the key never rotated
 	NextRotateTime     time.Time // zero unless KeyRotationEnabled
+
+	ValidTo time.Time // Origin EXTERNAL: when the imported material expires; zero: never
 }
 
 // EncryptInput is the request of Encrypt. Encrypt reads Plaintext only

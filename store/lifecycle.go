@@ -78,6 +78,9 @@ func (s *SQLite) UpdateKey(ctx context.Context, k Key) (err error) {
 	} else if n == 0 {
 		return missingOrStale(ctx, tx, k.ID)
 	}
+	if err := setMaterialSQLite(ctx, tx, k); err != nil {
+		return err
+	}
 	return tx.Commit()
 }
 

@@ -93,6 +93,9 @@ func (p *Postgres) CreateKey(ctx context.Context, k Key) (err error) {
 			}
 			return classify(err)
 		}
+		if err := setMaterialPG(ctx, tx, k); err != nil {
+			return err
+		}
 		for _, v := range k.Versions {
 			vc, _ := toNanos(v.CreatedAt)
 			if _, err := tx.Exec(ctx,
@@ -111,7 +114,7 @@ func (p *Postgres) CreateKey(ctx context.Context, k Key) (err error) {
 	})
 }
 
-const pgKeyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key`
+const pgKeyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key, material_valid_to, material_check, material_loaded`
 
 func pgScanKey(row pgx.Row) (Key, error) {
 	var (
@@ -119,10 +122,14 @@ func pgScanKey(row pgx.Row) (Key, error) {
 		created, rotateDays   int64
 		deletion, lastRotated *int64
 		gen                   int64
+		validTo               *int64
 	)
 	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion,
-		&k.RotationEnabled, &rotateDays, &lastRotated, &gen, &k.MAC, &k.PublicKey); err != nil {
+		&k.RotationEnabled, &rotateDays, &lastRotated, &gen, &k.MAC, &k.PublicKey, &validTo, &k.MaterialCheck, &k.MaterialLoaded); err != nil {
 		return Key{}, err
+	}
+	if validTo != nil {
+		k.MaterialValidTo = fromNanos(*validTo)
 	}
 	k.CreatedAt = fromNanos(created)
 	if deletion != nil {
@@ -301,6 +308,9 @@ func (p *Postgres) UpdateKey(ctx context.Context, k Key) (err error) {
 		}
 		if tag.RowsAffected() == 0 {
 			return pgMissingOrStale(ctx, tx, k.ID)
+		}
+		if err := setMaterialPG(ctx, tx, k); err != nil {
+			return err
 		}
 		return notify(ctx, tx, "k:"+k.ID)
 	})

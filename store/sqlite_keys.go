@@ -132,6 +132,9 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 	case err != nil:
 		return err
 	}
+	if err := setMaterialSQLite(ctx, tx, k); err != nil {
+		return err
+	}
 
 	insVersion, err := tx.PrepareContext(ctx,
 		`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved, mac) VALUES (?, ?, ?, ?, ?, ?)`)
@@ -294,7 +297,7 @@ func (s *SQLite) ObjectIDs(ctx context.Context) ([][]byte, error) {
 	return out, nil
 }
 
-const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key`
+const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key, material_valid_to, material_check, material_loaded`
 
 // scanKey scans the keyColumns of one row.
 func scanKey(row interface{ Scan(...any) error }) (Key, error) {
@@ -306,11 +309,17 @@ func scanKey(row interface{ Scan(...any) error }) (Key, error) {
 		rotateDays  int64
 		lastRotated sql.NullInt64
 		gen         int64
+		validTo     sql.NullInt64
+		loaded      int64
 	)
 	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion,
-		&rotation, &rotateDays, &lastRotated, &gen, &k.MAC, &k.PublicKey); err != nil {
+		&rotation, &rotateDays, &lastRotated, &gen, &k.MAC, &k.PublicKey, &validTo, &k.MaterialCheck, &loaded); err != nil {
 		return Key{}, err
 	}
+	if validTo.Valid {
+		k.MaterialValidTo = fromNanos(validTo.Int64)
+	}
+	k.MaterialLoaded = loaded == 1
 	k.CreatedAt = fromNanos(created)
 	if deletion.Valid {
 		k.DeletionDate = fromNanos(deletion.Int64)

@@ -1,7 +1,8 @@
 // Command kmsctl is the operator's command-line client of kmsd. It talks to
 // kmsd over its public API only (API 3.0, signed with TC3-HMAC-SHA256).
 //
-//	kmsctl [-endpoint URL] create-key -alias NAME [-description TEXT]
+//	kmsctl [-endpoint URL] create-key -alias NAME [-description TEXT] [-type 1|2]
+//	kmsctl [-endpoint URL] import-key -key-id ID -key-file FILE (and the other import commands, import.go)
 //	kmsctl [-endpoint URL] encrypt -key-id ID [-context JSON] (-plaintext TEXT | -in FILE | -in -)
 //	kmsctl [-endpoint URL] decrypt [-context JSON] (-blob BLOB | -in FILE | -in -) [-out FILE]
 //	kmsctl [-endpoint URL] credentials create -name NAME (-admin | -policy-file FILE)
@@ -42,7 +43,7 @@ func main() {
 const usage = `usage: kmsctl [-endpoint URL] COMMAND [flags]
 
 commands:
-  create-key  -alias NAME [-description TEXT] [-key-usage USAGE]
+  create-key  -alias NAME [-description TEXT] [-key-usage USAGE] [-type 1|2]   (2: EXTERNAL, material imported)
   encrypt     -key-id ID [-context JSON] (-plaintext TEXT | -in FILE|-)
   decrypt     [-context JSON] (-blob BLOB | -in FILE|-) [-out FILE]
   credentials create -name NAME (-admin | -policy-file FILE)
@@ -62,7 +63,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	fs := flag.NewFlagSet("kmsctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintf(stderr, usage, keyCommandUsage()); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprintf(stderr, usage, keyCommandUsage()+importCommandUsage()); fs.PrintDefaults() }
 	endpoint := fs.String("endpoint", def, "kmsd base URL (env KMS_ENDPOINT)")
 	timeout := fs.Duration("timeout", 30*time.Second, "request timeout")
 	if err := fs.Parse(args); err != nil {
@@ -99,6 +100,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "credentials":
 		return credentials(ctx, c, rest, stdout, stderr)
 	}
+	if _, ok := importCommands[cmd]; ok {
+		return importCommand(ctx, c, cmd, rest, stdout, stderr)
+	}
 	if kc, ok := keyCommands[cmd]; ok {
 		return runKeyCommand(ctx, c, cmd, kc, rest, stdout, stderr)
 	}
@@ -115,13 +119,14 @@ func createKey(ctx context.Context, c *client, args []string, stdout, stderr io.
 	alias := fs.String("alias", "", "alias of the key (required)")
 	desc := fs.String("description", "", "description")
 	keyUsage := fs.String("key-usage", "", "ENCRYPT_DECRYPT (default), ASYMMETRIC_DECRYPT_RSA_2048, ASYMMETRIC_SIGN_VERIFY_RSA_2048, ASYMMETRIC_SIGN_VERIFY_ECC or ASYMMETRIC_SIGN_VERIFY_ECDSA384")
+	keyType := fs.Uint64("type", 1, "1: the HSM generates the key; 2: EXTERNAL, PendingImport until import-key")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *alias == "" {
 		return errors.New("create-key: -alias is required")
 	}
-	params := map[string]any{"Alias": *alias, "Description": *desc}
+	params := map[string]any{"Alias": *alias, "Description": *desc, "Type": *keyType}
 	if *keyUsage != "" {
 		params["KeyUsage"] = *keyUsage
 	}
