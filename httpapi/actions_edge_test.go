@@ -82,7 +82,7 @@ func TestEveryAPI3Action(t *testing.T) {
 	refusal := errors.New("kms: unauthorized operation: " + "test")
 	refusal = errors.Join(kms.ErrUnauthorized, refusal)
 	admin := refusingAdmin{err: refusal}
-	s := New(&fakeKMS{CredentialAdmin: admin, KeyAdmin: admin, err: refusal}, Config{Logger: discardLogger()})
+	s := New(&fakeKMS{CredentialAdmin: admin, KeyAdmin: admin, TagAdmin: admin, err: refusal}, Config{Logger: discardLogger()})
 	const key = "9999aed0-4956-11e9-bc70-5254005e86b4"
 	complete := map[string]string{
 		"CreateKey": `{"Alias":"a"}`, "Encrypt": `{"KeyId":"` + key + `","Plaintext":"aGk="}`, "Decrypt": `{"CiphertextBlob":"YmxvYg=="}`,
@@ -96,7 +96,9 @@ func TestEveryAPI3Action(t *testing.T) {
 		"UpdateCredentialPolicy": `{"SecretId":"AKIDx","Policy":"{\"version\":\"2.0\",\"statement\":[{\"effect\":\"allow\",\"action\":[\"kms:Encrypt\"],\"resource\":[\"*\"]}]}"}`,
 		"EnableCredential":       `{"SecretId":"AKIDx"}`, "DisableCredential": `{"SecretId":"AKIDx"}`, "DeleteCredential": `{"SecretId":"AKIDx"}`,
 	}
-	noneRequired := map[string]bool{"ListKeys": true, "ListKeyDetail": true, "ListCredentials": true, "GenerateRandom": false}
+	noneRequired := map[string]bool{"ListKeys": true, "ListKeyDetail": true, "ListCredentials": true, "GenerateRandom": false,
+		"GetServiceStatus": true, "GetRegions": true}
+	complete["GetServiceStatus"], complete["GetRegions"] = `{}`, `{}`
 	for name := range s.actions.api3 {
 		t.Run(name, func(t *testing.T) {
 			send := func(body string) string {

@@ -43,6 +43,7 @@ type KMS interface {
 	Credentials
 	CredentialAdmin
 	KeyAdmin
+	TagAdmin
 	CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyMetadata, error)
 	Encrypt(ctx context.Context, in kms.EncryptInput) (kms.EncryptResult, error)
 	Decrypt(ctx context.Context, in kms.DecryptInput) (kms.DecryptResult, error)

@@ -118,6 +118,9 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 	if err != nil {
 		return KeyMetadata{}, err
 	}
+	if err := validateTagSet(in.Tags, MaxTagsPerKey); err != nil {
+		return KeyMetadata{}, err
+	}
 
 	s.recoverMu.RLock()
 	defer s.recoverMu.RUnlock()
@@ -137,6 +140,11 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		return KeyMetadata{}, fmt.Errorf("%w: create key: key id: %w", ErrInternal, err)
 	}
 	keyID := id.String()
+	if len(in.Tags) > 0 {
+		if err := authorize(ctx, ActTagResources, keyID); err != nil {
+			return KeyMetadata{}, err
+		}
+	}
 	objectID := make([]byte, 16)
 	if _, err := rand.Read(objectID); err != nil {
 		return KeyMetadata{}, fmt.Errorf("%w: create key: object id: %w", ErrInternal, err)
@@ -173,6 +181,7 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		Versions:    []store.Version{{Number: 1, ObjectID: objectID, CreatedAt: now}},
 		Gen:         1,
 	}
+	rec.Tags, _ = applyTags(nil, in.Tags, nil) // validated above
 	if err := s.sealKey(ctx, &rec); err != nil {
 		s.rollback(ctx, log, objectID)
 		return KeyMetadata{}, err

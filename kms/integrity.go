@@ -24,7 +24,8 @@ import (
 //
 //   - keys: id, alias, description, usage, state, origin, creation and
 //     deletion dates, rotation settings, last rotation, the number and the
-//     highest number of their versions, and the row's generation;
+//     highest number of their versions, the row's generation, and the
+//     key's tags (tags.go, kept in their own table);
 //   - key versions: key id, number, token object id and creation date (not
 //     the usage reservation, a high-water mark every node raises);
 //   - credentials: SecretId, name, policy, enabled flag, creation date, the
@@ -207,9 +208,25 @@ func keyMsg(r store.Key) []byte {
 	if n := len(r.Versions); n > 0 {
 		top = r.Versions[n-1].Number
 	}
-	return newMACMsg(KindKey).str(r.ID).str(r.Alias).str(r.Description).str(r.Usage).str(r.State).str(r.Origin).
+	m := newMACMsg(KindKey).str(r.ID).str(r.Alias).str(r.Description).str(r.Usage).str(r.State).str(r.Origin).
 		time(r.CreatedAt).time(r.DeletionDate).flag(r.RotationEnabled).u64(uint64(r.RotateDays)).time(r.LastRotatedAt).
-		u64(uint64(len(r.Versions))).u64(uint64(top)).u64(r.Gen).b
+		u64(uint64(len(r.Versions))).u64(uint64(top)).u64(r.Gen)
+	tagsMsg(m, r.Tags)
+	return m.b
+}
+
+// tagsMsg appends a key's tags (tags.go) to its MAC message: nothing for a
+// key without tags, so rows sealed before tags existed verify unchanged;
+// else a marker, the count and each key and value, in the stored order
+// (sorted by key).
+func tagsMsg(m *macMsg, tags []store.Tag) {
+	if len(tags) == 0 {
+		return
+	}
+	m.str("tags").u64(uint64(len(tags)))
+	for _, t := range tags {
+		m.str(t.Key).str(t.Value)
+	}
 }
 
 func versionMsg(keyID string, v store.Version) []byte {

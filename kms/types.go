@@ -46,6 +46,10 @@ type Config struct {
 	// held) for every stored row newly found failing its integrity check
 	// (see integrity.go); kmsd records it in the audit trail.
 	OnIntegrityFailure func(IntegrityFailure)
+	// Region is the region the service reports (GetRegions) and names in
+	// resource names (qcs::kms:<region>:uin/<uin>:key/<keyId>); "" means
+	// DefaultRegion. See status.go.
+	Region string
 }
 
 // CreateKeyInput is the request of CreateKey.
@@ -53,6 +57,9 @@ type CreateKeyInput struct {
 	Alias       string // required, 1-60 of [A-Za-z0-9_-], first a letter or digit, unique
 	Description string // optional, at most 1024 bytes
 	KeyUsage    string // "" or "ENCRYPT_DECRYPT"
+	// Tags, if any, are set on the new key (tags.go): the caller also
+	// needs tag:TagResources on it; *TagError if they break the limits.
+	Tags []Tag
 }
 
 // KeyMetadata describes a key as the API reports it.

@@ -105,6 +105,15 @@ CREATE TABLE audit_anchors (
 	mac  BLOB    NULL
 ) STRICT;
 `,
+	// v5: resource tags of keys (tags.go). The key row's MAC covers them.
+	`
+CREATE TABLE key_tags (
+	key_id    TEXT NOT NULL REFERENCES keys (id),
+	tag_key   TEXT NOT NULL CHECK (tag_key <> ''),
+	tag_value TEXT NOT NULL,
+	PRIMARY KEY (key_id, tag_key)
+) STRICT;
+`,
 }
 
 // migrate brings the database behind db up to len(steps), one step per
