@@ -122,10 +122,10 @@ func TestTagsEndToEnd(t *testing.T) {
 	}
 	// Limits, as Tencent documents them.
 	for name, tags := range map[string]map[string]string{
-		"InvalidParameterValue.ReservedTagKey":          {"qcloud:x": "v"},
-		"InvalidParameterValue.TagKeyCharacterIllegal":  {"a<b": "v"},
-		"InvalidParameterValue.TagValueLengthExceeded":  {"k": strings.Repeat("v", 256)},
-		"InvalidParameterValue.TagKeyLengthExceeded":    {strings.Repeat("k", 128): "v"},
+		"InvalidParameterValue.ReservedTagKey":           {"qcloud:x": "v"},
+		"InvalidParameterValue.TagKeyCharacterIllegal":   {"a<b": "v"},
+		"InvalidParameterValue.TagValueLengthExceeded":   {"k": strings.Repeat("v", 256)},
+		"InvalidParameterValue.TagKeyLengthExceeded":     {strings.Repeat("k", 128): "v"},
 		"InvalidParameterValue.TagValueCharacterIllegal": {"k": "a;b"},
 	} {
 		if _, code := createTagged(t, k, "bad", tags); code != name {
