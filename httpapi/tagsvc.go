@@ -455,8 +455,9 @@ func (s *Server) getResources(ctx context.Context, req *getResourcesRequest) (*g
 				return nil, err
 			}
 			tags, err := s.kms.KeyTags(ctx, r.keyID)
-			if errors.Is(err, kms.ErrKeyNotFound) || errors.Is(err, kms.ErrInvalidKeyID) || errors.Is(err, kms.ErrUnauthorized) {
-				continue // GetResources lists what the caller may see
+			if errors.Is(err, kms.ErrKeyNotFound) || errors.Is(err, kms.ErrInvalidKeyID) || errors.Is(err, kms.ErrUnauthorized) ||
+				errors.Is(err, kms.ErrKeyDisabled) {
+				continue // GetResources lists what the caller may see, and believes
 			}
 			if err != nil {
 				return nil, err

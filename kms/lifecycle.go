@@ -54,7 +54,8 @@ type ListKeysInput struct {
 	// Descending orders by creation time, newest first; otherwise oldest
 	// first. Ties are broken by key id.
 	Descending bool
-	// TagFilters keeps keys whose tags match every filter (tags.go).
+	// TagFilters keeps keys whose tags match every filter (tags.go); a key
+	// failing its integrity check matches none.
 	TagFilters []TagFilter
 }
 
@@ -178,7 +179,7 @@ func (s *Service) list(in ListKeysInput) ListKeysResult {
 			in.Origin != "" && in.Origin != "ALL" && in.Origin != m.Origin,
 			in.KeyUsage != "" && in.KeyUsage != "ALL" && in.KeyUsage != m.KeyUsage,
 			search != "" && !strings.Contains(m.KeyID, search) && !strings.Contains(strings.ToLower(m.Alias), search),
-			len(in.TagFilters) > 0 && !matchTags(k.rec.Tags, in.TagFilters):
+			len(in.TagFilters) > 0 && (k.suspect != nil || !matchTags(k.rec.Tags, in.TagFilters)):
 			continue
 		}
 		all = append(all, m)

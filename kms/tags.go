@@ -284,7 +284,9 @@ func (s *Service) ModifyTags(ctx context.Context, action, keyID string, set []Ta
 // KeyTags returns the tags of a key, sorted by key (nil if it has none).
 // Authorised as tag:DescribeResourceTagsByResourceIds. Errors:
 // ErrInvalidKeyID, ErrUnauthorized, ErrKeyNotFound (also for a Deleted
-// key). Served from the cache. Safe for concurrent use.
+// key), ErrKeyDisabled for a key failing its integrity check (its stored
+// tags are not to be believed). Served from the cache. Safe for
+// concurrent use.
 func (s *Service) KeyTags(ctx context.Context, keyID string) ([]Tag, error) {
 	id, ok := parseKeyID(keyID)
 	if !ok {
@@ -300,6 +302,9 @@ func (s *Service) KeyTags(ctx context.Context, keyID string) ([]Tag, error) {
 	if k == nil || k.meta.KeyState == StateDeleted {
 		return nil, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
 	}
+	if err := checkUsable(k); err != nil {
+		return nil, err
+	}
 	return toTags(k.rec.Tags), nil
 }
 
@@ -311,7 +316,7 @@ type TaggedKey struct {
 
 // TaggedKeys returns the keys (not Deleted) that carry at least one tag
 // and match every filter, oldest first (ties by id), leaving out those the
-// caller may not tag:GetResources. It never fails for want of rights: a
+// caller may not tag:GetResources and those failing their integrity check. It never fails for want of rights: a
 // caller allowed nothing gets an empty list. Served from the cache. Safe
 // for concurrent use.
 func (s *Service) TaggedKeys(ctx context.Context, filters []TagFilter) []TaggedKey {
@@ -322,7 +327,7 @@ func (s *Service) TaggedKeys(ctx context.Context, filters []TagFilter) []TaggedK
 			continue
 		}
 		id, _ := parseKeyID(m.KeyID)
-		if k := s.lookup(id); k != nil && len(k.rec.Tags) > 0 {
+		if k := s.lookup(id); k != nil && k.suspect == nil && len(k.rec.Tags) > 0 {
 			out = append(out, TaggedKey{KeyID: m.KeyID, Tags: toTags(k.rec.Tags)})
 		}
 	}

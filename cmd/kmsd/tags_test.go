@@ -259,17 +259,26 @@ func TestTagsEndToEnd(t *testing.T) {
 	if n := s.metric(t, "kmsd_integrity_failing_rows"); n != 3 {
 		t.Fatalf("kmsd_integrity_failing_rows %v, want 3", n)
 	}
-	if code := modifyTags(tagClient(t, s, adminID, adminKey), a, map[string]string{"x": "y"}); code == "" {
+	tg = tagClient(t, s, adminID, adminKey)
+	if code := modifyTags(tg, a, map[string]string{"x": "y"}); code == "" {
 		t.Fatal("a key failing its check was re-tagged (which would reseal it)")
+	}
+	if got, code := keyTags(t, tg, a); code != "ResourceUnavailable.CmkDisabled" {
+		t.Fatalf("tags of a tampered key: %v %q, want ResourceUnavailable.CmkDisabled", got, code)
+	}
+	k = sdkClient(t, s, "TC3-HMAC-SHA256", "POST", adminID, adminKey)
+	if got := listByTag(t, k, "team", "eve"); len(got) != 0 {
+		t.Fatalf("ListKeyDetail matched the edited tags: %v", got)
 	}
 }
 
-// On a PostgreSQL cluster, tags set on one node show on the other.
+// On a PostgreSQL cluster, tags set on one node show on the other, and a
+// tag row edited in the database is refused by both.
 func TestTagsCluster(t *testing.T) {
 	c := newCluster(t)
-	a := c.start()
+	a := c.start("KMSD_POSTGRES_RESYNC_INTERVAL=300ms")
 	c.pause()
-	b := c.start()
+	b := c.start("KMSD_POSTGRES_RESYNC_INTERVAL=300ms")
 	ka := sdkClient(t, a, "TC3-HMAC-SHA256", "POST", adminID, adminKey)
 	id, code := createTagged(t, ka, "cluster-tagged", map[string]string{"team": "pay"})
 	if code != "" {
@@ -290,5 +299,14 @@ func TestTagsCluster(t *testing.T) {
 	kb := sdkClient(t, b, "TC3-HMAC-SHA256", "POST", adminID, adminKey)
 	if got := listByTag(t, kb, "team", "ops"); !slices.Equal(got, []string{id}) {
 		t.Fatalf("ListKeyDetail on the other node: %v", got)
+	}
+
+	pgExec(t, c.pgConn(t), `UPDATE key_tags SET tag_value = 'eve' WHERE key_id = $1`, id)
+	within(t, 10*time.Second, "an edited tag row refused on both nodes", func() bool {
+		return a.encryptCode(t, id, adminID, adminKey) == "ResourceUnavailable.CmkDisabled" &&
+			b.encryptCode(t, id, adminID, adminKey) == "ResourceUnavailable.CmkDisabled"
+	})
+	if _, code := keyTags(t, tb, id); code != "ResourceUnavailable.CmkDisabled" {
+		t.Fatalf("tags of the edited key: %q", code)
 	}
 }
