@@ -122,3 +122,44 @@ func TestParseResource(t *testing.T) {
 		t.Errorf("scopeService = %q", got)
 	}
 }
+
+// Every Tag action of the table: an unknown parameter is refused before
+// the domain is called; a complete request reaches the domain (whose
+// refusal comes back, or is listed per resource).
+func TestEveryTagAction(t *testing.T) {
+	admin := refusingAdmin{err: kms.ErrUnauthorized}
+	s := New(&fakeKMS{CredentialAdmin: admin, KeyAdmin: admin, TagAdmin: admin}, Config{Logger: discardLogger()})
+	complete := map[string]string{
+		"TagResources":                      `{"ResourceList":["` + tagKeyRes + `"],"Tags":[{"TagKey":"a","TagValue":"b"}]}`,
+		"UnTagResources":                    `{"ResourceList":["` + tagKeyRes + `"],"TagKeys":["a"]}`,
+		"ModifyResourceTags":                `{"Resource":"` + tagKeyRes + `","DeleteTags":[{"TagKey":"a"}]}`,
+		"DescribeResourceTagsByResourceIds": `{"ServiceType":"kms","ResourcePrefix":"key","ResourceIds":["9999aed0-4956-11e9-bc70-5254005e86b4"]}`,
+		"GetResources":                      `{"ResourceList":["` + tagKeyRes + `"]}`,
+	}
+	// TagResources and UnTagResources list a refused resource in
+	// FailedResources; GetResources leaves out what the caller may not see.
+	wantCode := map[string]string{"TagResources": "", "UnTagResources": "", "GetResources": ""}
+	i := 0
+	for name := range s.actions.tag {
+		i++
+		body, ok := complete[name]
+		if !ok {
+			t.Fatalf("no complete request for %s", name)
+		}
+		c := &tc3Call{service: "tag", action: name, signed: name, body: `{"Nope":1}`}
+		if got := c.sendVersion(t, s, TagAPIVersion); got != "UnknownParameter" {
+			t.Errorf("%s with an unknown parameter: %q", name, got)
+		}
+		want, listed := wantCode[name]
+		if !listed {
+			want = "UnauthorizedOperation"
+		}
+		c = &tc3Call{service: "tag", action: name, signed: name, body: body}
+		if got := c.sendVersion(t, s, TagAPIVersion); got != want {
+			t.Errorf("%s complete: %q, want %q", name, got, want)
+		}
+	}
+	if i != 5 {
+		t.Fatalf("%d Tag actions", i)
+	}
+}
