@@ -16,6 +16,8 @@ import (
 	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common/profile"
 	tckms "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/kms/v20190118"
 	tctag "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/tag/v20180813"
+
+	"hsmkms/softhsm"
 )
 
 // tagClient is the official SDK's Tag client pointed at kmsd.
@@ -308,5 +310,61 @@ func TestTagsCluster(t *testing.T) {
 	})
 	if _, code := keyTags(t, tb, id); code != "ResourceUnavailable.CmkDisabled" {
 		t.Fatalf("tags of the edited key: %q", code)
+	}
+}
+
+// GetServiceStatus and GetRegions, as SDK-based tools probe the service,
+// and GenerateDataKey's hosted-data-key fields, on a kmsd with its own
+// region.
+func TestServiceProbes(t *testing.T) {
+	tok := softhsm.NewTokenNoEnv(t)
+	env := append(kmsdEnv(tok, t.TempDir()), "KMSD_REGION=ap-test-1", "KMSD_KEY_LIMIT=7")
+	bootstrap(t, env)
+	s := startKMSD(t, env)
+	k := sdkClient(t, s, "TC3-HMAC-SHA256", "POST", adminID, adminKey)
+	id, code := createTagged(t, k, "probe", map[string]string{"a": "b"})
+	if code != "" {
+		t.Fatal(code)
+	}
+	st, err := k.GetServiceStatus(tckms.NewGetServiceStatusRequest())
+	if err != nil {
+		t.Fatalf("GetServiceStatus: %s", sdkCode(err))
+	}
+	r := st.Response
+	if !*r.ServiceEnabled || *r.InvalidType != 1 || *r.UserLevel != 0 || *r.CmkUserCount != 1 || *r.CmkLimit != 7 ||
+		*r.ExclusiveHSMEnabled || *r.IsAllowedDataKeyHosted {
+		t.Fatalf("GetServiceStatus: %s", st.ToJsonString())
+	}
+	nextSecond() // the same body ({}) as GetServiceStatus: one signature per second and action
+	rg, err := k.GetRegions(tckms.NewGetRegionsRequest())
+	if err != nil || len(rg.Response.Regions) != 1 || *rg.Response.Regions[0] != "ap-test-1" {
+		t.Fatalf("GetRegions: %s %v", sdkCode(err), rg)
+	}
+	// Resource names carry the region.
+	tg := tagClient(t, s, adminID, adminKey)
+	req := tctag.NewDescribeResourceTagsByResourceIdsRequest()
+	req.ServiceType, req.ResourcePrefix, req.ResourceRegion = sp("kms"), sp("key"), sp("ap-guangzhou")
+	req.ResourceIds = []*string{sp(id)}
+	if _, err := tg.DescribeResourceTagsByResourceIds(req); sdkCode(err) != "InvalidParameterValue" {
+		t.Fatalf("another region: %q", sdkCode(err))
+	}
+	req.ResourceRegion = sp("ap-test-1")
+	if resp, err := tg.DescribeResourceTagsByResourceIds(req); err != nil || len(resp.Response.Tags) != 1 {
+		t.Fatalf("this region: %s %v", sdkCode(err), resp)
+	}
+	// Without kms:GetServiceStatus.
+	enc := s.sdkCred(t, adminID, adminKey).create("enc", `{"effect":"allow","action":"kms:Encrypt","resource":"*"}`)
+	if _, err := enc.kms.GetServiceStatus(tckms.NewGetServiceStatusRequest()); sdkCode(err) != "UnauthorizedOperation" {
+		t.Fatalf("GetServiceStatus without the right: %q", sdkCode(err))
+	}
+	// DataKeyName and Description matter only to a hosted data key.
+	gd := tckms.NewGenerateDataKeyRequest()
+	gd.KeyId, gd.KeySpec, gd.DataKeyName, gd.Description = &id, sp("AES_256"), sp("dk"), sp("a data key")
+	if _, err := k.GenerateDataKey(gd); err != nil {
+		t.Fatalf("GenerateDataKey with DataKeyName and Description: %s", sdkCode(err))
+	}
+	gd.IsHostedByKms = ptrU64(1)
+	if _, err := k.GenerateDataKey(gd); sdkCode(err) != "UnsupportedOperation" {
+		t.Fatalf("GenerateDataKey hosted: %q", sdkCode(err))
 	}
 }
