@@ -91,7 +91,8 @@ func (s *Server) hostAllowed(host string) bool {
 
 // serviceAllowed reports whether a TC3 credential scope may name service,
 // for a request with Host host. With Config.TC3Services set, the service
-// must be in it. By default it must be "kms", or what the official Node.js
+// must be in it. By default it must be "kms", "tag" (the Tag service,
+// tagsvc.go), or what the official Node.js
 // SDK derives from an endpoint that is an IP address or a name without a
 // dot: the endpoint up to its first dot ("127" for 127.0.0.1:8080,
 // "localhost:8080" for localhost:8080).

@@ -320,6 +320,9 @@ func TestServiceProbes(t *testing.T) {
 	tok := softhsm.NewTokenNoEnv(t)
 	env := append(kmsdEnv(tok, t.TempDir()), "KMSD_REGION=ap-test-1", "KMSD_KEY_LIMIT=7")
 	bootstrap(t, env)
+	if out, err := kmsdCmd(t, append(env, "KMSD_REGION=Ap Guangzhou"), "check-config"); err == nil || !strings.Contains(out, "region") {
+		t.Fatalf("check-config with a bad region: %v\n%s", err, out)
+	}
 	s := startKMSD(t, env)
 	k := sdkClient(t, s, "TC3-HMAC-SHA256", "POST", adminID, adminKey)
 	id, code := createTagged(t, k, "probe", map[string]string{"a": "b"})
