@@ -297,6 +297,7 @@ func downgradeSQLite(t *testing.T, tok softhsm.Token, data string, edits []strin
 	}
 	defer db.Close()
 	for _, q := range append([]string{
+		`DROP TABLE key_tags`, // tags (schema 5) came after
 		`ALTER TABLE keys DROP COLUMN gen`, `ALTER TABLE keys DROP COLUMN mac`,
 		`ALTER TABLE key_versions DROP COLUMN mac`, `ALTER TABLE pending_objects DROP COLUMN mac`,
 		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`, `DROP TABLE audit_anchors`,
@@ -430,6 +431,7 @@ func TestUpgradePostgres(t *testing.T) {
 	a.stop()
 	conn := c.pgConn(t)
 	for _, q := range []string{
+		`DROP TABLE key_tags`, // tags (schema 7) came after
 		`ALTER TABLE keys DROP COLUMN gen`, `ALTER TABLE keys DROP COLUMN mac`,
 		`ALTER TABLE key_versions DROP COLUMN mac`, `ALTER TABLE pending_objects DROP COLUMN mac`,
 		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`, `DROP TABLE audit_anchors`,

@@ -187,6 +187,25 @@ func TestTerraformKmsKeyLifecycle(t *testing.T) {
 	if md, _ = p.read(id); *md.KeyState != "Enabled" {
 		t.Fatalf("after enable: %s", *md.KeyState)
 	}
+	// is_archived = true (updateIsArchived), then back: CancelKeyArchive.
+	p.keyOnly("ArchiveKey", id, func(k *string) error {
+		r := tckms.NewArchiveKeyRequest()
+		r.KeyId = k
+		_, err := p.kms.ArchiveKey(r)
+		return err
+	})
+	if md, _ = p.read(id); *md.KeyState != "Archived" {
+		t.Fatalf("after archive: %s", *md.KeyState)
+	}
+	p.keyOnly("CancelKeyArchive", id, func(k *string) error {
+		r := tckms.NewCancelKeyArchiveRequest()
+		r.KeyId = k
+		_, err := p.kms.CancelKeyArchive(r)
+		return err
+	})
+	if md, _ = p.read(id); *md.KeyState != "Enabled" {
+		t.Fatalf("after cancelling the archive: %s", *md.KeyState)
+	}
 
 	// Destroy: DisableKey (is_enabled), ScheduleKeyDeletion(7), DescribeKey
 	// until PendingDelete.
