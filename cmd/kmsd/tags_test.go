@@ -371,3 +371,33 @@ func TestServiceProbes(t *testing.T) {
 		t.Fatalf("GenerateDataKey hosted: %q", sdkCode(err))
 	}
 }
+
+// A database written by the release before tags (schema 4: MACs, no
+// key_tags) is migrated, and its keys verify as they are: a key without
+// tags has the MAC it had.
+func TestUpgradeToTags(t *testing.T) {
+	s, tok, data := newServer(t)
+	env := kmsdEnv(tok, data)
+	key := s.createKey("before-tags")
+	s.stop()
+	db, err := sql.Open("sqlite", filepath.Join(data, "kms.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`DROP TABLE key_tags`, `PRAGMA user_version = 4`} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	s = startKMSD(t, env)
+	if c := s.encryptCode(t, key, adminID, adminKey); c != "" {
+		t.Fatalf("a key sealed before tags: %q", c)
+	}
+	if n := s.metric(t, "kmsd_integrity_failing_rows"); n != 0 {
+		t.Fatalf("kmsd_integrity_failing_rows %v", n)
+	}
+	if code := modifyTags(tagClient(t, s, adminID, adminKey), key, map[string]string{"since": "upgrade"}); code != "" {
+		t.Fatalf("tagging it: %q", code)
+	}
+}
