@@ -165,8 +165,8 @@ func (s *Server) serveAPI3(c echo.Context) error {
 	if req.version == "" {
 		return apiErrorf("MissingParameter", "the Version parameter is missing")
 	}
-	if req.service == TagService {
-		return s.serveTag(ctx, info, req)
+	if req.service == TagService || !req.tc3 && req.version == TagAPIVersion {
+		return s.serveTag(ctx, info, req) // signature v1 signs Action and Version: no confusion
 	}
 	if req.version != API3Version {
 		return apiErrorf("NoSuchVersion", "the version "+truncate(req.version, 32)+" is not supported; use "+API3Version)

@@ -17,8 +17,10 @@ import (
 // and `tccli tag` (TagResources, UnTagResources, GetResources). It is
 // served on the API 3.0 listener: a TC3 request whose credential scope
 // names the service "tag" is a Tag request, and must carry X-TC-Version
-// 2018-08-13; it is authenticated, bound, admitted, audited and metered
-// like any other API 3.0 request. Only KMS keys are resources here.
+// 2018-08-13; so is a signature-v1 request (HmacSHA1/HmacSHA256, which
+// sign every parameter, Action and Version included) whose Version is
+// 2018-08-13. Either is authenticated, bound, admitted, audited and
+// metered like any other API 3.0 request. Only KMS keys are resources here.
 //
 // Resource names are Tencent's six segments:
 //

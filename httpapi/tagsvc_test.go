@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -177,5 +178,26 @@ func TestScopeServiceAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { _ = scopeService(authz) }); n != 0 {
 		t.Fatalf("scopeService: %v allocations, want none", n)
+	}
+}
+
+// A signature-v1 request (tccli's HmacSHA256 option) is a Tag request by
+// its Version.
+func TestTagServiceSignatureV1(t *testing.T) {
+	admin := refusingAdmin{err: kms.ErrUnauthorized}
+	s := New(&fakeKMS{CredentialAdmin: admin, KeyAdmin: admin, TagAdmin: admin}, Config{Logger: discardLogger()})
+	for _, tt := range []struct{ version, action, want string }{
+		{TagAPIVersion, "DescribeResourceTagsByResourceIds", "UnauthorizedOperation"},
+		{TagAPIVersion, "DescribeKey", "InvalidAction"},
+		{API3Version, "DescribeResourceTagsByResourceIds", "InvalidAction"},
+	} {
+		q := url.Values{"Action": {tt.action}, "Version": {tt.version}, "ServiceType": {"kms"}, "ResourcePrefix": {"key"},
+			"ResourceIds.0": {"creatorUin/0/9999aed0-4956-11e9-bc70-5254005e86b4"}}
+		q = signV1(http.MethodPost, "example.com", "/", "HmacSHA256", q)
+		req := httptest.NewRequest(http.MethodPost, "http://example.com/", strings.NewReader(q.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if got := api3Code(t, s, req); got != tt.want {
+			t.Errorf("%s %s: %q, want %q", tt.version, tt.action, got, tt.want)
+		}
 	}
 }
