@@ -356,6 +356,20 @@ func TestServiceProbes(t *testing.T) {
 	if resp, err := tg.DescribeResourceTagsByResourceIds(req); err != nil || len(resp.Response.Tags) != 1 {
 		t.Fatalf("this region: %s %v", sdkCode(err), resp)
 	}
+	// The Tag service with the SDK's signature v1 methods too.
+	for _, sm := range []string{"HmacSHA256", "HmacSHA1"} {
+		cpf := profile.NewClientProfile()
+		cpf.HttpProfile.Endpoint = strings.TrimPrefix(s.url, "http://")
+		cpf.HttpProfile.Scheme = "HTTP"
+		cpf.SignMethod = sm
+		v1, err := tctag.NewClient(common.NewCredential(adminID, adminKey), "ap-test-1", cpf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := v1.DescribeResourceTagsByResourceIds(req); err != nil || len(resp.Response.Tags) != 1 {
+			t.Fatalf("%s: %s %v", sm, sdkCode(err), resp)
+		}
+	}
 	// Without kms:GetServiceStatus.
 	enc := s.sdkCred(t, adminID, adminKey).create("enc", `{"effect":"allow","action":"kms:Encrypt","resource":"*"}`)
 	if _, err := enc.kms.GetServiceStatus(tckms.NewGetServiceStatusRequest()); sdkCode(err) != "UnauthorizedOperation" {
