@@ -13,6 +13,9 @@ type action struct {
 	// api3Name and legacyName are the action's names in API 3.0 and in the
 	// legacy API; "" when the protocol does not serve it.
 	api3Name, legacyName string
+	// tagName is the action's name in the Tag service (tagsvc.go), whose
+	// rows serve it through api3; "" for the KMS actions.
+	tagName string
 	// policy is the policy action the domain checks ("kms:Encrypt",
 	// "kms-admin:CreateCredential").
 	policy string
@@ -49,6 +52,7 @@ type legacyHandler func(s *Server, ctx context.Context, p params, ok legacyReply
 type actionTable struct {
 	all               []*action
 	api3, legacy, aws map[string]*action
+	tag               map[string]*action // the Tag service's (tagsvc.go)
 }
 
 // newActionTable returns the table of every action served.
@@ -137,9 +141,17 @@ func newActionTable() actionTable {
 		{api3Name: "VerifyByAsymmetricKey", policy: "kms:VerifyByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).verifyByAsymmetricKey)},
 		{api3Name: "AsymmetricRsaDecrypt", policy: "kms:AsymmetricRsaDecrypt", syncFree: true, api3: typedAPI3Action((*Server).asymmetricRsaDecrypt)},
 		{api3Name: "ListAlgorithms", policy: "kms:ListAlgorithms", syncFree: true, api3: typedAPI3Action((*Server).listAlgorithms)},
+		// Service probes (status.go).
+		{api3Name: "GetServiceStatus", policy: "kms:GetServiceStatus", syncFree: true, api3: typedAPI3Action((*Server).getServiceStatus)},
+		{api3Name: "GetRegions", policy: "kms:GetRegions", syncFree: true, api3: typedAPI3Action((*Server).getRegions)},
 	}
-	t := actionTable{all: all, api3: map[string]*action{}, legacy: map[string]*action{}, aws: map[string]*action{}}
+	all = append(all, tagActionRows()...)
+	t := actionTable{all: all, api3: map[string]*action{}, legacy: map[string]*action{}, aws: map[string]*action{}, tag: map[string]*action{}}
 	for _, a := range all {
+		if a.tagName != "" {
+			t.tag[a.tagName] = a
+			continue
+		}
 		if a.api3Name != "" {
 			t.api3[a.api3Name] = a
 		}

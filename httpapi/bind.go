@@ -25,6 +25,9 @@ import (
 func (s *Server) bindTC3(ctx context.Context, sig, action string, ts int64) error {
 	act, known := s.actions.api3[action]
 	if !known {
+		act, known = s.actions.tag[action]
+	}
+	if !known {
 		return nil // refused as InvalidAction once authenticated; nothing runs
 	}
 	expiry := time.Unix(ts, 0).Add(SignatureWindow)
@@ -88,7 +91,8 @@ func (s *Server) hostAllowed(host string) bool {
 
 // serviceAllowed reports whether a TC3 credential scope may name service,
 // for a request with Host host. With Config.TC3Services set, the service
-// must be in it. By default it must be "kms", or what the official Node.js
+// must be in it. By default it must be "kms", "tag" (the Tag service,
+// tagsvc.go), or what the official Node.js
 // SDK derives from an endpoint that is an IP address or a name without a
 // dot: the endpoint up to its first dot ("127" for 127.0.0.1:8080,
 // "localhost:8080" for localhost:8080).
@@ -96,7 +100,7 @@ func (s *Server) serviceAllowed(service, host string) bool {
 	if s.services != nil {
 		return s.services[service]
 	}
-	if service == "kms" {
+	if service == "kms" || service == TagService {
 		return true
 	}
 	hn := host

@@ -205,6 +205,10 @@ func (s *Server) toWireErrorTencent(err error, rid string) wireError {
 	case errors.As(err, &le):
 		return wireError{code: "InvalidParameter", message: le.message, legacyCode: le.code, legacyMsg: le.message}
 	}
+	var te *kms.TagError
+	if errors.As(err, &te) {
+		return wireError{code: te.Code, message: te.Msg, legacyCode: codeInvalidParameter, legacyMsg: te.Msg}
+	}
 	if pe, ok := isParamError(err); ok {
 		return wireError{code: pe.code, message: pe.message, legacyCode: codeInvalidParameter, legacyMsg: pe.message}
 	}

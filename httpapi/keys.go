@@ -283,8 +283,8 @@ func (s *Server) listKeyDetail(ctx context.Context, req *listKeyDetailRequest) (
 	if err != nil {
 		return nil, err
 	}
-	if len(req.TagFilters) > 0 {
-		return nil, apiErrorf("UnsupportedOperation", "tags are not supported")
+	if in.TagFilters, err = toDomainFilters(req.TagFilters, 10); err != nil {
+		return nil, err
 	}
 	if len(req.MemberAccounts) > 0 {
 		return nil, apiErrorf("UnsupportedOperation", "MemberAccounts is not supported")

@@ -123,6 +123,9 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 	if err != nil {
 		return KeyMetadata{}, err
 	}
+	if err := validateTagSet(in.Tags, MaxTagsPerKey); err != nil {
+		return KeyMetadata{}, err
+	}
 	switch in.Type {
 	case 0, KeyTypeKMS:
 	case KeyTypeExternal:
@@ -155,6 +158,11 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		return KeyMetadata{}, fmt.Errorf("%w: create key: key id: %w", ErrInternal, err)
 	}
 	keyID := id.String()
+	if len(in.Tags) > 0 {
+		if err := authorize(ctx, ActTagResources, keyID); err != nil {
+			return KeyMetadata{}, err
+		}
+	}
 	objectID := make([]byte, 16)
 	if _, err := rand.Read(objectID); err != nil {
 		return KeyMetadata{}, fmt.Errorf("%w: create key: object id: %w", ErrInternal, err)
@@ -196,6 +204,7 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		Gen:         1,
 		PublicKey:   publicKey, // nil for a symmetric key
 	}
+	rec.Tags, _ = applyTags(nil, in.Tags, nil) // validated above
 	if err := s.sealKey(ctx, &rec); err != nil {
 		s.rollback(ctx, log, objectID)
 		return KeyMetadata{}, err

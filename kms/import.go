@@ -195,6 +195,11 @@ func (s *Service) createExternal(ctx context.Context, in CreateKeyInput, usage s
 	if err != nil {
 		return KeyMetadata{}, fmt.Errorf("%w: create key: key id: %w", ErrInternal, err)
 	}
+	if len(in.Tags) > 0 {
+		if err := authorize(ctx, ActTagResources, id.String()); err != nil {
+			return KeyMetadata{}, err
+		}
+	}
 	objectID := make([]byte, 16)
 	if _, err := rand.Read(objectID); err != nil {
 		return KeyMetadata{}, fmt.Errorf("%w: create key: object id: %w", ErrInternal, err)
@@ -206,6 +211,7 @@ func (s *Service) createExternal(ctx context.Context, in CreateKeyInput, usage s
 		Versions: []store.Version{{Number: 1, ObjectID: objectID, CreatedAt: now}},
 		Gen:      1,
 	}
+	rec.Tags, _ = applyTags(nil, in.Tags, nil) // validated by CreateKey
 	if err := s.sealKey(ctx, &rec); err != nil {
 		return KeyMetadata{}, err
 	}

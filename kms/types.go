@@ -48,6 +48,10 @@ type Config struct {
 	// held) for every stored row newly found failing its integrity check
 	// (see integrity.go); kmsd records it in the audit trail.
 	OnIntegrityFailure func(IntegrityFailure)
+	// Region is the region the service reports (GetRegions) and names in
+	// resource names (qcs::kms:<region>:uin/<uin>:key/<keyId>); "" means
+	// DefaultRegion. See status.go.
+	Region string
 }
 
 // CreateKeyInput is the request of CreateKey.
@@ -59,6 +63,9 @@ type CreateKeyInput struct {
 	// KeyTypeExternal (Origin EXTERNAL, state PendingImport until
 	// ImportKeyMaterial; import.go).
 	Type int
+	// Tags, if any, are set on the new key (tags.go): the caller also
+	// needs tag:TagResources on it; *TagError if they break the limits.
+	Tags []Tag
 }
 
 // KeyMetadata describes a key as the API reports it.

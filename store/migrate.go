@@ -126,6 +126,15 @@ CREATE TABLE import_params (
 	mac                BLOB    NULL
 ) STRICT;
 `,
+	// v7: resource tags of keys (tags.go). The key row's MAC covers them.
+	`
+CREATE TABLE key_tags (
+	key_id    TEXT NOT NULL REFERENCES keys (id),
+	tag_key   TEXT NOT NULL CHECK (tag_key <> ''),
+	tag_value TEXT NOT NULL,
+	PRIMARY KEY (key_id, tag_key)
+) STRICT;
+`,
 }
 
 // migrate brings the database behind db up to len(steps), one step per

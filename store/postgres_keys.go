@@ -110,6 +110,9 @@ func (p *Postgres) CreateKey(ctx context.Context, k Key) (err error) {
 				return fmt.Errorf("version %d: delete pending object: %w", v.Number, classify(err))
 			}
 		}
+		if err := pgReplaceTags(ctx, tx, k.ID, k.Tags); err != nil {
+			return err
+		}
 		return notify(ctx, tx, "k:"+k.ID)
 	})
 }
@@ -186,7 +189,16 @@ func (p *Postgres) GetKey(ctx context.Context, id string) (k Key, err error) {
 			}
 			k.Versions = append(k.Versions, v)
 		}
-		return rows.Err()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows.Close()
+		one := []Key{k}
+		if err := pgLoadTags(ctx, tx, one, nil); err != nil {
+			return err
+		}
+		k = one[0]
+		return nil
 	})
 	if err != nil {
 		return Key{}, fmt.Errorf("store: get key %s: %w", id, classify(err))
@@ -233,7 +245,11 @@ func (p *Postgres) ListKeys(ctx context.Context) (keys []Key, err error) {
 			}
 			keys[i].Versions = append(keys[i].Versions, v)
 		}
-		return vrows.Err()
+		if err := vrows.Err(); err != nil {
+			return err
+		}
+		vrows.Close()
+		return pgLoadTags(ctx, tx, keys, index)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: list keys: %w", classify(err))
@@ -310,6 +326,9 @@ func (p *Postgres) UpdateKey(ctx context.Context, k Key) (err error) {
 			return pgMissingOrStale(ctx, tx, k.ID)
 		}
 		if err := setMaterialPG(ctx, tx, k); err != nil {
+			return err
+		}
+		if err := pgReplaceTags(ctx, tx, k.ID, k.Tags); err != nil {
 			return err
 		}
 		return notify(ctx, tx, "k:"+k.ID)

@@ -120,6 +120,15 @@ CREATE TABLE import_params (
 	mac                BYTEA  NULL
 );
 `,
+	// v9: resource tags of keys (SQLite's v7).
+	`
+CREATE TABLE key_tags (
+	key_id    TEXT COLLATE "C" NOT NULL REFERENCES keys (id),
+	tag_key   TEXT COLLATE "C" NOT NULL CHECK (tag_key <> ''),
+	tag_value TEXT NOT NULL,
+	PRIMARY KEY (key_id, tag_key)
+);
+`,
 }
 
 // migrate applies every pending step in one transaction holding the

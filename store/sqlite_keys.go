@@ -68,7 +68,7 @@ func (s *SQLite) DeletePendingObject(ctx context.Context, objectID []byte) error
 	return nil
 }
 
-// CreateKey durably stores k and all its versions and deletes the pending
+// CreateKey durably stores k, all its versions and its tags and deletes the pending
 // objects whose ObjectID is one of those versions', in one transaction: on
 // any error nothing is changed.
 //
@@ -159,6 +159,9 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 			return fmt.Errorf("version %d: delete pending object: %w", v.Number, err)
 		}
 	}
+	if err := sqliteReplaceTags(ctx, tx, k.ID, k.Tags); err != nil {
+		return err
+	}
 	return tx.Commit()
 }
 
@@ -200,7 +203,11 @@ func (s *SQLite) GetKey(ctx context.Context, id string) (_ Key, err error) {
 	if err := rows.Err(); err != nil {
 		return Key{}, err
 	}
-	return k, nil
+	one := []Key{k}
+	if err := sqliteLoadTags(ctx, tx, one, nil); err != nil {
+		return Key{}, err
+	}
+	return one[0], nil
 }
 
 // ListKeys returns every key, in any state, with its versions (ascending),
@@ -258,6 +265,10 @@ func (s *SQLite) ListKeys(ctx context.Context) (_ []Key, err error) {
 		keys[i].Versions = append(keys[i].Versions, v)
 	}
 	if err := vrows.Err(); err != nil {
+		return nil, err
+	}
+	vrows.Close()
+	if err := sqliteLoadTags(ctx, tx, keys, index); err != nil {
 		return nil, err
 	}
 	return keys, nil

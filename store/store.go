@@ -77,6 +77,10 @@ type Key struct {
 	PublicKey []byte
 	// Versions in ascending order of Number; never empty for a stored key.
 	Versions []Version
+	// Tags are the key's resource tags, in ascending order of Key, keys
+	// distinct (see sqlite_tags.go). CreateKey and UpdateKey write them;
+	// GetKey and ListKeys read them. nil and empty are the same.
+	Tags []Tag
 	// Gen is the row's generation: every change writes a higher one
 	// (UpdateKey and AddVersion refuse to write a generation that is not
 	// higher than the stored one, ErrStale), so a row never goes back.
