@@ -31,6 +31,14 @@ type action struct {
 	// action also claims its signature in the shared ledger, after
 	// waiting two publication intervals, before it runs (bind.go).
 	syncFree bool
+	// metadataRead marks the actions that change nothing and answer only
+	// key or service metadata (no ciphertext, plaintext, signature or
+	// random bytes): a TC3 signature bound to another action is accepted
+	// with one of them (bind.go), since the official SDKs sign no action
+	// and tools send a read right after a write with the same body
+	// (DisableKey then DescribeKey), which carries the same signature
+	// within one second. The binding still refuses the other way round.
+	metadataRead bool
 	// api3 serves the API 3.0 action (api3.go, keys.go, credentials.go).
 	api3 api3Handler
 	// legacy serves the legacy action (legacy.go, legacy_keys.go);
@@ -75,18 +83,18 @@ func newActionTable() actionTable {
 		{api3Name: "GenerateRandom", policy: "kms:GenerateRandom", syncFree: true, api3: typedAPI3Action((*Server).generateRandom),
 			awsName: "GenerateRandom", aws: typedAPI3Action((*Server).awsGenerateRandom)},
 
-		{api3Name: "DescribeKey", legacyName: "GetKeyAttributes", policy: "kms:DescribeKey", syncFree: true,
+		{api3Name: "DescribeKey", legacyName: "GetKeyAttributes", policy: "kms:DescribeKey", syncFree: true, metadataRead: true,
 			api3: typedAPI3Action((*Server).describeKey), legacy: (*Server).legacyGetKeyAttributes, legacyParams: []string{"keyId"},
 			awsName: "DescribeKey", aws: typedAPI3Action((*Server).awsDescribeKey)},
-		{api3Name: "DescribeKeys", policy: "kms:DescribeKeys", syncFree: true, api3: typedAPI3Action((*Server).describeKeys)},
-		{api3Name: "ListKeys", legacyName: "ListKey", policy: "kms:ListKeys", syncFree: true,
+		{api3Name: "DescribeKeys", policy: "kms:DescribeKeys", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).describeKeys)},
+		{api3Name: "ListKeys", legacyName: "ListKey", policy: "kms:ListKeys", syncFree: true, metadataRead: true,
 			api3: typedAPI3Action((*Server).listKeys), legacy: (*Server).legacyListKey, legacyParams: []string{"offset", "limit"},
 			awsName: "ListKeys", aws: typedAPI3Action((*Server).awsListKeys)},
-		{api3Name: "ListKeyDetail", policy: "kms:ListKeyDetail", syncFree: true, api3: typedAPI3Action((*Server).listKeyDetail)},
-		{api3Name: "GetKeyRotationStatus", policy: "kms:GetKeyRotationStatus", syncFree: true, api3: typedAPI3Action((*Server).getKeyRotationStatus),
+		{api3Name: "ListKeyDetail", policy: "kms:ListKeyDetail", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).listKeyDetail)},
+		{api3Name: "GetKeyRotationStatus", policy: "kms:GetKeyRotationStatus", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).getKeyRotationStatus),
 			awsName: "GetKeyRotationStatus", aws: typedAPI3Action((*Server).awsGetKeyRotationStatus)},
 		// hsmkms's own: versions and their usage counts.
-		{api3Name: "ListKeyVersions", policy: "kms:DescribeKey", syncFree: true, api3: typedAPI3Action((*Server).listKeyVersions)},
+		{api3Name: "ListKeyVersions", policy: "kms:DescribeKey", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).listKeyVersions)},
 
 		{api3Name: "UpdateAlias", legacyName: "SetKeyAttributes", policy: "kms:UpdateAlias",
 			api3: typedAPI3Action((*Server).updateAlias), legacy: (*Server).legacySetKeyAttributes, legacyParams: []string{"keyId", "alias"},
@@ -136,14 +144,14 @@ func newActionTable() actionTable {
 		{api3Name: "DeleteCredential", policy: "kms-admin:DeleteCredential", api3: typedAPI3Action((*Server).deleteCredential)},
 
 		// Asymmetric keys (asym.go).
-		{api3Name: "GetPublicKey", policy: "kms:GetPublicKey", syncFree: true, api3: typedAPI3Action((*Server).getPublicKey)},
+		{api3Name: "GetPublicKey", policy: "kms:GetPublicKey", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).getPublicKey)},
 		{api3Name: "SignByAsymmetricKey", policy: "kms:SignByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).signByAsymmetricKey)},
 		{api3Name: "VerifyByAsymmetricKey", policy: "kms:VerifyByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).verifyByAsymmetricKey)},
 		{api3Name: "AsymmetricRsaDecrypt", policy: "kms:AsymmetricRsaDecrypt", syncFree: true, api3: typedAPI3Action((*Server).asymmetricRsaDecrypt)},
-		{api3Name: "ListAlgorithms", policy: "kms:ListAlgorithms", syncFree: true, api3: typedAPI3Action((*Server).listAlgorithms)},
+		{api3Name: "ListAlgorithms", policy: "kms:ListAlgorithms", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).listAlgorithms)},
 		// Service probes (status.go).
-		{api3Name: "GetServiceStatus", policy: "kms:GetServiceStatus", syncFree: true, api3: typedAPI3Action((*Server).getServiceStatus)},
-		{api3Name: "GetRegions", policy: "kms:GetRegions", syncFree: true, api3: typedAPI3Action((*Server).getRegions)},
+		{api3Name: "GetServiceStatus", policy: "kms:GetServiceStatus", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).getServiceStatus)},
+		{api3Name: "GetRegions", policy: "kms:GetRegions", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).getRegions)},
 	}
 	all = append(all, tagActionRows()...)
 	t := actionTable{all: all, api3: map[string]*action{}, legacy: map[string]*action{}, aws: map[string]*action{}, tag: map[string]*action{}}

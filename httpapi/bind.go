@@ -17,8 +17,10 @@ import (
 // bindTC3 remembers that the TC3 signature sig (which does not sign its
 // action), sent at ts, was accepted with action, and refuses it if it was
 // accepted with another action before, here or (on a cluster) on another
-// node. Re-sending the same signed request with the same action is
-// allowed: the official SDKs sign only the timestamp (seconds), the host,
+// node, unless the new action is a read of metadata (action.metadataRead:
+// a signature first seen with a write may then be presented with such a
+// read, not the other way round). Re-sending the same signed request with
+// the same action is allowed: the official SDKs sign only the timestamp (seconds), the host,
 // the content type and the body, so two identical calls within one second
 // carry one signature, and the Go SDK's retries re-send the request as
 // signed.
@@ -35,6 +37,11 @@ func (s *Server) bindTC3(ctx context.Context, sig, action string, ts int64) erro
 	res := s.sigs.use(sig, tag, expiry, s.now())
 	switch res {
 	case nonceConflict:
+		if act.metadataRead {
+			// Bound to another action, presented with a read of metadata:
+			// served, and the binding stays as it was (actions.go).
+			return nil
+		}
 		return errAuthReused
 	case nonceFull:
 		return errAuthNoncesFull

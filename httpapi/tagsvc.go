@@ -55,9 +55,9 @@ func tagActionRows() []*action {
 		{tagName: "TagResources", policy: kms.ActTagResources, api3: typedAPI3Action((*Server).tagResources)},
 		{tagName: "UnTagResources", policy: kms.ActUnTagResources, api3: typedAPI3Action((*Server).unTagResources)},
 		{tagName: "ModifyResourceTags", policy: kms.ActModifyResourceTags, api3: typedAPI3Action((*Server).modifyResourceTags)},
-		{tagName: "DescribeResourceTagsByResourceIds", policy: kms.ActDescribeTags, syncFree: true,
+		{tagName: "DescribeResourceTagsByResourceIds", policy: kms.ActDescribeTags, syncFree: true, metadataRead: true,
 			api3: typedAPI3Action((*Server).describeResourceTagsByResourceIds)},
-		{tagName: "GetResources", policy: kms.ActGetResources, syncFree: true, api3: typedAPI3Action((*Server).getResources)},
+		{tagName: "GetResources", policy: kms.ActGetResources, syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).getResources)},
 	}
 }
 
