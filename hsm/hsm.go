@@ -147,3 +147,29 @@ type AsymSupport struct {
 	// "EC_P256", "SM2", "SM4", "RSA_PSS_SHA_256"...).
 	Missing map[string]string
 }
+
+// Key import (BYOK): key material wrapped outside the token under an
+// RSA-2048 wrapping key the token made, unwrapped inside it (C_UnwrapKey,
+// CKM_RSA_PKCS_OAEP) so the plaintext key never exists outside the token.
+
+// OAEPHash selects the hash of RSAES-OAEP (and of its MGF1; the label is
+// empty) for unwrapping imported key material.
+type OAEPHash int
+
+// OAEP hashes: RSAES_OAEP_SHA_1 and RSAES_OAEP_SHA_256 of Tencent's
+// GetParametersForImport.
+const (
+	OAEPSHA1   OAEPHash = 1
+	OAEPSHA256 OAEPHash = 2
+)
+
+// WrappingKeyBits is the modulus size of a wrapping key (RSA_2048), and
+// WrappedKeyBytes the size of key material wrapped under it.
+const (
+	WrappingKeyBits = 2048
+	WrappedKeyBytes = WrappingKeyBits / 8
+)
+
+// KCVBytes is the size of a key check value: AES-256 (ECB) of one zero
+// block under the key, computed inside the token.
+const KCVBytes = 16

@@ -13,6 +13,9 @@ type action struct {
 	// api3Name and legacyName are the action's names in API 3.0 and in the
 	// legacy API; "" when the protocol does not serve it.
 	api3Name, legacyName string
+	// tagName is the action's name in the Tag service (tagsvc.go), whose
+	// rows serve it through api3; "" for the KMS actions.
+	tagName string
 	// policy is the policy action the domain checks ("kms:Encrypt",
 	// "kms-admin:CreateCredential").
 	policy string
@@ -28,6 +31,14 @@ type action struct {
 	// action also claims its signature in the shared ledger, after
 	// waiting two publication intervals, before it runs (bind.go).
 	syncFree bool
+	// metadataRead marks the actions that change nothing and answer only
+	// key or service metadata (no ciphertext, plaintext, signature or
+	// random bytes): a TC3 signature bound to another action is accepted
+	// with one of them (bind.go), since the official SDKs sign no action
+	// and tools send a read right after a write with the same body
+	// (DisableKey then DescribeKey), which carries the same signature
+	// within one second. The binding still refuses the other way round.
+	metadataRead bool
 	// api3 serves the API 3.0 action (api3.go, keys.go, credentials.go).
 	api3 api3Handler
 	// legacy serves the legacy action (legacy.go, legacy_keys.go);
@@ -49,6 +60,7 @@ type legacyHandler func(s *Server, ctx context.Context, p params, ok legacyReply
 type actionTable struct {
 	all               []*action
 	api3, legacy, aws map[string]*action
+	tag               map[string]*action // the Tag service's (tagsvc.go)
 }
 
 // newActionTable returns the table of every action served.
@@ -71,18 +83,18 @@ func newActionTable() actionTable {
 		{api3Name: "GenerateRandom", policy: "kms:GenerateRandom", syncFree: true, api3: typedAPI3Action((*Server).generateRandom),
 			awsName: "GenerateRandom", aws: typedAPI3Action((*Server).awsGenerateRandom)},
 
-		{api3Name: "DescribeKey", legacyName: "GetKeyAttributes", policy: "kms:DescribeKey", syncFree: true,
+		{api3Name: "DescribeKey", legacyName: "GetKeyAttributes", policy: "kms:DescribeKey", syncFree: true, metadataRead: true,
 			api3: typedAPI3Action((*Server).describeKey), legacy: (*Server).legacyGetKeyAttributes, legacyParams: []string{"keyId"},
 			awsName: "DescribeKey", aws: typedAPI3Action((*Server).awsDescribeKey)},
-		{api3Name: "DescribeKeys", policy: "kms:DescribeKeys", syncFree: true, api3: typedAPI3Action((*Server).describeKeys)},
-		{api3Name: "ListKeys", legacyName: "ListKey", policy: "kms:ListKeys", syncFree: true,
+		{api3Name: "DescribeKeys", policy: "kms:DescribeKeys", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).describeKeys)},
+		{api3Name: "ListKeys", legacyName: "ListKey", policy: "kms:ListKeys", syncFree: true, metadataRead: true,
 			api3: typedAPI3Action((*Server).listKeys), legacy: (*Server).legacyListKey, legacyParams: []string{"offset", "limit"},
 			awsName: "ListKeys", aws: typedAPI3Action((*Server).awsListKeys)},
-		{api3Name: "ListKeyDetail", policy: "kms:ListKeyDetail", syncFree: true, api3: typedAPI3Action((*Server).listKeyDetail)},
-		{api3Name: "GetKeyRotationStatus", policy: "kms:GetKeyRotationStatus", syncFree: true, api3: typedAPI3Action((*Server).getKeyRotationStatus),
+		{api3Name: "ListKeyDetail", policy: "kms:ListKeyDetail", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).listKeyDetail)},
+		{api3Name: "GetKeyRotationStatus", policy: "kms:GetKeyRotationStatus", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).getKeyRotationStatus),
 			awsName: "GetKeyRotationStatus", aws: typedAPI3Action((*Server).awsGetKeyRotationStatus)},
 		// hsmkms's own: versions and their usage counts.
-		{api3Name: "ListKeyVersions", policy: "kms:DescribeKey", syncFree: true, api3: typedAPI3Action((*Server).listKeyVersions)},
+		{api3Name: "ListKeyVersions", policy: "kms:DescribeKey", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).listKeyVersions)},
 
 		{api3Name: "UpdateAlias", legacyName: "SetKeyAttributes", policy: "kms:UpdateAlias",
 			api3: typedAPI3Action((*Server).updateAlias), legacy: (*Server).legacySetKeyAttributes, legacyParams: []string{"keyId", "alias"},
@@ -116,6 +128,13 @@ func newActionTable() actionTable {
 		{awsName: "CreateAlias", policy: "kms:CreateAlias", aws: typedAPI3Action((*Server).awsCreateAlias)},
 		{awsName: "DeleteAlias", policy: "kms:DeleteAlias", aws: typedAPI3Action((*Server).awsDeleteAlias)},
 		{awsName: "ListAliases", policy: "kms:ListAliases", syncFree: true, aws: typedAPI3Action((*Server).awsListAliases)},
+		{api3Name: "RotateKey", policy: "kms:RotateKey", api3: typedAPI3Action((*Server).rotateKey)},
+		{api3Name: "EnableKeyRotation", policy: "kms:EnableKeyRotation", api3: typedAPI3Action((*Server).enableKeyRotation)},
+		{api3Name: "DisableKeyRotation", policy: "kms:DisableKeyRotation", api3: typedAPI3Action((*Server).disableKeyRotation)},
+		// Imported key material (import.go).
+		{api3Name: "GetParametersForImport", policy: "kms:GetParametersForImport", api3: typedAPI3Action((*Server).getParametersForImport)},
+		{api3Name: "ImportKeyMaterial", policy: "kms:ImportKeyMaterial", api3: typedAPI3Action((*Server).importKeyMaterial)},
+		{api3Name: "DeleteImportedKeyMaterial", policy: "kms:DeleteImportedKeyMaterial", api3: typedAPI3Action((*Server).deleteImportedKeyMaterial)},
 
 		{api3Name: "CreateCredential", policy: "kms-admin:CreateCredential", api3: typedAPI3Action((*Server).createCredential)},
 		{api3Name: "ListCredentials", policy: "kms-admin:ListCredentials", api3: typedAPI3Action((*Server).listCredentials)},
@@ -125,17 +144,25 @@ func newActionTable() actionTable {
 		{api3Name: "DeleteCredential", policy: "kms-admin:DeleteCredential", api3: typedAPI3Action((*Server).deleteCredential)},
 
 		// Asymmetric keys (asym.go).
-		{api3Name: "GetPublicKey", policy: "kms:GetPublicKey", syncFree: true, api3: typedAPI3Action((*Server).getPublicKey),
+		{api3Name: "GetPublicKey", policy: "kms:GetPublicKey", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).getPublicKey),
 			awsName: "GetPublicKey", aws: typedAPI3Action((*Server).awsGetPublicKey)},
 		{api3Name: "SignByAsymmetricKey", policy: "kms:SignByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).signByAsymmetricKey),
 			awsName: "Sign", aws: typedAPI3Action((*Server).awsSign)},
 		{api3Name: "VerifyByAsymmetricKey", policy: "kms:VerifyByAsymmetricKey", syncFree: true, api3: typedAPI3Action((*Server).verifyByAsymmetricKey),
 			awsName: "Verify", aws: typedAPI3Action((*Server).awsVerify)},
 		{api3Name: "AsymmetricRsaDecrypt", policy: "kms:AsymmetricRsaDecrypt", syncFree: true, api3: typedAPI3Action((*Server).asymmetricRsaDecrypt)},
-		{api3Name: "ListAlgorithms", policy: "kms:ListAlgorithms", syncFree: true, api3: typedAPI3Action((*Server).listAlgorithms)},
+		{api3Name: "ListAlgorithms", policy: "kms:ListAlgorithms", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).listAlgorithms)},
+		// Service probes (status.go).
+		{api3Name: "GetServiceStatus", policy: "kms:GetServiceStatus", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).getServiceStatus)},
+		{api3Name: "GetRegions", policy: "kms:GetRegions", syncFree: true, metadataRead: true, api3: typedAPI3Action((*Server).getRegions)},
 	}
-	t := actionTable{all: all, api3: map[string]*action{}, legacy: map[string]*action{}, aws: map[string]*action{}}
+	all = append(all, tagActionRows()...)
+	t := actionTable{all: all, api3: map[string]*action{}, legacy: map[string]*action{}, aws: map[string]*action{}, tag: map[string]*action{}}
 	for _, a := range all {
+		if a.tagName != "" {
+			t.tag[a.tagName] = a
+			continue
+		}
 		if a.api3Name != "" {
 			t.api3[a.api3Name] = a
 		}

@@ -82,7 +82,7 @@ func TestEveryAPI3Action(t *testing.T) {
 	refusal := errors.New("kms: unauthorized operation: " + "test")
 	refusal = errors.Join(kms.ErrUnauthorized, refusal)
 	admin := refusingAdmin{err: refusal}
-	s := New(&fakeKMS{CredentialAdmin: admin, KeyAdmin: admin, err: refusal}, Config{Logger: discardLogger()})
+	s := New(&fakeKMS{CredentialAdmin: admin, KeyAdmin: admin, TagAdmin: admin, err: refusal}, Config{Logger: discardLogger()})
 	const key = "9999aed0-4956-11e9-bc70-5254005e86b4"
 	complete := map[string]string{
 		"CreateKey": `{"Alias":"a"}`, "Encrypt": `{"KeyId":"` + key + `","Plaintext":"aGk="}`, "Decrypt": `{"CiphertextBlob":"YmxvYg=="}`,
@@ -92,6 +92,8 @@ func TestEveryAPI3Action(t *testing.T) {
 		"ListKeys": `{}`, "ListKeyDetail": `{}`, "ListCredentials": `{}`,
 		"UpdateAlias": `{"KeyId":"` + key + `","Alias":"b"}`, "UpdateKeyDescription": `{"KeyId":"` + key + `","Description":"d"}`,
 		"ScheduleKeyDeletion": `{"KeyId":"` + key + `","PendingWindowInDays":7}`, "EnableKeyRotation": `{"KeyId":"` + key + `"}`,
+		"GetParametersForImport": `{"KeyId":"` + key + `","WrappingAlgorithm":"RSAES_OAEP_SHA_256","WrappingKeySpec":"RSA_2048"}`,
+		"ImportKeyMaterial":      `{"KeyId":"` + key + `","EncryptedKeyMaterial":"bQ==","ImportToken":"dA==","ValidTo":0}`,
 		"CreateCredential":       `{"Name":"n","Policy":"{\"version\":\"2.0\",\"statement\":[{\"effect\":\"allow\",\"action\":[\"kms:Encrypt\"],\"resource\":[\"*\"]}]}"}`,
 		"UpdateCredentialPolicy": `{"SecretId":"AKIDx","Policy":"{\"version\":\"2.0\",\"statement\":[{\"effect\":\"allow\",\"action\":[\"kms:Encrypt\"],\"resource\":[\"*\"]}]}"}`,
 		"EnableCredential":       `{"SecretId":"AKIDx"}`, "DisableCredential": `{"SecretId":"AKIDx"}`, "DeleteCredential": `{"SecretId":"AKIDx"}`,
@@ -100,7 +102,9 @@ func TestEveryAPI3Action(t *testing.T) {
 		"AsymmetricRsaDecrypt":  `{"KeyId":"` + key + `","Algorithm":"RSAES_OAEP_SHA_256","Ciphertext":"aGk="}`,
 		"ListAlgorithms":        `{}`,
 	}
-	noneRequired := map[string]bool{"ListKeys": true, "ListKeyDetail": true, "ListCredentials": true, "GenerateRandom": false, "ListAlgorithms": true}
+	noneRequired := map[string]bool{"ListKeys": true, "ListKeyDetail": true, "ListCredentials": true, "GenerateRandom": false, "ListAlgorithms": true,
+		"GetServiceStatus": true, "GetRegions": true}
+	complete["GetServiceStatus"], complete["GetRegions"] = `{}`, `{}`
 	for name := range s.actions.api3 {
 		t.Run(name, func(t *testing.T) {
 			send := func(body string) string {

@@ -11,17 +11,17 @@ import (
 // knows, and every policy action of the domain is served by some action.
 func TestActionTableMatchesPolicy(t *testing.T) {
 	tab := newActionTable()
-	known := append(kms.KeyActions(), kms.AdminActions()...)
+	known := append(append(kms.KeyActions(), kms.AdminActions()...), kms.TagActions()...)
 	used := map[string]bool{}
 	for _, a := range tab.all {
 		if !slices.Contains(known, a.policy) {
 			t.Errorf("%s/%s: policy action %q is not one the domain checks", a.api3Name, a.legacyName, a.policy)
 		}
 		used[a.policy] = true
-		if a.api3Name == "" && a.legacyName == "" && a.awsName == "" {
+		if a.api3Name == "" && a.legacyName == "" && a.awsName == "" && a.tagName == "" {
 			t.Errorf("%s: served by no protocol", a.policy)
 		}
-		if (a.api3Name != "") != (a.api3.serve != nil) || (a.legacyName != "") != (a.legacy != nil) || (a.awsName != "") != (a.aws.serve != nil) {
+		if (a.api3Name != "" || a.tagName != "") != (a.api3.serve != nil) || (a.legacyName != "") != (a.legacy != nil) || (a.awsName != "") != (a.aws.serve != nil) {
 			t.Errorf("%s/%s: a protocol name without a handler, or the reverse", a.api3Name, a.legacyName)
 		}
 		if a.bodyLimit(64<<10) > 64<<10 {
@@ -36,7 +36,7 @@ func TestActionTableMatchesPolicy(t *testing.T) {
 			t.Errorf("policy action %s is served by no action", p)
 		}
 	}
-	if len(tab.api3) != 36 || len(tab.legacy) != 11 || len(tab.aws) != 24 {
-		t.Fatalf("%d API 3.0, %d legacy and %d AWS actions, want 36, 11 and 24", len(tab.api3), len(tab.legacy), len(tab.aws))
+	if len(tab.api3) != 41 || len(tab.legacy) != 11 || len(tab.aws) != 24 || len(tab.tag) != 5 {
+		t.Fatalf("%d API 3.0, %d legacy, %d AWS and %d Tag actions, want 41, 11, 24 and 5", len(tab.api3), len(tab.legacy), len(tab.aws), len(tab.tag))
 	}
 }

@@ -68,6 +68,7 @@ func typedAPI3Action[Req any, Resp any](fn func(s *Server, ctx context.Context, 
 type api3Request struct {
 	action, version string
 	tc3             bool
+	service         string            // TC3: the credential scope's service ("kms", "tag"...)
 	body            []byte            // the raw body (TC3 signs its hash)
 	jsonBody        []byte            // TC3 POST: the business parameters
 	form            map[string]string // business parameters of the other shapes
@@ -135,6 +136,9 @@ func (s *Server) authenticateAPI3(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		if req.tc3 {
 			info.principal, err = s.authTC3(r.Context(), r, req.body, req.action)
+			if err == nil {
+				req.service = scopeService(hget(r.Header, "Authorization"))
+			}
 		} else {
 			info.principal, err = s.authV1(r.Context(), r, "/", req.all)
 		}
@@ -160,6 +164,9 @@ func (s *Server) serveAPI3(c echo.Context) error {
 	}
 	if req.version == "" {
 		return apiErrorf("MissingParameter", "the Version parameter is missing")
+	}
+	if req.service == TagService || !req.tc3 && req.version == TagAPIVersion {
+		return s.serveTag(ctx, info, req) // signature v1 signs Action and Version: no confusion
 	}
 	if req.version != API3Version {
 		return apiErrorf("NoSuchVersion", "the version "+truncate(req.version, 32)+" is not supported; use "+API3Version)
@@ -239,16 +246,23 @@ func (s *Server) createKey(ctx context.Context, req *createKeyRequest) (*createK
 	if _, err := requireString("Alias", req.Alias); err != nil {
 		return nil, err
 	}
-	if req.Type != nil && *req.Type != 1 {
-		return nil, apiErrorf("InvalidParameterValue.InvalidType", "only Type 1 (a CMK created by KMS) is supported")
+	var keyType int
+	if req.Type != nil {
+		switch *req.Type {
+		case kms.KeyTypeKMS, kms.KeyTypeExternal:
+			keyType = int(*req.Type)
+		default:
+			return nil, apiErrorf("InvalidParameterValue.InvalidType", "the Type must be 1 (created by KMS) or 2 (EXTERNAL: imported key material)")
+		}
 	}
 	if req.HsmClusterId != nil && *req.HsmClusterId != "" {
 		return nil, apiErrorf("InvalidParameterValue.InvalidHsmClusterId", "HSM clusters are not supported")
 	}
-	if len(req.Tags) > 0 {
-		return nil, apiErrorf("UnsupportedOperation", "tags are not supported")
+	tags, err := toDomainTags(req.Tags)
+	if err != nil {
+		return nil, err
 	}
-	md, err := s.kms.CreateKey(ctx, kms.CreateKeyInput{Alias: *req.Alias, Description: deref(req.Description), KeyUsage: deref(req.KeyUsage)})
+	md, err := s.kms.CreateKey(ctx, kms.CreateKeyInput{Alias: *req.Alias, Description: deref(req.Description), KeyUsage: deref(req.KeyUsage), Type: keyType, Tags: tags})
 	if err != nil {
 		return nil, err
 	}

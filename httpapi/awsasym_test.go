@@ -154,7 +154,7 @@ func TestAWSAsymmetricEdge(t *testing.T) {
 				if st != 400 || e.Type != row.typ || e.Message == "" {
 					t.Fatalf("HTTP %d %+v, want 400 %s", st, e, row.typ)
 				}
-				if row.domainErr == nil && !row.reaches && (f.created != kms.CreateKeyInput{} || f.sign.KeyID != "" || f.decAlg != "" || f.encAlg != "") {
+				if row.domainErr == nil && !row.reaches && (f.created.KeyUsage != "" || f.sign.KeyID != "" || f.decAlg != "" || f.encAlg != "") {
 					t.Fatalf("a refused request reached the domain")
 				}
 				return

@@ -17,13 +17,18 @@ import (
 // bindTC3 remembers that the TC3 signature sig (which does not sign its
 // action), sent at ts, was accepted with action, and refuses it if it was
 // accepted with another action before, here or (on a cluster) on another
-// node. Re-sending the same signed request with the same action is
-// allowed: the official SDKs sign only the timestamp (seconds), the host,
+// node, unless the new action is a read of metadata (action.metadataRead:
+// a signature first seen with a write may then be presented with such a
+// read, not the other way round). Re-sending the same signed request with
+// the same action is allowed: the official SDKs sign only the timestamp (seconds), the host,
 // the content type and the body, so two identical calls within one second
 // carry one signature, and the Go SDK's retries re-send the request as
 // signed.
 func (s *Server) bindTC3(ctx context.Context, sig, action string, ts int64) error {
 	act, known := s.actions.api3[action]
+	if !known {
+		act, known = s.actions.tag[action]
+	}
 	if !known {
 		return nil // refused as InvalidAction once authenticated; nothing runs
 	}
@@ -32,6 +37,11 @@ func (s *Server) bindTC3(ctx context.Context, sig, action string, ts int64) erro
 	res := s.sigs.use(sig, tag, expiry, s.now())
 	switch res {
 	case nonceConflict:
+		if act.metadataRead {
+			// Bound to another action, presented with a read of metadata:
+			// served, and the binding stays as it was (actions.go).
+			return nil
+		}
 		return errAuthReused
 	case nonceFull:
 		return errAuthNoncesFull
@@ -88,7 +98,8 @@ func (s *Server) hostAllowed(host string) bool {
 
 // serviceAllowed reports whether a TC3 credential scope may name service,
 // for a request with Host host. With Config.TC3Services set, the service
-// must be in it. By default it must be "kms", or what the official Node.js
+// must be in it. By default it must be "kms", "tag" (the Tag service,
+// tagsvc.go), or what the official Node.js
 // SDK derives from an endpoint that is an IP address or a name without a
 // dot: the endpoint up to its first dot ("127" for 127.0.0.1:8080,
 // "localhost:8080" for localhost:8080).
@@ -96,7 +107,7 @@ func (s *Server) serviceAllowed(service, host string) bool {
 	if s.services != nil {
 		return s.services[service]
 	}
-	if service == "kms" {
+	if service == "kms" || service == TagService {
 		return true
 	}
 	hn := host

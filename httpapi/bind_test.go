@@ -164,6 +164,40 @@ func TestTC3UnsignedActionBound(t *testing.T) {
 			t.Fatalf("re-sent as %s: %q", other, got)
 		}
 	}
+	// A signature bound to a write may be presented with a read of
+	// metadata (tools send DisableKey then DescribeKey with one body within
+	// one second), which leaves the binding as it was; one bound to such a
+	// read is refused with a write, and with a read of secrets.
+	w := tc3Call{action: "DeleteImportedKeyMaterial", body: `{"KeyId":"11111111-1111-4111-8111-111111111111"}`}
+	if got := w.send(t, s); got != "" {
+		t.Fatalf("DeleteImportedKeyMaterial: %q", got)
+	}
+	for _, read := range []string{"GetPublicKey"} {
+		r := w
+		r.action = read
+		if got := r.send(t, s); got != "" {
+			t.Fatalf("DeleteImportedKeyMaterial's signature with %s: %q", read, got)
+		}
+	}
+	if got := w.send(t, s); got != "" {
+		t.Fatalf("DeleteImportedKeyMaterial again: %q", got)
+	}
+	e := w
+	e.action = "EnableKey"
+	if got := e.send(t, s); got != "AuthFailure.SignatureFailure" {
+		t.Fatalf("DeleteImportedKeyMaterial's signature with EnableKey: %q", got)
+	}
+	r := tc3Call{action: "GetPublicKey", body: `{"KeyId":"22222222-2222-4222-8222-222222222222"}`}
+	if got := r.send(t, s); got != "" {
+		t.Fatalf("GetPublicKey: %q", got)
+	}
+	for _, other := range []string{"DisableKey", "ScheduleKeyDeletion", "GenerateDataKey"} {
+		f := r
+		f.action = other
+		if got := f.send(t, s); got != "AuthFailure.SignatureFailure" {
+			t.Fatalf("GetPublicKey's signature with %s: %q", other, got)
+		}
+	}
 	// An unknown action is refused as such, and does not take the
 	// signature.
 	d := tc3Call{action: "NoSuchAction", body: `{"KeyId":"k"}`}

@@ -44,7 +44,10 @@ func (s *Server) generateDataKey(ctx context.Context, req *generateDataKeyReques
 	switch {
 	case deref(req.EncryptionPublicKey) != "" || deref(req.EncryptionAlgorithm) != "":
 		return nil, apiErrorf("UnsupportedOperation", "EncryptionPublicKey is not supported")
-	case req.IsHostedByKms != nil && *req.IsHostedByKms != 0, deref(req.DataKeyName) != "", deref(req.Description) != "", len(req.Tags) > 0:
+	case req.IsHostedByKms != nil && *req.IsHostedByKms != 0:
+		// DataKeyName, Description and Tags matter only to a hosted data
+		// key (IsHostedByKms=1); without one they are ignored, as Tencent
+		// does.
 		return nil, apiErrorf("UnsupportedOperation", "data keys hosted by KMS are not supported")
 	case deref(req.HsmClusterId) != "":
 		return nil, apiErrorf("InvalidParameterValue.InvalidHsmClusterId", "HSM clusters are not supported")

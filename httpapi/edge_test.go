@@ -328,6 +328,19 @@ func TestErrorTableRows(t *testing.T) {
 		context.DeadlineExceeded:                        {"RequestLimitExceeded", 6200, slog.LevelWarn},
 		kms.ErrUnavailable:                              {"UnsupportedOperation.ServiceTemporaryUnavailable", 6200, slog.LevelWarn},
 		errors.New("CKR_GENERAL_ERROR at /secret/path"): {"InternalError", 6000, slog.LevelError},
+
+		kms.ErrInvalidType:             {"InvalidParameterValue.InvalidType", 4000, 0},
+		kms.ErrNotExternalKey:          {"UnsupportedOperation.NotExternalCmk", 5100, 0},
+		kms.ErrExternalCannotRotate:    {"UnsupportedOperation.ExternalCmkCanNotRotate", 5100, 0},
+		kms.ErrRotateNotSupported:      {"UnsupportedOperation.RotateNotSupported", 5100, 0},
+		kms.ErrInvalidWrapping:         {"InvalidParameter", 4000, 0},
+		kms.ErrWrappingUnsupported:     {"UnsupportedOperation", 5100, 0},
+		kms.ErrImportTokenExpired:      {"ResourceUnavailable.TokenExpired", 5100, 0},
+		kms.ErrImportTokenInvalid:      {"InvalidParameter", 4000, 0},
+		kms.ErrDecryptMaterial:         {"InvalidParameter.DecryptMaterialError", 4000, 0},
+		kms.ErrMaterialNotMatch:        {"InvalidParameterValue.MaterialNotMatch", 4000, 0},
+		kms.ErrInvalidValidTo:          {"InvalidParameter", 4000, 0},
+		kms.ErrTooManyImportParameters: {"LimitExceeded", 5100, 0},
 	}
 	covered := 0
 	for _, row := range errorTable {

@@ -75,8 +75,8 @@ var errorTable = []errorRow{
 	// Asymmetric keys (kms/asym.go).
 	{errs: []error{kms.ErrUnsupported}, aws: "UnsupportedOperationException", code: "UnsupportedOperation",
 		legacyCode: codeInvalidParameter},
-	{errs: []error{kms.ErrRotateNotSupported}, aws: "UnsupportedOperationException", code: "UnsupportedOperation.RotateNotSupported", message: "asymmetric keys do not rotate",
-		legacyCode: codeOperationFailed, legacyMessage: "asymmetric keys do not rotate"},
+	{errs: []error{kms.ErrRotateNotSupported}, aws: "UnsupportedOperationException", code: "UnsupportedOperation.RotateNotSupported", message: "rotation is not supported for this CMK (asymmetric, or imported key material)",
+		legacyCode: codeOperationFailed, legacyMessage: "rotation is not supported for this key"},
 	{errs: []error{kms.ErrInvalidAlgorithm, kms.ErrInvalidMessage}, aws: "ValidationException", code: "InvalidParameterValue",
 		legacyCode: codeInvalidParameter},
 	{errs: []error{kms.ErrAsymDecrypt}, aws: "InvalidCiphertextException", code: "FailedOperation.DecryptError", message: "decryption failed",
@@ -113,6 +113,30 @@ var errorTable = []errorRow{
 	{errs: []error{kms.ErrUnavailable}, aws: "DependencyTimeoutException", code: "UnsupportedOperation.ServiceTemporaryUnavailable", message: "the service is temporarily unavailable, please retry",
 		legacyCode: codeUnavailable, legacyMessage: "service temporarily unavailable, please retry",
 		level: slog.LevelWarn, logMessage: "request not served"},
+
+	// Imported key material (kms/import.go).
+	{errs: []error{kms.ErrInvalidType}, aws: "ValidationException", code: "InvalidParameterValue.InvalidType", message: "the Type must be 1 (created by KMS) or 2 (EXTERNAL: imported material)",
+		legacyCode: codeInvalidParameter, legacyMessage: "invalid type"},
+	{errs: []error{kms.ErrNotExternalKey}, aws: "UnsupportedOperationException", code: "UnsupportedOperation.NotExternalCmk", message: "only an EXTERNAL CMK (created with Type 2) takes imported key material",
+		legacyCode: codeOperationFailed, legacyMessage: "the key's origin is not EXTERNAL"},
+	{errs: []error{kms.ErrExternalCannotRotate}, aws: "UnsupportedOperationException", code: "UnsupportedOperation.ExternalCmkCanNotRotate", message: "a CMK with imported key material cannot rotate",
+		legacyCode: codeOperationFailed, legacyMessage: "a key with imported material cannot rotate"},
+	{errs: []error{kms.ErrInvalidWrapping}, aws: "ValidationException", code: "InvalidParameter",
+		legacyCode: codeInvalidParameter},
+	{errs: []error{kms.ErrWrappingUnsupported}, aws: "UnsupportedOperationException", code: "UnsupportedOperation",
+		legacyCode: codeOperationFailed},
+	{errs: []error{kms.ErrImportTokenExpired}, aws: "ExpiredImportTokenException", code: "ResourceUnavailable.TokenExpired", message: "the ImportToken has expired; call GetParametersForImport again",
+		legacyCode: codeOperationFailed, legacyMessage: "the import token has expired"},
+	{errs: []error{kms.ErrImportTokenInvalid}, aws: "InvalidImportTokenException", code: "InvalidParameter", message: "the ImportToken is not valid for this CMK (unknown, already used, or issued for another CMK)",
+		legacyCode: codeInvalidParameter, legacyMessage: "invalid import token"},
+	{errs: []error{kms.ErrDecryptMaterial}, aws: "InvalidCiphertextException", code: "InvalidParameter.DecryptMaterialError", message: "the EncryptedKeyMaterial does not decrypt under the wrapping key of the ImportToken to a 256-bit key",
+		legacyCode: codeInvalidParameter, legacyMessage: "the encrypted key material cannot be decrypted"},
+	{errs: []error{kms.ErrMaterialNotMatch}, aws: "IncorrectKeyMaterialException", code: "InvalidParameterValue.MaterialNotMatch", message: "the key material differs from the material imported into this CMK before",
+		legacyCode: codeInvalidParameter, legacyMessage: "the key material differs from the material imported before"},
+	{errs: []error{kms.ErrInvalidValidTo}, aws: "ValidationException", code: "InvalidParameter", message: "the ValidTo must be 0 (never) or a future Unix time of at most 2147443200",
+		legacyCode: codeInvalidParameter, legacyMessage: "invalid validTo"},
+	{errs: []error{kms.ErrTooManyImportParameters}, aws: "LimitExceededException", code: "LimitExceeded", message: "too many unused import parameters for this CMK; use them or let them expire (24 h)",
+		legacyCode: codeOperationFailed, legacyMessage: "too many unused import parameters"},
 }
 
 // internalErrorRow answers any error no row matches: logged, never
@@ -180,6 +204,10 @@ func (s *Server) toWireErrorTencent(err error, rid string) wireError {
 		return wireError{code: ae.Code, message: ae.Message, legacyCode: codeInvalidParameter, legacyMsg: ae.Message}
 	case errors.As(err, &le):
 		return wireError{code: "InvalidParameter", message: le.message, legacyCode: le.code, legacyMsg: le.message}
+	}
+	var te *kms.TagError
+	if errors.As(err, &te) {
+		return wireError{code: te.Code, message: te.Msg, legacyCode: codeInvalidParameter, legacyMsg: te.Msg}
 	}
 	if pe, ok := isParamError(err); ok {
 		return wireError{code: pe.code, message: pe.message, legacyCode: codeInvalidParameter, legacyMsg: pe.message}

@@ -98,6 +98,7 @@ func toKeyMetadata(md kms.KeyMetadata) KeyMetadata {
 		DeletionDate: unix(md.DeletionDate, md.DeletionDate.IsZero()), Origin: md.Origin,
 		ResourceID: "creatorUin/0/" + md.KeyID, RotateDays: uint64(md.RotateDays),
 		LastRotateTime: unix(md.LastRotateTime, md.LastRotateTime.IsZero()), CurrentVersion: md.CurrentVersion,
+		ValidTo: unix(md.ValidTo, md.ValidTo.IsZero()),
 	}
 }
 
@@ -273,7 +274,7 @@ var keyStateFilter = map[uint64][]string{
 	1: {kms.StateEnabled},
 	2: {kms.StateDisabled},
 	3: {kms.StatePendingDelete},
-	4: {"PendingImport"}, // never held by a key here: an empty list
+	4: {kms.StatePendingImport},
 	5: {kms.StateArchived},
 }
 
@@ -282,8 +283,8 @@ func (s *Server) listKeyDetail(ctx context.Context, req *listKeyDetailRequest) (
 	if err != nil {
 		return nil, err
 	}
-	if len(req.TagFilters) > 0 {
-		return nil, apiErrorf("UnsupportedOperation", "tags are not supported")
+	if in.TagFilters, err = toDomainFilters(req.TagFilters, 10); err != nil {
+		return nil, err
 	}
 	if len(req.MemberAccounts) > 0 {
 		return nil, apiErrorf("UnsupportedOperation", "MemberAccounts is not supported")

@@ -26,6 +26,7 @@ import (
 type fakeKMS struct {
 	CredentialAdmin // not exercised here: credential actions are tested end to end
 	KeyAdmin        // likewise: key lifecycle actions are tested end to end
+	TagAdmin        // likewise: tags (tagsvc_test.go, cmd/kmsd/tags_test.go)
 	err             error
 	lastEnc         kms.EncryptInput
 }

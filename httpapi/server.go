@@ -45,6 +45,7 @@ type KMS interface {
 	Credentials
 	CredentialAdmin
 	KeyAdmin
+	TagAdmin
 	CreateKey(ctx context.Context, in kms.CreateKeyInput) (kms.KeyMetadata, error)
 	Encrypt(ctx context.Context, in kms.EncryptInput) (kms.EncryptResult, error)
 	Decrypt(ctx context.Context, in kms.DecryptInput) (kms.DecryptResult, error)
@@ -110,7 +111,7 @@ type Config struct {
 	// their signature is checked. Empty means any.
 	AllowedHosts []string
 	// TC3Services, when not empty, lists the services a TC3 credential
-	// scope may name. Empty means "kms", plus the service the official
+	// scope may name. Empty means "kms" and "tag" (TagService), plus the service the official
 	// Node.js SDK derives from an endpoint that is an IP address or a
 	// name without a dot (see serviceAllowed).
 	TC3Services []string

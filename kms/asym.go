@@ -65,9 +65,10 @@ var (
 	// asked (an SM2 key, a mechanism the module lacks); the message names
 	// what is missing. Tencent: UnsupportedOperation.
 	ErrUnsupported = errors.New("kms: unsupported operation")
-	// ErrRotateNotSupported: rotation of an asymmetric key. Tencent:
+	// ErrRotateNotSupported: rotation of an asymmetric key, or of a key
+	// with imported material (import.go). Tencent:
 	// UnsupportedOperation.RotateNotSupported.
-	ErrRotateNotSupported = errors.New("kms: rotation is not supported for asymmetric keys")
+	ErrRotateNotSupported = errors.New("kms: rotation is not supported for this key")
 	// ErrInvalidAlgorithm: the Algorithm is unknown or does not fit the
 	// key's usage.
 	ErrInvalidAlgorithm = errors.New("kms: invalid algorithm")

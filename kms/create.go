@@ -123,6 +123,19 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 	if err != nil {
 		return KeyMetadata{}, err
 	}
+	if err := validateTagSet(in.Tags, MaxTagsPerKey); err != nil {
+		return KeyMetadata{}, err
+	}
+	switch in.Type {
+	case 0, KeyTypeKMS:
+	case KeyTypeExternal:
+		if usage != DefaultKeyUsage {
+			return KeyMetadata{}, fmt.Errorf("%w: imported key material is AES-256, for the KeyUsage ENCRYPT_DECRYPT only", ErrInvalidKeyUsage)
+		}
+		return s.createExternal(ctx, in, usage)
+	default:
+		return KeyMetadata{}, fmt.Errorf("%w: %d", ErrInvalidType, in.Type)
+	}
 	if err := s.checkUsageSupported(ctx, usage); err != nil {
 		return KeyMetadata{}, err
 	}
@@ -145,6 +158,11 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		return KeyMetadata{}, fmt.Errorf("%w: create key: key id: %w", ErrInternal, err)
 	}
 	keyID := id.String()
+	if len(in.Tags) > 0 {
+		if err := authorize(ctx, ActTagResources, keyID); err != nil {
+			return KeyMetadata{}, err
+		}
+	}
 	objectID := make([]byte, 16)
 	if _, err := rand.Read(objectID); err != nil {
 		return KeyMetadata{}, fmt.Errorf("%w: create key: object id: %w", ErrInternal, err)
@@ -186,6 +204,7 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		Gen:         1,
 		PublicKey:   publicKey, // nil for a symmetric key
 	}
+	rec.Tags, _ = applyTags(nil, in.Tags, nil) // validated above
 	if err := s.sealKey(ctx, &rec); err != nil {
 		s.rollback(ctx, log, objectID)
 		return KeyMetadata{}, err
@@ -362,12 +381,21 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 				continue
 			}
 			knownSet[string(v.ObjectID)] = true
-			if purging || tokenSet[string(v.ObjectID)] {
+			if purging || tokenSet[string(v.ObjectID)] || materialAbsent(k) {
 				continue
 			}
 			rep.Missing = append(rep.Missing, MissingObject{KeyID: k.ID, Version: v.Number, ObjectID: v.ObjectID})
 			s.log.Error("kms: recover: token object of a key version is missing; its ciphertexts cannot be decrypted",
 				"key_id", k.ID, "version", v.Number, "object_id", fmt.Sprintf("%x", v.ObjectID))
+		}
+	}
+	for _, k := range keys {
+		if materialAbsent(k) && k.State != StateDeleted {
+			// An EXTERNAL key without material owns no object: one on
+			// the token is reported, as orphans are.
+			for _, v := range k.Versions {
+				delete(knownSet, string(v.ObjectID))
+			}
 		}
 	}
 	knownSet[string(credKEKObjectID)] = true
@@ -378,6 +406,11 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 		}
 		rep.Orphans = append(rep.Orphans, id)
 	}
+	wrapOrphans, err := s.importOrphans(ctx, unresolved)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	rep.Orphans = append(rep.Orphans, wrapOrphans...)
 	if len(rep.Orphans) > 0 {
 		ids := make([]string, len(rep.Orphans))
 		for i, id := range rep.Orphans {
@@ -394,13 +427,19 @@ func (s *Service) Recover(ctx context.Context) (RecoveryReport, error) {
 func (s *Service) resolveIntent(ctx context.Context, p store.PendingObject) (committed bool, err error) {
 	k, err := s.store.GetKey(ctx, p.KeyID)
 	switch {
-	case err == nil && hasObject(k, p.ObjectID):
+	case err == nil && hasObject(k, p.ObjectID) && !materialAbsent(k):
 		committed = true
 	case err == nil || errors.Is(err, store.ErrNotFound):
 		// Not committed (or the key exists but without this object: a
-		// version whose commit never happened).
+		// version whose commit never happened; or an EXTERNAL key whose
+		// material the store says is not loaded: an import that never
+		// committed, or a deletion of the material that did). The object
+		// may also be a wrapping key of GetParametersForImport.
 		if err := s.hsm.DestroyKey(ctx, p.ObjectID); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
 			return false, fmt.Errorf("kms: recover: destroy %x: %w", p.ObjectID, err)
+		}
+		if err := s.destroyWrapping(ctx, p.ObjectID); err != nil {
+			return false, fmt.Errorf("kms: recover: destroy wrapping key %x: %w", p.ObjectID, err)
 		}
 	default:
 		return false, fmt.Errorf("kms: recover: get key %s: %w", p.KeyID, err)

@@ -353,6 +353,7 @@ func (s *fakeStore) updateCred(id string, f func(*store.Credential)) error {
 var adminCtx = WithPrincipal(context.Background(), &Principal{SecretID: "AKIDtestadmin", Name: "test", Policy: AdminPolicy()})
 
 func cloneKey(k store.Key) store.Key {
+	k.Tags = slices.Clone(k.Tags)
 	k.Versions = slices.Clone(k.Versions)
 	for i := range k.Versions {
 		k.Versions[i].ObjectID = slices.Clone(k.Versions[i].ObjectID)
@@ -499,6 +500,7 @@ func (s *fakeStore) UpdateKey(ctx context.Context, k store.Key) error {
 	}
 	old.Alias, old.Description, old.State, old.DeletionDate = k.Alias, k.Description, k.State, k.DeletionDate
 	old.RotationEnabled, old.RotateDays, old.LastRotatedAt = k.RotationEnabled, k.RotateDays, k.LastRotatedAt
+	old.Tags = slices.Clone(k.Tags)
 	if old.Gen >= k.Gen {
 		return store.ErrStale
 	}

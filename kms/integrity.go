@@ -26,6 +26,7 @@ import (
 //     deletion dates, rotation settings, last rotation, the number and the
 //     highest number of their versions, the row's generation, and the
 //     public key of an asymmetric key;
+//     key's tags (tags.go, kept in their own table);
 //   - key versions: key id, number, token object id and creation date (not
 //     the usage reservation, a high-water mark every node raises);
 //   - credentials: SecretId, name, policy, enabled flag, creation date, the
@@ -216,7 +217,23 @@ func keyMsg(r store.Key) []byte {
 	if len(r.PublicKey) > 0 {
 		m.str("public_key").bytes(r.PublicKey)
 	}
+	materialMsgSuffix(m, r)
+	tagsMsg(m, r.Tags)
 	return m.b
+}
+
+// tagsMsg appends a key's tags (tags.go) to its MAC message: nothing for a
+// key without tags, so rows sealed before tags existed verify unchanged;
+// else a marker, the count and each key and value, in the stored order
+// (sorted by key).
+func tagsMsg(m *macMsg, tags []store.Tag) {
+	if len(tags) == 0 {
+		return
+	}
+	m.str("tags").u64(uint64(len(tags)))
+	for _, t := range tags {
+		m.str(t.Key).str(t.Value)
+	}
 }
 
 func versionMsg(keyID string, v store.Version) []byte {

@@ -101,6 +101,8 @@ func newKeyEntry(r store.Key, prev *keyEntry) (*keyEntry, error) {
 		KeyRotationEnabled: r.RotationEnabled,
 		RotateDays:         r.RotateDays,
 		LastRotateTime:     r.LastRotatedAt,
+
+		ValidTo: r.MaterialValidTo,
 	}
 	if r.RotationEnabled {
 		k.meta.NextRotateTime = nextRotation(r)

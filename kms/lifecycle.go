@@ -54,6 +54,9 @@ type ListKeysInput struct {
 	// Descending orders by creation time, newest first; otherwise oldest
 	// first. Ties are broken by key id.
 	Descending bool
+	// TagFilters keeps keys whose tags match every filter (tags.go); a key
+	// failing its integrity check matches none.
+	TagFilters []TagFilter
 }
 
 // ListKeysResult is one page of keys.
@@ -175,7 +178,8 @@ func (s *Service) list(in ListKeysInput) ListKeysResult {
 			len(in.States) > 0 && !slices.Contains(in.States, m.KeyState),
 			in.Origin != "" && in.Origin != "ALL" && in.Origin != m.Origin,
 			in.KeyUsage != "" && in.KeyUsage != "ALL" && in.KeyUsage != m.KeyUsage,
-			search != "" && !strings.Contains(m.KeyID, search) && !strings.Contains(strings.ToLower(m.Alias), search):
+			search != "" && !strings.Contains(m.KeyID, search) && !strings.Contains(strings.ToLower(m.Alias), search),
+			len(in.TagFilters) > 0 && (k.suspect != nil || !matchTags(k.rec.Tags, in.TagFilters)):
 			continue
 		}
 		all = append(all, m)
@@ -269,7 +273,7 @@ func toDisabled(k *keyEntry, r *store.Key, _ time.Time) error {
 func scheduleDeletion(days int) stateChange {
 	return func(k *keyEntry, r *store.Key, now time.Time) error {
 		switch r.State {
-		case StateDisabled:
+		case StateDisabled, StatePendingImport:
 			r.State = StatePendingDelete
 			r.DeletionDate = now.Add(time.Duration(days) * 24 * time.Hour)
 			return nil
@@ -288,6 +292,9 @@ func cancelDeletion(k *keyEntry, r *store.Key, now time.Time) error {
 		return fmt.Errorf("%w: %s: the deletion window has ended and the key is being purged", ErrKeyStateNotSupported, k.meta.KeyID)
 	}
 	r.State = StateDisabled
+	if materialAbsent(*r) {
+		r.State = StatePendingImport
+	}
 	r.DeletionDate = time.Time{}
 	return nil
 }
@@ -368,7 +375,8 @@ func (s *Service) applyLocked(ctx context.Context, action string, k *keyEntry, f
 func sameMetadata(a, b store.Key) bool {
 	return a.Alias == b.Alias && a.Description == b.Description && a.State == b.State &&
 		a.DeletionDate.Equal(b.DeletionDate) && a.RotationEnabled == b.RotationEnabled &&
-		a.RotateDays == b.RotateDays && a.LastRotatedAt.Equal(b.LastRotatedAt)
+		a.RotateDays == b.RotateDays && a.LastRotatedAt.Equal(b.LastRotatedAt) &&
+		sameTags(a.Tags, b.Tags)
 }
 
 // replace publishes nk in place of old, keeping the alias index and the

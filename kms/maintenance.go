@@ -13,6 +13,9 @@ import (
 type MaintenanceReport struct {
 	Purged  []string // keys whose token objects were destroyed (now Deleted)
 	Rotated []string // keys that got a new version by automatic rotation
+
+	MaterialExpired       []string // EXTERNAL keys whose imported material expired (destroyed; now PendingImport)
+	WrappingKeysDestroyed int      // wrapping keys of expired import parameters destroyed
 }
 
 // RunMaintenance calls Maintain at once and then every
@@ -78,6 +81,9 @@ func (s *Service) Maintain(ctx context.Context) (MaintenanceReport, error) {
 		} else if done {
 			rep.Rotated = append(rep.Rotated, k.meta.KeyID)
 		}
+	}
+	if err := s.maintainImports(ctx, &rep); err != nil {
+		errs = append(errs, err)
 	}
 	return rep, errors.Join(errs...)
 }

@@ -110,8 +110,9 @@ var (
 		"kms:AsymmetricRsaDecrypt", "kms:GetPublicKey", "kms:SignByAsymmetricKey", "kms:VerifyByAsymmetricKey",
 		// The AWS KMS API's own actions (httpapi/aws*.go).
 		"kms:CreateAlias", "kms:DeleteAlias", "kms:GenerateDataKeyWithoutPlaintext",
+		"kms:GetParametersForImport", "kms:ImportKeyMaterial", "kms:DeleteImportedKeyMaterial",
 	}
-	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys", "kms:ListAlgorithms", "kms:ListAliases"}
+	keyActionsNoKey = []string{"kms:CreateKey", "kms:GenerateRandom", "kms:ListKeyDetail", "kms:ListKeys", "kms:ListAlgorithms", "kms:ListAliases", "kms:GetRegions", "kms:GetServiceStatus"}
 	adminActions    = []string{
 		actCreateCredential, actDeleteCredential, actDisableCredential,
 		actEnableCredential, actListCredentials, actReseal, actUpdateCredentialPolicy,
@@ -134,10 +135,16 @@ func addressesKey(action string) bool {
 			return true
 		}
 	}
+	for _, a := range tagActions {
+		if a == action {
+			return true
+		}
+	}
 	return false
 }
 
-// AdminPolicy allows every action of both namespaces on every resource.
+// AdminPolicy allows every action of both namespaces on every resource
+// (kms:* includes the tag: actions, see matchAction).
 func AdminPolicy() Policy {
 	return Policy{Version: "2.0", Statement: []Statement{{Effect: "allow", Action: stringList{"kms:*", "kms-admin:*"}, Resource: stringList{"*"}}}}
 }
@@ -210,6 +217,11 @@ func (st Statement) validate() error {
 				return nil
 			}
 		}
+		for _, k := range tagActions {
+			if matchAction(a, k) {
+				return nil
+			}
+		}
 	}
 	return fmt.Errorf("actions %q address no key and are checked against the resource \"*\", which no resource %q matches", []string(st.Action), []string(st.Resource))
 }
@@ -225,8 +237,10 @@ func validateAction(a string) error {
 		known = KeyActions()
 	case strings.HasPrefix(lower, adminNS):
 		known = adminActions
+	case strings.HasPrefix(lower, tagNS):
+		known = tagActions
 	default:
-		return fmt.Errorf("action %q: the namespace must be kms: (key actions) or kms-admin: (administrative actions)", a)
+		return fmt.Errorf("action %q: the namespace must be kms: (key actions), kms-admin: (administrative actions) or tag: (tag actions)", a)
 	}
 	name := a[strings.IndexByte(a, ':')+1:]
 	prefix, wildcard := strings.CutSuffix(name, "*")
@@ -394,10 +408,13 @@ func matchAny(patterns []string, v string, match func(p, v string) bool) bool {
 // matchAction matches an action pattern: "*" matches everything; a
 // trailing "*" is a wildcard within the pattern's namespace (the pattern
 // must name it: validation refuses "k*"); anything else is an exact,
-// case-insensitive name.
+// case-insensitive name. "kms:*" also matches the tag: actions (tags.go).
 func matchAction(pattern, action string) bool {
 	if pattern == "*" {
 		return true
+	}
+	if len(action) > len(tagNS) && action[:len(tagNS)] == tagNS && strings.EqualFold(pattern, "kms:*") {
+		return true // the whole key namespace includes tagging keys (tags.go)
 	}
 	if prefix, ok := strings.CutSuffix(pattern, "*"); ok {
 		if strings.IndexByte(prefix, ':') < 0 {

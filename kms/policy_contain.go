@@ -36,10 +36,12 @@ func covers(p, q Policy) (action, resource string, ok bool, err error) {
 	if err != nil {
 		return "", "", false, err
 	}
-	for _, a := range keyActionsOnKeys {
-		for _, r := range keys {
-			if q.Allows(a, r) && !p.Allows(a, r) {
-				return a, r, false, nil
+	for _, list := range [][]string{keyActionsOnKeys, tagActions} {
+		for _, a := range list {
+			for _, r := range keys {
+				if q.Allows(a, r) && !p.Allows(a, r) {
+					return a, r, false, nil
+				}
 			}
 		}
 	}

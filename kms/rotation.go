@@ -57,6 +57,10 @@ func (s *Service) RotateKey(ctx context.Context, keyID string) (KeyMetadata, err
 // rotateLocked adds a version to k and publishes the new entry. The caller
 // holds recoverMu (shared) and writeMu, and has checked k's state.
 func (s *Service) rotateLocked(ctx context.Context, k *keyEntry, reason string) (*keyEntry, error) {
+	if k.meta.Origin == OriginExternal {
+		// Imported material cannot be renewed inside the token.
+		return nil, fmt.Errorf("%w: %s has imported material", ErrRotateNotSupported, k.meta.KeyID)
+	}
 	cur := k.current().number
 	if cur == ^uint32(0) {
 		return nil, fmt.Errorf("%w: key %s has the maximum number of versions", ErrInternal, k.meta.KeyID)
@@ -138,6 +142,9 @@ func (s *Service) EnableKeyRotation(ctx context.Context, keyID string, rotateDay
 		return fmt.Errorf("%w: %d", ErrInvalidRotateDays, rotateDays)
 	}
 	_, err := s.change(ctx, "kms:EnableKeyRotation", keyID, func(k *keyEntry, r *store.Key, _ time.Time) error {
+		if k.meta.Origin == OriginExternal {
+			return fmt.Errorf("%w: %s", ErrExternalCannotRotate, keyID)
+		}
 		if err := rotationState(k); err != nil {
 			return err
 		}

@@ -56,6 +56,8 @@ type Service struct {
 	cluster *clusterState // nil unless the store is a SharedStore (cluster.go)
 
 	integ integrity // rows failing their integrity check (integrity.go)
+
+	region string // Config.Region (status.go)
 }
 
 // New returns a Service over the token and the store. It loads every key
@@ -84,6 +86,7 @@ func New(ctx context.Context, h HSM, s Store, cfg Config) (*Service, error) {
 		aliases:    make(map[string]uuid.UUID),
 		reserved:   make(map[string]struct{}),
 		integ:      integrity{failing: make(map[string]IntegrityFailure), hook: cfg.OnIntegrityFailure},
+		region:     cfg.Region,
 	}
 	if svc.log == nil {
 		svc.log = slog.Default()

@@ -39,13 +39,19 @@ type Config struct {
 	// FaultPoint, if set, is called at named points of CreateKey, RotateKey
 	// and the purge ("create:intent", "create:generated",
 	// "rotate:intent", "rotate:generated", "purge:destroyed-one",
-	// "purge:destroyed-all"). Crash tests use it to kill the process at a
+	// "purge:destroyed-all"; key import: "import:params-intent",
+	// "import:wrapping-generated", "import:intent", "import:unwrapped",
+	// "import:params-deleted", "unload:intent", "unload:written"). Crash tests use it to kill the process at a
 	// chosen point; production leaves it nil.
 	FaultPoint func(point string)
 	// OnIntegrityFailure, if set, is called (synchronously, without locks
 	// held) for every stored row newly found failing its integrity check
 	// (see integrity.go); kmsd records it in the audit trail.
 	OnIntegrityFailure func(IntegrityFailure)
+	// Region is the region the service reports (GetRegions) and names in
+	// resource names (qcs::kms:<region>:uin/<uin>:key/<keyId>); "" means
+	// DefaultRegion. See status.go.
+	Region string
 }
 
 // CreateKeyInput is the request of CreateKey.
@@ -53,6 +59,13 @@ type CreateKeyInput struct {
 	Alias       string // required, 1-60 of [A-Za-z0-9_-], first a letter or digit, unique
 	Description string // optional, at most 1024 bytes
 	KeyUsage    string // "" or "ENCRYPT_DECRYPT", or an asymmetric usage (asym.go)
+	// Type is 0 or KeyTypeKMS (the token generates the material) or
+	// KeyTypeExternal (Origin EXTERNAL, state PendingImport until
+	// ImportKeyMaterial; import.go).
+	Type int
+	// Tags, if any, are set on the new key (tags.go): the caller also
+	// needs tag:TagResources on it; *TagError if they break the limits.
+	Tags []Tag
 }
 
 // KeyMetadata describes a key as the API reports it.
@@ -71,6 +84,8 @@ type KeyMetadata struct {
 	RotateDays         uint32    // rotation period when KeyRotationEnabled
 	LastRotateTime     time.Time // zero if the key never rotated
 	NextRotateTime     time.Time // zero unless KeyRotationEnabled
+
+	ValidTo time.Time // Origin EXTERNAL: when the imported material expires; zero: never
 }
 
 // EncryptInput is the request of Encrypt. Encrypt reads Plaintext only

@@ -895,6 +895,7 @@ func normKey(k store.Key) store.Key {
 	k.CreatedAt = normTime(k.CreatedAt)
 	k.DeletionDate = normTime(k.DeletionDate)
 	k.LastRotatedAt = normTime(k.LastRotatedAt)
+	k.MaterialValidTo = normTime(k.MaterialValidTo)
 	k.Versions = slices.Clone(k.Versions)
 	for i := range k.Versions {
 		k.Versions[i].CreatedAt = normTime(k.Versions[i].CreatedAt)

@@ -12,7 +12,7 @@ import (
 
 // UpdateKey durably replaces the mutable metadata of the stored key k.ID
 // with k's: Alias, Description, State, DeletionDate, RotationEnabled,
-// RotateDays, LastRotatedAt, Gen and MAC, if the stored generation is
+// RotateDays, LastRotatedAt, Tags, Gen and MAC, if the stored generation is
 // lower than k.Gen. ID, Usage, Origin, CreatedAt and Versions are not
 // changed (k.Versions is ignored). A zero DeletionDate or LastRotatedAt is
 // stored as "none".
@@ -77,6 +77,12 @@ func (s *SQLite) UpdateKey(ctx context.Context, k Key) (err error) {
 		return err
 	} else if n == 0 {
 		return missingOrStale(ctx, tx, k.ID)
+	}
+	if err := setMaterialSQLite(ctx, tx, k); err != nil {
+		return err
+	}
+	if err := sqliteReplaceTags(ctx, tx, k.ID, k.Tags); err != nil {
+		return err
 	}
 	return tx.Commit()
 }

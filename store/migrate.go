@@ -110,6 +110,31 @@ CREATE TABLE audit_anchors (
 	`
 ALTER TABLE keys ADD COLUMN public_key BLOB NULL;
 `,
+	// v6: imported key material (BYOK): the material's expiry, check value
+	// hash and presence on the keys; the parameters of pending imports.
+	`
+ALTER TABLE keys ADD COLUMN material_valid_to INTEGER NULL;
+ALTER TABLE keys ADD COLUMN material_check BLOB NULL;
+ALTER TABLE keys ADD COLUMN material_loaded INTEGER NOT NULL DEFAULT 0 CHECK (material_loaded IN (0, 1));
+CREATE TABLE import_params (
+	token_hash         BLOB    NOT NULL PRIMARY KEY CHECK (length(token_hash) = 32),
+	key_id             TEXT    NOT NULL CHECK (key_id <> ''),
+	algorithm          TEXT    NOT NULL,
+	wrapping_object_id BLOB    NOT NULL UNIQUE CHECK (length(wrapping_object_id) > 0),
+	created_at         INTEGER NOT NULL,
+	valid_to           INTEGER NOT NULL,
+	mac                BLOB    NULL
+) STRICT;
+`,
+	// v7: resource tags of keys (tags.go). The key row's MAC covers them.
+	`
+CREATE TABLE key_tags (
+	key_id    TEXT NOT NULL REFERENCES keys (id),
+	tag_key   TEXT NOT NULL CHECK (tag_key <> ''),
+	tag_value TEXT NOT NULL,
+	PRIMARY KEY (key_id, tag_key)
+) STRICT;
+`,
 }
 
 // migrate brings the database behind db up to len(steps), one step per

@@ -93,6 +93,9 @@ func (p *Postgres) CreateKey(ctx context.Context, k Key) (err error) {
 			}
 			return classify(err)
 		}
+		if err := setMaterialPG(ctx, tx, k); err != nil {
+			return err
+		}
 		for _, v := range k.Versions {
 			vc, _ := toNanos(v.CreatedAt)
 			if _, err := tx.Exec(ctx,
@@ -107,11 +110,14 @@ func (p *Postgres) CreateKey(ctx context.Context, k Key) (err error) {
 				return fmt.Errorf("version %d: delete pending object: %w", v.Number, classify(err))
 			}
 		}
+		if err := pgReplaceTags(ctx, tx, k.ID, k.Tags); err != nil {
+			return err
+		}
 		return notify(ctx, tx, "k:"+k.ID)
 	})
 }
 
-const pgKeyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key`
+const pgKeyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key, material_valid_to, material_check, material_loaded`
 
 func pgScanKey(row pgx.Row) (Key, error) {
 	var (
@@ -119,10 +125,14 @@ func pgScanKey(row pgx.Row) (Key, error) {
 		created, rotateDays   int64
 		deletion, lastRotated *int64
 		gen                   int64
+		validTo               *int64
 	)
 	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion,
-		&k.RotationEnabled, &rotateDays, &lastRotated, &gen, &k.MAC, &k.PublicKey); err != nil {
+		&k.RotationEnabled, &rotateDays, &lastRotated, &gen, &k.MAC, &k.PublicKey, &validTo, &k.MaterialCheck, &k.MaterialLoaded); err != nil {
 		return Key{}, err
+	}
+	if validTo != nil {
+		k.MaterialValidTo = fromNanos(*validTo)
 	}
 	k.CreatedAt = fromNanos(created)
 	if deletion != nil {
@@ -179,7 +189,16 @@ func (p *Postgres) GetKey(ctx context.Context, id string) (k Key, err error) {
 			}
 			k.Versions = append(k.Versions, v)
 		}
-		return rows.Err()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows.Close()
+		one := []Key{k}
+		if err := pgLoadTags(ctx, tx, one, nil); err != nil {
+			return err
+		}
+		k = one[0]
+		return nil
 	})
 	if err != nil {
 		return Key{}, fmt.Errorf("store: get key %s: %w", id, classify(err))
@@ -226,7 +245,11 @@ func (p *Postgres) ListKeys(ctx context.Context) (keys []Key, err error) {
 			}
 			keys[i].Versions = append(keys[i].Versions, v)
 		}
-		return vrows.Err()
+		if err := vrows.Err(); err != nil {
+			return err
+		}
+		vrows.Close()
+		return pgLoadTags(ctx, tx, keys, index)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: list keys: %w", classify(err))
@@ -301,6 +324,12 @@ func (p *Postgres) UpdateKey(ctx context.Context, k Key) (err error) {
 		}
 		if tag.RowsAffected() == 0 {
 			return pgMissingOrStale(ctx, tx, k.ID)
+		}
+		if err := setMaterialPG(ctx, tx, k); err != nil {
+			return err
+		}
+		if err := pgReplaceTags(ctx, tx, k.ID, k.Tags); err != nil {
+			return err
 		}
 		return notify(ctx, tx, "k:"+k.ID)
 	})

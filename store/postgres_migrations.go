@@ -105,6 +105,30 @@ CREATE TABLE audit_anchors (
 	`
 ALTER TABLE keys ADD COLUMN public_key BYTEA NULL;
 `,
+	// v8: imported key material (BYOK), as SQLite's v6.
+	`
+ALTER TABLE keys ADD COLUMN material_valid_to BIGINT NULL;
+ALTER TABLE keys ADD COLUMN material_check BYTEA NULL;
+ALTER TABLE keys ADD COLUMN material_loaded BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE import_params (
+	token_hash         BYTEA  NOT NULL PRIMARY KEY CHECK (length(token_hash) = 32),
+	key_id             TEXT COLLATE "C" NOT NULL CHECK (key_id <> ''),
+	algorithm          TEXT   NOT NULL,
+	wrapping_object_id BYTEA  NOT NULL UNIQUE CHECK (length(wrapping_object_id) > 0),
+	created_at         BIGINT NOT NULL,
+	valid_to           BIGINT NOT NULL,
+	mac                BYTEA  NULL
+);
+`,
+	// v9: resource tags of keys (SQLite's v7).
+	`
+CREATE TABLE key_tags (
+	key_id    TEXT COLLATE "C" NOT NULL REFERENCES keys (id),
+	tag_key   TEXT COLLATE "C" NOT NULL CHECK (tag_key <> ''),
+	tag_value TEXT NOT NULL,
+	PRIMARY KEY (key_id, tag_key)
+);
+`,
 }
 
 // migrate applies every pending step in one transaction holding the

@@ -68,7 +68,7 @@ func (s *SQLite) DeletePendingObject(ctx context.Context, objectID []byte) error
 	return nil
 }
 
-// CreateKey durably stores k and all its versions and deletes the pending
+// CreateKey durably stores k, all its versions and its tags and deletes the pending
 // objects whose ObjectID is one of those versions', in one transaction: on
 // any error nothing is changed.
 //
@@ -132,6 +132,9 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 	case err != nil:
 		return err
 	}
+	if err := setMaterialSQLite(ctx, tx, k); err != nil {
+		return err
+	}
 
 	insVersion, err := tx.PrepareContext(ctx,
 		`INSERT INTO key_versions (key_id, version, object_id, created_at, usage_reserved, mac) VALUES (?, ?, ?, ?, ?, ?)`)
@@ -155,6 +158,9 @@ func (s *SQLite) CreateKey(ctx context.Context, k Key) (err error) {
 		if _, err := delPending.ExecContext(ctx, v.ObjectID); err != nil {
 			return fmt.Errorf("version %d: delete pending object: %w", v.Number, err)
 		}
+	}
+	if err := sqliteReplaceTags(ctx, tx, k.ID, k.Tags); err != nil {
+		return err
 	}
 	return tx.Commit()
 }
@@ -197,7 +203,11 @@ func (s *SQLite) GetKey(ctx context.Context, id string) (_ Key, err error) {
 	if err := rows.Err(); err != nil {
 		return Key{}, err
 	}
-	return k, nil
+	one := []Key{k}
+	if err := sqliteLoadTags(ctx, tx, one, nil); err != nil {
+		return Key{}, err
+	}
+	return one[0], nil
 }
 
 // ListKeys returns every key, in any state, with its versions (ascending),
@@ -257,6 +267,10 @@ func (s *SQLite) ListKeys(ctx context.Context) (_ []Key, err error) {
 	if err := vrows.Err(); err != nil {
 		return nil, err
 	}
+	vrows.Close()
+	if err := sqliteLoadTags(ctx, tx, keys, index); err != nil {
+		return nil, err
+	}
 	return keys, nil
 }
 
@@ -294,7 +308,7 @@ func (s *SQLite) ObjectIDs(ctx context.Context) ([][]byte, error) {
 	return out, nil
 }
 
-const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key`
+const keyColumns = `id, alias, description, usage, state, origin, created_at, deletion_date, rotation_enabled, rotate_days, last_rotated_at, gen, mac, public_key, material_valid_to, material_check, material_loaded`
 
 // scanKey scans the keyColumns of one row.
 func scanKey(row interface{ Scan(...any) error }) (Key, error) {
@@ -306,11 +320,17 @@ func scanKey(row interface{ Scan(...any) error }) (Key, error) {
 		rotateDays  int64
 		lastRotated sql.NullInt64
 		gen         int64
+		validTo     sql.NullInt64
+		loaded      int64
 	)
 	if err := row.Scan(&k.ID, &k.Alias, &k.Description, &k.Usage, &k.State, &k.Origin, &created, &deletion,
-		&rotation, &rotateDays, &lastRotated, &gen, &k.MAC, &k.PublicKey); err != nil {
+		&rotation, &rotateDays, &lastRotated, &gen, &k.MAC, &k.PublicKey, &validTo, &k.MaterialCheck, &loaded); err != nil {
 		return Key{}, err
 	}
+	if validTo.Valid {
+		k.MaterialValidTo = fromNanos(validTo.Int64)
+	}
+	k.MaterialLoaded = loaded == 1
 	k.CreatedAt = fromNanos(created)
 	if deletion.Valid {
 		k.DeletionDate = fromNanos(deletion.Int64)

@@ -106,7 +106,7 @@ func TestOpenFreshCreatesSchema(t *testing.T) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := strings.Join(tables, ","), "audit_anchors,credentials,key_versions,keys,keys_alias_live,keys_created,pending_objects"; got != want {
+	if got, want := strings.Join(tables, ","), "audit_anchors,credentials,import_params,key_tags,key_versions,keys,keys_alias_live,keys_created,pending_objects"; got != want {
 		t.Errorf("schema objects = %s, want %s", got, want)
 	}
 

@@ -77,6 +77,10 @@ type Key struct {
 	PublicKey []byte
 	// Versions in ascending order of Number; never empty for a stored key.
 	Versions []Version
+	// Tags are the key's resource tags, in ascending order of Key, keys
+	// distinct (see sqlite_tags.go). CreateKey and UpdateKey write them;
+	// GetKey and ListKeys read them. nil and empty are the same.
+	Tags []Tag
 	// Gen is the row's generation: every change writes a higher one
 	// (UpdateKey and AddVersion refuse to write a generation that is not
 	// higher than the stored one, ErrStale), so a row never goes back.
@@ -85,6 +89,28 @@ type Key struct {
 	// over a canonical encoding that includes ID and Gen); nil for a row
 	// written before MACs existed. The store keeps it as given.
 	MAC []byte
+
+	// Imported key material (Origin "EXTERNAL" only; zero otherwise).
+	// MaterialValidTo is when the imported material expires (zero:
+	// never); MaterialCheck is a hash of the key check value of the
+	// material first imported (nil until then), so that only the same
+	// material can be imported again; MaterialLoaded says whether the
+	// material is on the token now.
+	MaterialValidTo time.Time
+	MaterialCheck   []byte
+	MaterialLoaded  bool
+}
+
+// ImportParams is one answer of GetParametersForImport: a wrapping key on
+// the token and the import token bound to it, usable once, until ValidTo.
+type ImportParams struct {
+	TokenHash        []byte // SHA-256 of the import token (32 bytes); the token itself is never stored
+	KeyID            string
+	Algorithm        string // "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"
+	WrappingObjectID []byte // CKA_ID of the wrapping key's private half
+	CreatedAt        time.Time
+	ValidTo          time.Time
+	MAC              []byte // authenticates the row (see Key.MAC)
 }
 
 // Version is one generation of a key's material: a distinct token object.

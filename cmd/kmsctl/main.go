@@ -1,7 +1,8 @@
 // Command kmsctl is the operator's command-line client of kmsd. It talks to
 // kmsd over its public API only (API 3.0, signed with TC3-HMAC-SHA256).
 //
-//	kmsctl [-endpoint URL] create-key -alias NAME [-description TEXT]
+//	kmsctl [-endpoint URL] create-key -alias NAME [-description TEXT] [-type 1|2]
+//	kmsctl [-endpoint URL] import-key -key-id ID -key-file FILE (and the other import commands, import.go)
 //	kmsctl [-endpoint URL] encrypt -key-id ID [-context JSON] (-plaintext TEXT | -in FILE | -in -)
 //	kmsctl [-endpoint URL] decrypt [-context JSON] (-blob BLOB | -in FILE | -in -) [-out FILE]
 //	kmsctl [-endpoint URL] credentials create -name NAME (-admin | -policy-file FILE)
@@ -16,22 +17,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
-	"hsmkms/tcsign"
+	"hsmkms/kmsclient"
 )
 
 func main() {
@@ -46,7 +43,7 @@ func main() {
 const usage = `usage: kmsctl [-endpoint URL] COMMAND [flags]
 
 commands:
-  create-key  -alias NAME [-description TEXT] [-key-usage USAGE]
+  create-key  -alias NAME [-description TEXT] [-key-usage USAGE] [-type 1|2]   (2: EXTERNAL, material imported)
   encrypt     -key-id ID [-context JSON] (-plaintext TEXT | -in FILE|-)
   decrypt     [-context JSON] (-blob BLOB | -in FILE|-) [-out FILE]
   credentials create -name NAME (-admin | -policy-file FILE)
@@ -66,7 +63,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	fs := flag.NewFlagSet("kmsctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintf(stderr, usage, keyCommandUsage()); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprintf(stderr, usage, keyCommandUsage()+importCommandUsage()); fs.PrintDefaults() }
 	endpoint := fs.String("endpoint", def, "kmsd base URL (env KMS_ENDPOINT)")
 	timeout := fs.Duration("timeout", 30*time.Second, "request timeout")
 	if err := fs.Parse(args); err != nil {
@@ -83,11 +80,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("-endpoint %q: want http://HOST:PORT or https://HOST:PORT", *endpoint)
 	}
-	c := &client{endpoint: strings.TrimRight(*endpoint, "/"), host: u.Host, http: &http.Client{Timeout: *timeout},
-		secretID: os.Getenv("TENCENTCLOUD_SECRET_ID"), secretKey: os.Getenv("TENCENTCLOUD_SECRET_KEY")}
-	if c.secretID == "" || c.secretKey == "" {
+	secretID, secretKey := os.Getenv("TENCENTCLOUD_SECRET_ID"), os.Getenv("TENCENTCLOUD_SECRET_KEY")
+	if secretID == "" || secretKey == "" {
 		return errors.New("set TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY (make run prints a development credential)")
 	}
+	kc, err := kmsclient.New(kmsclient.Config{Endpoint: *endpoint, SecretID: secretID, SecretKey: secretKey, Timeout: *timeout})
+	if err != nil {
+		return err
+	}
+	c := &client{kc}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "create-key":
@@ -98,6 +99,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return decrypt(ctx, c, rest, stdin, stdout, stderr)
 	case "credentials":
 		return credentials(ctx, c, rest, stdout, stderr)
+	}
+	if _, ok := importCommands[cmd]; ok {
+		return importCommand(ctx, c, cmd, rest, stdout, stderr)
 	}
 	if kc, ok := keyCommands[cmd]; ok {
 		return runKeyCommand(ctx, c, cmd, kc, rest, stdout, stderr)
@@ -115,13 +119,14 @@ func createKey(ctx context.Context, c *client, args []string, stdout, stderr io.
 	alias := fs.String("alias", "", "alias of the key (required)")
 	desc := fs.String("description", "", "description")
 	keyUsage := fs.String("key-usage", "", "ENCRYPT_DECRYPT (default), ASYMMETRIC_DECRYPT_RSA_2048, ASYMMETRIC_SIGN_VERIFY_RSA_2048, ASYMMETRIC_SIGN_VERIFY_ECC or ASYMMETRIC_SIGN_VERIFY_ECDSA384")
+	keyType := fs.Uint64("type", 1, "1: the HSM generates the key; 2: EXTERNAL, PendingImport until import-key")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *alias == "" {
 		return errors.New("create-key: -alias is required")
 	}
-	params := map[string]any{"Alias": *alias, "Description": *desc}
+	params := map[string]any{"Alias": *alias, "Description": *desc, "Type": *keyType}
 	if *keyUsage != "" {
 		params["KeyUsage"] = *keyUsage
 	}
@@ -219,69 +224,16 @@ func input(inline, file string, stdin io.Reader, inlineFlag string) ([]byte, err
 	return nil, fmt.Errorf("give %s or -in FILE (or -in - for standard input)", inlineFlag)
 }
 
-// client calls kmsd's API 3.0, signing with TC3-HMAC-SHA256.
-type client struct {
-	endpoint, host      string
-	secretID, secretKey string
-	http                *http.Client
-}
+// apiError is an error answer of kmsd (Code, Message, RequestID); commands
+// test for it with errors.As.
+type apiError = kmsclient.APIError
 
-// apiError is an error answer of kmsd.
-type apiError struct {
-	Code      string
-	Message   string
-	RequestID string
-}
+// client is kmsctl's handle on kmsd: a kmsclient.Client with the call
+// shape kmsctl's commands use.
+type client struct{ *kmsclient.Client }
 
-func (e *apiError) Error() string {
-	return fmt.Sprintf("%s: %s (RequestId %s)", e.Code, e.Message, e.RequestID)
-}
-
-// call sends one API 3.0 action with params as its JSON body and decodes the
-// Response object into out.
+// call sends one API 3.0 action with params as its JSON body and decodes
+// the Response object into out (see kmsclient.Client.Call).
 func (c *client) call(ctx context.Context, action string, params map[string]any, out any) error {
-	body, err := json.Marshal(params)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint+"/", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	ts := time.Now().Unix()
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-TC-Action", action)
-	req.Header.Set("X-TC-Version", "2019-01-18")
-	req.Header.Set("X-TC-Timestamp", strconv.FormatInt(ts, 10))
-	// The action is signed: a captured request cannot be re-sent as another.
-	req.Header.Set("Authorization", tcsign.SignTC3Action(c.secretID, c.secretKey, "kms", http.MethodPost, c.host, "application/json", "", action, ts, body))
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: HTTP %d", action, resp.StatusCode)
-	}
-	var env struct {
-		Response json.RawMessage `json:"Response"`
-	}
-	var head struct {
-		Error *struct {
-			Code    string `json:"Code"`
-			Message string `json:"Message"`
-		} `json:"Error"`
-		RequestID string `json:"RequestId"`
-	}
-	if err := json.Unmarshal(raw, &env); err != nil || env.Response == nil || json.Unmarshal(env.Response, &head) != nil {
-		return fmt.Errorf("%s: unexpected reply from %s", action, c.endpoint)
-	}
-	if head.Error != nil {
-		return &apiError{Code: head.Error.Code, Message: head.Error.Message, RequestID: head.RequestID}
-	}
-	return json.Unmarshal(env.Response, out)
+	return c.Call(ctx, action, params, out)
 }

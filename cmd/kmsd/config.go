@@ -86,6 +86,7 @@ type fileConfig struct {
 	Keys struct {
 		Limit                int    `yaml:"limit"`
 		UsageLimitPerVersion uint64 `yaml:"usage_limit_per_version"`
+		Region               string `yaml:"region"`
 	} `yaml:"keys"`
 	Log struct {
 		Level string `yaml:"level"`

@@ -62,6 +62,7 @@ type config struct {
 	burstPerCred   int
 	keyLimit       int
 	usageLimit     uint64
+	region         string // kms.Config.Region: GetRegions, resource names
 	logLevel       slog.Level
 	// Authentication (README "Authentication rules").
 	requireSignedAction bool
@@ -213,6 +214,7 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 	def("rate-per-credential", "KMSD_RATE_PER_CREDENTIAL", float(fc.Limits.RatePerCredential), "0", "requests per second per SecretId, 0 for no limit")
 	def("burst-per-credential", "KMSD_BURST_PER_CREDENTIAL", num(int64(fc.Limits.BurstPerCredential)), "0", "burst above the rate (default: one second's worth)")
 	def("key-limit", "KMSD_KEY_LIMIT", num(int64(fc.Keys.Limit)), strconv.Itoa(kms.DefaultKeyLimit), "maximum number of CMKs")
+	def("region", "KMSD_REGION", str(fc.Keys.Region), kms.DefaultRegion, "the region kmsd reports (GetRegions) and names in resource names qcs::kms:<region>:uin/0:key/<keyId>")
 	def("usage-limit", "KMSD_USAGE_LIMIT", unsigned(fc.Keys.UsageLimitPerVersion), "1073741824", "encryptions per key version before it is rotated")
 	def("log-level", "KMSD_LOG_LEVEL", str(fc.Log.Level), "info", "debug, info, warn or error")
 	floor := ""
@@ -365,6 +367,10 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		c.ratePerCred = rate
 		c.burstPerCred = int(parseInt("burst-per-credential", 0, 1<<30))
 		c.keyLimit = int(parseInt("key-limit", 1, 1<<31-1))
+		c.region = v("region")
+		if !validRegion(c.region) {
+			bad("region", "%q: want 1-32 of a-z 0-9 -", c.region)
+		}
 		ul, err := strconv.ParseUint(v("usage-limit"), 10, 64)
 		if err != nil || ul < 1 || ul > 1<<32 {
 			bad("usage-limit", "%q: want an integer in 1..2^32 (NIST SP 800-38D bound for random IVs)", v("usage-limit"))
@@ -403,4 +409,17 @@ func configFlags(fs *flag.FlagSet, args []string, env func(string) (string, bool
 		c.pin = pin
 		return c, errors.Join(errs...)
 	}, nil
+}
+
+// validRegion reports whether r is a region name: 1-32 of a-z 0-9 -.
+func validRegion(r string) bool {
+	if r == "" || len(r) > 32 {
+		return false
+	}
+	for i := 0; i < len(r); i++ {
+		if c := r[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

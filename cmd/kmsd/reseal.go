@@ -54,7 +54,7 @@ func integrityEvent(action, kind, id, code string) audit.Event {
 // failed its integrity check, once a human has checked the row in the
 // database and found it right (or put it right):
 //
-//	kmsd reseal -key KEYID | -credential SECRETID | -intent HEXID | -unsealed [server flags]
+//	kmsd reseal -key KEYID | -credential SECRETID | -intent HEXID | -import-params HEXID | -unsealed [server flags]
 //
 // It opens the store and the token as the server does and computes new
 // MACs inside the HSM for the row as it is stored now, at the next
@@ -65,7 +65,7 @@ func integrityEvent(action, kind, id, code string) audit.Event {
 // running kmsd caches. On PostgreSQL the other nodes pick the resealed row
 // up at their next refresh.
 func resealCmd(ctx context.Context, args []string, env func(string) (string, bool), stdout, stderr io.Writer) error {
-	const usage = "usage: kmsd reseal -key KEYID | -credential SECRETID | -intent HEXID | -unsealed [server flags]"
+	const usage = "usage: kmsd reseal -key KEYID | -credential SECRETID | -intent HEXID | -import-params HEXID | -unsealed [server flags]"
 	fs := flag.NewFlagSet("kmsd reseal", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	finish, err := configFlags(fs, args, env)
@@ -76,6 +76,7 @@ func resealCmd(ctx context.Context, args []string, env func(string) (string, boo
 	secretID := fs.String("credential", "", "reseal the credential with this SecretId")
 	intent := fs.String("intent", "", "reseal the intent (pending object) with this hex object id")
 	unsealed := fs.Bool("unsealed", false, "seal every row that has no MAC")
+	importParams := fs.String("import-params", "", "reseal the import parameters whose wrapping key has this hex object id")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -83,7 +84,7 @@ func resealCmd(ctx context.Context, args []string, env func(string) (string, boo
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
 	n := 0
-	for _, set := range []bool{*keyID != "", *secretID != "", *intent != "", *unsealed} {
+	for _, set := range []bool{*keyID != "", *secretID != "", *intent != "", *unsealed, *importParams != ""} {
 		if set {
 			n++
 		}
@@ -121,6 +122,8 @@ func resealCmd(ctx context.Context, args []string, env func(string) (string, boo
 		kind, id, err = kms.KindCredential, *secretID, svc.ResealCredential(ctx, *secretID)
 	case *intent != "":
 		kind, id, err = kms.KindIntent, *intent, svc.ResealIntent(ctx, *intent)
+	case *importParams != "":
+		kind, id, err = kms.KindImport, *importParams, svc.ResealImportParams(ctx, *importParams)
 	default:
 		var sealed int
 		sealed, err = svc.ResealUnsealed(ctx)

@@ -297,6 +297,10 @@ func downgradeSQLite(t *testing.T, tok softhsm.Token, data string, edits []strin
 	}
 	defer db.Close()
 	for _, q := range append([]string{
+		`DROP TABLE key_tags`, // tags (schema 7) came after
+		// Imported key material (a later step).
+		`ALTER TABLE keys DROP COLUMN material_valid_to`, `ALTER TABLE keys DROP COLUMN material_check`,
+		`ALTER TABLE keys DROP COLUMN material_loaded`, `DROP TABLE import_params`,
 		`ALTER TABLE keys DROP COLUMN gen`, `ALTER TABLE keys DROP COLUMN mac`,
 		`ALTER TABLE key_versions DROP COLUMN mac`, `ALTER TABLE pending_objects DROP COLUMN mac`,
 		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`, `DROP TABLE audit_anchors`,
@@ -431,6 +435,10 @@ func TestUpgradePostgres(t *testing.T) {
 	a.stop()
 	conn := c.pgConn(t)
 	for _, q := range []string{
+		`DROP TABLE key_tags`, // tags (schema 9) came after
+		// Imported key material (a later step).
+		`ALTER TABLE keys DROP COLUMN material_valid_to`, `ALTER TABLE keys DROP COLUMN material_check`,
+		`ALTER TABLE keys DROP COLUMN material_loaded`, `DROP TABLE import_params`,
 		`ALTER TABLE keys DROP COLUMN gen`, `ALTER TABLE keys DROP COLUMN mac`,
 		`ALTER TABLE key_versions DROP COLUMN mac`, `ALTER TABLE pending_objects DROP COLUMN mac`,
 		`ALTER TABLE credentials DROP COLUMN gen`, `ALTER TABLE credentials DROP COLUMN mac`, `DROP TABLE audit_anchors`,

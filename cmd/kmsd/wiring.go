@@ -41,7 +41,7 @@ func openService(ctx context.Context, cfg config, log *slog.Logger, obs p11.Obse
 			log.Error("closing token", "err", err)
 		}
 	}
-	kc := kms.Config{KeyLimit: cfg.keyLimit, VersionUsageLimit: cfg.usageLimit, Logger: log,
+	kc := kms.Config{KeyLimit: cfg.keyLimit, VersionUsageLimit: cfg.usageLimit, Logger: log, Region: cfg.region,
 		StaleAfter: cfg.pgStaleAfter, ResyncInterval: cfg.pgResync, OnIntegrityFailure: onIntegrity}
 	if kmsConfigHook != nil {
 		kmsConfigHook(&kc) // test builds only (see faults.go)

@@ -65,15 +65,19 @@ func (t *Token) ensureFixed(ctx context.Context, objectID []byte, label string, 
 	}
 	for attempt := 1; ; attempt++ {
 		var again bool
+		var transient error
 		err = t.do(ctx, func(s pkcs11.SessionHandle) error {
 			var err error
-			created, again, err = t.ensureFixedOnce(s, objectID, t.cfg.LabelPrefix+label, gen)
+			created, again, transient, err = t.ensureFixedOnce(s, objectID, t.cfg.LabelPrefix+label, gen)
 			return err
 		})
 		if err != nil || !again {
 			return created, err
 		}
 		if attempt == fixedAttempts {
+			if transient != nil {
+				return false, transient
+			}
 			return false, errf(hsm.ErrUnavailable, "C_SetAttributeValue", "key with fixed object id %x: more than one secret key has the id, or other creators kept racing for it (%d attempts)", objectID, attempt)
 		}
 		// Racing creators: pause a random while before looking again.
@@ -86,8 +90,10 @@ func (t *Token) ensureFixed(ctx context.Context, objectID []byte, label string, 
 }
 
 // ensureFixedOnce is one round of ensureFixed on session s. again reports
-// a lost race: nothing is kept and the caller tries again.
-func (t *Token) ensureFixedOnce(s pkcs11.SessionHandle, objectID []byte, label string, gen fixedGen) (created, again bool, err error) {
+// a lost race: nothing is kept and the caller tries again; transient is
+// then the generation's failure, if that is what was lost (reported if the
+// last attempt fails the same way).
+func (t *Token) ensureFixedOnce(s pkcs11.SessionHandle, objectID []byte, label string, gen fixedGen) (created, again bool, transient, err error) {
 	// exists: one key has the id (cached); more than one is either two
 	// creators in the middle of a round or a real duplicate: look again
 	// later, and after fixedAttempts report it.
@@ -105,26 +111,29 @@ func (t *Token) ensureFixedOnce(s pkcs11.SessionHandle, objectID []byte, label s
 		return false, false, nil
 	}
 	if ok, again, err := exists(); ok || again || err != nil {
-		return false, again, err
+		return false, again, nil, err
 	}
 	claim := make([]byte, randomIDLen)
 	if _, err := rand.Read(claim); err != nil {
-		return false, false, fmt.Errorf("%w: crypto/rand: %w", hsm.ErrUnavailable, err)
+		return false, false, nil, fmt.Errorf("%w: crypto/rand: %w", hsm.ErrUnavailable, err)
 	}
 	h, err := gen(s, claim, claimLabelStart+hex.EncodeToString(claim))
-	if rvOf(err) == pkcs11.CKR_GENERAL_ERROR {
-		// SoftHSM2 fails key generations running in parallel in several
-		// processes now and then (its issue #573): try again.
-		return false, true, nil
+	if rv := rvOf(err); rv == pkcs11.CKR_GENERAL_ERROR || rv == pkcs11.CKR_TEMPLATE_INCONSISTENT {
+		// SoftHSM2 fails key generations running in parallel (in several
+		// processes, or several sessions of one) now and then, with
+		// either code (its issue #573; the second when the new object's
+		// attributes fail to save): try again, and report it if every
+		// attempt fails so.
+		return false, true, err, nil
 	}
 	if err != nil {
-		return false, false, err
+		return false, false, nil, err
 	}
 	destroy := func() { _ = t.mod.DestroyObject(s, h) }
 	// Someone may have finished meanwhile.
 	if ok, again, err := exists(); ok || again || err != nil {
 		destroy()
-		return false, again, err
+		return false, again, nil, err
 	}
 	if err := t.mod.SetAttributeValue(s, h, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID),
@@ -133,32 +142,32 @@ func (t *Token) ensureFixedOnce(s pkcs11.SessionHandle, objectID []byte, label s
 		destroy()
 		e := classify("C_SetAttributeValue", err)
 		if rv := rvOf(e); !templateRefused(e) && rv != pkcs11.CKR_ACTION_PROHIBITED {
-			return false, false, e
+			return false, false, nil, e
 		}
 		// The module does not rename keys: generate under the fixed id,
 		// which was just seen absent (no race protection across
 		// processes on such a module, only within this one).
 		if ok, again, err := exists(); ok || again || err != nil {
-			return false, again, err
+			return false, again, nil, err
 		}
 		h, err := gen(s, objectID, label)
 		if err != nil {
-			return false, false, err
+			return false, false, nil, err
 		}
 		t.cache(objectID, h)
-		return true, false, nil
+		return true, false, nil, nil
 	}
 	hs, err := t.find(s, objectID, 2)
 	if err != nil {
 		destroy()
-		return false, false, err
+		return false, false, nil, err
 	}
 	if len(hs) == 1 && hs[0] == h {
 		t.cache(objectID, h)
-		return true, false, nil
+		return true, false, nil, nil
 	}
 	// Another creator claimed the id too: give ours up.
 	destroy()
 	t.uncache(objectID)
-	return false, true, nil
+	return false, true, nil, nil
 }

@@ -370,7 +370,8 @@ func (t *Token) DestroyKey(ctx context.Context, objectID []byte) (err error) {
 }
 
 // KeyIDs returns the CKA_ID of every secret key and private key on the token whose
-// CKA_LABEL starts with the configured LabelPrefix, sorted bytewise.
+// CKA_LABEL starts with the configured LabelPrefix, sorted bytewise, except
+// the wrapping keys of key import (WrappingKeyIDs).
 // Objects destroyed while the listing runs are skipped.
 //
 // Errors: hsm.ErrBusy (wrapping ctx.Err()) if no session frees up before
@@ -438,7 +439,9 @@ func (t *Token) KeyIDs(ctx context.Context) (_ [][]byte, err error) {
 					label = a.Value
 				}
 			}
-			if len(id) > 0 && strings.HasPrefix(string(label), t.cfg.LabelPrefix) {
+			// Wrapping keys of key import (wrapping.go) are private keys
+			// too, under their own label prefix: WrappingKeyIDs lists them.
+			if len(id) > 0 && strings.HasPrefix(string(label), t.cfg.LabelPrefix) && !strings.HasPrefix(string(label), t.cfg.LabelPrefix+wrapLabel) {
 				ids = append(ids, id)
 				handles = append(handles, h)
 			}

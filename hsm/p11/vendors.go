@@ -24,6 +24,11 @@ package p11
 // C_GetMechanismInfo first: CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_EC_KEY_PAIR_GEN,
 // CKM_RSA_PKCS, CKM_RSA_PKCS_PSS, CKM_RSA_PKCS_OAEP, CKM_ECDSA
 // (C_GenerateKeyPair, C_Sign, C_Decrypt).
+// Key import (import.go), checked when used, never at
+// start-up: CKM_RSA_PKCS_KEY_PAIR_GEN (CKF_GENERATE_KEY_PAIR, 2048 bits),
+// CKM_RSA_PKCS_OAEP (CKF_UNWRAP; each hash probed), CKM_AES_ECB or
+// CKM_AES_CBC (key check value), CKM_AES_KEY_WRAP_PAD or CKM_AES_KEY_WRAP
+// (only where CKA_VALUE_LEN of an unwrapped key reads 0).
 //
 //	behaviour                      SoftHSM2              NSS softoken            elsewhere                    here
 //	C_Initialize pReserved         refused (ARGS_BAD)    required: configdir=... -                            Config.InitArgs, both at start-up and re-initialisation
@@ -53,3 +58,9 @@ package p11
 //	                               only)                                                                       kmsd answers UnsupportedOperation
 //	bad PKCS#1 v1.5 padding        an error              implicit rejection: a   ?                            every C_Decrypt failure is hsm.ErrNotAuthentic, one answer
 //	(C_Decrypt, CKM_RSA_PKCS)                            synthetic plaintext                                  (asym.go); no padding oracle in either case
+//	C_UnwrapKey OAEP hash (import) SHA-1 only (SHA-256:  SHA-1 and SHA-256      ?                            probed once per hash (OAEPSupported); RSAES_OAEP_SHA_256
+//	                               CKR_ARGUMENTS_BAD)                                                         refused by GetParametersForImport with UnsupportedOperation
+//	C_UnwrapKey CKA_VALUE_LEN      READ_ONLY in template;  accepted; reports 32   ?                            left out of the template; a 0 read back is measured by
+//	                               reads 0 afterwards                                                         AES-key-wrapping a session copy (lengthByWrap, import.go)
+//	bad OAEP / wrong-size material GENERAL_ERROR or        WRAPPED_KEY_INVALID,    ?                            all hsm.ErrNotAuthentic (unwrapRefused): the material is wrong
+//	                               WRAPPED_KEY_INVALID     ENCRYPTED_DATA_INVALID
