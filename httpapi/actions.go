@@ -128,6 +128,10 @@ func newActionTable() actionTable {
 		{awsName: "CreateAlias", policy: "kms:CreateAlias", aws: typedAPI3Action((*Server).awsCreateAlias)},
 		{awsName: "DeleteAlias", policy: "kms:DeleteAlias", aws: typedAPI3Action((*Server).awsDeleteAlias)},
 		{awsName: "ListAliases", policy: "kms:ListAliases", syncFree: true, aws: typedAPI3Action((*Server).awsListAliases)},
+		// Tags through the AWS API (awstags.go), under the Tag service's words.
+		{awsName: "TagResource", policy: "tag:TagResources", aws: typedAPI3Action((*Server).awsTagResource)},
+		{awsName: "UntagResource", policy: "tag:UnTagResources", aws: typedAPI3Action((*Server).awsUntagResource)},
+		{awsName: "ListResourceTags", policy: "tag:DescribeResourceTagsByResourceIds", syncFree: true, aws: typedAPI3Action((*Server).awsListResourceTags)},
 		{api3Name: "RotateKey", policy: "kms:RotateKey", api3: typedAPI3Action((*Server).rotateKey)},
 		{api3Name: "EnableKeyRotation", policy: "kms:EnableKeyRotation", api3: typedAPI3Action((*Server).enableKeyRotation)},
 		{api3Name: "DisableKeyRotation", policy: "kms:DisableKeyRotation", api3: typedAPI3Action((*Server).disableKeyRotation)},

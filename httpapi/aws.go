@@ -145,9 +145,6 @@ func (s *Server) authenticateAWS(next echo.HandlerFunc) echo.HandlerFunc {
 // awsRefused are AWS KMS actions hsmkms knows and does not serve, with the
 // reason given.
 var awsRefused = map[string]string{
-	"TagResource":         "tags are not supported yet (pending)",
-	"UntagResource":       "tags are not supported yet (pending)",
-	"ListResourceTags":    "tags are not supported yet (pending)",
 	"CreateGrant":         "grants are not supported: authorisation is by credential policies (kmsctl credentials)",
 	"ListGrants":          "grants are not supported: authorisation is by credential policies (kmsctl credentials)",
 	"RetireGrant":         "grants are not supported: authorisation is by credential policies (kmsctl credentials)",
@@ -205,6 +202,13 @@ func awsWireError(err error) (typ, msg string, ok bool) {
 			return "ValidationException", pe.message, true
 		}
 		return "SerializationException", pe.message, true
+	}
+	var te *kms.TagError // awstags.go
+	if errors.As(err, &te) {
+		if errors.Is(err, kms.ErrTagLimit) || strings.HasPrefix(te.Code, "LimitExceeded") {
+			return "LimitExceededException", te.Msg, true
+		}
+		return "TagException", te.Msg, true
 	}
 	var au *authError // shared refusals: rate, concurrency
 	if errors.As(err, &au) {

@@ -417,25 +417,23 @@ type awsKeyMetadataResponse struct {
 // CreateKey
 
 type awsCreateKeyRequest struct {
-	Policy                         *string        `json:"Policy"`
-	Description                    *string        `json:"Description"`
-	KeyUsage                       *string        `json:"KeyUsage"`
-	CustomerMasterKeySpec          *string        `json:"CustomerMasterKeySpec"`
-	KeySpec                        *string        `json:"KeySpec"`
-	Origin                         *string        `json:"Origin"`
-	CustomKeyStoreId               *string        `json:"CustomKeyStoreId"`
-	BypassPolicyLockoutSafetyCheck *bool          `json:"BypassPolicyLockoutSafetyCheck"`
-	Tags                           awsUnsupported `json:"Tags"`
-	MultiRegion                    *bool          `json:"MultiRegion"`
-	XksKeyId                       *string        `json:"XksKeyId"`
+	Policy                         *string  `json:"Policy"`
+	Description                    *string  `json:"Description"`
+	KeyUsage                       *string  `json:"KeyUsage"`
+	CustomerMasterKeySpec          *string  `json:"CustomerMasterKeySpec"`
+	KeySpec                        *string  `json:"KeySpec"`
+	Origin                         *string  `json:"Origin"`
+	CustomKeyStoreId               *string  `json:"CustomKeyStoreId"`
+	BypassPolicyLockoutSafetyCheck *bool    `json:"BypassPolicyLockoutSafetyCheck"`
+	Tags                           []awsTag `json:"Tags"`
+	MultiRegion                    *bool    `json:"MultiRegion"`
+	XksKeyId                       *string  `json:"XksKeyId"`
 }
 
 func (s *Server) awsCreateKey(ctx context.Context, req *awsCreateKeyRequest) (*awsKeyMetadataResponse, error) {
 	switch {
 	case req.Policy != nil:
 		return nil, awsErrorf("UnsupportedOperationException", "key policies are not supported: authorisation is by credential policies (kmsctl credentials)")
-	case len(req.Tags) > 0 && string(req.Tags) != "[]":
-		return nil, awsErrorf("UnsupportedOperationException", "tags are not supported yet (pending)")
 	case req.Origin != nil && *req.Origin != "AWS_KMS":
 		return nil, unsupported("an Origin other than AWS_KMS")
 	case req.CustomKeyStoreId != nil, req.XksKeyId != nil:
@@ -447,7 +445,11 @@ func (s *Server) awsCreateKey(ctx context.Context, req *awsCreateKeyRequest) (*a
 	if err != nil {
 		return nil, err
 	}
-	md, err := s.kms.CreateKey(ctx, kms.CreateKeyInput{Alias: kms.NewPlaceholderAlias(), Description: deref(req.Description), KeyUsage: usage})
+	tags, err := awsDomainTags(req.Tags) // awstags.go; the domain checks them and tag:TagResources
+	if err != nil {
+		return nil, err
+	}
+	md, err := s.kms.CreateKey(ctx, kms.CreateKeyInput{Alias: kms.NewPlaceholderAlias(), Description: deref(req.Description), KeyUsage: usage, Tags: tags})
 	if err != nil {
 		return nil, err
 	}

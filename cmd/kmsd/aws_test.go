@@ -317,8 +317,8 @@ func TestAWSSDK(t *testing.T) {
 	}
 
 	// Refused actions and fields.
-	_, err = c.TagResource(ctx, &awskms.TagResourceInput{KeyId: aws.String(id), Tags: []types.Tag{{TagKey: aws.String("a"), TagValue: aws.String("b")}}})
-	wantAWSErr(t, "TagResource", err, "UnsupportedOperationException", 400)
+	_, err = c.GetKeyPolicy(ctx, &awskms.GetKeyPolicyInput{KeyId: aws.String(id), PolicyName: aws.String("default")})
+	wantAWSErr(t, "GetKeyPolicy", err, "UnsupportedOperationException", 400)
 	_, err = c.CreateGrant(ctx, &awskms.CreateGrantInput{KeyId: aws.String(id), GranteePrincipal: aws.String("x"), Operations: []types.GrantOperation{types.GrantOperationDecrypt}})
 	wantAWSErr(t, "CreateGrant", err, "UnsupportedOperationException", 400)
 	_, err = c.PutKeyPolicy(ctx, &awskms.PutKeyPolicyInput{KeyId: aws.String(id), Policy: aws.String("{}")})
@@ -340,7 +340,7 @@ func TestAWSSDK(t *testing.T) {
 	}
 	for _, w := range []struct{ action, code string }{
 		{"CreateKey", "0"}, {"CreateAlias", "0"}, {"UpdateAlias", "0"}, {"DeleteAlias", "0"}, {"ScheduleKeyDeletion", "0"},
-		{"Decrypt", "IncorrectKeyException"}, {"Encrypt", "DisabledException"}, {"TagResource", "UnsupportedOperationException"},
+		{"Decrypt", "IncorrectKeyException"}, {"Encrypt", "DisabledException"}, {"GetKeyPolicy", "UnsupportedOperationException"},
 		{"UpdateKeyDescription", "UnknownOperationException"},
 	} {
 		if len(auditedAWS(t, data, w.action, w.code)) == 0 {
