@@ -235,18 +235,7 @@ func (t *Token) findPrivate(s pkcs11.SessionHandle, objectID []byte, max int) ([
 		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID),
 		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
 	}
-	if err := t.mod.FindObjectsInit(s, tmpl); err != nil {
-		return nil, classify("C_FindObjectsInit", err)
-	}
-	hs, _, err := t.mod.FindObjects(s, max)
-	ferr := t.mod.FindObjectsFinal(s)
-	if err != nil {
-		return nil, classify("C_FindObjects", err)
-	}
-	if ferr != nil {
-		return nil, classify("C_FindObjectsFinal", ferr)
-	}
-	return hs, nil
+	return t.findUpTo(s, tmpl, max)
 }
 
 // DestroyWrappingKey destroys the wrapping key objectID (every private key
@@ -303,47 +292,17 @@ func (t *Token) WrappingKeyIDs(ctx context.Context) (_ [][]byte, err error) {
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
 		}
-		if err := t.mod.FindObjectsInit(s, tmpl); err != nil {
-			return classify("C_FindObjectsInit", err)
-		}
-		var all []pkcs11.ObjectHandle
-		var ferr error
-		for {
-			hs, _, err := t.mod.FindObjects(s, 128)
-			if err != nil {
-				ferr = classify("C_FindObjects", err)
-				break
-			}
-			if len(hs) == 0 {
-				break
-			}
-			all = append(all, hs...)
-		}
-		if err := t.mod.FindObjectsFinal(s); err != nil && ferr == nil {
-			ferr = classify("C_FindObjectsFinal", err)
-		}
-		if ferr != nil {
-			return ferr
+		all, err := t.findEvery(s, tmpl, nil)
+		if err != nil {
+			return err
 		}
 		for _, h := range all {
-			attrs, err := t.mod.GetAttributeValue(s, h, []*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
-				pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
-			})
+			id, label, gone, err := t.idAndLabel(s, h)
 			if err != nil {
-				if rvOf(classify("", err)) == pkcs11.CKR_OBJECT_HANDLE_INVALID {
-					continue
-				}
-				return classify("C_GetAttributeValue", err)
+				return err
 			}
-			var id, label []byte
-			for _, a := range attrs {
-				switch a.Type {
-				case pkcs11.CKA_ID:
-					id = a.Value
-				case pkcs11.CKA_LABEL:
-					label = a.Value
-				}
+			if gone {
+				continue
 			}
 			if len(id) > 0 && strings.HasPrefix(string(label), t.cfg.LabelPrefix+wrapLabel) {
 				ids = append(ids, id)
