@@ -12,8 +12,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/google/uuid"
-
 	"hsmkms/hsm"
 	"hsmkms/store"
 )
@@ -191,22 +189,13 @@ func (s *Service) createExternal(ctx context.Context, in CreateKeyInput, usage s
 			s.unreserve(in.Alias)
 		}
 	}()
-	id, err := uuid.NewRandom()
+	keyID, objectID, err := newKeyIDs(ctx, in.Tags)
 	if err != nil {
-		return KeyMetadata{}, fmt.Errorf("%w: create key: key id: %w", ErrInternal, err)
-	}
-	if len(in.Tags) > 0 {
-		if err := authorize(ctx, ActTagResources, id.String()); err != nil {
-			return KeyMetadata{}, err
-		}
-	}
-	objectID := make([]byte, 16)
-	if _, err := rand.Read(objectID); err != nil {
-		return KeyMetadata{}, fmt.Errorf("%w: create key: object id: %w", ErrInternal, err)
+		return KeyMetadata{}, err
 	}
 	now := s.now().UTC()
 	rec := store.Key{
-		ID: id.String(), Alias: in.Alias, Description: in.Description, Usage: usage,
+		ID: keyID, Alias: in.Alias, Description: in.Description, Usage: usage,
 		State: StatePendingImport, Origin: OriginExternal, CreatedAt: now,
 		Versions: []store.Version{{Number: 1, ObjectID: objectID, CreatedAt: now}},
 		Gen:      1,
