@@ -265,13 +265,7 @@ func (t *Token) readPublic(s pkcs11.SessionHandle, h pkcs11.ObjectHandle, spec h
 		if spec == hsm.SpecECP384 {
 			curve = ecdh.P384()
 		}
-		var point []byte
-		for _, a := range attrs {
-			if a.Type == pkcs11.CKA_EC_POINT {
-				point = a.Value
-			}
-		}
-		ecpk, perr := ecPoint(curve, point)
+		ecpk, perr := ecPoint(curve, attrValue(attrs, pkcs11.CKA_EC_POINT))
 		if perr != nil {
 			return nil, bad("%v", perr)
 		}

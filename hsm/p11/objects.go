@@ -63,13 +63,18 @@ func (t *Token) idAndLabel(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (id, l
 		}
 		return nil, nil, false, classify("C_GetAttributeValue", err)
 	}
+	return attrValue(attrs, pkcs11.CKA_ID), attrValue(attrs, pkcs11.CKA_LABEL), false, nil
+}
+
+// attrValue returns the value of the attribute typ in attrs, as
+// C_GetAttributeValue returned them (the last one should a module repeat
+// it; nil if it is absent).
+func attrValue(attrs []*pkcs11.Attribute, typ uint) []byte {
+	var v []byte
 	for _, a := range attrs {
-		switch a.Type {
-		case pkcs11.CKA_ID:
-			id = a.Value
-		case pkcs11.CKA_LABEL:
-			label = a.Value
+		if a.Type == typ {
+			v = a.Value
 		}
 	}
-	return id, label, false, nil
+	return v
 }

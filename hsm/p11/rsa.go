@@ -56,13 +56,5 @@ func (t *Token) readRSAParts(s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (n, 
 	if err != nil {
 		return nil, nil, classify("C_GetAttributeValue", err)
 	}
-	for _, a := range attrs {
-		switch a.Type {
-		case pkcs11.CKA_MODULUS:
-			n = a.Value
-		case pkcs11.CKA_PUBLIC_EXPONENT:
-			e = a.Value
-		}
-	}
-	return n, e, nil
+	return attrValue(attrs, pkcs11.CKA_MODULUS), attrValue(attrs, pkcs11.CKA_PUBLIC_EXPONENT), nil
 }
