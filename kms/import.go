@@ -220,6 +220,19 @@ func (s *Service) createExternal(ctx context.Context, in CreateKeyInput, usage s
 	return k.meta, nil
 }
 
+// checkExternal refuses a key that is not usable (checkUsable's errors) or
+// not of Origin EXTERNAL (ErrNotExternalKey naming keyID): the check every
+// action on imported material starts with.
+func checkExternal(k *keyEntry, keyID string) error {
+	if err := checkUsable(k); err != nil {
+		return err
+	}
+	if k.meta.Origin != OriginExternal {
+		return fmt.Errorf("%w: %s", ErrNotExternalKey, keyID)
+	}
+	return nil
+}
+
 // ---------------------------------------------------------------------------
 // GetParametersForImport
 
@@ -268,11 +281,8 @@ func (s *Service) GetParametersForImport(ctx context.Context, keyID, algorithm, 
 	if k == nil || k.meta.KeyState == StateDeleted {
 		return ImportParameters{}, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
 	}
-	if err := checkUsable(k); err != nil {
+	if err := checkExternal(k, keyID); err != nil {
 		return ImportParameters{}, err
-	}
-	if k.meta.Origin != OriginExternal {
-		return ImportParameters{}, fmt.Errorf("%w: %s", ErrNotExternalKey, keyID)
 	}
 	if k.meta.KeyState == StatePendingDelete {
 		return ImportParameters{}, notSupported(k)

@@ -70,11 +70,8 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, in ImportKeyMaterialInp
 		return KeyMetadata{}, err
 	}
 	defer release()
-	if err := checkUsable(k); err != nil {
+	if err := checkExternal(k, in.KeyID); err != nil {
 		return KeyMetadata{}, err
-	}
-	if k.meta.Origin != OriginExternal {
-		return KeyMetadata{}, fmt.Errorf("%w: %s", ErrNotExternalKey, in.KeyID)
 	}
 	if k.meta.KeyState != StateEnabled && k.meta.KeyState != StatePendingImport {
 		return KeyMetadata{}, notSupported(k)
@@ -248,11 +245,8 @@ func (s *Service) DeleteImportedKeyMaterial(ctx context.Context, keyID string) (
 		return KeyMetadata{}, err
 	}
 	defer release()
-	if err := checkUsable(k); err != nil {
+	if err := checkExternal(k, keyID); err != nil {
 		return KeyMetadata{}, err
-	}
-	if k.meta.Origin != OriginExternal {
-		return KeyMetadata{}, fmt.Errorf("%w: %s", ErrNotExternalKey, keyID)
 	}
 	switch {
 	case k.meta.KeyState == StatePendingDelete:
