@@ -177,6 +177,15 @@ func (s *Server) serveAPI3(c echo.Context) error {
 	if !ok {
 		return apiErrorf("InvalidAction", "the action "+truncate(req.action, 64)+" is not supported")
 	}
+	return s.serveAPI3Action(ctx, info, req, act)
+}
+
+// serveAPI3Action serves an API 3.0 or Tag service request for act, the
+// action it names (known, version checked): it checks the body size,
+// decodes the parameters (JSON body or form/query), calls the action and
+// puts its response, with the request id, in info's envelope. Errors are
+// the wire errors the edge answers with.
+func (s *Server) serveAPI3Action(ctx context.Context, info *reqInfo, req *api3Request, act *action) error {
 	if int64(len(req.body)) > act.bodyLimit(s.cfg.MaxBodyBytes) {
 		return apiErrorf("InvalidParameter", "the request body is too large")
 	}

@@ -28,6 +28,20 @@ func (s *Server) importer() (KeyImporter, error) {
 	return nil, apiErrorf("UnsupportedOperation", "key import is not supported")
 }
 
+// importerFor is importer then requireKeyID(ctx, keyID, member): the
+// start of every import action. Errors are the wire errors of either.
+func (s *Server) importerFor(ctx context.Context, keyID *string, member *memberAccount) (KeyImporter, string, error) {
+	ki, err := s.importer()
+	if err != nil {
+		return nil, "", err
+	}
+	id, err := requireKeyID(ctx, keyID, member)
+	if err != nil {
+		return nil, "", err
+	}
+	return ki, id, nil
+}
+
 type getParametersForImportRequest struct {
 	KeyId             *string `json:"KeyId"`
 	WrappingAlgorithm *string `json:"WrappingAlgorithm"`
@@ -43,11 +57,7 @@ type getParametersForImportResponse struct {
 }
 
 func (s *Server) getParametersForImport(ctx context.Context, req *getParametersForImportRequest) (*getParametersForImportResponse, error) {
-	ki, err := s.importer()
-	if err != nil {
-		return nil, err
-	}
-	id, err := requireKeyID(ctx, req.KeyId, nil)
+	ki, id, err := s.importerFor(ctx, req.KeyId, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -75,11 +85,7 @@ type importKeyMaterialRequest struct {
 }
 
 func (s *Server) importKeyMaterial(ctx context.Context, req *importKeyMaterialRequest) (*responseBase, error) {
-	ki, err := s.importer()
-	if err != nil {
-		return nil, err
-	}
-	id, err := requireKeyID(ctx, req.KeyId, nil)
+	ki, id, err := s.importerFor(ctx, req.KeyId, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -102,11 +108,7 @@ func (s *Server) importKeyMaterial(ctx context.Context, req *importKeyMaterialRe
 }
 
 func (s *Server) deleteImportedKeyMaterial(ctx context.Context, req *keyIDRequest) (*responseBase, error) {
-	ki, err := s.importer()
-	if err != nil {
-		return nil, err
-	}
-	id, err := requireKeyID(ctx, req.KeyId, req.MemberAccount)
+	ki, id, err := s.importerFor(ctx, req.KeyId, req.MemberAccount)
 	if err != nil {
 		return nil, err
 	}

@@ -72,27 +72,7 @@ func (s *Server) serveTag(ctx context.Context, info *reqInfo, req *api3Request) 
 	if !ok {
 		return apiErrorf("InvalidAction", "the tag action "+truncate(req.action, 64)+" is not supported")
 	}
-	if int64(len(req.body)) > act.bodyLimit(s.cfg.MaxBodyBytes) {
-		return apiErrorf("InvalidParameter", "the request body is too large")
-	}
-	in := act.api3.newRequest()
-	var err error
-	if req.jsonBody != nil {
-		err = decodeJSONParams(req.jsonBody, in)
-	} else {
-		err = decodeFormParams(req.form, in)
-	}
-	if err != nil {
-		return err
-	}
-	resp, err := act.api3.serve(s, ctx, in, info.requestID)
-	if err != nil {
-		return err
-	}
-	setRequestID(resp, info.requestID)
-	info.envelope.Response = resp
-	info.reply = &info.envelope
-	return nil
+	return s.serveAPI3Action(ctx, info, req, act)
 }
 
 // scopeService returns the service of a TC3 Authorization header's

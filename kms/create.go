@@ -153,19 +153,9 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 		}
 	}()
 
-	id, err := uuid.NewRandom()
+	keyID, objectID, err := newKeyIDs(ctx, in.Tags)
 	if err != nil {
-		return KeyMetadata{}, fmt.Errorf("%w: create key: key id: %w", ErrInternal, err)
-	}
-	keyID := id.String()
-	if len(in.Tags) > 0 {
-		if err := authorize(ctx, ActTagResources, keyID); err != nil {
-			return KeyMetadata{}, err
-		}
-	}
-	objectID := make([]byte, 16)
-	if _, err := rand.Read(objectID); err != nil {
-		return KeyMetadata{}, fmt.Errorf("%w: create key: object id: %w", ErrInternal, err)
+		return KeyMetadata{}, err
 	}
 	now := s.now().UTC()
 	log := s.log.With("key_id", keyID, "object_id", fmt.Sprintf("%x", objectID))
@@ -247,6 +237,30 @@ func (s *Service) CreateKey(ctx context.Context, in CreateKeyInput) (KeyMetadata
 	published = true
 	log.Info("kms: key created", "alias", in.Alias)
 	return k.meta, nil
+}
+
+// newKeyIDs draws a new key's id (a random UUID) and the object id of its
+// version 1 (16 random bytes), and, if tags are given, checks that the
+// caller may tag the key (ActTagResources): the common start of CreateKey
+// and createExternal (import.go).
+//
+// Errors: ErrUnauthorized (from authorize); ErrInternal if randomness fails.
+func newKeyIDs(ctx context.Context, tags []Tag) (keyID string, objectID []byte, err error) {
+	id, err := uuid.NewRandom()
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: create key: key id: %w", ErrInternal, err)
+	}
+	keyID = id.String()
+	if len(tags) > 0 {
+		if err := authorize(ctx, ActTagResources, keyID); err != nil {
+			return "", nil, err
+		}
+	}
+	objectID = make([]byte, 16)
+	if _, err := rand.Read(objectID); err != nil {
+		return "", nil, fmt.Errorf("%w: create key: object id: %w", ErrInternal, err)
+	}
+	return keyID, objectID, nil
 }
 
 func hasObject(k store.Key, objectID []byte) bool {

@@ -12,8 +12,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/google/uuid"
-
 	"hsmkms/hsm"
 	"hsmkms/store"
 )
@@ -191,22 +189,13 @@ func (s *Service) createExternal(ctx context.Context, in CreateKeyInput, usage s
 			s.unreserve(in.Alias)
 		}
 	}()
-	id, err := uuid.NewRandom()
+	keyID, objectID, err := newKeyIDs(ctx, in.Tags)
 	if err != nil {
-		return KeyMetadata{}, fmt.Errorf("%w: create key: key id: %w", ErrInternal, err)
-	}
-	if len(in.Tags) > 0 {
-		if err := authorize(ctx, ActTagResources, id.String()); err != nil {
-			return KeyMetadata{}, err
-		}
-	}
-	objectID := make([]byte, 16)
-	if _, err := rand.Read(objectID); err != nil {
-		return KeyMetadata{}, fmt.Errorf("%w: create key: object id: %w", ErrInternal, err)
+		return KeyMetadata{}, err
 	}
 	now := s.now().UTC()
 	rec := store.Key{
-		ID: id.String(), Alias: in.Alias, Description: in.Description, Usage: usage,
+		ID: keyID, Alias: in.Alias, Description: in.Description, Usage: usage,
 		State: StatePendingImport, Origin: OriginExternal, CreatedAt: now,
 		Versions: []store.Version{{Number: 1, ObjectID: objectID, CreatedAt: now}},
 		Gen:      1,
@@ -229,6 +218,19 @@ func (s *Service) createExternal(ctx context.Context, in CreateKeyInput, usage s
 	published = true
 	s.log.Info("kms: key created, awaiting imported material", "key_id", rec.ID, "alias", in.Alias)
 	return k.meta, nil
+}
+
+// checkExternal refuses a key that is not usable (checkUsable's errors) or
+// not of Origin EXTERNAL (ErrNotExternalKey naming keyID): the check every
+// action on imported material starts with.
+func checkExternal(k *keyEntry, keyID string) error {
+	if err := checkUsable(k); err != nil {
+		return err
+	}
+	if k.meta.Origin != OriginExternal {
+		return fmt.Errorf("%w: %s", ErrNotExternalKey, keyID)
+	}
+	return nil
 }
 
 // ---------------------------------------------------------------------------
@@ -279,11 +281,8 @@ func (s *Service) GetParametersForImport(ctx context.Context, keyID, algorithm, 
 	if k == nil || k.meta.KeyState == StateDeleted {
 		return ImportParameters{}, fmt.Errorf("%w: %s", ErrKeyNotFound, keyID)
 	}
-	if err := checkUsable(k); err != nil {
+	if err := checkExternal(k, keyID); err != nil {
 		return ImportParameters{}, err
-	}
-	if k.meta.Origin != OriginExternal {
-		return ImportParameters{}, fmt.Errorf("%w: %s", ErrNotExternalKey, keyID)
 	}
 	if k.meta.KeyState == StatePendingDelete {
 		return ImportParameters{}, notSupported(k)

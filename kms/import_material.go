@@ -70,11 +70,8 @@ func (s *Service) ImportKeyMaterial(ctx context.Context, in ImportKeyMaterialInp
 		return KeyMetadata{}, err
 	}
 	defer release()
-	if err := checkUsable(k); err != nil {
+	if err := checkExternal(k, in.KeyID); err != nil {
 		return KeyMetadata{}, err
-	}
-	if k.meta.Origin != OriginExternal {
-		return KeyMetadata{}, fmt.Errorf("%w: %s", ErrNotExternalKey, in.KeyID)
 	}
 	if k.meta.KeyState != StateEnabled && k.meta.KeyState != StatePendingImport {
 		return KeyMetadata{}, notSupported(k)
@@ -248,11 +245,8 @@ func (s *Service) DeleteImportedKeyMaterial(ctx context.Context, keyID string) (
 		return KeyMetadata{}, err
 	}
 	defer release()
-	if err := checkUsable(k); err != nil {
+	if err := checkExternal(k, keyID); err != nil {
 		return KeyMetadata{}, err
-	}
-	if k.meta.Origin != OriginExternal {
-		return KeyMetadata{}, fmt.Errorf("%w: %s", ErrNotExternalKey, keyID)
 	}
 	switch {
 	case k.meta.KeyState == StatePendingDelete:
@@ -372,22 +366,16 @@ func (s *Service) maintainImports(ctx context.Context, rep *MaintenanceReport) e
 // expireMaterial unloads the material of keyID if it is still loaded and
 // past its ValidTo, re-checked under the key's locks.
 func (s *Service) expireMaterial(ctx context.Context, keyID string) (bool, error) {
-	k, release, err := s.lockForMaintenance(ctx, keyID)
-	if errors.Is(err, ErrKeyNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	defer release()
-	r := k.rec
-	if k.suspect != nil || r.Origin != OriginExternal || !r.MaterialLoaded || r.MaterialValidTo.IsZero() || r.MaterialValidTo.After(s.now()) {
-		return false, nil
-	}
-	if _, err := s.unloadMaterial(ctx, k, "expired"); err != nil {
-		return false, err
-	}
-	return true, nil
+	return s.sweepKey(ctx, keyID, func(k *keyEntry) (bool, error) {
+		r := k.rec
+		if k.suspect != nil || r.Origin != OriginExternal || !r.MaterialLoaded || r.MaterialValidTo.IsZero() || r.MaterialValidTo.After(s.now()) {
+			return false, nil
+		}
+		if _, err := s.unloadMaterial(ctx, k, "expired"); err != nil {
+			return false, err
+		}
+		return true, nil
+	})
 }
 
 // importOrphans lists the wrapping keys on the token that no import

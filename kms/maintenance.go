@@ -118,9 +118,12 @@ func (s *Service) lockForMaintenance(ctx context.Context, keyID string) (k *keyE
 	}, nil
 }
 
-// purge destroys a key whose deletion window ended; it re-checks the key
-// under writeMu, so it never acts on a key whose deletion was cancelled.
-func (s *Service) purge(ctx context.Context, keyID string) (bool, error) {
+// sweepKey runs act on the current entry of keyID under
+// lockForMaintenance, for the periodic passes (purge, rotateIfDue,
+// expireMaterial): a key gone meanwhile (ErrKeyNotFound) is no error, and
+// act is then not called. act reports whether it changed the key; the
+// locks are released when it returns.
+func (s *Service) sweepKey(ctx context.Context, keyID string, act func(k *keyEntry) (bool, error)) (bool, error) {
 	k, release, err := s.lockForMaintenance(ctx, keyID)
 	if errors.Is(err, ErrKeyNotFound) {
 		return false, nil
@@ -129,74 +132,76 @@ func (s *Service) purge(ctx context.Context, keyID string) (bool, error) {
 		return false, err
 	}
 	defer release()
-	now := s.now().UTC()
-	if k.meta.KeyState != StatePendingDelete || k.meta.DeletionDate.After(now) {
-		return false, nil
-	}
-	log := s.log.With("key_id", keyID)
-	// Destroying token objects cannot be undone: act only on what the
-	// store holds now, verified, and identical to the cached entry.
-	fresh, err := s.store.GetKey(ctx, keyID)
-	if err != nil {
-		return false, storeErr("purge", err)
-	}
-	if err := s.checkKey(ctx, fresh, k.floor); err != nil {
-		if errors.Is(err, ErrIntegrity) {
-			s.reportIntegrity(KindKey, keyID, err)
+	return act(k)
+}
+
+// purge destroys a key whose deletion window ended; it re-checks the key
+// under writeMu, so it never acts on a key whose deletion was cancelled.
+func (s *Service) purge(ctx context.Context, keyID string) (bool, error) {
+	return s.sweepKey(ctx, keyID, func(k *keyEntry) (bool, error) {
+		now := s.now().UTC()
+		if k.meta.KeyState != StatePendingDelete || k.meta.DeletionDate.After(now) {
+			return false, nil
 		}
-		return false, fmt.Errorf("kms: purge %s refused: %w", keyID, err)
-	}
-	if !sameRecord(fresh, k.rec) {
-		return false, fmt.Errorf("kms: purge %s: the stored key differs from the cached one; retrying at the next pass", keyID)
-	}
-	for _, v := range k.versions {
-		if reservedObject(v.objectID) {
-			err := fmt.Errorf("%w: key %s names a reserved token object", ErrIntegrity, keyID)
-			s.reportIntegrity(KindKey, keyID, err)
+		log := s.log.With("key_id", keyID)
+		// Destroying token objects cannot be undone: act only on what the
+		// store holds now, verified, and identical to the cached entry.
+		fresh, err := s.store.GetKey(ctx, keyID)
+		if err != nil {
+			return false, storeErr("purge", err)
+		}
+		if err := s.checkKey(ctx, fresh, k.floor); err != nil {
+			if errors.Is(err, ErrIntegrity) {
+				s.reportIntegrity(KindKey, keyID, err)
+			}
 			return false, fmt.Errorf("kms: purge %s refused: %w", keyID, err)
 		}
-	}
-	for i, v := range k.versions {
-		if err := s.hsm.DestroyKey(ctx, v.objectID); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
-			return false, fmt.Errorf("kms: purge %s: %w", keyID, s.hsmErr(s.versionLog(k, &k.versions[i]), "purge", err))
+		if !sameRecord(fresh, k.rec) {
+			return false, fmt.Errorf("kms: purge %s: the stored key differs from the cached one; retrying at the next pass", keyID)
 		}
-		s.fault("purge:destroyed-one")
-	}
-	s.fault("purge:destroyed-all")
-	r := k.rec
-	r.State = StateDeleted
-	r.DeletionDate = now
-	r.RotationEnabled = false
-	r, err = s.writeKey(ctx, k, r)
-	if err != nil {
-		log.Error("kms: purge: token objects destroyed but the tombstone was not written; retrying at the next pass", "err", err)
-		return false, storeErr("purge", err)
-	}
-	nk, err := newKeyEntry(r, k)
-	if err != nil {
-		return false, fmt.Errorf("%w: purge: %w", ErrInternal, err)
-	}
-	s.replace(k, nk)
-	log.Info("kms: key purged: every token object destroyed, metadata kept as a tombstone", "versions", len(k.versions))
-	return true, nil
+		for _, v := range k.versions {
+			if reservedObject(v.objectID) {
+				err := fmt.Errorf("%w: key %s names a reserved token object", ErrIntegrity, keyID)
+				s.reportIntegrity(KindKey, keyID, err)
+				return false, fmt.Errorf("kms: purge %s refused: %w", keyID, err)
+			}
+		}
+		for i, v := range k.versions {
+			if err := s.hsm.DestroyKey(ctx, v.objectID); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+				return false, fmt.Errorf("kms: purge %s: %w", keyID, s.hsmErr(s.versionLog(k, &k.versions[i]), "purge", err))
+			}
+			s.fault("purge:destroyed-one")
+		}
+		s.fault("purge:destroyed-all")
+		r := k.rec
+		r.State = StateDeleted
+		r.DeletionDate = now
+		r.RotationEnabled = false
+		r, err = s.writeKey(ctx, k, r)
+		if err != nil {
+			log.Error("kms: purge: token objects destroyed but the tombstone was not written; retrying at the next pass", "err", err)
+			return false, storeErr("purge", err)
+		}
+		nk, err := newKeyEntry(r, k)
+		if err != nil {
+			return false, fmt.Errorf("%w: purge: %w", ErrInternal, err)
+		}
+		s.replace(k, nk)
+		log.Info("kms: key purged: every token object destroyed, metadata kept as a tombstone", "versions", len(k.versions))
+		return true, nil
+	})
 }
 
 // rotateIfDue rotates a key whose automatic rotation is due, re-checking
 // under writeMu.
 func (s *Service) rotateIfDue(ctx context.Context, keyID string) (bool, error) {
-	k, release, err := s.lockForMaintenance(ctx, keyID)
-	if errors.Is(err, ErrKeyNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	defer release()
-	if k.meta.KeyState != StateEnabled || !k.meta.KeyRotationEnabled || k.meta.NextRotateTime.After(s.now()) {
-		return false, nil
-	}
-	if _, err := s.rotateLocked(ctx, k, "scheduled"); err != nil {
-		return false, fmt.Errorf("kms: automatic rotation of %s: %w", keyID, err)
-	}
-	return true, nil
+	return s.sweepKey(ctx, keyID, func(k *keyEntry) (bool, error) {
+		if k.meta.KeyState != StateEnabled || !k.meta.KeyRotationEnabled || k.meta.NextRotateTime.After(s.now()) {
+			return false, nil
+		}
+		if _, err := s.rotateLocked(ctx, k, "scheduled"); err != nil {
+			return false, fmt.Errorf("kms: automatic rotation of %s: %w", keyID, err)
+		}
+		return true, nil
+	})
 }

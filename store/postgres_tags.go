@@ -40,28 +40,5 @@ func pgLoadTags(ctx context.Context, tx pgx.Tx, keys []Key, index map[string]int
 		return fmt.Errorf("tags: %w", err)
 	}
 	defer rows.Close()
-	for rows.Next() {
-		var (
-			keyID string
-			t     Tag
-		)
-		if err := rows.Scan(&keyID, &t.Key, &t.Value); err != nil {
-			return fmt.Errorf("tags: %w", err)
-		}
-		i := 0
-		if index != nil {
-			var ok bool
-			if i, ok = index[keyID]; !ok {
-				return fmt.Errorf("tag %q of unknown key %s", t.Key, keyID)
-			}
-		}
-		keys[i].Tags = append(keys[i].Tags, t)
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("tags: %w", err)
-	}
-	for i := range keys {
-		sortTags(keys[i].Tags)
-	}
-	return nil
+	return collectTags(rows, keys, index)
 }

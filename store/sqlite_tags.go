@@ -45,6 +45,45 @@ func sortTags(tags []Tag) {
 	sort.Slice(tags, func(i, j int) bool { return tags[i].Key < tags[j].Key })
 }
 
+// tagRows is what collectTags needs of a query's rows: *sql.Rows and
+// pgx.Rows both have it.
+type tagRows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// collectTags appends the tags of rows (key_id, tag_key, tag_value) to the
+// keys in keys (by index of their id), or to keys[0] if index is nil, then
+// sorts each key's tags bytewise, whatever the engine's collation. The
+// caller closes rows.
+func collectTags(rows tagRows, keys []Key, index map[string]int) error {
+	for rows.Next() {
+		var (
+			keyID string
+			t     Tag
+		)
+		if err := rows.Scan(&keyID, &t.Key, &t.Value); err != nil {
+			return fmt.Errorf("tags: %w", err)
+		}
+		i := 0
+		if index != nil {
+			var ok bool
+			if i, ok = index[keyID]; !ok { // impossible with foreign keys on; be defensive
+				return fmt.Errorf("tag %q of unknown key %s", t.Key, keyID)
+			}
+		}
+		keys[i].Tags = append(keys[i].Tags, t)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("tags: %w", err)
+	}
+	for i := range keys {
+		sortTags(keys[i].Tags)
+	}
+	return nil
+}
+
 // sqliteReplaceTags makes the tags of key id exactly tags, inside tx.
 func sqliteReplaceTags(ctx context.Context, tx *sql.Tx, id string, tags []Tag) error {
 	if err := validateTags(tags); err != nil {
@@ -77,28 +116,5 @@ func sqliteLoadTags(ctx context.Context, tx *sql.Tx, keys []Key, index map[strin
 		return fmt.Errorf("tags: %w", err)
 	}
 	defer rows.Close()
-	for rows.Next() {
-		var (
-			keyID string
-			t     Tag
-		)
-		if err := rows.Scan(&keyID, &t.Key, &t.Value); err != nil {
-			return fmt.Errorf("tags: %w", err)
-		}
-		i := 0
-		if index != nil {
-			var ok bool
-			if i, ok = index[keyID]; !ok { // impossible with foreign keys on; be defensive
-				return fmt.Errorf("tag %q of unknown key %s", t.Key, keyID)
-			}
-		}
-		keys[i].Tags = append(keys[i].Tags, t)
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("tags: %w", err)
-	}
-	for i := range keys {
-		sortTags(keys[i].Tags) // bytewise, whatever the collation
-	}
-	return nil
+	return collectTags(rows, keys, index)
 }

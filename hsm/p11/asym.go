@@ -146,9 +146,7 @@ func keyPairTemplates(objectID []byte, label string, spec hsm.KeySpec, use hsm.K
 	switch spec {
 	case hsm.SpecRSA2048:
 		keyType, mech = pkcs11.CKK_RSA, pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN
-		pub = append(pub,
-			pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, rsaModulusBits),
-			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}))
+		pub = append(pub, rsaSizeAttrs()...)
 	case hsm.SpecECP256, hsm.SpecECP384:
 		if dec {
 			return nil, nil, 0, fmt.Errorf("%w: EC key pairs only sign", hsm.ErrInvalidInput)
@@ -164,20 +162,11 @@ func keyPairTemplates(objectID []byte, label string, spec hsm.KeySpec, use hsm.K
 		return nil, nil, 0, fmt.Errorf("%w: unknown key spec %q", hsm.ErrInvalidInput, spec)
 	}
 	pub = append(pub, pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType))
-	priv = []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+	priv = tokenPrivateTemplate(keyType, objectID, label,
 		pkcs11.NewAttribute(pkcs11.CKA_SIGN, sign),
 		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, dec),
 		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
-		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-	}
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false))
 	return pub, priv, mech, nil
 }
 
@@ -252,53 +241,37 @@ func (t *Token) GenerateKeyPair(ctx context.Context, objectID []byte, label stri
 // readPublic reads a public key object and encodes it as a PKIX
 // SubjectPublicKeyInfo.
 func (t *Token) readPublic(s pkcs11.SessionHandle, h pkcs11.ObjectHandle, spec hsm.KeySpec) ([]byte, error) {
-	var want []*pkcs11.Attribute
-	if spec == hsm.SpecRSA2048 {
-		want = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil)}
-	} else {
-		want = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)}
-	}
-	attrs, err := t.mod.GetAttributeValue(s, h, want)
-	if err != nil {
-		return nil, classify("C_GetAttributeValue", err)
-	}
 	bad := func(format string, args ...any) error {
 		return errf(hsm.ErrUnavailable, "C_GetAttributeValue", "public key read back: "+format, args...)
 	}
-	var der []byte
+	var pk any
 	switch spec {
 	case hsm.SpecRSA2048:
-		var n, e []byte
-		for _, a := range attrs {
-			switch a.Type {
-			case pkcs11.CKA_MODULUS:
-				n = a.Value
-			case pkcs11.CKA_PUBLIC_EXPONENT:
-				e = a.Value
-			}
+		n, e, err := t.readRSAParts(s, h)
+		if err != nil {
+			return nil, err
 		}
 		bn, be := new(big.Int).SetBytes(n), new(big.Int).SetBytes(e)
 		if bn.BitLen() != rsaModulusBits || !be.IsInt64() || be.Int64() != 65537 {
 			return nil, bad("RSA modulus of %d bits, exponent %v", bn.BitLen(), be)
 		}
-		der, err = x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: bn, E: 65537})
+		pk = &rsa.PublicKey{N: bn, E: 65537}
 	default:
+		attrs, err := t.mod.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+		if err != nil {
+			return nil, classify("C_GetAttributeValue", err)
+		}
 		curve := ecdh.P256()
 		if spec == hsm.SpecECP384 {
 			curve = ecdh.P384()
 		}
-		var point []byte
-		for _, a := range attrs {
-			if a.Type == pkcs11.CKA_EC_POINT {
-				point = a.Value
-			}
-		}
-		pk, perr := ecPoint(curve, point)
+		ecpk, perr := ecPoint(curve, attrValue(attrs, pkcs11.CKA_EC_POINT))
 		if perr != nil {
 			return nil, bad("%v", perr)
 		}
-		der, err = x509.MarshalPKIXPublicKey(pk)
+		pk = ecpk
 	}
+	der, err := x509.MarshalPKIXPublicKey(pk)
 	if err != nil {
 		return nil, bad("%v", err)
 	}

@@ -240,20 +240,7 @@ func (t *Token) findClass(s pkcs11.SessionHandle, class uint, objectID []byte, m
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID), // never a working copy's (copyID)
 	}
-	if err := t.mod.FindObjectsInit(s, tmpl); err != nil {
-		return nil, classify("C_FindObjectsInit", err)
-	}
-	hs, _, err := t.mod.FindObjects(s, max)
-	// Always end the search: an active find would block the next one on
-	// this session (CKR_OPERATION_ACTIVE).
-	ferr := t.mod.FindObjectsFinal(s)
-	if err != nil {
-		return nil, classify("C_FindObjects", err)
-	}
-	if ferr != nil {
-		return nil, classify("C_FindObjectsFinal", ferr)
-	}
-	return hs, nil
+	return t.findUpTo(s, tmpl, max)
 }
 
 // findSettled is find(s, objectID, 2) that waits out working copies being
@@ -394,50 +381,21 @@ func (t *Token) KeyIDs(ctx context.Context) (_ [][]byte, err error) {
 				pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
 				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), // never a working copy
 			}
-			if err := t.mod.FindObjectsInit(s, tmpl); err != nil {
-				return classify("C_FindObjectsInit", err)
-			}
-			var ferr error
-			for {
-				hs, _, err := t.mod.FindObjects(s, 128)
-				if err != nil {
-					ferr = classify("C_FindObjects", err)
-					break
-				}
-				if len(hs) == 0 {
-					break
-				}
-				all = append(all, hs...)
-			}
-			if err := t.mod.FindObjectsFinal(s); err != nil && ferr == nil {
-				ferr = classify("C_FindObjectsFinal", err)
-			}
-			if ferr != nil {
-				return ferr
+			var err error
+			if all, err = t.findEvery(s, tmpl, all); err != nil {
+				return err
 			}
 		}
 		for _, h := range all {
 			if err := ctxErr(ctx); err != nil {
 				return err
 			}
-			attrs, err := t.mod.GetAttributeValue(s, h, []*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
-				pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
-			})
+			id, label, gone, err := t.idAndLabel(s, h)
 			if err != nil {
-				if rvOf(classify("", err)) == pkcs11.CKR_OBJECT_HANDLE_INVALID {
-					continue // destroyed meanwhile
-				}
-				return classify("C_GetAttributeValue", err)
+				return err
 			}
-			var id, label []byte
-			for _, a := range attrs {
-				switch a.Type {
-				case pkcs11.CKA_ID:
-					id = a.Value
-				case pkcs11.CKA_LABEL:
-					label = a.Value
-				}
+			if gone {
+				continue // destroyed meanwhile
 			}
 			// Wrapping keys of key import (wrapping.go) are private keys
 			// too, under their own label prefix: WrappingKeyIDs lists them.

@@ -44,36 +44,24 @@ func (t *Token) GenerateWrappingKey(ctx context.Context, objectID []byte, label 
 	if err := t.checkImportMechanism(needRSAKeyGen); err != nil {
 		return nil, err
 	}
-	public := []*pkcs11.Attribute{
+	public := append(append([]*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-		pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, hsm.WrappingKeyBits),
-		pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
+	}, rsaSizeAttrs()...),
 		pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
 		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
-		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
-	}
-	private := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false))
+	private := tokenPrivateTemplate(pkcs11.CKK_RSA, objectID, t.cfg.LabelPrefix+wrapLabel+label,
 		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
 		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
 		pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
 		pkcs11.NewAttribute(pkcs11.CKA_SIGN_RECOVER, false),
-		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, t.cfg.LabelPrefix+wrapLabel+label),
-	}
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false))
 	err = t.do(ctx, func(s pkcs11.SessionHandle) error {
-		pub, _, err := t.mod.GenerateKeyPair(s,
-			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)}, public, private)
+		pub, _, err := t.generateRSAPair(s, public, private)
 		if err != nil {
-			return classify("C_GenerateKeyPair", err)
+			return err
 		}
 		defer func() { _ = t.mod.DestroyObject(s, pub) }()
 		pk, err := t.readRSAPublic(s, pub)
@@ -97,21 +85,9 @@ func (t *Token) GenerateWrappingKey(ctx context.Context, objectID []byte, label 
 
 // readRSAPublic reads an RSA-2048 public key object.
 func (t *Token) readRSAPublic(s pkcs11.SessionHandle, pub pkcs11.ObjectHandle) (*rsa.PublicKey, error) {
-	attrs, err := t.mod.GetAttributeValue(s, pub, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil),
-	})
+	n, e, err := t.readRSAParts(s, pub)
 	if err != nil {
-		return nil, classify("C_GetAttributeValue", err)
-	}
-	var n, e []byte
-	for _, a := range attrs {
-		switch a.Type {
-		case pkcs11.CKA_MODULUS:
-			n = a.Value
-		case pkcs11.CKA_PUBLIC_EXPONENT:
-			e = a.Value
-		}
+		return nil, err
 	}
 	pk := &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
 	if pk.N.BitLen() != hsm.WrappingKeyBits || pk.E < 3 || len(e) > 4 {
@@ -159,14 +135,11 @@ func (t *Token) OAEPSupported(ctx context.Context, h hsm.OAEPHash) (err error) {
 	}
 	var verdict error
 	err = t.do(ctx, func(s pkcs11.SessionHandle) error {
-		pub, priv, err := t.mod.GenerateKeyPair(s,
-			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
-			[]*pkcs11.Attribute{
+		pub, priv, err := t.generateRSAPair(s,
+			append(append([]*pkcs11.Attribute{
 				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
-				pkcs11.NewAttribute(pkcs11.CKA_MODULUS_BITS, hsm.WrappingKeyBits),
-				pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
-				pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
-			},
+			}, rsaSizeAttrs()...),
+				pkcs11.NewAttribute(pkcs11.CKA_WRAP, true)),
 			[]*pkcs11.Attribute{
 				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
 				pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
@@ -175,7 +148,7 @@ func (t *Token) OAEPSupported(ctx context.Context, h hsm.OAEPHash) (err error) {
 				pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
 			})
 		if err != nil {
-			return classify("C_GenerateKeyPair", err)
+			return err
 		}
 		defer func() { _ = t.mod.DestroyObject(s, pub); _ = t.mod.DestroyObject(s, priv) }()
 		pk, err := t.readRSAPublic(s, pub)
@@ -235,18 +208,7 @@ func (t *Token) findPrivate(s pkcs11.SessionHandle, objectID []byte, max int) ([
 		pkcs11.NewAttribute(pkcs11.CKA_ID, objectID),
 		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
 	}
-	if err := t.mod.FindObjectsInit(s, tmpl); err != nil {
-		return nil, classify("C_FindObjectsInit", err)
-	}
-	hs, _, err := t.mod.FindObjects(s, max)
-	ferr := t.mod.FindObjectsFinal(s)
-	if err != nil {
-		return nil, classify("C_FindObjects", err)
-	}
-	if ferr != nil {
-		return nil, classify("C_FindObjectsFinal", ferr)
-	}
-	return hs, nil
+	return t.findUpTo(s, tmpl, max)
 }
 
 // DestroyWrappingKey destroys the wrapping key objectID (every private key
@@ -303,47 +265,17 @@ func (t *Token) WrappingKeyIDs(ctx context.Context) (_ [][]byte, err error) {
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
 		}
-		if err := t.mod.FindObjectsInit(s, tmpl); err != nil {
-			return classify("C_FindObjectsInit", err)
-		}
-		var all []pkcs11.ObjectHandle
-		var ferr error
-		for {
-			hs, _, err := t.mod.FindObjects(s, 128)
-			if err != nil {
-				ferr = classify("C_FindObjects", err)
-				break
-			}
-			if len(hs) == 0 {
-				break
-			}
-			all = append(all, hs...)
-		}
-		if err := t.mod.FindObjectsFinal(s); err != nil && ferr == nil {
-			ferr = classify("C_FindObjectsFinal", err)
-		}
-		if ferr != nil {
-			return ferr
+		all, err := t.findEvery(s, tmpl, nil)
+		if err != nil {
+			return err
 		}
 		for _, h := range all {
-			attrs, err := t.mod.GetAttributeValue(s, h, []*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
-				pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
-			})
+			id, label, gone, err := t.idAndLabel(s, h)
 			if err != nil {
-				if rvOf(classify("", err)) == pkcs11.CKR_OBJECT_HANDLE_INVALID {
-					continue
-				}
-				return classify("C_GetAttributeValue", err)
+				return err
 			}
-			var id, label []byte
-			for _, a := range attrs {
-				switch a.Type {
-				case pkcs11.CKA_ID:
-					id = a.Value
-				case pkcs11.CKA_LABEL:
-					label = a.Value
-				}
+			if gone {
+				continue
 			}
 			if len(id) > 0 && strings.HasPrefix(string(label), t.cfg.LabelPrefix+wrapLabel) {
 				ids = append(ids, id)
