@@ -66,6 +66,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fs.Usage = func() { fmt.Fprintf(stderr, usage, keyCommandUsage()+importCommandUsage()); fs.PrintDefaults() }
 	endpoint := fs.String("endpoint", def, "kmsd base URL (env KMS_ENDPOINT)")
 	timeout := fs.Duration("timeout", 30*time.Second, "request timeout")
+	caFile := fs.String("ca-file", os.Getenv("KMS_CA_FILE"), "PEM CA bundle that signed kmsd's certificate, for https (env KMS_CA_FILE; default: the system roots)")
+	certFile := fs.String("cert-file", os.Getenv("KMS_CERT_FILE"), "PEM client certificate, when kmsd requires mutual TLS (env KMS_CERT_FILE)")
+	keyFile := fs.String("key-file", os.Getenv("KMS_KEY_FILE"), "PEM private key of -cert-file (env KMS_KEY_FILE)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -84,7 +87,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if secretID == "" || secretKey == "" {
 		return errors.New("set TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY (make run prints a development credential)")
 	}
-	kc, err := kmsclient.New(kmsclient.Config{Endpoint: *endpoint, SecretID: secretID, SecretKey: secretKey, Timeout: *timeout})
+	tlsCfg, err := kmsclient.LoadTLS(*caFile, *certFile, *keyFile)
+	if err != nil {
+		return err
+	}
+	if tlsCfg != nil && u.Scheme != "https" {
+		return fmt.Errorf("-ca-file, -cert-file and -key-file need an https -endpoint, not %q", *endpoint)
+	}
+	kc, err := kmsclient.New(kmsclient.Config{Endpoint: *endpoint, SecretID: secretID, SecretKey: secretKey, Timeout: *timeout, TLS: tlsCfg})
 	if err != nil {
 		return err
 	}

@@ -146,6 +146,32 @@ func TestTLSAndMTLSWithTheGoSDK(t *testing.T) {
 	if err := sdkEncrypt(client(&rogue, tls.VersionTLS12), *created.Response.KeyId); err == nil {
 		t.Fatal("a client with a certificate from another CA was served")
 	}
+	// kmsctl over mTLS: -ca-file, -cert-file, -key-file.
+	ctl := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(binDir, "kmsctl"), append([]string{"-endpoint", s.url}, args...)...)
+		cmd.Env = append(os.Environ(), "TENCENTCLOUD_SECRET_ID="+adminID, "TENCENTCLOUD_SECRET_KEY="+adminKey)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	caFile, certFile, keyFile := write(t, dir, "ca.pem", ca.pem), write(t, dir, "app.pem", cc), write(t, dir, "app.key", ck)
+	out, err := ctl("-ca-file", caFile, "-cert-file", certFile, "-key-file", keyFile, "encrypt", "-key-id", *created.Response.KeyId, "-plaintext", "over mTLS")
+	if err != nil {
+		t.Fatalf("kmsctl encrypt over mTLS: %v\n%s", err, out)
+	}
+	fields := strings.Fields(out)
+	if len(fields) == 0 {
+		t.Fatalf("kmsctl encrypt printed nothing")
+	}
+	if out, err := ctl("-ca-file", caFile, "-cert-file", certFile, "-key-file", keyFile, "decrypt", "-blob", fields[len(fields)-1]); err != nil || !strings.Contains(out, "over mTLS") {
+		t.Fatalf("kmsctl decrypt over mTLS: %v\n%s", err, out)
+	}
+	if out, err := ctl("-ca-file", caFile, "encrypt", "-key-id", *created.Response.KeyId, "-plaintext", "x"); err == nil {
+		t.Fatalf("kmsctl without a client certificate was served:\n%s", out)
+	}
+	if out, err := ctl("-cert-file", certFile, "-key-file", keyFile, "encrypt", "-key-id", *created.Response.KeyId, "-plaintext", "x"); err == nil {
+		t.Fatalf("kmsctl trusted kmsd's certificate without its CA:\n%s", out)
+	}
+
 	// TLS 1.1 and older are refused.
 	conn, err := tls.Dial("tcp", host, &tls.Config{RootCAs: roots, MaxVersion: tls.VersionTLS11, Certificates: []tls.Certificate{good}})
 	if err == nil {
