@@ -82,6 +82,16 @@ func (s *Server) bindTC3(ctx context.Context, sig, action string, ts int64) erro
 	return nil
 }
 
+// metadataRead reports whether action names an API 3.0 or Tag service
+// action that reads metadata only (action.metadataRead).
+func (s *Server) metadataRead(action string) bool {
+	a, ok := s.actions.api3[action]
+	if !ok {
+		a, ok = s.actions.tag[action]
+	}
+	return ok && a.metadataRead
+}
+
 // hostAllowed reports whether host (a Host header) names this server:
 // always when Config.AllowedHosts is empty, else when its host name
 // (without port, any case) is in the list.

@@ -512,6 +512,10 @@ func TestSignatureLedgerDetectsDoubleUse(t *testing.T) {
 	if !strings.Contains(logs.String(), "here=Encrypt other=Decrypt") {
 		t.Fatalf("the log does not name both actions:\n%s", logs.String())
 	}
+	// Neither is a read of metadata only: an error, not a warning.
+	if !strings.Contains(logs.String(), "level=ERROR") || !a.metadataRead("DescribeKey") || a.metadataRead("Decrypt") || a.metadataRead("DisableKey") {
+		t.Fatalf("the double use of two cryptographic actions is not an error:\n%s", logs.String())
+	}
 }
 
 type syncBuffer struct {
