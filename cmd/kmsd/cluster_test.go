@@ -345,6 +345,16 @@ func TestClusterUsageLimit(t *testing.T) {
 		}
 	}
 	wg.Wait()
+	if t.Failed() {
+		// What the nodes logged at Error level says which step failed.
+		for _, n := range nodes {
+			for _, l := range strings.Split(n.stderr.String(), "\n") {
+				if strings.Contains(l, `"level":"ERROR"`) {
+					t.Log(l)
+				}
+			}
+		}
+	}
 	total := 0
 	for v, n := range perVersion {
 		total += n
