@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/base64"
 	"net/http"
 	"strings"
 
@@ -291,7 +290,7 @@ type encryptRequest struct {
 }
 
 type encryptResponse struct {
-	CiphertextBlob string `json:"CiphertextBlob"`
+	CiphertextBlob []byte `json:"CiphertextBlob"`
 	KeyID          string `json:"KeyId"`
 	responseBase
 }
@@ -314,7 +313,7 @@ func (s *Server) encrypt(ctx context.Context, req *encryptRequest) (*encryptResp
 		return nil, err
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &encryptResponse{CiphertextBlob: res.CiphertextBlob, KeyID: res.KeyID}, nil
+	return &encryptResponse{CiphertextBlob: res.Ciphertext, KeyID: res.KeyID}, nil
 }
 
 // Decrypt
@@ -328,9 +327,11 @@ type decryptRequest struct {
 
 type decryptResponse struct {
 	KeyID     string `json:"KeyId"`
-	Plaintext string `json:"Plaintext"`
+	Plaintext []byte `json:"Plaintext"`
 	responseBase
 }
+
+func (r *decryptResponse) wipe() { clear(r.Plaintext) }
 
 func (s *Server) decrypt(ctx context.Context, req *decryptRequest) (*decryptResponse, error) {
 	if _, err := requireString("CiphertextBlob", req.CiphertextBlob); err != nil {
@@ -344,5 +345,5 @@ func (s *Server) decrypt(ctx context.Context, req *decryptRequest) (*decryptResp
 		return nil, err
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &decryptResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
+	return &decryptResponse{KeyID: res.KeyID, Plaintext: wireBytes(res.Plaintext)}, nil
 }

@@ -148,9 +148,11 @@ type rsaDecryptRequest struct {
 
 type rsaDecryptResponse struct {
 	KeyID     string `json:"KeyId"`
-	Plaintext string `json:"Plaintext"`
+	Plaintext []byte `json:"Plaintext"`
 	responseBase
 }
+
+func (r *rsaDecryptResponse) wipe() { clear(r.Plaintext) }
 
 func (s *Server) asymmetricRsaDecrypt(ctx context.Context, req *rsaDecryptRequest) (*rsaDecryptResponse, error) {
 	for _, f := range []struct {
@@ -174,9 +176,7 @@ func (s *Server) asymmetricRsaDecrypt(ctx context.Context, req *rsaDecryptReques
 	if err != nil {
 		return nil, err
 	}
-	out := &rsaDecryptResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}
-	clear(res.Plaintext) // no plaintext outlives its request in our memory
-	return out, nil
+	return &rsaDecryptResponse{KeyID: res.KeyID, Plaintext: wireBytes(res.Plaintext)}, nil
 }
 
 // ListAlgorithms

@@ -158,7 +158,7 @@ func (s *Server) awsRSAEncrypt(ctx context.Context, req *awsEncryptRequest) (*aw
 	if err != nil {
 		return nil, err
 	}
-	return &awsEncryptResponse{CiphertextBlob: base64.StdEncoding.EncodeToString(res.Ciphertext), KeyID: s.keyARN(awsRegion(ctx), res.KeyID), EncryptionAlgorithm: alg}, nil
+	return &awsEncryptResponse{CiphertextBlob: wireBytes(res.Ciphertext), KeyID: s.keyARN(awsRegion(ctx), res.KeyID), EncryptionAlgorithm: alg}, nil
 }
 
 // awsRSADecrypt is Decrypt with RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256:
@@ -192,9 +192,7 @@ func (s *Server) awsRSADecrypt(ctx context.Context, req *awsDecryptRequest) (*aw
 	if err != nil {
 		return nil, err
 	}
-	out := &awsDecryptResponse{KeyID: s.keyARN(awsRegion(ctx), res.KeyID), Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext), EncryptionAlgorithm: alg}
-	clear(res.Plaintext)
-	return out, nil
+	return &awsDecryptResponse{KeyID: s.keyARN(awsRegion(ctx), res.KeyID), Plaintext: wireBytes(res.Plaintext), EncryptionAlgorithm: alg}, nil
 }
 
 func (s *Server) awsAsymmetric() (Asymmetric, error) {

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/base64"
 	"strconv"
 
 	"github.com/google/uuid"
@@ -103,7 +102,7 @@ type awsEncryptRequest struct {
 }
 
 type awsEncryptResponse struct {
-	CiphertextBlob      string `json:"CiphertextBlob"`
+	CiphertextBlob      []byte `json:"CiphertextBlob"`
 	KeyID               string `json:"KeyId"`
 	EncryptionAlgorithm string `json:"EncryptionAlgorithm"`
 }
@@ -135,7 +134,7 @@ func (s *Server) awsEncrypt(ctx context.Context, req *awsEncryptRequest) (*awsEn
 		return nil, err
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &awsEncryptResponse{CiphertextBlob: res.CiphertextBlob, KeyID: s.keyARN(awsRegion(ctx), res.KeyID), EncryptionAlgorithm: symmetricDefault}, nil
+	return &awsEncryptResponse{CiphertextBlob: res.Ciphertext, KeyID: s.keyARN(awsRegion(ctx), res.KeyID), EncryptionAlgorithm: symmetricDefault}, nil
 }
 
 // Decrypt
@@ -153,9 +152,11 @@ type awsDecryptRequest struct {
 
 type awsDecryptResponse struct {
 	KeyID               string `json:"KeyId"`
-	Plaintext           string `json:"Plaintext"`
+	Plaintext           []byte `json:"Plaintext"`
 	EncryptionAlgorithm string `json:"EncryptionAlgorithm"`
 }
+
+func (r *awsDecryptResponse) wipe() { clear(r.Plaintext) }
 
 func (s *Server) awsDecrypt(ctx context.Context, req *awsDecryptRequest) (*awsDecryptResponse, error) {
 	if err := required("ciphertextBlob", req.CiphertextBlob); err != nil {
@@ -180,9 +181,8 @@ func (s *Server) awsDecrypt(ctx context.Context, req *awsDecryptRequest) (*awsDe
 	if err != nil {
 		return nil, err
 	}
-	defer clear(res.Plaintext)
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &awsDecryptResponse{KeyID: s.keyARN(awsRegion(ctx), res.KeyID), Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext), EncryptionAlgorithm: symmetricDefault}, nil
+	return &awsDecryptResponse{KeyID: s.keyARN(awsRegion(ctx), res.KeyID), Plaintext: wireBytes(res.Plaintext), EncryptionAlgorithm: symmetricDefault}, nil
 }
 
 // ReEncrypt
@@ -201,7 +201,7 @@ type awsReEncryptRequest struct {
 }
 
 type awsReEncryptResponse struct {
-	CiphertextBlob                 string `json:"CiphertextBlob"`
+	CiphertextBlob                 []byte `json:"CiphertextBlob"`
 	SourceKeyID                    string `json:"SourceKeyId"`
 	KeyID                          string `json:"KeyId"`
 	SourceEncryptionAlgorithm      string `json:"SourceEncryptionAlgorithm"`
@@ -237,7 +237,7 @@ func (s *Server) awsReEncrypt(ctx context.Context, req *awsReEncryptRequest) (*a
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
 	region := awsRegion(ctx)
-	return &awsReEncryptResponse{CiphertextBlob: res.CiphertextBlob, SourceKeyID: s.keyARN(region, res.SourceKeyID), KeyID: s.keyARN(region, res.KeyID),
+	return &awsReEncryptResponse{CiphertextBlob: res.Ciphertext, SourceKeyID: s.keyARN(region, res.SourceKeyID), KeyID: s.keyARN(region, res.KeyID),
 		SourceEncryptionAlgorithm: symmetricDefault, DestinationEncryptionAlgorithm: symmetricDefault}, nil
 }
 
@@ -254,10 +254,12 @@ type awsGenerateDataKeyRequest struct {
 }
 
 type awsGenerateDataKeyResponse struct {
-	CiphertextBlob string `json:"CiphertextBlob"`
-	Plaintext      string `json:"Plaintext,omitempty"`
+	CiphertextBlob []byte `json:"CiphertextBlob"`
+	Plaintext      []byte `json:"Plaintext,omitempty"`
 	KeyID          string `json:"KeyId"`
 }
+
+func (r *awsGenerateDataKeyResponse) wipe() { clear(r.Plaintext) }
 
 func (s *Server) dataKeyInput(ctx context.Context, req *awsGenerateDataKeyRequest) (kms.GenerateDataKeyInput, error) {
 	in := kms.GenerateDataKeyInput{EncryptionContext: req.EncryptionContext.String()}
@@ -297,9 +299,8 @@ func (s *Server) awsGenerateDataKey(ctx context.Context, req *awsGenerateDataKey
 	if err != nil {
 		return nil, err
 	}
-	defer clear(res.Plaintext)
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &awsGenerateDataKeyResponse{CiphertextBlob: res.CiphertextBlob, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext), KeyID: s.keyARN(awsRegion(ctx), res.KeyID)}, nil
+	return &awsGenerateDataKeyResponse{CiphertextBlob: res.Ciphertext, Plaintext: wireBytes(res.Plaintext), KeyID: s.keyARN(awsRegion(ctx), res.KeyID)}, nil
 }
 
 type awsGenerateDataKeyWithoutPlaintextRequest struct {
@@ -326,7 +327,7 @@ func (s *Server) awsGenerateDataKeyWithoutPlaintext(ctx context.Context, req *aw
 		return nil, err
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &awsGenerateDataKeyResponse{CiphertextBlob: res.CiphertextBlob, KeyID: s.keyARN(awsRegion(ctx), res.KeyID)}, nil
+	return &awsGenerateDataKeyResponse{CiphertextBlob: res.Ciphertext, KeyID: s.keyARN(awsRegion(ctx), res.KeyID)}, nil
 }
 
 // GenerateRandom
@@ -338,8 +339,10 @@ type awsGenerateRandomRequest struct {
 }
 
 type awsGenerateRandomResponse struct {
-	Plaintext string `json:"Plaintext"`
+	Plaintext []byte `json:"Plaintext"`
 }
+
+func (r *awsGenerateRandomResponse) wipe() { clear(r.Plaintext) }
 
 func (s *Server) awsGenerateRandom(ctx context.Context, req *awsGenerateRandomRequest) (*awsGenerateRandomResponse, error) {
 	switch {
@@ -356,8 +359,7 @@ func (s *Server) awsGenerateRandom(ctx context.Context, req *awsGenerateRandomRe
 	if err != nil {
 		return nil, err
 	}
-	defer clear(b)
-	return &awsGenerateRandomResponse{Plaintext: base64.StdEncoding.EncodeToString(b)}, nil
+	return &awsGenerateRandomResponse{Plaintext: wireBytes(b)}, nil
 }
 
 // awsKeyMetadata is the AWS KeyMetadata of a key.

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/base64"
 
 	"hsmkms/kms"
 )
@@ -28,13 +27,15 @@ type generateDataKeyRequest struct {
 
 type generateDataKeyResponse struct {
 	KeyID          string `json:"KeyId"`
-	Plaintext      string `json:"Plaintext"`
-	CiphertextBlob string `json:"CiphertextBlob"`
+	Plaintext      []byte `json:"Plaintext"`
+	CiphertextBlob []byte `json:"CiphertextBlob"`
 	DataKeyID      string `json:"DataKeyId"`
 	TagCode        uint64 `json:"TagCode"`
 	TagMsg         string `json:"TagMsg"`
 	responseBase
 }
+
+func (r *generateDataKeyResponse) wipe() { clear(r.Plaintext) }
 
 func (s *Server) generateDataKey(ctx context.Context, req *generateDataKeyRequest) (*generateDataKeyResponse, error) {
 	id, err := requireKeyID(ctx, req.KeyId, nil)
@@ -65,9 +66,8 @@ func (s *Server) generateDataKey(ctx context.Context, req *generateDataKeyReques
 	if err != nil {
 		return nil, err
 	}
-	defer clear(res.Plaintext)
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &generateDataKeyResponse{KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext), CiphertextBlob: res.CiphertextBlob}, nil
+	return &generateDataKeyResponse{KeyID: res.KeyID, Plaintext: wireBytes(res.Plaintext), CiphertextBlob: res.Ciphertext}, nil
 }
 
 type generateRandomRequest struct {
@@ -75,9 +75,11 @@ type generateRandomRequest struct {
 }
 
 type generateRandomResponse struct {
-	Plaintext string `json:"Plaintext"`
+	Plaintext []byte `json:"Plaintext"`
 	responseBase
 }
+
+func (r *generateRandomResponse) wipe() { clear(r.Plaintext) }
 
 func (s *Server) generateRandom(ctx context.Context, req *generateRandomRequest) (*generateRandomResponse, error) {
 	if req.NumberOfBytes == nil {
@@ -90,7 +92,7 @@ func (s *Server) generateRandom(ctx context.Context, req *generateRandomRequest)
 	if err != nil {
 		return nil, err
 	}
-	return &generateRandomResponse{Plaintext: base64.StdEncoding.EncodeToString(b)}, nil
+	return &generateRandomResponse{Plaintext: wireBytes(b)}, nil
 }
 
 type reEncryptRequest struct {
@@ -101,7 +103,7 @@ type reEncryptRequest struct {
 }
 
 type reEncryptResponse struct {
-	CiphertextBlob string `json:"CiphertextBlob"`
+	CiphertextBlob []byte `json:"CiphertextBlob"`
 	KeyID          string `json:"KeyId"`
 	SourceKeyID    string `json:"SourceKeyId"`
 	ReEncrypted    bool   `json:"ReEncrypted"`
@@ -120,5 +122,5 @@ func (s *Server) reEncrypt(ctx context.Context, req *reEncryptRequest) (*reEncry
 		return nil, err
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return &reEncryptResponse{CiphertextBlob: res.CiphertextBlob, KeyID: res.KeyID, SourceKeyID: res.SourceKeyID, ReEncrypted: res.ReEncrypted}, nil
+	return &reEncryptResponse{CiphertextBlob: res.Ciphertext, KeyID: res.KeyID, SourceKeyID: res.SourceKeyID, ReEncrypted: res.ReEncrypted}, nil
 }

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"net/http"
 
@@ -73,14 +72,16 @@ type legacyCreateKeyReply struct {
 type legacyEncryptReply struct {
 	legacyReply
 	KeyID          string `json:"keyId"`
-	CiphertextBlob string `json:"ciphertextBlob"`
+	CiphertextBlob []byte `json:"ciphertextBlob"`
 }
 
 type legacyDecryptReply struct {
 	legacyReply
 	KeyID     string `json:"keyId"`
-	Plaintext string `json:"plaintext"`
+	Plaintext []byte `json:"plaintext"`
 }
+
+func (r legacyDecryptReply) wipe() { clear(r.Plaintext) }
 
 // authenticateLegacy is the legacy routes' authentication middleware: it
 // reads the parameters and verifies their signature; they and the caller
@@ -167,7 +168,7 @@ func (s *Server) legacyEncrypt(ctx context.Context, p params, ok legacyReply) (a
 		return nil, err
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return legacyEncryptReply{legacyReply: ok, KeyID: res.KeyID, CiphertextBlob: res.CiphertextBlob}, nil
+	return legacyEncryptReply{legacyReply: ok, KeyID: res.KeyID, CiphertextBlob: res.Ciphertext}, nil
 }
 
 // legacyDecrypt serves the legacy Decrypt.
@@ -181,7 +182,7 @@ func (s *Server) legacyDecrypt(ctx context.Context, p params, ok legacyReply) (a
 		return nil, err
 	}
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return legacyDecryptReply{legacyReply: ok, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext)}, nil
+	return legacyDecryptReply{legacyReply: ok, KeyID: res.KeyID, Plaintext: wireBytes(res.Plaintext)}, nil
 }
 
 func toLegacyMetadata(md kms.KeyMetadata) legacyKeyMetadata {

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"encoding/base64"
 	"strconv"
 
 	"hsmkms/kms"
@@ -22,9 +21,11 @@ type legacyKeyIDReply struct {
 type legacyGenerateDataKeyReply struct {
 	legacyReply
 	KeyID          string `json:"keyId"`
-	Plaintext      string `json:"plaintext"`
-	CiphertextBlob string `json:"ciphertextBlob"`
+	Plaintext      []byte `json:"plaintext"`
+	CiphertextBlob []byte `json:"ciphertextBlob"`
 }
+
+func (r legacyGenerateDataKeyReply) wipe() { clear(r.Plaintext) }
 
 type legacyListKeyReply struct {
 	legacyReply
@@ -107,9 +108,8 @@ func (s *Server) legacyGenerateDataKey(ctx context.Context, p params, ok legacyR
 	if err != nil {
 		return nil, err
 	}
-	defer clear(res.Plaintext)
 	noteKey(ctx, res.KeyID, res.KeyVersion)
-	return legacyGenerateDataKeyReply{legacyReply: ok, KeyID: res.KeyID, Plaintext: base64.StdEncoding.EncodeToString(res.Plaintext), CiphertextBlob: res.CiphertextBlob}, nil
+	return legacyGenerateDataKeyReply{legacyReply: ok, KeyID: res.KeyID, Plaintext: wireBytes(res.Plaintext), CiphertextBlob: res.Ciphertext}, nil
 }
 
 // legacyGetKeyAttributes serves the legacy GetKeyAttributes.

@@ -29,6 +29,7 @@ type fakeKMS struct {
 	TagAdmin        // likewise: tags (tagsvc_test.go, cmd/kmsd/tags_test.go)
 	err             error
 	lastEnc         kms.EncryptInput
+	lastPlain       []byte // the plaintext buffer Decrypt returned last
 }
 
 const (
@@ -78,14 +79,15 @@ func (f *fakeKMS) Encrypt(_ context.Context, in kms.EncryptInput) (kms.EncryptRe
 	if f.err != nil {
 		return kms.EncryptResult{}, f.err
 	}
-	return kms.EncryptResult{KeyID: in.KeyID, CiphertextBlob: "blob"}, nil
+	return kms.EncryptResult{KeyID: in.KeyID, Ciphertext: []byte("blob")}, nil
 }
 
 func (f *fakeKMS) Decrypt(_ context.Context, in kms.DecryptInput) (kms.DecryptResult, error) {
 	if f.err != nil {
 		return kms.DecryptResult{}, f.err
 	}
-	return kms.DecryptResult{KeyID: "k", Plaintext: []byte("hello")}, nil
+	f.lastPlain = []byte("hello")
+	return kms.DecryptResult{KeyID: "k", Plaintext: f.lastPlain}, nil
 }
 
 type reply struct {
@@ -219,7 +221,7 @@ func TestLegacyPlaintextReachesDomainDecoded(t *testing.T) {
 	s := New(f, Config{Logger: discardLogger()})
 	v := signLegacy("POST", "example.com", url.Values{"Action": {"Encrypt"}, "keyId": {"k"}, "plaintext": {"aGk+Pz8/"}, "encryptionContext": {`{"a":"b c"}`}})
 	r, _ := do(t, s, http.MethodPost, LegacyPath, v.Encode(), "")
-	if *r.Code != 0 || r.CiphertextBlob != "blob" {
+	if *r.Code != 0 || r.CiphertextBlob != "YmxvYg==" {
 		t.Fatalf("reply %+v", r)
 	}
 	if string(f.lastEnc.Plaintext) != "hi>???" || f.lastEnc.EncryptionContext != `{"a":"b c"}` {

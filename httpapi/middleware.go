@@ -60,10 +60,12 @@ func (s *Server) requestScope(protocol string) echo.MiddlewareFunc {
 // record ends a request: it maps a failure to its codes, writes the audit
 // line and the metrics, then sends the success reply or hands the error
 // to Echo's error handler. A request whose audit line cannot be written
-// fails (errAuditUnavailable): nothing is served unrecorded.
+// fails (errAuditUnavailable): nothing is served unrecorded. Secret bytes
+// in the reply (wiper) are cleared once it is written or refused.
 func (s *Server) record(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		info := infoFrom(c.Request().Context())
+		defer func() { wipeReply(info.reply) }()
 		err := next(c)
 		if err != nil {
 			s.noteRefused(info, err)

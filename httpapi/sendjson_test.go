@@ -16,7 +16,7 @@ func TestSendJSONMatchesEchoJSON(t *testing.T) {
 		name string
 		v    any
 	}{
-		{"api3 success", api3Envelope{Response: &encryptResponse{CiphertextBlob: "YWJj+/==", KeyID: "k<&>", responseBase: responseBase{RequestID: "r"}}}},
+		{"api3 success", api3Envelope{Response: &encryptResponse{CiphertextBlob: []byte("abc\xfb\xff"), KeyID: "k<&>", responseBase: responseBase{RequestID: "r"}}}},
 		{"api3 error", api3Envelope{Response: api3ErrorBody{Error: &apiError{Code: "InvalidParameter", Message: "bad \"x\" \u2028 <script>"}, RequestID: "r"}}},
 		{"legacy", legacyReply{Code: 4000, Message: "é\x01", RequestID: "r"}},
 	}

@@ -125,3 +125,34 @@ func signedHeader(h http.Header, lower string) string {
 	}
 	return h.Get(lower)
 }
+
+// Binary reply fields (ciphertext blobs, plaintexts, random bytes) are
+// []byte: encoding/json writes a []byte as its standard, padded base64
+// straight into the reply, which is the wire form of both protocols,
+// without the string copy and the per-byte escaping scan a base64 string
+// costs, and a plaintext stays in memory this package can wipe once the
+// reply is written (a string cannot be cleared).
+
+// wireBytes returns b for a binary reply field: never nil, because
+// encoding/json writes a nil []byte as null and the wire wants "".
+func wireBytes(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+// wiper is a reply holding secret bytes (a plaintext, a data key, random
+// bytes); record clears them once the reply is written.
+type wiper interface{ wipe() }
+
+// wipeReply clears the secret bytes of reply, an API 3.0 envelope or a
+// legacy or AWS reply, if it holds any.
+func wipeReply(reply any) {
+	if e, ok := reply.(*api3Envelope); ok {
+		reply = e.Response
+	}
+	if w, ok := reply.(wiper); ok {
+		w.wipe()
+	}
+}

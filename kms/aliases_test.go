@@ -65,10 +65,10 @@ func TestSetAliasAndPlaceholders(t *testing.T) {
 		t.Fatalf("GenerateDataKeyWithoutPlaintext with kms:GenerateDataKey: %v", err)
 	}
 	res, err := e.svc.GenerateDataKeyWithoutPlaintext(only("kms:GenerateDataKeyWithoutPlaintext", a.KeyID), in)
-	if err != nil || res.Plaintext != nil || res.CiphertextBlob == "" {
+	if err != nil || res.Plaintext != nil || res.CiphertextBlob() == "" {
 		t.Fatalf("GenerateDataKeyWithoutPlaintext: %+v %v", res, err)
 	}
-	if d, err := e.decrypt(res.CiphertextBlob, ""); err != nil || len(d.Plaintext) != 32 {
+	if d, err := e.decrypt(res.CiphertextBlob(), ""); err != nil || len(d.Plaintext) != 32 {
 		t.Fatalf("Decrypt of a data key made without plaintext: %v", err)
 	}
 }

@@ -118,16 +118,11 @@ func (s *Service) Encrypt(ctx context.Context, in EncryptInput) (EncryptResult, 
 	if err != nil {
 		return EncryptResult{}, err
 	}
-	return EncryptResult{KeyID: k.meta.KeyID, KeyVersion: v, CiphertextBlob: blob}, nil
+	return EncryptResult{KeyID: k.meta.KeyID, KeyVersion: v, Ciphertext: blob}, nil
 }
 
-// seal encrypts plaintext under the newest version of k (whose state the
-// caller checked) and returns the base64 envelope and the version used. It
-// counts the encryption against the version (see usage) and, when the
-// version reached the usage limit, makes a new version first. It never
-// writes the store except for one usage reservation per batch.
-// sealScratch holds seal's scratch buffers (AAD, then envelope; no secret
-// is ever in them: the envelope is ciphertext).
+// sealScratch holds seal's AAD scratch buffers (no secret is ever in
+// them: the AAD is the envelope header and the encryption context).
 var sealScratch = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 func putSealScratch(p *[]byte, b []byte) {
@@ -137,9 +132,14 @@ func putSealScratch(p *[]byte, b []byte) {
 	}
 }
 
-func (s *Service) seal(ctx context.Context, k *keyEntry, plaintext []byte, ec EncryptionContext, op string) (string, uint32, error) {
+// seal encrypts plaintext under the newest version of k (whose state the
+// caller checked) and returns the binary envelope and the version used. It
+// counts the encryption against the version (see usage) and, when the
+// version reached the usage limit, makes a new version first. It never
+// writes the store except for one usage reservation per batch.
+func (s *Service) seal(ctx context.Context, k *keyEntry, plaintext []byte, ec EncryptionContext, op string) ([]byte, uint32, error) {
 	if err := s.checkFresh(); err != nil {
-		return "", 0, err
+		return nil, 0, err
 	}
 	for attempt := 0; ; attempt++ {
 		v := k.current()
@@ -147,51 +147,49 @@ func (s *Service) seal(ctx context.Context, k *keyEntry, plaintext []byte, ec En
 		if s.cluster != nil {
 			ok, err := s.takeShared(ctx, k, v)
 			if err != nil {
-				return "", 0, err
+				return nil, 0, err
 			}
 			exhausted = !ok
 		} else if n := v.usage.used.Add(1); n > s.usageLimit {
 			exhausted = true
 		} else if n > v.usage.reserved.Load() {
 			if err := s.reserveUsage(ctx, k, v, n); err != nil {
-				return "", 0, err
+				return nil, 0, err
 			}
 		}
 		if exhausted {
 			if attempt >= 2 {
-				return "", 0, fmt.Errorf("%w: key %s: rotated versions were exhausted concurrently", ErrUsageLimit, k.meta.KeyID)
+				return nil, 0, fmt.Errorf("%w: key %s: rotated versions were exhausted concurrently", ErrUsageLimit, k.meta.KeyID)
 			}
 			nk, err := s.rotateForUsage(ctx, k, v.number)
 			if err != nil {
-				return "", 0, err
+				return nil, 0, err
 			}
 			k = nk
 			continue
 		}
 
-		// One scratch buffer holds the AAD, then the envelope: neither
-		// outlives this call (the HSM keeps no reference to its inputs and
-		// the envelope is copied into the base64 string).
+		// The AAD is built in a pooled scratch buffer (the HSM keeps no
+		// reference to its inputs); the envelope goes into a buffer of its
+		// own, sized exactly, which the caller's reply carries.
 		sp := sealScratch.Get().(*[]byte)
 		aad := append((*sp)[:0], v.header[:]...)
 		aad = ec.AppendCanonical(aad)
 		iv, sealed, err := s.hsm.Seal(ctx, v.objectID, plaintext, aad)
+		putSealScratch(sp, aad)
 		if err != nil {
-			putSealScratch(sp, aad)
-			return "", 0, s.hsmErr(s.versionLog(k, v), op, err)
+			return nil, 0, s.hsmErr(s.versionLog(k, v), op, err)
 		}
 		if len(iv) != hsm.IVBytes || len(sealed) != len(plaintext)+hsm.TagBytes {
-			putSealScratch(sp, aad)
 			s.versionLog(k, v).Error("kms: HSM returned a malformed seal", "iv_len", len(iv), "sealed_len", len(sealed))
-			return "", 0, fmt.Errorf("%w: kms: %s: malformed HSM output", ErrInternal, op)
+			return nil, 0, fmt.Errorf("%w: kms: %s: malformed HSM output", ErrInternal, op)
 		}
-		buf := append(aad[:0], v.header[:]...)
-		buf = append(buf, byte(len(iv)))
-		buf = append(buf, iv...)
-		buf = append(buf, sealed...)
-		blob := encodeBlob(buf)
-		putSealScratch(sp, buf)
-		return blob, v.number, nil
+		env := make([]byte, 0, len(v.header)+1+len(iv)+len(sealed))
+		env = append(env, v.header[:]...)
+		env = append(env, byte(len(iv)))
+		env = append(env, iv...)
+		env = append(env, sealed...)
+		return env, v.number, nil
 	}
 }
 

@@ -22,11 +22,15 @@ type GenerateDataKeyInput struct {
 // GenerateDataKeyResult is the response of GenerateDataKey. The caller
 // must not keep Plaintext longer than it needs it.
 type GenerateDataKeyResult struct {
-	KeyID          string
-	KeyVersion     uint32
-	Plaintext      []byte // the data key
-	CiphertextBlob string // the data key under the CMK; Decrypt recovers it
+	KeyID      string
+	KeyVersion uint32
+	Plaintext  []byte // the data key
+	Ciphertext []byte // the binary envelope of the data key under the CMK
 }
+
+// CiphertextBlob returns the wire form of Ciphertext (standard, padded
+// base64); Decrypt recovers the data key from it.
+func (r GenerateDataKeyResult) CiphertextBlob() string { return encodeBlob(r.Ciphertext) }
 
 // dataKeyLength resolves KeySpec and NumberOfBytes.
 func dataKeyLength(spec string, n int) (int, error) {
@@ -94,7 +98,7 @@ func (s *Service) generateDataKey(ctx context.Context, action string, in Generat
 		clear(dk)
 		return GenerateDataKeyResult{}, err
 	}
-	return GenerateDataKeyResult{KeyID: k.meta.KeyID, KeyVersion: v, Plaintext: dk, CiphertextBlob: blob}, nil
+	return GenerateDataKeyResult{KeyID: k.meta.KeyID, KeyVersion: v, Plaintext: dk, Ciphertext: blob}, nil
 }
 
 // GenerateRandom returns n (1..MaxDataKeyBytes) bytes from the HSM's
@@ -125,15 +129,19 @@ type ReEncryptInput struct {
 
 // ReEncryptResult is the response of ReEncrypt.
 type ReEncryptResult struct {
-	CiphertextBlob string
-	KeyID          string // the key of the new blob
-	KeyVersion     uint32
-	SourceKeyID    string
+	Ciphertext  []byte // the binary envelope of the new blob
+	KeyID       string // the key of the new blob
+	KeyVersion  uint32
+	SourceKeyID string
 	// ReEncrypted is false when the blob was already under the newest
 	// version of the destination key with the destination context: the
 	// original blob is returned unchanged.
 	ReEncrypted bool
 }
+
+// CiphertextBlob returns the wire form of Ciphertext (standard, padded
+// base64).
+func (r ReEncryptResult) CiphertextBlob() string { return encodeBlob(r.Ciphertext) }
 
 // ReEncrypt opens a blob and seals its plaintext again, under the newest
 // version of the destination key and the destination context. The
@@ -189,12 +197,16 @@ func (s *Service) ReEncrypt(ctx context.Context, in ReEncryptInput) (ReEncryptRe
 	}
 	defer clear(pt)
 	if dstID == srcID && env.KeyVersion == dk.current().number && slices.Equal(srcEC.Canonical(), dstEC.Canonical()) {
-		return ReEncryptResult{CiphertextBlob: in.CiphertextBlob, KeyID: dstID, KeyVersion: env.KeyVersion,
+		same, err := env.MarshalBinary() // what ParseBlob accepted re-encodes to exactly in.CiphertextBlob
+		if err != nil {
+			return ReEncryptResult{}, err
+		}
+		return ReEncryptResult{Ciphertext: same, KeyID: dstID, KeyVersion: env.KeyVersion,
 			SourceKeyID: srcID, ReEncrypted: false}, nil
 	}
 	blob, v, err := s.seal(ctx, dk, pt, dstEC, "re-encrypt")
 	if err != nil {
 		return ReEncryptResult{}, err
 	}
-	return ReEncryptResult{CiphertextBlob: blob, KeyID: dk.meta.KeyID, KeyVersion: v, SourceKeyID: srcID, ReEncrypted: true}, nil
+	return ReEncryptResult{Ciphertext: blob, KeyID: dk.meta.KeyID, KeyVersion: v, SourceKeyID: srcID, ReEncrypted: true}, nil
 }

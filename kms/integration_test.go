@@ -141,7 +141,7 @@ func (r *rig) encrypt(keyID string, pt []byte, ec string) string {
 	if res.KeyID != keyID || res.KeyVersion != 1 {
 		r.t.Fatalf("Encrypt result %+v", res)
 	}
-	return res.CiphertextBlob
+	return res.CiphertextBlob()
 }
 
 func (r *rig) decrypt(blob, ec string) ([]byte, error) {
@@ -472,7 +472,7 @@ func TestIntegrationConcurrent(t *testing.T) {
 					errs <- err
 					return
 				}
-				d, err := r.svc.Decrypt(ctx, kms.DecryptInput{CiphertextBlob: res.CiphertextBlob})
+				d, err := r.svc.Decrypt(ctx, kms.DecryptInput{CiphertextBlob: res.CiphertextBlob()})
 				if errors.Is(err, kms.ErrBusy) {
 					continue
 				}

@@ -236,7 +236,7 @@ func TestRotation(t *testing.T) {
 		if err != nil || res.KeyVersion != want {
 			t.Fatalf("Encrypt after rotation: %+v %v", res, err)
 		}
-		blobs = append(blobs, res.CiphertextBlob)
+		blobs = append(blobs, res.CiphertextBlob())
 	}
 	raw, _ := base64.StdEncoding.DecodeString(blobs[2])
 	if v := binary.BigEndian.Uint32(raw[17:21]); v != 3 {
@@ -398,7 +398,7 @@ func TestDataKeys(t *testing.T) {
 		if err != nil || len(res.Plaintext) != tc.want || res.KeyID != a.KeyID {
 			t.Fatalf("%+v: %d bytes, %v", tc, len(res.Plaintext), err)
 		}
-		got, err := r.decrypt(res.CiphertextBlob, `{"k":"v"}`)
+		got, err := r.decrypt(res.CiphertextBlob(), `{"k":"v"}`)
 		if err != nil || !bytes.Equal(got, res.Plaintext) {
 			t.Fatalf("data key blob does not decrypt: %v", err)
 		}
@@ -428,14 +428,14 @@ func TestDataKeys(t *testing.T) {
 	if err != nil || !re.ReEncrypted || re.KeyID != b.KeyID || re.SourceKeyID != a.KeyID {
 		t.Fatalf("ReEncrypt: %+v %v", re, err)
 	}
-	if got, err := r.decrypt(re.CiphertextBlob, `{"y":"2"}`); err != nil || string(got) != "secret" {
+	if got, err := r.decrypt(re.CiphertextBlob(), `{"y":"2"}`); err != nil || string(got) != "secret" {
 		t.Fatalf("decrypt re-encrypted: %v", err)
 	}
 	if _, err := r.svc.ReEncrypt(ctx, kms.ReEncryptInput{CiphertextBlob: blob, DestinationKeyID: b.KeyID}); !errors.Is(err, kms.ErrDecrypt) {
 		t.Fatalf("ReEncrypt with the wrong source context: %v", err)
 	}
 	same, err := r.svc.ReEncrypt(ctx, kms.ReEncryptInput{CiphertextBlob: blob, SourceEncryptionContext: `{"x":"1"}`, DestinationEncryptionContext: `{"x":"1"}`})
-	if err != nil || same.ReEncrypted || same.CiphertextBlob != blob {
+	if err != nil || same.ReEncrypted || same.CiphertextBlob() != blob {
 		t.Fatalf("ReEncrypt to the same version: %+v %v", same, err)
 	}
 	if _, err := r.svc.RotateKey(ctx, a.KeyID); err != nil {
@@ -447,6 +447,11 @@ func TestDataKeys(t *testing.T) {
 	}
 	if _, err := r.svc.ReEncrypt(ctx, kms.ReEncryptInput{CiphertextBlob: blob, DestinationKeyID: uuid.NewString()}); !errors.Is(err, kms.ErrKeyNotFound) {
 		t.Fatalf("ReEncrypt to an unknown key: %v", err)
+	}
+	for _, bad := range []string{"not-a-key-id", strings.ToUpper(b.KeyID), b.KeyID + " "} {
+		if res, err := r.svc.ReEncrypt(ctx, kms.ReEncryptInput{CiphertextBlob: blob, DestinationKeyID: bad, SourceEncryptionContext: `{"x":"1"}`}); !errors.Is(err, kms.ErrInvalidKeyID) {
+			t.Fatalf("ReEncrypt to the malformed key id %q: %+v %v", bad, res, err)
+		}
 	}
 }
 
@@ -461,7 +466,7 @@ func TestUsageLimit(t *testing.T) {
 		if err != nil || res.KeyVersion != 1 {
 			t.Fatalf("encryption %d: %+v %v", i, res, err)
 		}
-		blobs = append(blobs, res.CiphertextBlob)
+		blobs = append(blobs, res.CiphertextBlob())
 	}
 	// Number limit+1 is served by a new version, made automatically.
 	res, err := r.svc.Encrypt(ctx, kms.EncryptInput{KeyID: k.KeyID, Plaintext: []byte("next")})

@@ -352,7 +352,7 @@ func TestCredentialAdministrationLimits(t *testing.T) {
 func TestReEncryptNeedsDecryptAndEncrypt(t *testing.T) {
 	e := newEnv(t, Config{})
 	a, b := e.create(t, "a").KeyID, e.create(t, "b").KeyID
-	blobB := e.encrypt(t, b, []byte("secret"), "").CiphertextBlob
+	blobB := e.encrypt(t, b, []byte("secret"), "").CiphertextBlob()
 	all := `{"effect":"allow","action":"kms:*","resource":"*"}`
 	tests := []struct {
 		name, policy string

@@ -338,7 +338,7 @@ func TestCreateKeyFailures(t *testing.T) {
 			t.Fatal("material of a committed key destroyed")
 		}
 		r := e.encrypt(t, md.KeyID, []byte("x"), "")
-		if _, err := e.decrypt(r.CiphertextBlob, ""); err != nil {
+		if _, err := e.decrypt(r.CiphertextBlob(), ""); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -415,35 +415,35 @@ func TestEncryptDecrypt(t *testing.T) {
 		if r.KeyID != k.KeyID || r.KeyVersion != 1 {
 			t.Fatalf("result %+v", r)
 		}
-		env, err := ParseBlob(r.CiphertextBlob)
+		env, err := ParseBlob(r.CiphertextBlob())
 		if err != nil || env.KeyID != uuid.MustParse(k.KeyID) || env.KeyVersion != 1 || len(env.Sealed) != len(pt)+16 {
 			t.Fatalf("blob: %v", err)
 		}
-		d, err := e.decrypt(r.CiphertextBlob, `{"a":"1", "b":"2"}`)
+		d, err := e.decrypt(r.CiphertextBlob(), `{"a":"1", "b":"2"}`)
 		if err != nil || !bytes.Equal(d.Plaintext, pt) || d.KeyID != k.KeyID || d.KeyVersion != 1 {
 			t.Fatalf("Decrypt: %v", err)
 		}
 	}
 	r := e.encrypt(t, k.KeyID, []byte("secret"), ctx)
 	for _, wrong := range []string{"", "{}", `{"a":"1"}`, `{"a":"1","b":"3"}`, `{"a":"1","b":"2","c":"3"}`, `{"a1":"","b":"2"}`} {
-		if _, err := e.decrypt(r.CiphertextBlob, wrong); !errIs(err, ErrDecrypt) {
+		if _, err := e.decrypt(r.CiphertextBlob(), wrong); !errIs(err, ErrDecrypt) {
 			t.Errorf("context %q: %v", wrong, err)
 		}
 	}
 	// No context and {} are interchangeable.
 	r0 := e.encrypt(t, k.KeyID, []byte("x"), "")
-	if _, err := e.decrypt(r0.CiphertextBlob, "{}"); err != nil {
+	if _, err := e.decrypt(r0.CiphertextBlob(), "{}"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.decrypt(r0.CiphertextBlob, `{"a":"b"}`); !errIs(err, ErrDecrypt) {
+	if _, err := e.decrypt(r0.CiphertextBlob(), `{"a":"b"}`); !errIs(err, ErrDecrypt) {
 		t.Fatal(err)
 	}
 	// Each encryption uses a fresh IV.
-	if e.encrypt(t, k.KeyID, []byte("x"), "").CiphertextBlob == r0.CiphertextBlob {
+	if e.encrypt(t, k.KeyID, []byte("x"), "").CiphertextBlob() == r0.CiphertextBlob() {
 		t.Fatal("deterministic ciphertext")
 	}
 
-	raw, _ := base64.StdEncoding.DecodeString(r.CiphertextBlob)
+	raw, _ := base64.StdEncoding.DecodeString(r.CiphertextBlob())
 	re := func(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 	// Relabel to another existing key: does not authenticate.
 	b := bytes.Clone(raw)
@@ -479,7 +479,7 @@ func TestEncryptDecrypt(t *testing.T) {
 	if _, err := e.decrypt(re(raw[:40]), ctx); !errIs(err, ErrInvalidCiphertext) {
 		t.Fatalf("truncated: %v", err)
 	}
-	if _, err := e.decrypt(r.CiphertextBlob, `{"a":1}`); !errIs(err, ErrInvalidContext) {
+	if _, err := e.decrypt(r.CiphertextBlob(), `{"a":1}`); !errIs(err, ErrInvalidContext) {
 		t.Fatalf("bad context: %v", err)
 	}
 	if _, err := e.decrypt("not base64!", ""); !errIs(err, ErrInvalidCiphertext) {
@@ -538,7 +538,7 @@ func TestParseKeyID(t *testing.T) {
 func TestKeyStates(t *testing.T) {
 	e := newEnv(t, Config{})
 	k := e.create(t, "a")
-	blob := e.encrypt(t, k.KeyID, []byte("x"), "").CiphertextBlob
+	blob := e.encrypt(t, k.KeyID, []byte("x"), "").CiphertextBlob()
 	cases := []struct {
 		state          string
 		encErr, decErr error
@@ -570,7 +570,7 @@ func TestKeyStates(t *testing.T) {
 func TestMultipleVersions(t *testing.T) {
 	e := newEnv(t, Config{})
 	k := e.create(t, "a")
-	v1 := e.encrypt(t, k.KeyID, []byte("one"), "").CiphertextBlob
+	v1 := e.encrypt(t, k.KeyID, []byte("one"), "").CiphertextBlob()
 	// Add version 2 behind the service (no rotation API yet).
 	obj2 := []byte("object-2-------!")
 	if err := e.h.GenerateKey(adminCtx, obj2, k.KeyID+"/v2"); err != nil {
@@ -588,14 +588,14 @@ func TestMultipleVersions(t *testing.T) {
 	if md, _ := e.svc.DescribeKey(adminCtx, k.KeyID); md.CurrentVersion != 2 {
 		t.Fatalf("CurrentVersion %d", md.CurrentVersion)
 	}
-	for blob, want := range map[string]string{v1: "one", r2.CiphertextBlob: "two"} {
+	for blob, want := range map[string]string{v1: "one", r2.CiphertextBlob(): "two"} {
 		d, err := e.decrypt(blob, "")
 		if err != nil || string(d.Plaintext) != want {
 			t.Fatalf("decrypt: %q %v", d.Plaintext, err)
 		}
 	}
 	// Relabel a v1 blob as v2 (and vice versa): the header is authenticated.
-	for blob, to := range map[string]uint32{v1: 2, r2.CiphertextBlob: 1} {
+	for blob, to := range map[string]uint32{v1: 2, r2.CiphertextBlob(): 1} {
 		raw, _ := base64.StdEncoding.DecodeString(blob)
 		binary.BigEndian.PutUint32(raw[17:21], to)
 		if _, err := e.decrypt(base64.StdEncoding.EncodeToString(raw), ""); !errIs(err, ErrDecrypt) {
@@ -607,7 +607,7 @@ func TestMultipleVersions(t *testing.T) {
 func TestHSMErrorMapping(t *testing.T) {
 	e := newEnv(t, Config{})
 	k := e.create(t, "a")
-	blob := e.encrypt(t, k.KeyID, []byte("x"), "").CiphertextBlob
+	blob := e.encrypt(t, k.KeyID, []byte("x"), "").CiphertextBlob()
 	cases := []struct {
 		hsmErr  error
 		want    error
@@ -709,7 +709,7 @@ func TestRecover(t *testing.T) {
 	}
 	// The committed key still works.
 	r := e.encrypt(t, k.KeyID, []byte("x"), "")
-	if _, err := e.decrypt(r.CiphertextBlob, ""); err != nil {
+	if _, err := e.decrypt(r.CiphertextBlob(), ""); err != nil {
 		t.Fatal(err)
 	}
 
@@ -781,16 +781,16 @@ func TestNoSecretsInLogs(t *testing.T) {
 	const ctxVal = "CONTEXTVALUE42"
 	ec := `{"k":"` + ctxVal + `"}`
 	r := e.encrypt(t, k.KeyID, []byte(secret), ec)
-	e.decrypt(r.CiphertextBlob, ec)
-	e.decrypt(r.CiphertextBlob, `{"k":"other"}`)
+	e.decrypt(r.CiphertextBlob(), ec)
+	e.decrypt(r.CiphertextBlob(), `{"k":"other"}`)
 	for _, fail := range []error{hsm.ErrKeyNotFound, errors.New("weird"), hsm.ErrLogin} {
 		e.h.sealErr = func() error { return fail }
 		e.h.openErr = e.h.sealErr
 		e.svc.Encrypt(adminCtx, EncryptInput{KeyID: k.KeyID, Plaintext: []byte(secret), EncryptionContext: ec})
-		e.decrypt(r.CiphertextBlob, ec)
+		e.decrypt(r.CiphertextBlob(), ec)
 	}
 	logs := e.log.String()
-	for _, s := range []string{secret, ctxVal, r.CiphertextBlob[:20]} {
+	for _, s := range []string{secret, ctxVal, r.CiphertextBlob()[:20]} {
 		if strings.Contains(logs, s) {
 			t.Fatalf("log contains %q:\n%s", s, logs)
 		}
@@ -813,7 +813,7 @@ func TestConcurrentUse(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				d, err := e.decrypt(r.CiphertextBlob, ec)
+				d, err := e.decrypt(r.CiphertextBlob(), ec)
 				if err != nil || !bytes.Equal(d.Plaintext, pt) {
 					t.Error(err)
 					return

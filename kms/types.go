@@ -99,10 +99,15 @@ type EncryptInput struct {
 
 // EncryptResult is the response of Encrypt.
 type EncryptResult struct {
-	KeyID          string
-	KeyVersion     uint32
-	CiphertextBlob string // base64 of the envelope
+	KeyID      string
+	KeyVersion uint32
+	Ciphertext []byte // the binary envelope; CiphertextBlob is its wire form
 }
+
+// CiphertextBlob returns the wire form of the ciphertext: the standard,
+// padded base64 of Ciphertext (what encoding/json makes of a []byte, so a
+// reply can carry Ciphertext itself and skip this copy).
+func (r EncryptResult) CiphertextBlob() string { return encodeBlob(r.Ciphertext) }
 
 // DecryptInput is the request of Decrypt.
 type DecryptInput struct {
