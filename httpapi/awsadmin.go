@@ -16,8 +16,9 @@ import (
 // CreateAlias replaces. CreateAlias on a key that already has a real
 // alias is refused (LimitExceededException: one alias per key);
 // DeleteAlias gives the key a new placeholder; UpdateAlias moves the
-// alias: its former key gets a placeholder, then the target key (which
-// must hold a placeholder) gets the alias.
+// alias in one store transaction (kms.MoveAlias): its former key gets a
+// placeholder and the target key (which must hold a placeholder) the
+// alias.
 
 type awsEmptyResponse struct{}
 
@@ -233,15 +234,8 @@ func (s *Server) awsUpdateAlias(ctx context.Context, req *awsAliasRequest) (*aws
 	if holder == target {
 		return &awsEmptyResponse{}, nil
 	}
-	// Free the name, then give it to the target; if the target refuses
-	// it, its former key gets it back.
-	if err := a.SetAlias(ctx, "kms:UpdateAlias", holder, kms.NewPlaceholderAlias(), true); err != nil {
-		return nil, err
-	}
-	if err := a.SetAlias(ctx, "kms:UpdateAlias", target, name, false); err != nil {
-		if rerr := a.SetAlias(ctx, "kms:UpdateAlias", holder, name, true); rerr != nil {
-			s.log.Error("UpdateAlias: the alias could not be given back to its key", "requestId", infoFrom(ctx).requestID, "key", holder, "err", rerr)
-		}
+	// One transaction: the name is never free between its two keys.
+	if err := a.MoveAlias(ctx, "kms:UpdateAlias", holder, target, name); err != nil {
 		return nil, err
 	}
 	noteKey(ctx, target, 0)

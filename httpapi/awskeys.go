@@ -19,6 +19,7 @@ import (
 type AWSKeyAdmin interface {
 	KeyIDForAlias(alias string) (string, error)
 	SetAlias(ctx context.Context, action, keyID, alias string, replace bool) error
+	MoveAlias(ctx context.Context, action, from, to, alias string) error
 	ListAliases(ctx context.Context, in kms.ListKeysInput) (kms.ListKeysResult, error)
 	GenerateDataKeyWithoutPlaintext(ctx context.Context, in kms.GenerateDataKeyInput) (kms.GenerateDataKeyResult, error)
 	DisableAndScheduleKeyDeletion(ctx context.Context, keyID string, pendingWindowInDays int) (kms.KeyMetadata, error)

@@ -1,6 +1,7 @@
 package kms
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -66,6 +67,94 @@ func (s *Service) SetAlias(ctx context.Context, action, keyID, alias string, rep
 		replaceable = IsPlaceholderAlias
 	}
 	return s.setAlias(ctx, action, keyID, alias, replaceable)
+}
+
+// MoveAlias gives alias, which the key from holds, to the key to, and a
+// new placeholder alias to from, authorising action on both keys, in one
+// store transaction: no crash, and no request on this or another node,
+// can find the alias free between the two changes or take it. The key to
+// must hold a placeholder alias (ErrKeyHasAlias otherwise); from == to
+// changes nothing. Errors: ErrInvalidKeyID, ErrInvalidAlias,
+// ErrUnauthorized, ErrKeyNotFound (either key, or from no longer holds
+// the alias), ErrKeyStateNotSupported (either key PendingDelete),
+// ErrKeyHasAlias, ErrAliasExists (the alias is being created), ErrInternal.
+func (s *Service) MoveAlias(ctx context.Context, action, from, to, alias string) error {
+	if err := validateAlias(alias); err != nil {
+		return err
+	}
+	for _, id := range []string{from, to} {
+		if _, ok := parseKeyID(id); !ok {
+			return ErrInvalidKeyID
+		}
+		if err := authorize(ctx, action, id); err != nil {
+			return err
+		}
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	fresh, unlock, err := s.lockFreshAll(ctx, []string{from, to})
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	kf, kt := fresh[from], fresh[to]
+	rf, rt := kf.rec, kt.rec
+	for _, c := range []struct {
+		k *keyEntry
+		r *store.Key
+	}{{kf, &rf}, {kt, &rt}} {
+		if err := notPendingDelete(c.k, c.r); err != nil {
+			return err
+		}
+	}
+	if rf.Alias != alias {
+		return fmt.Errorf("%w: the alias %q is no longer the key %s's", ErrKeyNotFound, alias, from)
+	}
+	if from == to {
+		return nil
+	}
+	if !IsPlaceholderAlias(rt.Alias) {
+		return fmt.Errorf("%w: %q", ErrKeyHasAlias, rt.Alias)
+	}
+	s.mu.RLock()
+	_, creating := s.reserved[alias]
+	s.mu.RUnlock()
+	if creating {
+		return fmt.Errorf("%w: %q", ErrAliasExists, alias)
+	}
+	rf.Alias, rt.Alias = NewPlaceholderAlias(), alias
+	if err := s.sealUpdate(ctx, kf, &rf); err != nil {
+		return storeErr(action, err)
+	}
+	if err := s.sealUpdate(ctx, kt, &rt); err != nil {
+		return storeErr(action, err)
+	}
+	// from gives the alias up before to takes it, in the same transaction.
+	if err := s.store.UpdateKeys(ctx, rf, rt); err != nil {
+		if errors.Is(err, store.ErrAliasExists) {
+			return fmt.Errorf("%w: %q", ErrAliasExists, alias)
+		}
+		s.log.Error("kms: alias move failed", "action", action, "from", from, "to", to, "err", err)
+		return storeErr(action, err)
+	}
+	nf, err := newKeyEntry(rf, kf)
+	if err != nil {
+		s.log.Error("kms: updated key is not servable", "key_id", from, "err", err)
+		return fmt.Errorf("%w: %s: %w", ErrInternal, action, err)
+	}
+	nt, err := newKeyEntry(rt, kt)
+	if err != nil {
+		s.log.Error("kms: updated key is not servable", "key_id", to, "err", err)
+		return fmt.Errorf("%w: %s: %w", ErrInternal, action, err)
+	}
+	// Both entries change under one lock: no reader sees the alias on
+	// neither key, or on both.
+	s.mu.Lock()
+	pf, pt := s.swapLocked(nf), s.swapLocked(nt)
+	s.mu.Unlock()
+	s.dropStaleCopies(cmp.Or(pf, kf), nf)
+	s.dropStaleCopies(cmp.Or(pt, kt), nt)
+	return nil
 }
 
 // ListAliases is ListKeys authorised as kms:ListAliases: the keys, with

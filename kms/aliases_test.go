@@ -2,6 +2,7 @@ package kms
 
 import (
 	"context"
+	"errors"
 	"testing"
 )
 
@@ -100,5 +101,88 @@ func TestDisableAndScheduleKeyDeletion(t *testing.T) {
 	// A Disabled key needs kms:ScheduleKeyDeletion only.
 	if _, err := e.svc.DisableAndScheduleKeyDeletion(only(`"kms:ScheduleKeyDeletion"`), k.KeyID, 7); err != nil {
 		t.Fatalf("scheduling a Disabled key: %v", err)
+	}
+}
+
+// MoveAlias moves a key's alias to another key in one store transaction:
+// afterwards the alias names the target and the former key holds a
+// placeholder; a failed move, at any point, leaves both keys as they were,
+// in the store and in memory, and the alias still names its key.
+func TestMoveAlias(t *testing.T) {
+	e := newEnv(t, Config{})
+	a := e.create(t, "app")
+	b := e.create(t, NewPlaceholderAlias())
+	c := e.create(t, "other")
+	holderOf := func(alias string) string {
+		id, err := e.svc.KeyIDForAlias(alias)
+		if err != nil {
+			return ""
+		}
+		return id
+	}
+	unchanged := func(t *testing.T) {
+		t.Helper()
+		if got := holderOf("app"); got != a.KeyID {
+			t.Fatalf("app names %q, want %s", got, a.KeyID)
+		}
+		for _, k := range []KeyMetadata{a, b, c} {
+			stored, err := e.st.GetKey(adminCtx, k.KeyID)
+			if err != nil || stored.Alias != k.Alias {
+				t.Fatalf("stored alias of %s: %q %v, want %q", k.KeyID, stored.Alias, err, k.Alias)
+			}
+		}
+	}
+	// The second key's write fails: the first is not written either.
+	var writes int
+	e.st.updateErr = func() error {
+		writes++
+		if writes == 2 {
+			return errors.New("disk full")
+		}
+		return nil
+	}
+	if err := e.svc.MoveAlias(adminCtx, "kms:UpdateAlias", a.KeyID, b.KeyID, "app"); !errIs(err, ErrInternal) && !errIs(err, ErrUnavailable) {
+		t.Fatalf("move with a failing second write: %v", err)
+	}
+	e.st.updateErr = nil
+	unchanged(t)
+	for _, bad := range []struct {
+		name            string
+		from, to, name2 string
+		want            error
+	}{
+		{"target has a real alias", a.KeyID, c.KeyID, "app", ErrKeyHasAlias},
+		{"source does not hold the alias", c.KeyID, b.KeyID, "app", ErrKeyNotFound},
+		{"malformed key id", a.KeyID, "not-a-key", "app", ErrInvalidKeyID},
+	} {
+		if err := e.svc.MoveAlias(adminCtx, "kms:UpdateAlias", bad.from, bad.to, bad.name2); !errIs(err, bad.want) {
+			t.Fatalf("%s: %v, want %v", bad.name, err, bad.want)
+		}
+		unchanged(t)
+	}
+	only := WithPrincipal(context.Background(), &Principal{SecretID: "AKIDx", Policy: mustPolicy(t, pol(`{"effect":"allow","action":"kms:UpdateAlias","resource":"`+b.KeyID+`"}`))})
+	if err := e.svc.MoveAlias(only, "kms:UpdateAlias", a.KeyID, b.KeyID, "app"); !errIs(err, ErrUnauthorized) {
+		t.Fatalf("move authorised on the target only: %v", err)
+	}
+	unchanged(t)
+
+	if err := e.svc.MoveAlias(adminCtx, "kms:UpdateAlias", a.KeyID, b.KeyID, "app"); err != nil {
+		t.Fatalf("move: %v", err)
+	}
+	if got := holderOf("app"); got != b.KeyID {
+		t.Fatalf("app names %q after the move, want %s", got, b.KeyID)
+	}
+	sa, _ := e.st.GetKey(adminCtx, a.KeyID)
+	sb, _ := e.st.GetKey(adminCtx, b.KeyID)
+	if !IsPlaceholderAlias(sa.Alias) || sb.Alias != "app" {
+		t.Fatalf("stored aliases after the move: %q and %q", sa.Alias, sb.Alias)
+	}
+	if got := holderOf(b.Alias); got != "" {
+		t.Fatalf("the target's old placeholder still names %q", got)
+	}
+	// The new state survives a restart (the rows verify).
+	e.restart(t)
+	if got := holderOf("app"); got != b.KeyID {
+		t.Fatalf("after a restart app names %q, want %s", got, b.KeyID)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -484,6 +485,24 @@ var (
 func (s *fakeStore) UpdateKey(ctx context.Context, k store.Key) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.updateKeyLocked(k)
+}
+
+// UpdateKeys applies ks in order, all or none.
+func (s *fakeStore) UpdateKeys(ctx context.Context, ks ...store.Key) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	saved := maps.Clone(s.keys)
+	for _, k := range ks {
+		if err := s.updateKeyLocked(k); err != nil {
+			s.keys = saved
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *fakeStore) updateKeyLocked(k store.Key) error {
 	if err := call(s.updateErr); err != nil {
 		return err
 	}

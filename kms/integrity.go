@@ -364,11 +364,17 @@ func (s *Service) addIntent(ctx context.Context, p store.PendingObject) error {
 // writeKey writes the changed record r of the cached key k: the next
 // generation, sealed. It returns the record as stored.
 func (s *Service) writeKey(ctx context.Context, k *keyEntry, r store.Key) (store.Key, error) {
-	r.Gen = max(k.rec.Gen, k.floor) + 1
-	if err := s.sealKey(ctx, &r); err != nil {
+	if err := s.sealUpdate(ctx, k, &r); err != nil {
 		return store.Key{}, err
 	}
 	return r, s.store.UpdateKey(ctx, r)
+}
+
+// sealUpdate makes r, a change of k's record, ready to store: the next
+// generation and the MAC over it.
+func (s *Service) sealUpdate(ctx context.Context, k *keyEntry, r *store.Key) error {
+	r.Gen = max(k.rec.Gen, k.floor) + 1
+	return s.sealKey(ctx, r)
 }
 
 // reserved reports whether objectID is one of the service's own token

@@ -48,6 +48,9 @@ type Store interface {
 	// state, deletion date, rotation settings); store.ErrNotFound,
 	// store.ErrAliasExists.
 	UpdateKey(ctx context.Context, k store.Key) error
+	// UpdateKeys is UpdateKey for each of ks in order, in one transaction:
+	// all are changed or none is.
+	UpdateKeys(ctx context.Context, ks ...store.Key) error
 	// AddVersion commits a new key version, deletes its pending object and
 	// sets the key's LastRotatedAt, generation and MAC (those of k),
 	// atomically; store.ErrNotFound, store.ErrStale.

@@ -739,6 +739,46 @@ func testLifecycle(t *testing.T, h storeHarness) {
 		assertKey(t, got, k)
 	})
 
+	t.Run("UpdateKeys", func(t *testing.T) {
+		t.Parallel()
+		open := h.NewStorage(t)
+		s := open(t)
+		ctx := t.Context()
+		a, b, c := newKey(1, "x", 1), newKey(2, "placeholder-b", 1), newKey(3, "c", 1)
+		for _, k := range []store.Key{a, b, c} {
+			mustCreate(t, s, k)
+		}
+		next := func(k store.Key, alias string) store.Key {
+			k.Alias, k.Gen, k.MAC = alias, k.Gen+1, []byte("mac-"+alias)
+			return k
+		}
+		// The alias moves from a to b: a gives it up first, in the same
+		// transaction. Taking it first is refused, and changes nothing.
+		if err := s.UpdateKeys(ctx, next(b, "x"), next(a, "placeholder-a")); !errors.Is(err, store.ErrAliasExists) {
+			t.Fatalf("alias taken before it is given up: %v, want ErrAliasExists", err)
+		}
+		for _, k := range []store.Key{a, b} {
+			got, _ := s.GetKey(ctx, k.ID)
+			assertKey(t, got, k)
+		}
+		a2, b2 := next(a, "placeholder-a"), next(b, "x")
+		if err := s.UpdateKeys(ctx, a2, b2); err != nil {
+			t.Fatalf("alias moved: %v", err)
+		}
+		// All or nothing: a stale second key undoes the first change.
+		a3, staleC := next(a2, "a3"), c
+		staleC.Description = "stale"
+		if err := s.UpdateKeys(ctx, a3, staleC); !errors.Is(err, store.ErrStale) {
+			t.Fatalf("stale second key: %v, want ErrStale", err)
+		}
+		s.(io.Closer).Close()
+		s = open(t)
+		for _, k := range []store.Key{a2, b2, c} {
+			got, _ := s.GetKey(ctx, k.ID)
+			assertKey(t, got, k)
+		}
+	})
+
 	t.Run("AddVersion", func(t *testing.T) {
 		t.Parallel()
 		open := h.NewStorage(t)

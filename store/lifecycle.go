@@ -21,12 +21,38 @@ import (
 // the stored generation is not lower than k.Gen, and ErrAliasExists if
 // k.Alias is non-empty, k.State is not Deleted and another key that is not
 // Deleted holds the alias. On any error nothing is changed.
-func (s *SQLite) UpdateKey(ctx context.Context, k Key) (err error) {
-	defer func() {
-		if err != nil {
-			err = fmt.Errorf("store: update key %s: %w", k.ID, err)
+func (s *SQLite) UpdateKey(ctx context.Context, k Key) error {
+	return s.UpdateKeys(ctx, k)
+}
+
+// UpdateKeys is UpdateKey for each of ks, in order, in one transaction:
+// every key is changed or none is. The alias check of each key sees the
+// keys before it, so an alias can move from one key to another (the first
+// key gives it up, the second takes it) with no moment at which it is free.
+func (s *SQLite) UpdateKeys(ctx context.Context, ks ...Key) error {
+	for _, k := range ks {
+		if err := checkKeyUpdate(k); err != nil {
+			return fmt.Errorf("store: update key %s: %w", k.ID, err)
 		}
-	}()
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: update keys: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	for _, k := range ks {
+		if err := updateKeySQLite(ctx, tx, k); err != nil {
+			return fmt.Errorf("store: update key %s: %w", k.ID, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: update keys: %w", err)
+	}
+	return nil
+}
+
+// checkKeyUpdate refuses a key UpdateKey cannot store.
+func checkKeyUpdate(k Key) error {
 	if k.ID == "" {
 		return errors.New("invalid key: empty id")
 	}
@@ -43,12 +69,11 @@ func (s *SQLite) UpdateKey(ctx context.Context, k Key) (err error) {
 			return fmt.Errorf("invalid key: last rotated at: %w", err)
 		}
 	}
+	return nil
+}
 
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = tx.Rollback() }()
+// updateKeySQLite is UpdateKey's change of one key within tx.
+func updateKeySQLite(ctx context.Context, tx *sql.Tx, k Key) error {
 	if k.Alias != "" && k.State != stateDeleted {
 		var holder string
 		err := tx.QueryRowContext(ctx,
@@ -81,10 +106,7 @@ func (s *SQLite) UpdateKey(ctx context.Context, k Key) (err error) {
 	if err := setMaterialSQLite(ctx, tx, k); err != nil {
 		return err
 	}
-	if err := sqliteReplaceTags(ctx, tx, k.ID, k.Tags); err != nil {
-		return err
-	}
-	return tx.Commit()
+	return sqliteReplaceTags(ctx, tx, k.ID, k.Tags)
 }
 
 // missingOrStale tells why a conditional update of key id changed no row.

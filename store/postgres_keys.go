@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -290,49 +289,61 @@ func (p *Postgres) ObjectIDs(ctx context.Context) ([][]byte, error) {
 
 // UpdateKey durably replaces the mutable metadata of k.ID (see
 // (*SQLite).UpdateKey for the contract). Other nodes are notified.
-func (p *Postgres) UpdateKey(ctx context.Context, k Key) (err error) {
-	defer func() {
-		if err != nil {
-			err = fmt.Errorf("store: update key %s: %w", k.ID, err)
+func (p *Postgres) UpdateKey(ctx context.Context, k Key) error {
+	return p.UpdateKeys(ctx, k)
+}
+
+// UpdateKeys is UpdateKey for each of ks, in order, in one transaction
+// (see (*SQLite).UpdateKeys). Other nodes are notified of each key.
+func (p *Postgres) UpdateKeys(ctx context.Context, ks ...Key) error {
+	for _, k := range ks {
+		if err := checkKeyUpdate(k); err != nil {
+			return fmt.Errorf("store: update key %s: %w", k.ID, err)
 		}
-	}()
-	if k.ID == "" {
-		return errors.New("invalid key: empty id")
 	}
-	if k.Gen > math.MaxInt64 {
-		return errors.New("invalid key: generation above 2^63-1")
-	}
-	for name, t := range map[string]time.Time{"deletion date": k.DeletionDate, "last rotated at": k.LastRotatedAt} {
-		if !t.IsZero() {
-			if _, err := toNanos(t); err != nil {
-				return fmt.Errorf("invalid key: %s: %w", name, err)
+	var failed string
+	err := p.write(ctx, func(tx pgx.Tx) error {
+		for _, k := range ks {
+			if err := updateKeyPG(ctx, tx, k); err != nil {
+				failed = k.ID
+				return err
 			}
 		}
-	}
-	return p.write(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx,
-			`UPDATE keys SET alias = $1, description = $2, state = $3, deletion_date = $4,
-			        rotation_enabled = $5, rotate_days = $6, last_rotated_at = $7, gen = $8, mac = $9
-			 WHERE id = $10 AND gen < $8`,
-			k.Alias, k.Description, k.State, nullNanos(k.DeletionDate),
-			k.RotationEnabled, int64(k.RotateDays), nullNanos(k.LastRotatedAt), int64(k.Gen), k.MAC, k.ID)
-		if code, constraint := pgConstraint(err); code == "23505" && constraint == "keys_alias_live" {
-			return fmt.Errorf("alias %q: %w", k.Alias, ErrAliasExists)
-		}
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() == 0 {
-			return pgMissingOrStale(ctx, tx, k.ID)
-		}
-		if err := setMaterialPG(ctx, tx, k); err != nil {
-			return err
-		}
-		if err := pgReplaceTags(ctx, tx, k.ID, k.Tags); err != nil {
-			return err
-		}
-		return notify(ctx, tx, "k:"+k.ID)
+		return nil
 	})
+	if err != nil {
+		if failed != "" {
+			return fmt.Errorf("store: update key %s: %w", failed, err)
+		}
+		return fmt.Errorf("store: update keys: %w", err)
+	}
+	return nil
+}
+
+// updateKeyPG is UpdateKey's change of one key within tx.
+func updateKeyPG(ctx context.Context, tx pgx.Tx, k Key) error {
+	tag, err := tx.Exec(ctx,
+		`UPDATE keys SET alias = $1, description = $2, state = $3, deletion_date = $4,
+		        rotation_enabled = $5, rotate_days = $6, last_rotated_at = $7, gen = $8, mac = $9
+		 WHERE id = $10 AND gen < $8`,
+		k.Alias, k.Description, k.State, nullNanos(k.DeletionDate),
+		k.RotationEnabled, int64(k.RotateDays), nullNanos(k.LastRotatedAt), int64(k.Gen), k.MAC, k.ID)
+	if code, constraint := pgConstraint(err); code == "23505" && constraint == "keys_alias_live" {
+		return fmt.Errorf("alias %q: %w", k.Alias, ErrAliasExists)
+	}
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return pgMissingOrStale(ctx, tx, k.ID)
+	}
+	if err := setMaterialPG(ctx, tx, k); err != nil {
+		return err
+	}
+	if err := pgReplaceTags(ctx, tx, k.ID, k.Tags); err != nil {
+		return err
+	}
+	return notify(ctx, tx, "k:"+k.ID)
 }
 
 // AddVersion durably adds version v to key keyID, deletes its pending
