@@ -1,7 +1,6 @@
 package kms
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -123,38 +122,8 @@ func (s *Service) MoveAlias(ctx context.Context, action, from, to, alias string)
 		return fmt.Errorf("%w: %q", ErrAliasExists, alias)
 	}
 	rf.Alias, rt.Alias = NewPlaceholderAlias(), alias
-	if err := s.sealUpdate(ctx, kf, &rf); err != nil {
-		return storeErr(action, err)
-	}
-	if err := s.sealUpdate(ctx, kt, &rt); err != nil {
-		return storeErr(action, err)
-	}
 	// from gives the alias up before to takes it, in the same transaction.
-	if err := s.store.UpdateKeys(ctx, rf, rt); err != nil {
-		if errors.Is(err, store.ErrAliasExists) {
-			return fmt.Errorf("%w: %q", ErrAliasExists, alias)
-		}
-		s.log.Error("kms: alias move failed", "action", action, "from", from, "to", to, "err", err)
-		return storeErr(action, err)
-	}
-	nf, err := newKeyEntry(rf, kf)
-	if err != nil {
-		s.log.Error("kms: updated key is not servable", "key_id", from, "err", err)
-		return fmt.Errorf("%w: %s: %w", ErrInternal, action, err)
-	}
-	nt, err := newKeyEntry(rt, kt)
-	if err != nil {
-		s.log.Error("kms: updated key is not servable", "key_id", to, "err", err)
-		return fmt.Errorf("%w: %s: %w", ErrInternal, action, err)
-	}
-	// Both entries change under one lock: no reader sees the alias on
-	// neither key, or on both.
-	s.mu.Lock()
-	pf, pt := s.swapLocked(nf), s.swapLocked(nt)
-	s.mu.Unlock()
-	s.dropStaleCopies(cmp.Or(pf, kf), nf)
-	s.dropStaleCopies(cmp.Or(pt, kt), nt)
-	return nil
+	return s.applyAllLocked(ctx, action, []*keyEntry{kf, kt}, []store.Key{rf, rt})
 }
 
 // ListAliases is ListKeys authorised as kms:ListAliases: the keys, with

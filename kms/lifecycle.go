@@ -408,8 +408,9 @@ func (s *Service) DisableKey(ctx context.Context, keyID string) error {
 }
 
 // EnableKeys enables up to MaxBatchKeys keys: either every key is checked
-// to allow it and then changed, or nothing is changed. Errors: as
-// DescribeKeys for the list, then as EnableKey for each key.
+// to allow it and then changed, in one store transaction, or nothing is
+// changed. Errors: as DescribeKeys for the list, then as EnableKey for
+// each key.
 func (s *Service) EnableKeys(ctx context.Context, keyIDs []string) error {
 	return s.changeAll(ctx, "kms:EnableKeys", keyIDs, toEnabled)
 }
@@ -435,19 +436,63 @@ func (s *Service) changeAll(ctx context.Context, action string, keyIDs []string,
 		return err
 	}
 	defer unlock()
-	keys := make([]*keyEntry, len(keyIDs))
+	keys := make([]*keyEntry, 0, len(keyIDs))
+	recs := make([]store.Key, 0, len(keyIDs))
 	now := s.now().UTC()
-	for i, id := range keyIDs {
+	for _, id := range keyIDs {
 		k := fresh[id]
 		r := k.rec
 		if err := f(k, &r, now); err != nil {
 			return err
 		}
-		keys[i] = k
+		if !sameMetadata(r, k.rec) {
+			keys, recs = append(keys, k), append(recs, r)
+		}
 	}
-	for _, k := range keys {
-		if _, err := s.applyLocked(ctx, action, k, f); err != nil {
-			return err
+	return s.applyAllLocked(ctx, action, keys, recs)
+}
+
+// applyAllLocked stores recs, the changed records of keys, in one store
+// transaction (all or none) and then publishes them together; writeMu and
+// the keys' locks are held. Errors: ErrAliasExists, ErrInternal and the
+// store's (storeErr).
+func (s *Service) applyAllLocked(ctx context.Context, action string, keys []*keyEntry, recs []store.Key) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	for i, k := range keys {
+		if err := s.sealUpdate(ctx, k, &recs[i]); err != nil {
+			return storeErr(action, err)
+		}
+	}
+	if err := s.store.UpdateKeys(ctx, recs...); err != nil {
+		if errors.Is(err, store.ErrAliasExists) {
+			return fmt.Errorf("%w: %v", ErrAliasExists, err)
+		}
+		s.log.Error("kms: key update failed", "action", action, "keys", len(keys), "err", err)
+		return storeErr(action, err)
+	}
+	entries := make([]*keyEntry, len(keys))
+	for i, k := range keys {
+		nk, err := newKeyEntry(recs[i], k)
+		if err != nil {
+			s.log.Error("kms: updated key is not servable", "key_id", k.meta.KeyID, "err", err)
+			return fmt.Errorf("%w: %s: %w", ErrInternal, action, err)
+		}
+		entries[i] = nk
+	}
+	// Under one lock: no reader sees some of the changes and not others
+	// (an alias on neither of its two keys, or on both).
+	prev := make([]*keyEntry, len(keys))
+	s.mu.Lock()
+	for i, nk := range entries {
+		prev[i] = s.swapLocked(nk)
+	}
+	s.mu.Unlock()
+	for i, k := range keys {
+		s.dropStaleCopies(cmp.Or(prev[i], k), entries[i])
+		if recs[i].State != k.rec.State {
+			s.log.Info("kms: key state changed", "key_id", k.meta.KeyID, "from", k.rec.State, "to", recs[i].State, "action", action)
 		}
 	}
 	return nil

@@ -858,3 +858,38 @@ func BenchmarkEncrypt(b *testing.B) {
 		}
 	}
 }
+
+// EnableKeys and DisableKeys change every key or none: a store failure on
+// the second key's write leaves the first as it was, in the store and in
+// memory.
+func TestBatchStateChangeAllOrNone(t *testing.T) {
+	e := newEnv(t, Config{})
+	a, b := e.create(t, "batch-a"), e.create(t, "batch-b")
+	var writes int
+	e.st.updateErr = func() error {
+		writes++
+		if writes == 2 {
+			return errors.New("disk full")
+		}
+		return nil
+	}
+	if err := e.svc.DisableKeys(adminCtx, []string{a.KeyID, b.KeyID}); err == nil {
+		t.Fatal("DisableKeys with a failing second write succeeded")
+	}
+	e.st.updateErr = nil
+	for _, k := range []KeyMetadata{a, b} {
+		stored, _ := e.st.GetKey(adminCtx, k.KeyID)
+		md, err := e.svc.DescribeKey(adminCtx, k.KeyID)
+		if stored.State != StateEnabled || err != nil || md.KeyState != StateEnabled {
+			t.Fatalf("%s after a failed batch: stored %s, served %s %v", k.KeyID, stored.State, md.KeyState, err)
+		}
+	}
+	if err := e.svc.DisableKeys(adminCtx, []string{a.KeyID, b.KeyID}); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []KeyMetadata{a, b} {
+		if md, _ := e.svc.DescribeKey(adminCtx, k.KeyID); md.KeyState != StateDisabled {
+			t.Fatalf("%s after DisableKeys: %s", k.KeyID, md.KeyState)
+		}
+	}
+}
