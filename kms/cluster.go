@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -179,8 +180,10 @@ func (s *Service) resyncAll(ctx context.Context) error {
 		}
 	}
 	s.writeMu.Unlock()
+	// A copy: the local changes write s.creds in place (under credMu),
+	// and the entries are read below without the lock.
 	s.credMu.RLock()
-	old, gen := s.creds, s.credGen
+	old, gen := maps.Clone(s.creds), s.credGen
 	s.credMu.RUnlock()
 	creds, err := s.store.ListCredentials(ctx)
 	if err != nil {

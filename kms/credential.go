@@ -173,7 +173,10 @@ func (s *Service) refreshCredential(ctx context.Context, secretID string) error 
 	r, err := s.cluster.store.GetCredential(ctx, secretID)
 	if errors.Is(err, store.ErrNotFound) {
 		s.credMu.Lock()
-		delete(s.creds, secretID)
+		if _, ok := s.creds[secretID]; ok { // a lookup of an unknown SecretId changes nothing
+			delete(s.creds, secretID)
+			s.credGen++
+		}
 		s.credMu.Unlock()
 		s.clearIntegrity(KindCredential, secretID)
 		return nil
@@ -188,12 +191,16 @@ func (s *Service) refreshCredential(ctx context.Context, secretID string) error 
 	if err != nil {
 		s.log.Error("kms: credential cannot be loaded; it will not authenticate", "secret_id", secretID, "err", err)
 		s.credMu.Lock()
-		delete(s.creds, secretID)
+		if _, ok := s.creds[secretID]; ok {
+			delete(s.creds, secretID)
+			s.credGen++
+		}
 		s.credMu.Unlock()
 		return nil
 	}
 	s.credMu.Lock()
 	s.creds[secretID] = e
+	s.credGen++ // a resync that read the store before this must not overwrite it
 	s.credMu.Unlock()
 	return nil
 }

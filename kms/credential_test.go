@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -128,5 +130,47 @@ func TestSealedKeyCannotMoveBetweenCredentials(t *testing.T) {
 	}
 	if _, err := e.svc.LookupCredential(adminCtx, a.SecretID); err != nil {
 		t.Fatalf("untouched credential: %v", err)
+	}
+}
+
+// A resync of the cache (cluster.go) runs while credentials are created
+// and looked up: under -race this finds any read of the credential map
+// outside its lock (the resync used to read the live map unlocked, which
+// a concurrent CreateCredential writes). Afterwards every credential
+// created is served.
+func TestResyncRacesCredentialChanges(t *testing.T) {
+	e := newEnv(t, Config{})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = e.svc.resyncAll(adminCtx) // "changed during the resync" is expected now and then
+		}
+	})
+	var ids []string
+	for i := range 40 {
+		info, _, err := e.svc.CreateCredential(adminCtx, fmt.Sprintf("c%d", i), AdminPolicy())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, info.SecretID)
+		if _, err := e.svc.LookupCredential(adminCtx, info.SecretID); err != nil {
+			t.Fatalf("lookup right after create: %v", err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if err := e.svc.resyncAll(adminCtx); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if _, err := e.svc.LookupCredential(adminCtx, id); err != nil {
+			t.Fatalf("%s after the resyncs: %v", id, err)
+		}
 	}
 }

@@ -51,7 +51,7 @@ type Service struct {
 
 	credMu  sync.RWMutex
 	creds   map[string]*credEntry // by SecretId; entries immutable
-	credGen uint64                // bumped by every local credential change; guarded by credMu
+	credGen uint64                // bumped by every change of creds outside a resync; guarded by credMu
 
 	cluster *clusterState // nil unless the store is a SharedStore (cluster.go)
 
