@@ -174,16 +174,33 @@ type awsAliasRequest struct {
 	TargetKeyId *string `json:"TargetKeyId"`
 }
 
+// awsAliasTarget reads CreateAlias's and UpdateAlias's parameters: the
+// alias name and the key it is to name.
+func (s *Server) awsAliasTarget(ctx context.Context, req *awsAliasRequest) (a AWSKeyAdmin, name, target string, err error) {
+	if a, err = s.awsAdmin(); err != nil {
+		return nil, "", "", err
+	}
+	if name, err = aliasName("aliasName", req.AliasName); err != nil {
+		return nil, "", "", err
+	}
+	if target, err = s.resolveKey(ctx, "targetKeyId", req.TargetKeyId); err != nil {
+		return nil, "", "", err
+	}
+	return a, name, target, nil
+}
+
+// awsAliasHolder returns the key the alias name names, or AWS's
+// NotFoundException.
+func (s *Server) awsAliasHolder(ctx context.Context, a AWSKeyAdmin, name string) (string, error) {
+	id, err := a.KeyIDForAlias(name)
+	if err != nil {
+		return "", awsErrorf("NotFoundException", "Alias "+s.aliasARN(awsRegion(ctx), truncate(name, 256))+" is not found.")
+	}
+	return id, nil
+}
+
 func (s *Server) awsCreateAlias(ctx context.Context, req *awsAliasRequest) (*awsEmptyResponse, error) {
-	a, err := s.awsAdmin()
-	if err != nil {
-		return nil, err
-	}
-	name, err := aliasName("aliasName", req.AliasName)
-	if err != nil {
-		return nil, err
-	}
-	id, err := s.resolveKey(ctx, "targetKeyId", req.TargetKeyId)
+	a, name, id, err := s.awsAliasTarget(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -206,35 +223,26 @@ func (s *Server) awsDeleteAlias(ctx context.Context, req *awsAliasNameRequest) (
 	if err != nil {
 		return nil, err
 	}
-	id, err := a.KeyIDForAlias(name)
+	id, err := s.awsAliasHolder(ctx, a, name)
 	if err != nil {
-		return nil, awsErrorf("NotFoundException", "Alias "+s.aliasARN(awsRegion(ctx), truncate(name, 256))+" is not found.")
+		return nil, err
 	}
 	noteKey(ctx, id, 0)
 	return &awsEmptyResponse{}, a.SetAlias(ctx, "kms:DeleteAlias", id, kms.NewPlaceholderAlias(), true)
 }
 
+// awsUpdateAlias moves the alias to the target key in one store
+// transaction (kms.MoveAlias, authorised on both keys, also when the alias
+// already names the target).
 func (s *Server) awsUpdateAlias(ctx context.Context, req *awsAliasRequest) (*awsEmptyResponse, error) {
-	a, err := s.awsAdmin()
+	a, name, target, err := s.awsAliasTarget(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	name, err := aliasName("aliasName", req.AliasName)
+	holder, err := s.awsAliasHolder(ctx, a, name)
 	if err != nil {
 		return nil, err
 	}
-	target, err := s.resolveKey(ctx, "targetKeyId", req.TargetKeyId)
-	if err != nil {
-		return nil, err
-	}
-	holder, err := a.KeyIDForAlias(name)
-	if err != nil {
-		return nil, awsErrorf("NotFoundException", "Alias "+s.aliasARN(awsRegion(ctx), truncate(name, 256))+" is not found.")
-	}
-	if holder == target {
-		return &awsEmptyResponse{}, nil
-	}
-	// One transaction: the name is never free between its two keys.
 	if err := a.MoveAlias(ctx, "kms:UpdateAlias", holder, target, name); err != nil {
 		return nil, err
 	}

@@ -180,6 +180,14 @@ func TestMoveAlias(t *testing.T) {
 	if got := holderOf(b.Alias); got != "" {
 		t.Fatalf("the target's old placeholder still names %q", got)
 	}
+	// Moving an alias to the key it names changes nothing, and is still
+	// authorised.
+	if err := e.svc.MoveAlias(only, "kms:DisableKey", b.KeyID, b.KeyID, "app"); !errIs(err, ErrUnauthorized) {
+		t.Fatalf("move to the same key under another action: %v", err)
+	}
+	if err := e.svc.MoveAlias(only, "kms:UpdateAlias", b.KeyID, b.KeyID, "app"); err != nil || holderOf("app") != b.KeyID {
+		t.Fatalf("move to the same key: %v, app names %q", err, holderOf("app"))
+	}
 	// The new state survives a restart (the rows verify).
 	e.restart(t)
 	if got := holderOf("app"); got != b.KeyID {
