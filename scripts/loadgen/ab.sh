@@ -5,7 +5,10 @@
 #
 # Runs PAIRS pairs of short loadgen runs (A then B, each on a fresh token,
 # each normalised by its own raw ceiling), then prints per-cell B/A ratios
-# per pair and their median (scripts/loadgen/ab_summary.py). Environment:
+# per pair and their median (scripts/loadgen/ab_summary.py). With
+# OPS including mock-encrypt and "-mock bin/local-kms", it also prints each
+# kmsd cell's B/A divided, pair by pair, by the mock's own B/A (the same
+# binary in both runs: the VM's luck), the steadier figure. Environment:
 # LOADGEN (default bin/loadgen), OPS (default encrypt,decrypt,legacy-encrypt),
 # CONC (default 16,64), DUR (default 3s).
 set -euo pipefail
