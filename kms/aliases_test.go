@@ -2,7 +2,6 @@ package kms
 
 import (
 	"context"
-	"errors"
 	"testing"
 )
 
@@ -133,14 +132,7 @@ func TestMoveAlias(t *testing.T) {
 		}
 	}
 	// The second key's write fails: the first is not written either.
-	var writes int
-	e.st.updateErr = func() error {
-		writes++
-		if writes == 2 {
-			return errors.New("disk full")
-		}
-		return nil
-	}
+	e.st.failUpdate(2)
 	if err := e.svc.MoveAlias(adminCtx, "kms:UpdateAlias", a.KeyID, b.KeyID, "app"); !errIs(err, ErrInternal) && !errIs(err, ErrUnavailable) {
 		t.Fatalf("move with a failing second write: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -486,6 +487,19 @@ func (s *fakeStore) UpdateKey(ctx context.Context, k store.Key) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.updateKeyLocked(k)
+}
+
+// failUpdate makes the n-th key write from now on fail, and only it
+// (updateErr is called with s.mu held).
+func (s *fakeStore) failUpdate(n int) {
+	var writes int
+	s.updateErr = func() error {
+		writes++
+		if writes == n {
+			return errors.New("disk full")
+		}
+		return nil
+	}
 }
 
 // UpdateKeys applies ks in order, all or none.

@@ -865,14 +865,7 @@ func BenchmarkEncrypt(b *testing.B) {
 func TestBatchStateChangeAllOrNone(t *testing.T) {
 	e := newEnv(t, Config{})
 	a, b := e.create(t, "batch-a"), e.create(t, "batch-b")
-	var writes int
-	e.st.updateErr = func() error {
-		writes++
-		if writes == 2 {
-			return errors.New("disk full")
-		}
-		return nil
-	}
+	e.st.failUpdate(2)
 	if err := e.svc.DisableKeys(adminCtx, []string{a.KeyID, b.KeyID}); err == nil {
 		t.Fatal("DisableKeys with a failing second write succeeded")
 	}
