@@ -126,6 +126,20 @@ var ErrBadReply = errors.New("unexpected reply")
 // error (connection refused, TLS, or ctx's error / a deadline, which
 // errors.Is recognises as context.DeadlineExceeded or context.Canceled).
 func (c *Client) Call(ctx context.Context, action string, params, out any) error {
+	return c.CallService(ctx, "kms", APIVersion, action, params, out)
+}
+
+// The Tag service's TC3 scope and version, which kmsd serves for KMS keys
+// on the same listener (ModifyResourceTags, DescribeResourceTagsByResourceIds…).
+const (
+	TagService    = "tag"
+	TagAPIVersion = "2018-08-13"
+)
+
+// CallService is Call for another service's action on the same endpoint,
+// signed for service and sent as version (the Tag service: TagService,
+// TagAPIVersion). Errors are Call's.
+func (c *Client) CallService(ctx context.Context, service, version, action string, params, out any) error {
 	body, err := json.Marshal(params)
 	if err != nil {
 		return err
@@ -139,10 +153,10 @@ func (c *Client) Call(ctx context.Context, action string, params, out any) error
 	ts := time.Now().Unix()
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-TC-Action", action)
-	req.Header.Set("X-TC-Version", APIVersion)
+	req.Header.Set("X-TC-Version", version)
 	req.Header.Set("X-TC-Timestamp", strconv.FormatInt(ts, 10))
 	// The action is signed: a captured request cannot be re-sent as another.
-	req.Header.Set("Authorization", tcsign.SignTC3Action(c.secretID, c.secretKey, "kms", http.MethodPost, c.host, "application/json", "", action, ts, body))
+	req.Header.Set("Authorization", tcsign.SignTC3Action(c.secretID, c.secretKey, service, http.MethodPost, c.host, "application/json", "", action, ts, body))
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return err

@@ -63,7 +63,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	fs := flag.NewFlagSet("kmsctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintf(stderr, usage, keyCommandUsage()+importCommandUsage()); fs.PrintDefaults() }
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, usage, keyCommandUsage()+importCommandUsage()+tagCommandUsage())
+		fs.PrintDefaults()
+	}
 	endpoint := fs.String("endpoint", def, "kmsd base URL (env KMS_ENDPOINT)")
 	timeout := fs.Duration("timeout", 30*time.Second, "request timeout")
 	caFile := fs.String("ca-file", os.Getenv("KMS_CA_FILE"), "PEM CA bundle that signed kmsd's certificate, for https (env KMS_CA_FILE; default: the system roots)")
@@ -109,6 +112,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return decrypt(ctx, c, rest, stdin, stdout, stderr)
 	case "credentials":
 		return credentials(ctx, c, rest, stdout, stderr)
+	case "tag":
+		return tagKey(ctx, c, rest, stdout, stderr) // tags.go
+	case "tags":
+		return listTags(ctx, c, rest, stdout, stderr)
 	}
 	if _, ok := importCommands[cmd]; ok {
 		return importCommand(ctx, c, cmd, rest, stdout, stderr)

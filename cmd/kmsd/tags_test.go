@@ -6,6 +6,8 @@ package main_test
 
 import (
 	"database/sql"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -418,5 +420,51 @@ func TestUpgradeToTags(t *testing.T) {
 	}
 	if code := modifyTags(tagClient(t, s, adminID, adminKey), key, map[string]string{"since": "upgrade"}); code != "" {
 		t.Fatalf("tagging it: %q", code)
+	}
+}
+
+// kmsctl's tag commands against the real server: what `kmsctl tag` sets
+// and deletes, the official Tag SDK reads back, and `kmsctl tags` lists.
+func TestKmsctlTags(t *testing.T) {
+	s, _, _ := newServer(t)
+	tg := tagClient(t, s, adminID, adminKey)
+	keyID, code := createTagged(t, sdkClient(t, s, "TC3-HMAC-SHA256", "POST", adminID, adminKey), "ctl-tags", map[string]string{"old": "1"})
+	if code != "" {
+		t.Fatalf("CreateKey: %s", code)
+	}
+	ctl := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(binDir, "kmsctl"), append([]string{"-endpoint", s.url}, args...)...)
+		cmd.Env = append(os.Environ(), "TENCENTCLOUD_SECRET_ID="+adminID, "TENCENTCLOUD_SECRET_KEY="+adminKey)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := ctl("tag", "-key-id", keyID, "-set", "team=pay", "-set", "env=a=b", "-delete", "old"); err != nil {
+		t.Fatalf("kmsctl tag: %v\n%s", err, out)
+	}
+	if got, code := keyTags(t, tg, keyID); code != "" || len(got) != 2 || got["team"] != "pay" || got["env"] != "a=b" {
+		t.Fatalf("tags after kmsctl tag: %v %s", got, code)
+	}
+	out, err := ctl("tags", "-key-id", keyID)
+	if err != nil {
+		t.Fatalf("kmsctl tags: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	want := map[string]string{"team": "pay", "env": "a=b"}
+	if len(lines) != len(want) {
+		t.Fatalf("kmsctl tags printed %q", out)
+	}
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) != 2 || want[f[0]] != f[1] {
+			t.Fatalf("kmsctl tags printed %q", out)
+		}
+	}
+	for _, bad := range [][]string{
+		{"tag", "-key-id", keyID},                      // nothing to do
+		{"tag", "-key-id", keyID, "-set", "novalue"},   // not KEY=VALUE
+		{"tag", "-key-id", "not-a-key", "-set", "a=b"}, // refused by kmsd
+	} {
+		if out, err := ctl(bad...); err == nil {
+			t.Fatalf("kmsctl %v succeeded: %s", bad, out)
+		}
 	}
 }
