@@ -27,12 +27,18 @@ type AWSTags interface {
 	KeyTags(ctx context.Context, keyID string) ([]kms.Tag, error)
 }
 
-func (s *Server) awsTags() (AWSTags, error) {
+// awsTaggedKey resolves the key a tag action names (KeyId: an id, ARN or
+// alias) and returns the domain's tag operations with it.
+func (s *Server) awsTaggedKey(ctx context.Context, ref *string) (AWSTags, string, error) {
+	id, err := s.resolveKey(ctx, "keyId", ref)
+	if err != nil {
+		return nil, "", err
+	}
 	t, ok := s.kms.(AWSTags)
 	if !ok {
-		return nil, unsupported("tags")
+		return nil, "", unsupported("tags")
 	}
-	return t, nil
+	return t, id, nil
 }
 
 // awsTag is one AWS tag.
@@ -79,11 +85,7 @@ func (s *Server) awsTagResource(ctx context.Context, req *awsTagResourceRequest)
 	if err != nil {
 		return nil, err
 	}
-	id, err := s.resolveKey(ctx, "keyId", req.KeyId)
-	if err != nil {
-		return nil, err
-	}
-	a, err := s.awsTags()
+	a, id, err := s.awsTaggedKey(ctx, req.KeyId)
 	if err != nil {
 		return nil, err
 	}
@@ -104,11 +106,7 @@ func (s *Server) awsUntagResource(ctx context.Context, req *awsUntagResourceRequ
 	if req.TagKeys == nil {
 		return nil, awsErrorf("ValidationException", "1 validation error detected: Value null at 'tagKeys' failed to satisfy constraint: Member must not be null")
 	}
-	id, err := s.resolveKey(ctx, "keyId", req.KeyId)
-	if err != nil {
-		return nil, err
-	}
-	a, err := s.awsTags()
+	a, id, err := s.awsTaggedKey(ctx, req.KeyId)
 	if err != nil {
 		return nil, err
 	}
@@ -142,11 +140,7 @@ func (s *Server) awsListResourceTags(ctx context.Context, req *awsListResourceTa
 	if err != nil {
 		return nil, err
 	}
-	id, err := s.resolveKey(ctx, "keyId", req.KeyId)
-	if err != nil {
-		return nil, err
-	}
-	a, err := s.awsTags()
+	a, id, err := s.awsTaggedKey(ctx, req.KeyId)
 	if err != nil {
 		return nil, err
 	}

@@ -123,7 +123,8 @@ func (s *Service) MoveAlias(ctx context.Context, action, from, to, alias string)
 	}
 	rf.Alias, rt.Alias = NewPlaceholderAlias(), alias
 	// from gives the alias up before to takes it, in the same transaction.
-	return s.applyAllLocked(ctx, action, []*keyEntry{kf, kt}, []store.Key{rf, rt})
+	_, err = s.applyAllLocked(ctx, action, []*keyEntry{kf, kt}, []store.Key{rf, rt})
+	return err
 }
 
 // ListAliases is ListKeys authorised as kms:ListAliases: the keys, with

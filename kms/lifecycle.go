@@ -352,24 +352,11 @@ func (s *Service) applyLocked(ctx context.Context, action string, k *keyEntry, f
 	if sameMetadata(r, k.rec) {
 		return k.meta, nil
 	}
-	r, err := s.writeKey(ctx, k, r)
+	nks, err := s.applyAllLocked(ctx, action, []*keyEntry{k}, []store.Key{r})
 	if err != nil {
-		if errors.Is(err, store.ErrAliasExists) {
-			return KeyMetadata{}, fmt.Errorf("%w: %q", ErrAliasExists, r.Alias)
-		}
-		s.log.Error("kms: key update failed", "action", action, "key_id", k.meta.KeyID, "err", err)
-		return KeyMetadata{}, storeErr(action, err)
+		return KeyMetadata{}, err
 	}
-	nk, err := newKeyEntry(r, k)
-	if err != nil {
-		s.log.Error("kms: updated key is not servable", "key_id", k.meta.KeyID, "err", err)
-		return KeyMetadata{}, fmt.Errorf("%w: %s: %w", ErrInternal, action, err)
-	}
-	s.replace(k, nk)
-	if r.State != k.rec.State {
-		s.log.Info("kms: key state changed", "key_id", k.meta.KeyID, "from", k.rec.State, "to", r.State, "action", action)
-	}
-	return nk.meta, nil
+	return nks[0].meta, nil
 }
 
 func sameMetadata(a, b store.Key) bool {
@@ -449,35 +436,42 @@ func (s *Service) changeAll(ctx context.Context, action string, keyIDs []string,
 			keys, recs = append(keys, k), append(recs, r)
 		}
 	}
-	return s.applyAllLocked(ctx, action, keys, recs)
+	_, err = s.applyAllLocked(ctx, action, keys, recs)
+	return err
 }
 
 // applyAllLocked stores recs, the changed records of keys, in one store
-// transaction (all or none) and then publishes them together; writeMu and
-// the keys' locks are held. Errors: ErrAliasExists, ErrInternal and the
-// store's (storeErr).
-func (s *Service) applyAllLocked(ctx context.Context, action string, keys []*keyEntry, recs []store.Key) error {
+// transaction (all or none), publishes them together and returns the new
+// entries; writeMu and the keys' locks are held. Errors: ErrAliasExists
+// (naming the alias a change gave), ErrInternal and the store's
+// (storeErr).
+func (s *Service) applyAllLocked(ctx context.Context, action string, keys []*keyEntry, recs []store.Key) ([]*keyEntry, error) {
 	if len(keys) == 0 {
-		return nil
+		return nil, nil
 	}
 	for i, k := range keys {
 		if err := s.sealUpdate(ctx, k, &recs[i]); err != nil {
-			return storeErr(action, err)
+			return nil, storeErr(action, err)
 		}
 	}
 	if err := s.store.UpdateKeys(ctx, recs...); err != nil {
 		if errors.Is(err, store.ErrAliasExists) {
-			return fmt.Errorf("%w: %v", ErrAliasExists, err)
+			for i, k := range keys {
+				if recs[i].Alias != k.rec.Alias {
+					return nil, fmt.Errorf("%w: %q", ErrAliasExists, recs[i].Alias)
+				}
+			}
+			return nil, ErrAliasExists
 		}
-		s.log.Error("kms: key update failed", "action", action, "keys", len(keys), "err", err)
-		return storeErr(action, err)
+		s.log.Error("kms: key update failed", "action", action, "key_id", keys[0].meta.KeyID, "keys", len(keys), "err", err)
+		return nil, storeErr(action, err)
 	}
 	entries := make([]*keyEntry, len(keys))
 	for i, k := range keys {
 		nk, err := newKeyEntry(recs[i], k)
 		if err != nil {
 			s.log.Error("kms: updated key is not servable", "key_id", k.meta.KeyID, "err", err)
-			return fmt.Errorf("%w: %s: %w", ErrInternal, action, err)
+			return nil, fmt.Errorf("%w: %s: %w", ErrInternal, action, err)
 		}
 		entries[i] = nk
 	}
@@ -495,7 +489,7 @@ func (s *Service) applyAllLocked(ctx context.Context, action string, keys []*key
 			s.log.Info("kms: key state changed", "key_id", k.meta.KeyID, "from", k.rec.State, "to", recs[i].State, "action", action)
 		}
 	}
-	return nil
+	return entries, nil
 }
 
 // ScheduleKeyDeletion schedules the purge of a Disabled key after
